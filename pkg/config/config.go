@@ -1,0 +1,587 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where cifha looks for its configuration when --config is not given.
+const DefaultPath = "/etc/cifha/cifha.toml"
+
+// Config is one node's configuration, decoded from TOML.
+type Config struct {
+	// Cluster names the cluster; all members of one cluster share it. It is
+	// part of every etcd key (/cifha/<cluster>/...).
+	Cluster string `toml:"cluster"`
+	// Name is this member's unique name (e.g. "db1").
+	Name string `toml:"name"`
+
+	API      API      `toml:"api"`
+	Etcd     Etcd     `toml:"etcd"`
+	Postgres Postgres `toml:"postgres"`
+	Tuning   Tuning   `toml:"tuning"`
+	HA       HA       `toml:"ha"`
+	Log      Log      `toml:"log"`
+	Tags     Tags     `toml:"tags"`
+}
+
+// API configures the agent's HTTP API.
+type API struct {
+	// Listen is the host:port the API binds to.
+	Listen string `toml:"listen"`
+	// AdvertiseURL is the URL other members, cifhactl and load balancers use
+	// to reach this agent; defaults to http://<listen>.
+	AdvertiseURL string `toml:"advertise_url"`
+	// CertFile and KeyFile enable TLS on the API when both are set.
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
+}
+
+// Etcd configures the connection to the etcd cluster holding the leader lease.
+type Etcd struct {
+	Endpoints    []string `toml:"endpoints"`
+	DialTimeout  Duration `toml:"dial_timeout"`
+	Username     string   `toml:"username"`
+	PasswordFile string   `toml:"password_file"`
+	CAFile       string   `toml:"ca_file"`
+	CertFile     string   `toml:"cert_file"`
+	KeyFile      string   `toml:"key_file"`
+
+	// Password is read from PasswordFile by Load; never logged.
+	Password string `toml:"-"`
+}
+
+// Postgres configures the local PostgreSQL instance that the agent runs.
+type Postgres struct {
+	// BinDir holds postgres, initdb, pg_basebackup, ...; auto-detected under
+	// /usr/lib/postgresql/*/bin (highest version) when empty.
+	BinDir  string `toml:"bin_dir"`
+	DataDir string `toml:"data_dir"`
+	// Listen is postgres' listen_addresses.
+	Listen string `toml:"listen"`
+	Port   int    `toml:"port"`
+	// ConnectAddress is the host:port peers and clients use to reach this
+	// postgres; defaults to <listen>:<port> when listen is a single address.
+	ConnectAddress string `toml:"connect_address"`
+	// SocketDir is unix_socket_directories; the agent connects through it.
+	SocketDir string `toml:"socket_dir"`
+	// LogFile receives postgres' stderr.
+	LogFile string `toml:"log_file"`
+	// PassFile is the libpq password file cifha writes (mode 0600) for
+	// pg_basebackup, pg_rewind and primary_conninfo.
+	PassFile string `toml:"pass_file"`
+
+	Superuser               string `toml:"superuser"`
+	SuperuserPasswordFile   string `toml:"superuser_password_file"`
+	ReplicationUser         string `toml:"replication_user"`
+	ReplicationPasswordFile string `toml:"replication_password_file"`
+
+	// ArchiveCommand, when set, turns archive_mode on (the seed ships WAL
+	// with scp; any command that copies %p to durable storage works).
+	ArchiveCommand string `toml:"archive_command"`
+	// HBA lines appended after cifha's own (replication, agent access).
+	// Default: one line allowing password (scram) access from anywhere.
+	HBA []string `toml:"hba"`
+	// Parameters are extra postgresql.conf settings; they win over tuning.
+	Parameters map[string]string `toml:"parameters"`
+
+	// Passwords read from the files by Load; never logged.
+	SuperuserPassword   string `toml:"-"`
+	ReplicationPassword string `toml:"-"`
+}
+
+// Tuning selects the performance settings cifha writes.
+type Tuning struct {
+	// Profile is "cif" (the seed's postgressetup.sh, made version-aware) or
+	// "none" (PostgreSQL defaults).
+	Profile string `toml:"profile"`
+	// Memory overrides the detected RAM (e.g. "8GB"), for shared hosts.
+	Memory string `toml:"memory"`
+}
+
+// HA configures the leader lease and the agent loop.
+type HA struct {
+	// TTL of the leader lease. A standby can take over at the earliest TTL
+	// after the leader's last successful renewal.
+	TTL Duration `toml:"ttl"`
+	// LoopInterval is how often the agent observes and acts when nothing
+	// wakes it earlier.
+	LoopInterval Duration `toml:"loop_interval"`
+	// StartTimeout bounds how long one start of postgres is waited for.
+	StartTimeout Duration `toml:"start_timeout"`
+}
+
+// Log configures the agent's own log.
+type Log struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"` // "text" or "json"
+}
+
+// Tags are per-member flags read by other members (failover rules use them).
+type Tags struct {
+	NoFailover       bool `toml:"nofailover"`
+	FailoverPriority int  `toml:"failover_priority"`
+}
+
+// Duration is a time.Duration written as a string ("10s", "500ms").
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (use e.g. \"10s\", \"500ms\")", string(b))
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// Defaults for the HA section.
+const (
+	DefaultTTL          = 10 * time.Second
+	MinTTL              = 2 * time.Second
+	DefaultLoopInterval = time.Second
+	MinLoopInterval     = 50 * time.Millisecond
+	DefaultDialTimeout  = 2 * time.Second
+	DefaultStartTimeout = 30 * time.Second
+)
+
+// Default returns a configuration with every optional key at its default.
+func Default() Config {
+	return Config{
+		Etcd: Etcd{DialTimeout: Duration{DefaultDialTimeout}},
+		Postgres: Postgres{
+			Port:            5432,
+			Superuser:       "postgres",
+			ReplicationUser: "replicator",
+			SocketDir:       "/var/run/postgresql",
+		},
+		Tuning: Tuning{Profile: "cif"},
+		HA: HA{
+			TTL:          Duration{DefaultTTL},
+			LoopInterval: Duration{DefaultLoopInterval},
+			StartTimeout: Duration{DefaultStartTimeout},
+		},
+		Log: Log{Level: "info", Format: "text"},
+	}
+}
+
+// FieldError is one invalid or missing key. Line is 0 when the key is absent.
+type FieldError struct {
+	File string
+	Line int
+	Key  string
+	Msg  string
+}
+
+func (e *FieldError) Error() string {
+	loc := e.File
+	if e.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", e.File, e.Line)
+	}
+	return fmt.Sprintf("%s: %s: %s", loc, e.Key, e.Msg)
+}
+
+// Load reads, strictly decodes and validates the file at path, and reads the
+// password files it names. The returned error names the file, the line where
+// known, and the key.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse is Load on bytes already read; path is used in messages and to
+// resolve nothing else.
+func Parse(path string, data []byte) (*Config, error) {
+	cfg := Default()
+	loc := newLocator(data)
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			key := pe.LastKey
+			if key == "" {
+				key = "(syntax)"
+			}
+			return nil, &FieldError{File: path, Line: pe.Position.Line, Key: key, Msg: pe.Message}
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		var errs []error
+		for _, k := range und {
+			ks := k.String()
+			// Free-form maps decode every key; anything else is unknown.
+			if strings.HasPrefix(ks, "postgres.parameters.") {
+				continue
+			}
+			errs = append(errs, &FieldError{File: path, Line: loc.line(ks), Key: ks, Msg: "unknown key"})
+		}
+		if len(errs) > 0 {
+			return nil, errors.Join(errs...)
+		}
+	}
+	cfg.applyDerivedDefaults()
+	if errs := cfg.validate(); len(errs) > 0 {
+		out := make([]error, 0, len(errs))
+		for _, fe := range errs {
+			fe.File = path
+			fe.Line = loc.line(fe.Key)
+			out = append(out, fe)
+		}
+		return nil, errors.Join(out...)
+	}
+	if errs := cfg.readSecrets(); len(errs) > 0 {
+		out := make([]error, 0, len(errs))
+		for _, fe := range errs {
+			fe.File = path
+			fe.Line = loc.line(fe.Key)
+			out = append(out, fe)
+		}
+		return nil, errors.Join(out...)
+	}
+	return &cfg, nil
+}
+
+func (c *Config) applyDerivedDefaults() {
+	if c.API.AdvertiseURL == "" && c.API.Listen != "" {
+		scheme := "http"
+		if c.API.CertFile != "" {
+			scheme = "https"
+		}
+		c.API.AdvertiseURL = scheme + "://" + c.API.Listen
+	}
+	if c.Postgres.ConnectAddress == "" && c.Postgres.Listen != "" &&
+		!strings.ContainsAny(c.Postgres.Listen, ",*") {
+		c.Postgres.ConnectAddress = net.JoinHostPort(c.Postgres.Listen, strconv.Itoa(c.Postgres.Port))
+	}
+	if c.Postgres.DataDir != "" {
+		parent := filepath.Dir(filepath.Clean(c.Postgres.DataDir))
+		if c.Postgres.PassFile == "" {
+			c.Postgres.PassFile = filepath.Join(parent, ".cifha.pgpass")
+		}
+		if c.Postgres.LogFile == "" {
+			c.Postgres.LogFile = filepath.Join(parent, "postgresql-"+c.Name+".log")
+		}
+	}
+	if len(c.Postgres.HBA) == 0 {
+		c.Postgres.HBA = []string{"host all all all scram-sha-256"}
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+var roleRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+var paramRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
+
+// managedParams are written by cifha itself; setting them in
+// [postgres.parameters] would break replication or the agent's control.
+var managedParams = map[string]string{
+	"listen_addresses":        "postgres.listen",
+	"port":                    "postgres.port",
+	"unix_socket_directories": "postgres.socket_dir",
+	"hba_file":                "postgres.hba",
+	"ident_file":              "postgres.hba",
+	"primary_conninfo":        "(managed by cifha)",
+	"primary_slot_name":       "(managed by cifha)",
+	"archive_command":         "postgres.archive_command",
+	"archive_mode":            "postgres.archive_command",
+	"wal_level":               "(managed by cifha)",
+	"hot_standby":             "(managed by cifha)",
+	"data_directory":          "postgres.data_dir",
+	"config_file":             "(managed by cifha)",
+	"wal_log_hints":           "(managed by cifha)",
+	"cluster_name":            "name",
+}
+
+func (c *Config) validate() []*FieldError {
+	var errs []*FieldError
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &FieldError{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+	if c.Cluster == "" {
+		bad("cluster", "required")
+	} else if !nameRE.MatchString(c.Cluster) {
+		bad("cluster", "%q must be lowercase letters, digits, '-' or '_' (max 63)", c.Cluster)
+	}
+	if c.Name == "" {
+		bad("name", "required")
+	} else if !nameRE.MatchString(c.Name) {
+		bad("name", "%q must be lowercase letters, digits, '-' or '_' (max 63)", c.Name)
+	}
+
+	// API
+	if c.API.Listen == "" {
+		bad("api.listen", "required (host:port)")
+	} else if _, _, err := net.SplitHostPort(c.API.Listen); err != nil {
+		bad("api.listen", "%q is not host:port", c.API.Listen)
+	}
+	if c.API.AdvertiseURL != "" {
+		u, err := url.Parse(c.API.AdvertiseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("api.advertise_url", "%q is not an http(s) URL", c.API.AdvertiseURL)
+		}
+	}
+	if (c.API.CertFile == "") != (c.API.KeyFile == "") {
+		bad("api.cert_file", "cert_file and key_file must be set together")
+	}
+
+	// etcd
+	if len(c.Etcd.Endpoints) == 0 {
+		bad("etcd.endpoints", "required (at least one endpoint)")
+	}
+	seen := map[string]bool{}
+	for _, ep := range c.Etcd.Endpoints {
+		hostport := ep
+		if strings.Contains(ep, "://") {
+			u, err := url.Parse(ep)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+				bad("etcd.endpoints", "%q is not http(s)://host:port or host:port", ep)
+				continue
+			}
+			hostport = u.Host
+		}
+		if _, _, err := net.SplitHostPort(hostport); err != nil {
+			bad("etcd.endpoints", "%q is not host:port", ep)
+			continue
+		}
+		if seen[hostport] {
+			bad("etcd.endpoints", "duplicate endpoint %q", ep)
+		}
+		seen[hostport] = true
+	}
+	if c.Etcd.DialTimeout.Duration <= 0 {
+		bad("etcd.dial_timeout", "%s must be positive", c.Etcd.DialTimeout.Duration)
+	}
+	if (c.Etcd.CertFile == "") != (c.Etcd.KeyFile == "") {
+		bad("etcd.cert_file", "cert_file and key_file must be set together")
+	}
+	if c.Etcd.PasswordFile != "" && c.Etcd.Username == "" {
+		bad("etcd.username", "required when etcd.password_file is set")
+	}
+
+	// postgres
+	if c.Postgres.DataDir == "" {
+		bad("postgres.data_dir", "required")
+	} else if !filepath.IsAbs(c.Postgres.DataDir) {
+		bad("postgres.data_dir", "%q must be an absolute path", c.Postgres.DataDir)
+	} else if filepath.Clean(c.Postgres.DataDir) == "/" {
+		bad("postgres.data_dir", "%q is not a data directory", c.Postgres.DataDir)
+	}
+	if c.Postgres.BinDir != "" && !filepath.IsAbs(c.Postgres.BinDir) {
+		bad("postgres.bin_dir", "%q must be an absolute path", c.Postgres.BinDir)
+	}
+	if c.Postgres.Listen == "" {
+		bad("postgres.listen", "required (listen_addresses, e.g. \"10.0.1.1\")")
+	}
+	if c.Postgres.Port < 1 || c.Postgres.Port > 65535 {
+		bad("postgres.port", "%d is out of range 1-65535", c.Postgres.Port)
+	}
+	if c.Postgres.ConnectAddress == "" {
+		bad("postgres.connect_address", "required when postgres.listen is not a single address")
+	} else if _, _, err := net.SplitHostPort(c.Postgres.ConnectAddress); err != nil {
+		bad("postgres.connect_address", "%q is not host:port", c.Postgres.ConnectAddress)
+	}
+	if !filepath.IsAbs(c.Postgres.SocketDir) {
+		bad("postgres.socket_dir", "%q must be an absolute path", c.Postgres.SocketDir)
+	} else if len(c.Postgres.SocketDir)+len("/.s.PGSQL.65535.lock") > 107 {
+		bad("postgres.socket_dir", "%q is too long for a unix socket path", c.Postgres.SocketDir)
+	}
+	if !roleRE.MatchString(c.Postgres.Superuser) {
+		bad("postgres.superuser", "%q is not a plain role name", c.Postgres.Superuser)
+	}
+	if !roleRE.MatchString(c.Postgres.ReplicationUser) {
+		bad("postgres.replication_user", "%q is not a plain role name", c.Postgres.ReplicationUser)
+	}
+	if c.Postgres.SuperuserPasswordFile == "" {
+		bad("postgres.superuser_password_file", "required (file holding the superuser's password)")
+	}
+	if c.Postgres.ReplicationPasswordFile == "" {
+		bad("postgres.replication_password_file", "required (file holding the replication user's password)")
+	}
+	for i, line := range c.Postgres.HBA {
+		f := strings.Fields(line)
+		if len(f) < 4 || (f[0] != "local" && f[0] != "host" && f[0] != "hostssl" && f[0] != "hostnossl" &&
+			f[0] != "hostgssenc" && f[0] != "hostnogssenc") {
+			bad("postgres.hba", "entry %d %q is not a pg_hba.conf line", i+1, line)
+		}
+		if strings.ContainsAny(line, "\n\r") {
+			bad("postgres.hba", "entry %d contains a newline", i+1)
+		}
+	}
+	names := make([]string, 0, len(c.Postgres.Parameters))
+	for k := range c.Postgres.Parameters {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		v := c.Postgres.Parameters[k]
+		key := "postgres.parameters." + k
+		if !paramRE.MatchString(k) {
+			bad(key, "%q is not a parameter name", k)
+		} else if owner, ok := managedParams[k]; ok {
+			bad(key, "is set by cifha; use %s", owner)
+		}
+		if strings.ContainsAny(v, "\n\r\x00") {
+			bad(key, "value contains a newline or NUL")
+		}
+	}
+
+	// tuning
+	switch c.Tuning.Profile {
+	case "cif", "none":
+	default:
+		bad("tuning.profile", "%q must be \"cif\" or \"none\"", c.Tuning.Profile)
+	}
+	if c.Tuning.Memory != "" {
+		if _, err := ParseBytes(c.Tuning.Memory); err != nil {
+			bad("tuning.memory", "%v", err)
+		}
+	}
+
+	// ha
+	ttl := c.HA.TTL.Duration
+	switch {
+	case ttl < MinTTL:
+		bad("ha.ttl", "%s is below the minimum %s", ttl, MinTTL)
+	case ttl%time.Second != 0:
+		bad("ha.ttl", "%s must be whole seconds (etcd leases count seconds)", ttl)
+	}
+	li := c.HA.LoopInterval.Duration
+	switch {
+	case li < MinLoopInterval:
+		bad("ha.loop_interval", "%s is below the minimum %s", li, MinLoopInterval)
+	case ttl >= MinTTL && li > ttl/3:
+		// The loop is what notices trouble; it must run several times per ttl.
+		bad("ha.loop_interval", "%s must be at most ttl/3 (%s)", li, ttl/3)
+	}
+	if ttl >= MinTTL && c.Etcd.DialTimeout.Duration >= ttl/2 {
+		// A dial that outlasts half the lease leaves no time to renew it.
+		bad("etcd.dial_timeout", "%s must be less than ttl/2 (%s)", c.Etcd.DialTimeout.Duration, ttl/2)
+	}
+	if c.HA.StartTimeout.Duration <= 0 {
+		bad("ha.start_timeout", "%s must be positive", c.HA.StartTimeout.Duration)
+	}
+
+	switch c.Log.Level {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q must be trace, debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q must be \"text\" or \"json\"", c.Log.Format)
+	}
+	return errs
+}
+
+// readSecrets reads password files. Their contents are never put in errors.
+func (c *Config) readSecrets() []*FieldError {
+	var errs []*FieldError
+	read := func(key, path string, dst *string) {
+		if path == "" {
+			return
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			errs = append(errs, &FieldError{Key: key, Msg: fmt.Sprintf("cannot read %q: %v", path, unwrapPathErr(err))})
+			return
+		}
+		s := strings.TrimRight(string(b), "\r\n")
+		if s == "" {
+			errs = append(errs, &FieldError{Key: key, Msg: fmt.Sprintf("%q is empty", path)})
+			return
+		}
+		if strings.ContainsAny(s, "\n\r\x00") {
+			errs = append(errs, &FieldError{Key: key, Msg: fmt.Sprintf("%q must hold one line", path)})
+			return
+		}
+		*dst = s
+	}
+	read("etcd.password_file", c.Etcd.PasswordFile, &c.Etcd.Password)
+	read("postgres.superuser_password_file", c.Postgres.SuperuserPasswordFile, &c.Postgres.SuperuserPassword)
+	read("postgres.replication_password_file", c.Postgres.ReplicationPasswordFile, &c.Postgres.ReplicationPassword)
+	return errs
+}
+
+func unwrapPathErr(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// ParseBytes parses sizes such as "512MB", "8GB", "1024kB" or a plain byte count.
+func ParseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"KB", 1 << 10}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(t, u.suffix) {
+			mult = u.mult
+			t = strings.TrimSpace(strings.TrimSuffix(t, u.suffix))
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size (e.g. \"8GB\", \"512MB\")", s)
+	}
+	return n * mult, nil
+}
+
+// locator finds the line where a dotted key is set, for error messages.
+// It understands [table] headers and key = value lines, which is all a cifha
+// config uses; when it cannot tell it returns 0 and the message has no line.
+type locator struct{ lines map[string]int }
+
+var headerRE = regexp.MustCompile(`^\s*\[\s*([A-Za-z0-9_.\-" ]+?)\s*\]\s*(#.*)?$`)
+var keyRE = regexp.MustCompile(`^\s*("?[A-Za-z0-9_\-.]+"?)\s*=`)
+
+func newLocator(data []byte) *locator {
+	l := &locator{lines: map[string]int{}}
+	table := ""
+	for i, line := range strings.Split(string(data), "\n") {
+		if m := headerRE.FindStringSubmatch(line); m != nil {
+			table = strings.ReplaceAll(strings.ReplaceAll(m[1], `"`, ""), " ", "")
+			if _, ok := l.lines[table]; !ok {
+				l.lines[table] = i + 1
+			}
+			continue
+		}
+		if m := keyRE.FindStringSubmatch(line); m != nil {
+			k := strings.Trim(m[1], `"`)
+			if table != "" {
+				k = table + "." + k
+			}
+			if _, ok := l.lines[k]; !ok {
+				l.lines[k] = i + 1
+			}
+		}
+	}
+	return l
+}
+
+func (l *locator) line(key string) int { return l.lines[key] }
