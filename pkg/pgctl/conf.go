@@ -1,0 +1,301 @@
+package pgctl
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/cifha/cifha/pkg/tuning"
+)
+
+// Files cifha owns inside the data directory.
+const (
+	// BaseConfFile is initdb's postgresql.conf, kept and included first.
+	BaseConfFile = "postgresql.base.conf"
+	// RecoveryIncludeFile holds the standby settings (12+); empty on a primary.
+	RecoveryIncludeFile = "cifha.recovery.conf"
+	standbySignal       = "standby.signal"
+	recoveryConf        = "recovery.conf"
+	managedHeader       = "# Managed by cifha: rewritten on every start. Change the cifha configuration instead.\n"
+	targetPrefix        = "# cifha-target: "
+)
+
+// Settings is what cifha writes into postgresql.conf, pg_hba.conf and pg_ident.conf.
+type Settings struct {
+	Version     Version
+	ClusterName string
+	Listen      string
+	Port        int
+	SocketDir   string
+	// OSUser is the operating-system user the agent runs as; pg_ident maps it
+	// to the superuser so the agent connects over the socket without a password.
+	OSUser          string
+	Superuser       string
+	ReplicationUser string
+	// Params are written in order after cifha's own; later ones win.
+	Params []tuning.Param
+	// HBA lines appended after cifha's own.
+	HBA []string
+}
+
+// RenderConf renders postgresql.conf.
+func RenderConf(s Settings) string {
+	var b strings.Builder
+	b.WriteString(managedHeader)
+	fmt.Fprintf(&b, "include_if_exists = '%s'\n\n", BaseConfFile)
+	w := func(name, value, comment string) {
+		if comment != "" {
+			fmt.Fprintf(&b, "%s = %s\t# %s\n", name, value, comment)
+		} else {
+			fmt.Fprintf(&b, "%s = %s\n", name, value)
+		}
+	}
+	w("listen_addresses", tuning.Quote(s.Listen), "")
+	w("port", strconv.Itoa(s.Port), "")
+	w("unix_socket_directories", tuning.Quote(s.SocketDir), "")
+	w("cluster_name", tuning.Quote(s.ClusterName), "")
+	w("logging_collector", "off", "stderr goes to the file cifha opens")
+	for _, p := range s.Params {
+		w(p.Name, p.Value, p.Comment)
+	}
+	if !s.Version.UsesRecoveryConf() {
+		fmt.Fprintf(&b, "\n# standby settings (primary_conninfo, primary_slot_name); empty on a primary\ninclude_if_exists = '%s'\n", RecoveryIncludeFile)
+	}
+	return b.String()
+}
+
+// RenderHBA renders pg_hba.conf: the agent's own local access, replication
+// between members with a password, then the operator's lines.
+func RenderHBA(s Settings) string {
+	method := "scram-sha-256"
+	if s.Version < 100000 {
+		method = "md5"
+	}
+	var b strings.Builder
+	b.WriteString(managedHeader)
+	b.WriteString("# TYPE  DATABASE     USER  ADDRESS  METHOD\n")
+	b.WriteString("local   all          all            peer map=cifha\n")
+	b.WriteString("local   replication  all            peer map=cifha\n")
+	fmt.Fprintf(&b, "host    replication  %s  all  %s\n", s.ReplicationUser, method)
+	fmt.Fprintf(&b, "host    all          %s  all  %s\n", s.Superuser, method)
+	b.WriteString("# from postgres.hba\n")
+	for _, l := range s.HBA {
+		b.WriteString(l)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// RenderIdent renders pg_ident.conf: the agent's OS user may connect as the
+// superuser or the replication user; every OS user may connect as the role of the same name.
+func RenderIdent(s Settings) string {
+	var b strings.Builder
+	b.WriteString(managedHeader)
+	fmt.Fprintf(&b, "cifha  %s  %s\n", s.OSUser, s.Superuser)
+	fmt.Fprintf(&b, "cifha  %s  %s\n", s.OSUser, s.ReplicationUser)
+	b.WriteString("cifha  /^(.*)$  \\1\n")
+	return b.String()
+}
+
+// WriteConfig writes postgresql.conf, pg_hba.conf and pg_ident.conf into
+// dataDir. The first time, initdb's postgresql.conf is kept as
+// postgresql.base.conf.
+func WriteConfig(dataDir string, s Settings) error {
+	conf := filepath.Join(dataDir, "postgresql.conf")
+	base := filepath.Join(dataDir, BaseConfFile)
+	if _, err := os.Stat(base); errors.Is(err, os.ErrNotExist) {
+		if old, err := os.ReadFile(conf); err == nil && !bytes.HasPrefix(old, []byte(managedHeader)) {
+			if err := writeFileAtomic(base, old, 0o600); err != nil {
+				return fmt.Errorf("keep initdb's configuration: %w", err)
+			}
+		}
+	}
+	for name, text := range map[string]string{
+		"postgresql.conf": RenderConf(s),
+		"pg_hba.conf":     RenderHBA(s),
+		"pg_ident.conf":   RenderIdent(s),
+	} {
+		if err := writeFileAtomic(filepath.Join(dataDir, name), []byte(text), 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Standby describes the upstream a standby streams from.
+type Standby struct {
+	// Leader is the upstream member's name (recorded for the agent, not used by postgres).
+	Leader   string
+	Host     string
+	Port     int
+	User     string
+	PassFile string
+	// AppName is this member's name; it is the application_name the primary
+	// sees in pg_stat_replication.
+	AppName  string
+	SlotName string
+}
+
+// Target is "<leader> <host>:<port>", recorded in the standby settings so the
+// agent can tell whom a stopped standby would follow.
+func (s Standby) Target() string { return fmt.Sprintf("%s %s:%d", s.Leader, s.Host, s.Port) }
+
+// Conninfo renders primary_conninfo. The password stays in the passfile.
+func (s Standby) Conninfo() string {
+	kv := []string{
+		"host=" + connQuote(s.Host),
+		"port=" + strconv.Itoa(s.Port),
+		"user=" + connQuote(s.User),
+		"passfile=" + connQuote(s.PassFile),
+		"application_name=" + connQuote(s.AppName),
+		"sslmode=prefer",
+		"connect_timeout=2",
+		"keepalives_idle=2",
+		"keepalives_interval=1",
+		"keepalives_count=3",
+	}
+	return strings.Join(kv, " ")
+}
+
+func connQuote(v string) string {
+	if v != "" && !strings.ContainsAny(v, " '\\") {
+		return v
+	}
+	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	return "'" + r.Replace(v) + "'"
+}
+
+// RenderStandby12 renders the include file for 12+.
+func RenderStandby12(s Standby) string {
+	var b strings.Builder
+	b.WriteString(managedHeader)
+	b.WriteString(targetPrefix + s.Target() + "\n")
+	fmt.Fprintf(&b, "primary_conninfo = %s\n", tuning.Quote(s.Conninfo()))
+	if s.SlotName != "" {
+		fmt.Fprintf(&b, "primary_slot_name = %s\n", tuning.Quote(s.SlotName))
+	}
+	b.WriteString("recovery_target_timeline = 'latest'\n")
+	return b.String()
+}
+
+// RenderRecoveryConf renders recovery.conf for 9.x-11.
+func RenderRecoveryConf(s Standby) string {
+	var b strings.Builder
+	b.WriteString(managedHeader)
+	b.WriteString(targetPrefix + s.Target() + "\n")
+	b.WriteString("standby_mode = 'on'\n")
+	fmt.Fprintf(&b, "primary_conninfo = %s\n", tuning.Quote(s.Conninfo()))
+	if s.SlotName != "" {
+		fmt.Fprintf(&b, "primary_slot_name = %s\n", tuning.Quote(s.SlotName))
+	}
+	b.WriteString("recovery_target_timeline = 'latest'\n")
+	return b.String()
+}
+
+// WriteStandby makes dataDir start as a standby of s (standby.signal and
+// the include file, or recovery.conf before 12).
+func WriteStandby(dataDir string, v Version, s Standby) error {
+	if v.UsesRecoveryConf() {
+		return writeFileAtomic(filepath.Join(dataDir, recoveryConf), []byte(RenderRecoveryConf(s)), 0o600)
+	}
+	if err := writeFileAtomic(filepath.Join(dataDir, RecoveryIncludeFile), []byte(RenderStandby12(s)), 0o600); err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dataDir, standbySignal), nil, 0o600)
+}
+
+// ClearStandby makes dataDir start as a primary: it removes standby.signal
+// (or recovery.conf) and empties the include file.
+func ClearStandby(dataDir string, v Version) error {
+	for _, f := range []string{standbySignal, recoveryConf} {
+		if err := os.Remove(filepath.Join(dataDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	if !v.UsesRecoveryConf() {
+		return writeFileAtomic(filepath.Join(dataDir, RecoveryIncludeFile), []byte(managedHeader), 0o600)
+	}
+	return nil
+}
+
+// StandbyState is what the files in a data directory say about its role.
+type StandbyState struct {
+	// Standby is true when postgres would start in standby mode.
+	Standby bool
+	// Target is the recorded "<leader> <host>:<port>" ("" if unknown).
+	Target string
+}
+
+// ReadStandby reports whether dataDir is configured as a standby and whom it follows.
+func ReadStandby(dataDir string) (StandbyState, error) {
+	var st StandbyState
+	for _, f := range []string{standbySignal, recoveryConf} {
+		if _, err := os.Stat(filepath.Join(dataDir, f)); err == nil {
+			st.Standby = true
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return st, err
+		}
+	}
+	for _, f := range []string{RecoveryIncludeFile, recoveryConf} {
+		b, err := os.ReadFile(filepath.Join(dataDir, f))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			if t, ok := strings.CutPrefix(sc.Text(), targetPrefix); ok {
+				st.Target = t
+			}
+		}
+	}
+	return st, nil
+}
+
+// WritePassFile writes a libpq password file (mode 0600) with one line per
+// user, for any host.
+func WritePassFile(path string, creds map[string]string) error {
+	esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`)
+	var b strings.Builder
+	users := make([]string, 0, len(creds))
+	for u := range creds {
+		users = append(users, u)
+	}
+	sort.Strings(users)
+	for _, u := range users {
+		fmt.Fprintf(&b, "*:*:*:%s:%s\n", esc.Replace(u), esc.Replace(creds[u]))
+	}
+	return writeFileAtomic(path, []byte(b.String()), 0o600)
+}
+
+// writeFileAtomic writes data to a temporary file beside path, fsyncs it and
+// renames it over path, so a crash never leaves a half-written file.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

@@ -1,0 +1,266 @@
+package pgctl
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cifha/cifha/internal/testutil"
+	"github.com/cifha/cifha/pkg/tuning"
+)
+
+func TestMain(m *testing.M) { os.Exit(testutil.RunAsPostgres(m)) }
+
+func TestParseVersion(t *testing.T) {
+	cases := map[string]Version{
+		"postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": 150018,
+		"postgres (PostgreSQL) 9.1.24":                         90124,
+		"postgres (PostgreSQL) 9.6.24":                         90624,
+		"postgres (PostgreSQL) 12.1":                           120001,
+		"postgres (PostgreSQL) 17beta1":                        170000,
+	}
+	for in, want := range cases {
+		got, err := ParseVersion(in)
+		if err != nil || got != want {
+			t.Errorf("ParseVersion(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := ParseVersion("garbage"); err == nil {
+		t.Error("garbage accepted")
+	}
+	if Version(90124).Major() != "9.1" || Version(150018).Major() != "15" {
+		t.Error("Major")
+	}
+}
+
+func TestLSN(t *testing.T) {
+	l, err := ParseLSN("16/B374D848")
+	if err != nil || l.String() != "16/B374D848" || uint64(l) != 0x16B374D848 {
+		t.Fatalf("ParseLSN: %v %v", l, err)
+	}
+	if LSN(100).Sub(40) != 60 || LSN(40).Sub(100) != 0 {
+		t.Error("Sub")
+	}
+	for _, bad := range []string{"", "1", "x/1", "1/y"} {
+		if _, err := ParseLSN(bad); err == nil {
+			t.Errorf("ParseLSN(%q) accepted", bad)
+		}
+	}
+}
+
+var testStandby = Standby{Leader: "db1", Host: "10.0.1.1", Port: 5432, User: "replicator",
+	PassFile: "/var/lib/cifha/.cifha.pgpass", AppName: "db2", SlotName: "db2"}
+
+// TestRecoveryConf: 9.x-11 get recovery.conf (standby_mode, primary_conninfo
+// with the password left in the passfile); only 15 runs here, so the text is
+// asserted.
+func TestRecoveryConf(t *testing.T) {
+	got := RenderRecoveryConf(testStandby)
+	for _, want := range []string{
+		"standby_mode = 'on'\n",
+		"primary_conninfo = 'host=10.0.1.1 port=5432 user=replicator passfile=/var/lib/cifha/.cifha.pgpass application_name=db2 ",
+		"primary_slot_name = 'db2'\n",
+		"recovery_target_timeline = 'latest'\n",
+		"# cifha-target: db1 10.0.1.1:5432\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("recovery.conf lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "password=") {
+		t.Error("password in recovery.conf")
+	}
+	got12 := RenderStandby12(testStandby)
+	if strings.Contains(got12, "standby_mode") || !strings.Contains(got12, "primary_conninfo") {
+		t.Errorf("12+ include file:\n%s", got12)
+	}
+}
+
+func TestStandbyFilesByVersion(t *testing.T) {
+	for _, v := range []Version{90624, 110005, 150018} {
+		dir := t.TempDir()
+		if err := WriteStandby(dir, v, testStandby); err != nil {
+			t.Fatal(err)
+		}
+		st, err := ReadStandby(dir)
+		if err != nil || !st.Standby || st.Target != "db1 10.0.1.1:5432" {
+			t.Errorf("v%s: %+v %v", v, st, err)
+		}
+		_, errSignal := os.Stat(filepath.Join(dir, "standby.signal"))
+		_, errRecovery := os.Stat(filepath.Join(dir, "recovery.conf"))
+		if v.UsesRecoveryConf() != (errRecovery == nil) || v.UsesRecoveryConf() == (errSignal == nil) {
+			t.Errorf("v%s: standby.signal %v, recovery.conf %v", v, errSignal, errRecovery)
+		}
+		if err := ClearStandby(dir, v); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := ReadStandby(dir); st.Standby {
+			t.Errorf("v%s: still standby after ClearStandby", v)
+		}
+	}
+}
+
+func TestQueriesByVersion(t *testing.T) {
+	q9 := QueriesFor(90624)
+	for _, want := range []string{"pg_current_xlog_location()", "pg_last_xlog_replay_location()", "replay_location"} {
+		if !strings.Contains(q9.Status+q9.Replication, want) {
+			t.Errorf("9.6 queries lack %s", want)
+		}
+	}
+	q15 := QueriesFor(150018)
+	if strings.Contains(q15.Status, "xlog") || !strings.Contains(q15.Status, "pg_current_wal_lsn()") {
+		t.Error("15 queries use old names")
+	}
+}
+
+func TestRenderConf(t *testing.T) {
+	s := Settings{Version: 150018, ClusterName: "db1", Listen: "127.0.0.11", Port: 5432, SocketDir: "/run/x",
+		OSUser: "postgres", Superuser: "postgres", ReplicationUser: "replicator",
+		Params: tuning.HA(150018, tuning.HAOptions{}), HBA: []string{"host all all 10.0.0.1/32 scram-sha-256"}}
+	conf := RenderConf(s)
+	for _, want := range []string{"include_if_exists = 'postgresql.base.conf'", "listen_addresses = '127.0.0.11'",
+		"wal_level = replica", "include_if_exists = 'cifha.recovery.conf'"} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("postgresql.conf lacks %q", want)
+		}
+	}
+	s.Version = 110005
+	if strings.Contains(RenderConf(s), RecoveryIncludeFile) {
+		t.Error("11 must not include the 12+ standby file")
+	}
+	hba := RenderHBA(s)
+	if !strings.Contains(hba, "host    replication  replicator  all  scram-sha-256") || !strings.HasSuffix(hba, "host all all 10.0.0.1/32 scram-sha-256\n") {
+		t.Errorf("pg_hba.conf:\n%s", hba)
+	}
+}
+
+func TestInspectDataDir(t *testing.T) {
+	dir := t.TempDir()
+	if st, _ := InspectDataDir(filepath.Join(dir, "nope")); st != DataDirMissing {
+		t.Error("missing")
+	}
+	if st, _ := InspectDataDir(dir); st != DataDirMissing {
+		t.Error("empty")
+	}
+	os.WriteFile(filepath.Join(dir, "important.txt"), []byte("x"), 0o600)
+	if st, _ := InspectDataDir(dir); st != DataDirForeign {
+		t.Error("foreign")
+	}
+	if err := install(t.TempDir(), dir); err == nil {
+		t.Error("install over a non-empty directory")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "important.txt")); err != nil {
+		t.Error("install touched a foreign directory")
+	}
+}
+
+// newTestInstance initialises a real cluster listening only on its socket.
+func newTestInstance(t *testing.T, ctx context.Context, root, name string) *Instance {
+	t.Helper()
+	bin := testutil.PGBinDir(t)
+	v, err := DetectVersion(ctx, bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(Config{BinDir: bin, DataDir: filepath.Join(root, name), SocketDir: root, Port: 5432,
+		Superuser: "postgres", LogFile: filepath.Join(root, name+".log"), PassFile: filepath.Join(root, "pgpass")}, v)
+}
+
+func settingsFor(inst *Instance, port int, name string) Settings {
+	return Settings{Version: inst.Version(), ClusterName: name, Listen: "", Port: port, SocketDir: inst.cfg.SocketDir,
+		OSUser: "postgres", Superuser: "postgres", ReplicationUser: "replicator",
+		Params: tuning.HA(int(inst.Version()), tuning.HAOptions{}), HBA: []string{"local all all scram-sha-256"}}
+}
+
+// TestRealPrimaryAndClone: initdb, start, status, clone through a slot
+// over the socket, standby status, stop. Real postgres 15.
+func TestRealPrimaryAndClone(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	root := testutil.Dir(t, "pgctl-")
+	p := newTestInstance(t, ctx, root, "p")
+	if err := p.InitDB(ctx, "pw"); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteConfig(p.cfg.DataDir, settingsFor(p, 5432, "p")); err != nil {
+		t.Fatal(err)
+	}
+	if err := WritePassFile(p.cfg.PassFile, map[string]string{"replicator": "rpw:x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.StopWithin(context.Background(), Fast, 5*time.Second) })
+	if err := p.Start(ctx, time.Second); err != ErrRunning {
+		t.Errorf("second start: %v", err)
+	}
+	st, err := p.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.InRecovery || st.Timeline != 1 || st.CurrentLSN == 0 {
+		t.Errorf("primary status %+v", st)
+	}
+	if err := p.EnsureRole(ctx, "replicator", "rpw:x", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CreateSlot(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CreateSlot(ctx, "s"); err != nil {
+		t.Fatalf("existing slot: %v", err)
+	}
+	if err := p.Exec(ctx, "CREATE TABLE t (x int); INSERT INTO t VALUES (42)"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The clone connects over the socket (host = socket dir) as replicator
+	// with the passfile: the hba line above requires the password.
+	s := newTestInstance(t, ctx, root, "s")
+	s.cfg.Port = 5433
+	if err := s.Clone(ctx, root, 5432, "replicator", "s", "s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteConfig(s.cfg.DataDir, settingsFor(s, 5433, "s")); err != nil {
+		t.Fatal(err)
+	}
+	sb := Standby{Leader: "p", Host: root, Port: 5432, User: "replicator", PassFile: p.cfg.PassFile, AppName: "s", SlotName: "s"}
+	if err := WriteStandby(s.cfg.DataDir, s.Version(), sb); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.StopWithin(context.Background(), Fast, 5*time.Second) })
+	testutil.Eventually(t, 10*time.Second, "standby streaming", func() error {
+		st, err := s.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if !st.InRecovery || st.WalReceiver != "streaming" || st.ReplayLSN == 0 {
+			return fmt.Errorf("standby status %+v", st)
+		}
+		pst, err := p.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if len(pst.Replication) != 1 || pst.Replication[0].Name != "s" {
+			return fmt.Errorf("pg_stat_replication %+v", pst.Replication)
+		}
+		return nil
+	})
+	if err := s.Stop(ctx, Fast); err != nil {
+		t.Fatal(err)
+	}
+	if s.Running() {
+		t.Error("running after stop")
+	}
+	if err := s.Stop(ctx, Fast); err != nil {
+		t.Errorf("stopping a stopped postgres is not an error: %v", err)
+	}
+}

@@ -1,0 +1,150 @@
+package pgctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// DataDirState classifies a data directory before cifha touches it.
+type DataDirState int
+
+// Data directory states.
+const (
+	// DataDirMissing: absent or empty; cifha may create it.
+	DataDirMissing DataDirState = iota
+	// DataDirValid: has PG_VERSION and global/pg_control.
+	DataDirValid
+	// DataDirForeign: not empty and not a data directory; never touched.
+	DataDirForeign
+)
+
+func (s DataDirState) String() string {
+	return [...]string{"missing", "valid", "foreign"}[s]
+}
+
+// InspectDataDir tells whether dataDir is missing/empty, a data directory,
+// or something else that must not be touched.
+func InspectDataDir(dataDir string) (DataDirState, error) {
+	entries, err := os.ReadDir(dataDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return DataDirMissing, nil
+	}
+	if err != nil {
+		return DataDirForeign, fmt.Errorf("inspect data dir: %w", err)
+	}
+	if len(entries) == 0 {
+		return DataDirMissing, nil
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "PG_VERSION")); err != nil {
+		return DataDirForeign, nil
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "global", "pg_control")); err != nil {
+		return DataDirForeign, nil
+	}
+	return DataDirValid, nil
+}
+
+// newTempDataDir makes an empty 0700 directory beside dataDir, so that a
+// finished initdb or clone is moved into place by one rename.
+func newTempDataDir(dataDir string) (string, error) {
+	parent := filepath.Dir(filepath.Clean(dataDir))
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(parent, filepath.Base(dataDir)+".cifha-new-")
+}
+
+// install moves a complete temporary data directory into place. dataDir
+// must be absent or empty; anything else is refused (never deleted).
+func install(tmp, dataDir string) error {
+	st, err := InspectDataDir(dataDir)
+	if err != nil {
+		return err
+	}
+	if st != DataDirMissing {
+		return fmt.Errorf("install data dir: %s is not empty; refusing to replace it", dataDir)
+	}
+	if err := os.Remove(dataDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("install data dir: %w", err)
+	}
+	if err := os.Rename(tmp, dataDir); err != nil {
+		return fmt.Errorf("install data dir: %w", err)
+	}
+	return syncDir(filepath.Dir(dataDir))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// InitDB creates a new cluster in dataDir (which must be absent or empty)
+// with the superuser and its password. initdb runs in a temporary directory
+// that is renamed into place only once it succeeded.
+func (i *Instance) InitDB(ctx context.Context, superuserPassword string) error {
+	tmp, err := newTempDataDir(i.cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("initdb: %w", err)
+	}
+	pw, err := os.CreateTemp(filepath.Dir(tmp), ".cifha-pw-")
+	if err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("initdb: %w", err)
+	}
+	defer os.Remove(pw.Name())
+	_, err = pw.WriteString(superuserPassword + "\n")
+	if cerr := pw.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("initdb: write password file: %w", err)
+	}
+	method := "scram-sha-256"
+	if i.version < 100000 {
+		method = "md5"
+	}
+	args := []string{"-D", tmp, "-U", i.cfg.Superuser, "--pwfile=" + pw.Name(), "-E", "UTF8",
+		"--auth-local=peer", "--auth-host=" + method}
+	if err := i.run(ctx, "initdb", args...); err != nil {
+		os.RemoveAll(tmp) // our own fresh, empty-of-data directory
+		return err
+	}
+	if err := install(tmp, i.cfg.DataDir); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Clone copies the primary at host:port into dataDir (absent or empty) with
+// pg_basebackup, streaming WAL through the slot that the primary keeps for
+// this member, then moves it into place.
+func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot, appName string) error {
+	tmp, err := newTempDataDir(i.cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("clone: %w", err)
+	}
+	args := []string{"-D", tmp, "-X", "stream", "-c", "fast", "-h", host, "-p", strconv.Itoa(port),
+		"-U", user, "-w"}
+	if slot != "" {
+		args = append(args, "-S", slot)
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(i.cfg.BinDir, "pg_basebackup"), args...)
+	cmd.Env = append(i.cleanEnv(), "PGAPPNAME="+appName+"-clone", "PGCONNECT_TIMEOUT=3")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		os.RemoveAll(tmp) // a partial copy of the primary, not the only copy of anything
+		return fmt.Errorf("pg_basebackup from %s:%d: %w: %s", host, port, err, strings.TrimSpace(lastLines(string(out), 3)))
+	}
+	return install(tmp, i.cfg.DataDir)
+}

@@ -1,0 +1,307 @@
+package pgctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// LSN is a WAL position.
+type LSN uint64
+
+// ParseLSN parses "16/B374D848".
+func ParseLSN(s string) (LSN, error) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, fmt.Errorf("parse lsn %q", s)
+	}
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("parse lsn %q", s)
+	}
+	return LSN(h<<32 | l), nil
+}
+
+func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint64(l)>>32, uint64(l)&0xffffffff) }
+
+// Sub returns l - o in bytes, or 0 when o is ahead.
+func (l LSN) Sub(o LSN) int64 {
+	if o >= l {
+		return 0
+	}
+	return int64(l - o)
+}
+
+// Status is one observation of a running postgres.
+type Status struct {
+	InRecovery bool
+	Timeline   int
+	// CurrentLSN is pg_current_wal_lsn() on a primary, 0 on a standby.
+	CurrentLSN LSN
+	// ReceiveLSN and ReplayLSN are a standby's positions (0 on a primary).
+	ReceiveLSN   LSN
+	ReplayLSN    LSN
+	ReplayPaused bool
+	// WalReceiver is pg_stat_wal_receiver.status ("streaming", ...) or "".
+	WalReceiver string
+	// Replication lists the standbys connected to a primary.
+	Replication []Replica
+	// Slots lists physical replication slots.
+	Slots []Slot
+}
+
+// Replica is one row of pg_stat_replication.
+type Replica struct {
+	Name      string `json:"name"`
+	State     string `json:"state"`
+	SentLSN   LSN    `json:"-"`
+	ReplayLSN LSN    `json:"-"`
+	SyncState string `json:"sync_state"`
+}
+
+// Slot is one physical replication slot.
+type Slot struct {
+	Name   string
+	Active bool
+}
+
+// Queries is the version-specific SQL cifha reads state with.
+type Queries struct {
+	Status      string
+	Replication string
+	Slots       string
+}
+
+// QueriesFor returns the SQL for version v (xlog/location before 10).
+func QueriesFor(v Version) Queries {
+	if v >= 100000 {
+		return Queries{
+			Status: `SELECT pg_is_in_recovery(),
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+  pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
+  CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END,
+  (SELECT timeline_id FROM pg_control_checkpoint()),
+  (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
+  (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)`,
+			Replication: `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_lsn::text, ''),
+  coalesce(replay_lsn::text, ''), coalesce(sync_state, '') FROM pg_stat_replication`,
+			Slots: `SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'`,
+		}
+	}
+	return Queries{
+		Status: `SELECT pg_is_in_recovery(),
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_xlog_location()::text END,
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE ('x' || substr(pg_xlogfile_name(pg_current_xlog_location()), 1, 8))::bit(32)::int END,
+  pg_last_xlog_receive_location()::text, pg_last_xlog_replay_location()::text,
+  CASE WHEN pg_is_in_recovery() THEN pg_is_xlog_replay_paused() ELSE false END,
+  (SELECT timeline_id FROM pg_control_checkpoint()),
+  (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
+  (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)`,
+		Replication: `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_location::text, ''),
+  coalesce(replay_location::text, ''), coalesce(sync_state, '') FROM pg_stat_replication`,
+		Slots: `SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'`,
+	}
+}
+
+// connHolder keeps one connection to the local postgres over its socket.
+type connHolder struct{ c *pgx.Conn }
+
+func (i *Instance) closeConn() {
+	i.connMu.Lock()
+	defer i.connMu.Unlock()
+	if i.conn.c != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_ = i.conn.c.Close(ctx)
+		cancel()
+		i.conn.c = nil
+	}
+}
+
+// ConnConfig returns the pgx configuration of the agent's own local
+// connection: the unix socket, peer authentication mapped to the superuser,
+// and session settings safe for a control connection.
+func (i *Instance) ConnConfig() (*pgx.ConnConfig, error) {
+	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=disable connect_timeout=2",
+		connQuote(i.cfg.SocketDir), i.cfg.Port, connQuote(i.cfg.Superuser)))
+	if err != nil {
+		return nil, err
+	}
+	cc.Password = ""
+	cc.Fallbacks = nil
+	cc.RuntimeParams = map[string]string{
+		"application_name":   "cifha",
+		"synchronous_commit": "local",
+		"statement_timeout":  "5s",
+	}
+	return cc, nil
+}
+
+// withConn runs f on the shared local connection, reconnecting if needed.
+func (i *Instance) withConn(ctx context.Context, f func(*pgx.Conn) error) error {
+	if !i.Running() {
+		return ErrNotRunning
+	}
+	i.connMu.Lock()
+	defer i.connMu.Unlock()
+	if i.conn.c == nil || i.conn.c.IsClosed() {
+		cc, err := i.ConnConfig()
+		if err != nil {
+			return err
+		}
+		c, err := pgx.ConnectConfig(ctx, cc)
+		if err != nil {
+			return fmt.Errorf("connect to local postgres: %w", err)
+		}
+		i.conn.c = c
+	}
+	err := f(i.conn.c)
+	if err != nil && (i.conn.c.IsClosed() || errors.Is(err, context.DeadlineExceeded)) {
+		_ = i.conn.c.Close(context.Background())
+		i.conn.c = nil
+	}
+	return err
+}
+
+func parseOptLSN(s *string) (LSN, error) {
+	if s == nil || *s == "" {
+		return 0, nil
+	}
+	return ParseLSN(*s)
+}
+
+// Status reads the instance's state in a few queries.
+func (i *Instance) Status(ctx context.Context) (Status, error) {
+	var st Status
+	q := QueriesFor(i.version)
+	err := i.withConn(ctx, func(c *pgx.Conn) error {
+		var cur, rcv, rpl, wrStatus *string
+		var curTLI, ckptTLI, rcvTLI *int32
+		if err := c.QueryRow(ctx, q.Status).Scan(&st.InRecovery, &cur, &curTLI, &rcv, &rpl, &st.ReplayPaused, &ckptTLI, &wrStatus, &rcvTLI); err != nil {
+			return fmt.Errorf("query status: %w", err)
+		}
+		var err error
+		if st.CurrentLSN, err = parseOptLSN(cur); err != nil {
+			return err
+		}
+		if st.ReceiveLSN, err = parseOptLSN(rcv); err != nil {
+			return err
+		}
+		if st.ReplayLSN, err = parseOptLSN(rpl); err != nil {
+			return err
+		}
+		if wrStatus != nil {
+			st.WalReceiver = *wrStatus
+		}
+		switch {
+		case curTLI != nil:
+			st.Timeline = int(*curTLI)
+		case rcvTLI != nil:
+			st.Timeline = int(*rcvTLI)
+		case ckptTLI != nil:
+			st.Timeline = int(*ckptTLI)
+		}
+		if !st.InRecovery {
+			rows, err := c.Query(ctx, q.Replication)
+			if err != nil {
+				return fmt.Errorf("query pg_stat_replication: %w", err)
+			}
+			for rows.Next() {
+				var r Replica
+				var sent, replay string
+				if err := rows.Scan(&r.Name, &r.State, &sent, &replay, &r.SyncState); err != nil {
+					rows.Close()
+					return err
+				}
+				r.SentLSN, _ = ParseLSN(sent)
+				r.ReplayLSN, _ = ParseLSN(replay)
+				st.Replication = append(st.Replication, r)
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("query pg_stat_replication: %w", err)
+			}
+		}
+		rows, err := c.Query(ctx, q.Slots)
+		if err != nil {
+			return fmt.Errorf("query slots: %w", err)
+		}
+		for rows.Next() {
+			var s Slot
+			if err := rows.Scan(&s.Name, &s.Active); err != nil {
+				rows.Close()
+				return err
+			}
+			st.Slots = append(st.Slots, s)
+		}
+		rows.Close()
+		return rows.Err()
+	})
+	return st, err
+}
+
+// CreateSlot creates a physical replication slot that reserves WAL at once.
+// An existing slot is not an error.
+func (i *Instance) CreateSlot(ctx context.Context, name string) error {
+	return i.withConn(ctx, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `SELECT pg_create_physical_replication_slot($1, true)
+WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, name)
+		if err != nil {
+			return fmt.Errorf("create slot %s: %w", name, err)
+		}
+		return nil
+	})
+}
+
+// EnsureRole creates or updates a login role with password. The statement
+// carries a secret, so this session stops logging statements first.
+func (i *Instance) EnsureRole(ctx context.Context, name, password string, replication bool) error {
+	return i.withConn(ctx, func(c *pgx.Conn) error {
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback(ctx)
+		for _, s := range []string{"SET LOCAL log_statement = 'none'", "SET LOCAL log_min_error_statement = 'panic'", "SET LOCAL log_min_duration_statement = -1"} {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return fmt.Errorf("ensure role %s: %w", name, err)
+			}
+		}
+		var exists bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", name).Scan(&exists); err != nil {
+			return fmt.Errorf("ensure role %s: %w", name, err)
+		}
+		verb := "CREATE"
+		if exists {
+			verb = "ALTER"
+		}
+		attrs := "LOGIN"
+		if replication {
+			attrs += " REPLICATION"
+		}
+		sql := fmt.Sprintf("%s ROLE %s WITH %s PASSWORD %s", verb, pgx.Identifier{name}.Sanitize(), attrs, quoteLiteral(password))
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			// The error text cannot contain the statement; keep the secret out anyway.
+			return fmt.Errorf("ensure role %s failed", name)
+		}
+		return tx.Commit(ctx)
+	})
+}
+
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// Exec runs one statement on the local instance (used by tests and tools).
+func (i *Instance) Exec(ctx context.Context, sql string, args ...any) error {
+	return i.withConn(ctx, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, sql, args...)
+		return err
+	})
+}
