@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/cifha/cifha/internal/devetcd"
 	"time"
 )
 
@@ -170,4 +172,20 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 		}
 		time.Sleep(50 * time.Millisecond) // poll interval, bounded by the deadline above
 	}
+}
+
+// Etcd starts an in-process etcd for the test and returns its client URL.
+func Etcd(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "cifha-etcd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := devetcd.Start(dir, "127.0.0.1:0")
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); os.RemoveAll(dir) })
+	return s.Endpoint
 }

@@ -1,0 +1,224 @@
+package election
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cifha/cifha/internal/testutil"
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+type node struct {
+	cli    *clientv3.Client
+	sess   *Session
+	store  *Store
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newNode(t *testing.T, endpoint, name string, ttl time.Duration) *node {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Warn, Output: testWriter{t}})
+	sess := NewSession(cli, ttl, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &node{cli: cli, sess: sess, store: NewStore(cli, "test", name, sess, log), cancel: cancel, done: make(chan struct{})}
+	go func() { sess.Run(ctx); close(n.done) }()
+	t.Cleanup(n.stop)
+	testutil.Eventually(t, 5*time.Second, name+" lease", func() error {
+		if sess.State().ID == 0 {
+			return fmt.Errorf("no lease")
+		}
+		return nil
+	})
+	return n
+}
+
+func (n *node) stop() {
+	n.cancel()
+	<-n.done
+	n.cli.Close()
+}
+
+// crash stops renewing without revoking, like a killed process.
+func (n *node) crash() {
+	n.cli.Close()
+	n.cancel()
+	<-n.done
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func TestOneInitializerOneLeader(t *testing.T) {
+	ep := testutil.Etcd(t)
+	ctx := context.Background()
+	nodes := []*node{newNode(t, ep, "a", 3*time.Second), newNode(t, ep, "b", 3*time.Second), newNode(t, ep, "c", 3*time.Second)}
+	var mu sync.Mutex
+	initWins, leaderWins := 0, 0
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		go func(n *node) {
+			defer wg.Done()
+			won, err := n.store.ClaimInitialize(ctx)
+			if err != nil {
+				t.Error(err)
+			}
+			led, err := n.store.Acquire(ctx, LastLeader{Timeline: 1})
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			if won {
+				initWins++
+			}
+			if led {
+				leaderWins++
+			}
+			mu.Unlock()
+		}(n)
+	}
+	wg.Wait()
+	if initWins != 1 || leaderWins != 1 {
+		t.Fatalf("initialize winners %d, leader winners %d; want 1 and 1", initWins, leaderWins)
+	}
+	c, err := nodes[0].store.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Leader == nil || !c.Leader.Valid || c.Initialize == "" || c.LastLeader == nil || c.LastLeader.Name != c.Leader.Name {
+		t.Fatalf("cluster %+v", c)
+	}
+	holders := 0
+	for _, n := range nodes {
+		if n.store.Holds(c) {
+			holders++
+		}
+	}
+	if holders != 1 {
+		t.Fatalf("%d holders", holders)
+	}
+}
+
+// TestLeaseDeadlineIsLowerBound: ValidUntil is measured from the send time
+// of the last renewal, so it is never after the moment etcd could expire
+// the lease; and a crashed holder's key is free within the ttl.
+func TestLeaseDeadlineIsLowerBound(t *testing.T) {
+	ep := testutil.Etcd(t)
+	ctx := context.Background()
+	ttl := 2 * time.Second
+	before := time.Now()
+	a := newNode(t, ep, "a", ttl)
+	st := a.sess.State()
+	if st.ValidUntil.Before(before.Add(ttl-10*time.Millisecond)) || st.ValidUntil.After(time.Now().Add(ttl)) {
+		t.Fatalf("ValidUntil %v not within [grant send + ttl]", st.ValidUntil.Sub(before))
+	}
+	// Renewals move the deadline forward.
+	testutil.Eventually(t, 3*time.Second, "renewal", func() error {
+		if !a.sess.State().ValidUntil.After(st.ValidUntil) {
+			return fmt.Errorf("deadline not extended")
+		}
+		return nil
+	})
+	if ok, err := a.store.Acquire(ctx, LastLeader{}); !ok || err != nil {
+		t.Fatalf("acquire: %v %v", ok, err)
+	}
+	b := newNode(t, ep, "b", ttl)
+	deadline := a.sess.State().ValidUntil
+	a.crash()
+	testutil.Eventually(t, 2*ttl, "b acquires after a's lease expires", func() error {
+		ok, err := b.store.Acquire(ctx, LastLeader{})
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("key still held")
+		}
+		if now := time.Now(); now.Before(deadline) {
+			t.Errorf("b acquired %v before a's own deadline", deadline.Sub(now))
+		}
+		return nil
+	})
+}
+
+func TestGarbageIsIgnoredAndRepaired(t *testing.T) {
+	ep := testutil.Etcd(t)
+	ctx := context.Background()
+	a := newNode(t, ep, "a", 3*time.Second)
+	if ok, _ := a.store.Acquire(ctx, LastLeader{}); !ok {
+		t.Fatal("acquire")
+	}
+	if err := a.store.PutMember(ctx, Member{Role: "primary", State: "running"}); err != nil {
+		t.Fatal(err)
+	}
+	k := a.store.Keys()
+	for key, val := range map[string]string{k.Member("zz"): `{"name": "zz", "role": `, k.Leader(): `{not json`, k.LastLeader(): `[]`} {
+		if _, err := a.cli.Put(ctx, key, val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := a.store.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Invalid) != 3 || c.Leader.Valid || c.LastLeader != nil || len(c.Members) != 1 {
+		t.Fatalf("garbage not isolated: %+v", c)
+	}
+	if a.store.Holds(c) || !a.store.OwnsKey(c) {
+		t.Fatalf("holds %v owns %v", a.store.Holds(c), a.store.OwnsKey(c))
+	}
+	if err := a.store.Repair(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, _ = a.store.Read(ctx)
+	if !a.store.Holds(c) {
+		t.Fatalf("not repaired: %+v", c.Leader)
+	}
+	// A key someone else created is never "repaired" away.
+	if _, err := a.cli.Delete(ctx, k.Leader()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.cli.Put(ctx, k.Leader(), "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.store.Repair(ctx); err != ErrNotLeader {
+		t.Fatalf("repair of a foreign key: %v", err)
+	}
+	if err := a.store.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, _ = a.store.Read(ctx)
+	if c.Leader == nil || c.Leader.Name != "b" {
+		t.Fatal("resign deleted a key that was not ours")
+	}
+}
+
+func TestWatchSignalsChanges(t *testing.T) {
+	ep := testutil.Etcd(t)
+	a := newNode(t, ep, "a", 3*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := a.store.Watch(ctx)
+	// The watch registers asynchronously: keep changing the key until one
+	// change is seen.
+	testutil.Eventually(t, 5*time.Second, "watch event", func() error {
+		if err := a.store.PutMember(ctx, Member{Role: "replica"}); err != nil {
+			return err
+		}
+		select {
+		case <-ch:
+			return nil
+		case <-time.After(100 * time.Millisecond):
+			return fmt.Errorf("no event")
+		}
+	})
+}

@@ -1,0 +1,311 @@
+package election
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Keys builds the etcd keys of one cluster.
+type Keys struct{ Prefix string }
+
+// KeysFor returns the keys of cluster.
+func KeysFor(cluster string) Keys { return Keys{Prefix: "/cifha/" + cluster + "/"} }
+
+// Leader is the leader key.
+func (k Keys) Leader() string { return k.Prefix + "leader" }
+
+// Initialize is the key naming the member that bootstraps the cluster.
+func (k Keys) Initialize() string { return k.Prefix + "initialize" }
+
+// LastLeader is the record of the latest leadership.
+func (k Keys) LastLeader() string { return k.Prefix + "last-leader" }
+
+// Member is member name's key.
+func (k Keys) Member(name string) string { return k.Prefix + "members/" + name }
+
+// Store is one member's access to the cluster's keys.
+type Store struct {
+	cli   *clientv3.Client
+	keys  Keys
+	name  string
+	sess  *Session
+	log   hclog.Logger
+	rpcTO time.Duration
+
+	// leaderRev is the create revision of the leader key this agent
+	// acquired, 0 if none; leader-only writes compare it.
+	leaderRev int64
+}
+
+// NewStore returns the Store of member name in cluster, using sess's lease.
+func NewStore(cli *clientv3.Client, cluster, name string, sess *Session, log hclog.Logger) *Store {
+	return &Store{cli: cli, keys: KeysFor(cluster), name: name, sess: sess, log: log,
+		rpcTO: minDur(sess.Interval(), 2*time.Second)}
+}
+
+// Keys returns the cluster's keys.
+func (s *Store) Keys() Keys { return s.keys }
+
+// Lease returns the session's lease state.
+func (s *Store) Lease() LeaseState { return s.sess.State() }
+
+func (s *Store) rpc(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.rpcTO)
+}
+
+// Read reads the whole cluster in one request.
+func (s *Store) Read(ctx context.Context) (Cluster, error) {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.keys.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return Cluster{}, fmt.Errorf("read cluster: %w", err)
+	}
+	return ParseCluster(s.keys, resp.Header.Revision, resp.Kvs), nil
+}
+
+// ParseCluster turns the keys under the prefix into a Cluster. Unparseable
+// values are listed in Invalid and otherwise ignored.
+func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
+	c := Cluster{Revision: rev, Members: map[string]Member{}, Invalid: map[string]string{}}
+	for _, kv := range kvs {
+		k := string(kv.Key)
+		switch {
+		case k == keys.Leader():
+			v := string(kv.Value)
+			c.Leader = &Leader{Name: v, Valid: ValidName(v), CreateRev: kv.CreateRevision, ModRev: kv.ModRevision, Lease: kv.Lease}
+			if !c.Leader.Valid {
+				c.Invalid[k] = fmt.Sprintf("leader key holds %q, not a member name", truncate(v))
+			}
+		case k == keys.Initialize():
+			v := string(kv.Value)
+			if ValidName(v) {
+				c.Initialize = v
+			} else {
+				c.Invalid[k] = fmt.Sprintf("initialize key holds %q, not a member name", truncate(v))
+				c.Initialize = "?" // claimed, but by nobody we know: do not initdb again
+			}
+		case k == keys.LastLeader():
+			var ll LastLeader
+			if err := json.Unmarshal(kv.Value, &ll); err != nil || !ValidName(ll.Name) {
+				c.Invalid[k] = "last-leader record is not valid JSON"
+				continue
+			}
+			c.LastLeader = &ll
+		case strings.HasPrefix(k, keys.Prefix+"members/"):
+			name := strings.TrimPrefix(k, keys.Prefix+"members/")
+			m, err := ParseMember(name, kv.Value)
+			if err != nil {
+				c.Invalid[k] = err.Error()
+				continue
+			}
+			c.Members[name] = m
+		}
+	}
+	return c
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}
+
+// ClaimInitialize claims the right to run initdb for a new cluster. Exactly
+// one member wins; it returns whether this one did.
+func (s *Store) ClaimInitialize(ctx context.Context) (bool, error) {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Initialize()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, s.name)).Commit()
+	if err != nil {
+		return false, fmt.Errorf("claim initialize: %w", err)
+	}
+	return resp.Succeeded, nil
+}
+
+// ReleaseInitialize gives up the initialize claim after a failed initdb, so
+// another member (or a retry) can bootstrap.
+func (s *Store) ReleaseInitialize(ctx context.Context) error {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Initialize()
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(k), "=", s.name)).Then(clientv3.OpDelete(k)).Commit()
+	if err != nil {
+		return fmt.Errorf("release initialize: %w", err)
+	}
+	return nil
+}
+
+// Acquire takes the leader key if nobody holds it, binding it to this
+// agent's lease and recording last-leader in the same transaction.
+func (s *Store) Acquire(ctx context.Context, rec LastLeader) (bool, error) {
+	lease := s.sess.State()
+	if lease.ID == 0 {
+		return false, ErrNoLease
+	}
+	rec.Name = s.name
+	b, _ := json.Marshal(rec)
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Leader()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, s.name, clientv3.WithLease(lease.ID)), clientv3.OpPut(s.keys.LastLeader(), string(b))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("acquire leader: %w", err)
+	}
+	if !resp.Succeeded {
+		return false, nil
+	}
+	s.leaderRev = resp.Header.Revision
+	return true, nil
+}
+
+// Holds reports whether the leader key read in c is this agent's: its name
+// on this agent's current lease.
+func (s *Store) Holds(c Cluster) bool {
+	l := c.Leader
+	lease := s.sess.State()
+	return l != nil && l.Valid && l.Name == s.name && lease.ID != 0 && l.Lease == int64(lease.ID)
+}
+
+// Repair rewrites the leader key this agent acquired when its value was
+// overwritten by hand (garbage, or bound to no lease), guarded by the key's
+// create revision so it can never take a key someone else created.
+func (s *Store) Repair(ctx context.Context) error {
+	lease := s.sess.State()
+	if lease.ID == 0 {
+		return ErrNoLease
+	}
+	if s.leaderRev == 0 {
+		return ErrNotLeader
+	}
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Leader()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", s.leaderRev)).
+		Then(clientv3.OpPut(k, s.name, clientv3.WithLease(lease.ID))).Commit()
+	if err != nil {
+		return fmt.Errorf("repair leader key: %w", err)
+	}
+	if !resp.Succeeded {
+		s.leaderRev = 0
+		return ErrNotLeader
+	}
+	return nil
+}
+
+// OwnsKey reports whether the leader key was created by this agent's Acquire.
+func (s *Store) OwnsKey(c Cluster) bool {
+	return c.Leader != nil && s.leaderRev != 0 && c.Leader.CreateRev == s.leaderRev
+}
+
+// ClearStale deletes a leader key that names this member but is bound to
+// another lease (left by this member's previous process), if it has not
+// changed since it was read (modRev).
+func (s *Store) ClearStale(ctx context.Context, modRev int64) error {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Leader()
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", modRev), clientv3.Compare(clientv3.Value(k), "=", s.name)).
+		Then(clientv3.OpDelete(k)).Commit()
+	if err != nil {
+		return fmt.Errorf("clear stale leader key: %w", err)
+	}
+	return nil
+}
+
+// Resign deletes the leader key if this agent holds it.
+func (s *Store) Resign(ctx context.Context) error {
+	lease := s.sess.State()
+	s.leaderRev = 0
+	if lease.ID == 0 {
+		return nil
+	}
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Leader()
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(k), "=", lease.ID), clientv3.Compare(clientv3.Value(k), "=", s.name)).
+		Then(clientv3.OpDelete(k)).Commit()
+	if err != nil {
+		return fmt.Errorf("resign: %w", err)
+	}
+	return nil
+}
+
+// PutMember publishes this member's state on its lease.
+func (s *Store) PutMember(ctx context.Context, m Member) error {
+	lease := s.sess.State()
+	if lease.ID == 0 {
+		return ErrNoLease
+	}
+	m.Name = s.name
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	if _, err := s.cli.Put(ctx, s.keys.Member(s.name), string(b), clientv3.WithLease(lease.ID)); err != nil {
+		return fmt.Errorf("publish member: %w", err)
+	}
+	return nil
+}
+
+// PutLastLeader updates last-leader, only while this agent holds the key it
+// acquired (compared by create revision).
+func (s *Store) PutLastLeader(ctx context.Context, rec LastLeader) error {
+	if s.leaderRev == 0 {
+		return ErrNotLeader
+	}
+	rec.Name = s.name
+	b, _ := json.Marshal(rec)
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(s.keys.Leader()), "=", s.leaderRev)).
+		Then(clientv3.OpPut(s.keys.LastLeader(), string(b))).Commit()
+	if err != nil {
+		return fmt.Errorf("write last-leader: %w", err)
+	}
+	if !resp.Succeeded {
+		return ErrNotLeader
+	}
+	return nil
+}
+
+// Watch signals on the returned channel (coalesced) whenever anything under
+// the cluster prefix changes, until ctx ends. It re-establishes the watch
+// after errors.
+func (s *Store) Watch(ctx context.Context) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	go func() {
+		for ctx.Err() == nil {
+			wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.Prefix, clientv3.WithPrefix())
+			for wr := range wch {
+				if err := wr.Err(); err != nil {
+					s.log.Debug("watch error", "error", err)
+					break
+				}
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond): // back off before re-watching
+			}
+		}
+	}()
+	return out
+}
