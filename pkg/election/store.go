@@ -283,22 +283,34 @@ func (s *Store) PutLastLeader(ctx context.Context, rec LastLeader) error {
 	return nil
 }
 
-// Watch signals on the returned channel (coalesced) whenever anything under
-// the cluster prefix changes, until ctx ends. It re-establishes the watch
-// after errors.
+// Watch signals on the returned channel (coalesced) whenever something other
+// members react to changes under the cluster prefix, until ctx ends: any
+// change to the leader, initialize or last-leader keys, and a member key
+// being created, deleted or changing its role or state. Position-only
+// updates of member keys do not wake anyone (every agent publishes every
+// loop; waking on those would make the agents wake each other forever).
+// The watch is re-established after errors.
 func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 	out := make(chan struct{}, 1)
 	go func() {
 		for ctx.Err() == nil {
-			wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.Prefix, clientv3.WithPrefix())
+			wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.Prefix, clientv3.WithPrefix(), clientv3.WithPrevKV())
 			for wr := range wch {
 				if err := wr.Err(); err != nil {
 					s.log.Debug("watch error", "error", err)
 					break
 				}
-				select {
-				case out <- struct{}{}:
-				default:
+				wake := false
+				for _, ev := range wr.Events {
+					if s.relevant(ev) {
+						wake = true
+					}
+				}
+				if wake {
+					select {
+					case out <- struct{}{}:
+					default:
+					}
 				}
 			}
 			select {
@@ -308,4 +320,18 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 		}
 	}()
 	return out
+}
+
+func (s *Store) relevant(ev *clientv3.Event) bool {
+	if !strings.HasPrefix(string(ev.Kv.Key), s.keys.Prefix+"members/") {
+		return true
+	}
+	if ev.Type == clientv3.EventTypeDelete || ev.PrevKv == nil || ev.Kv.Version == 1 {
+		return true
+	}
+	var a, b struct{ Role, State string }
+	if json.Unmarshal(ev.Kv.Value, &a) != nil || json.Unmarshal(ev.PrevKv.Value, &b) != nil {
+		return true
+	}
+	return a != b
 }

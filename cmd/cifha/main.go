@@ -1,0 +1,62 @@
+// Command cifha is the high-availability agent that runs on each
+// PostgreSQL host of a CIF deployment. See docs/ and `cifha --help`.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/cifha/cifha/pkg/agent"
+	"github.com/cifha/cifha/pkg/config"
+	"github.com/hashicorp/go-hclog"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	fs := flag.NewFlagSet("cifha", flag.ContinueOnError)
+	cfgPath := fs.String("config", config.DefaultPath, "configuration file")
+	check := fs.Bool("check-config", false, "validate the configuration and exit")
+	version := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: cifha [--config FILE] [--check-config]\n\n"+
+			"cifha runs PostgreSQL on this host as part of an HA cluster coordinated through etcd.\n"+
+			"Run it as the postgres user (systemd: deploy/systemd/cifha.service).\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
+	if *version {
+		fmt.Println("cifha", agent.Version)
+		return 0
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cifha: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	if *check {
+		fmt.Println("configuration ok")
+		return 0
+	}
+	if os.Geteuid() == 0 {
+		fmt.Fprintln(os.Stderr, "cifha: refusing to run as root: PostgreSQL will not run as root either.\n"+
+			"Run cifha as the user that owns the data directory, usually postgres (e.g. `setpriv --reuid=postgres --regid=postgres --init-groups cifha ...`, or User=postgres in the systemd unit).")
+		return 2
+	}
+	log := hclog.New(&hclog.LoggerOptions{
+		Name: "cifha", Level: hclog.LevelFromString(cfg.Log.Level), JSONFormat: cfg.Log.Format == "json",
+	}).With("member", cfg.Name)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := agent.Run(ctx, cfg, log); err != nil {
+		log.Error("fatal", "error", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,377 @@
+// Package cluster starts a local cifha cluster: one cifha process per
+// "host", each on its own loopback address (127.0.0.11, .12, ...) with
+// postgres on port 5432, running as the postgres OS user. The integration
+// tests and the demo both use it, so the demo is what the tests test.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Options describe a cluster.
+type Options struct {
+	// BinDir holds the cifha and cifhactl binaries.
+	BinDir string
+	// Root is a directory the postgres user can write; each node gets a subdirectory.
+	Root          string
+	EtcdEndpoints []string
+	Cluster       string
+	// Addrs are the nodes' loopback addresses; names are db1, db2, ...
+	Addrs        []string
+	TTL          time.Duration
+	LoopInterval time.Duration
+	// Tuning is the [tuning] section body ("profile = \"none\"" by default).
+	Tuning string
+	// Extra is appended to every node's configuration.
+	Extra string
+	// SuperuserPassword is used for the postgres superuser (default "cifha-test").
+	SuperuserPassword string
+}
+
+// Cluster is a set of nodes.
+type Cluster struct {
+	Opt   Options
+	Nodes []*Node
+	cred  *syscall.Credential
+}
+
+// Node is one cifha process and its postgres.
+type Node struct {
+	Name, Addr, Dir, DataDir, ConfigPath, LogPath string
+	APIURL                                        string
+	c                                             *Cluster
+	cmd                                           *exec.Cmd
+	done                                          chan struct{}
+	exitErr                                       error
+}
+
+// New prepares the directories and configuration files of every node.
+func New(opt Options) (*Cluster, error) {
+	if opt.TTL == 0 {
+		opt.TTL = 3 * time.Second
+	}
+	if opt.LoopInterval == 0 {
+		opt.LoopInterval = 500 * time.Millisecond
+	}
+	if opt.Tuning == "" {
+		opt.Tuning = `profile = "none"`
+	}
+	if opt.SuperuserPassword == "" {
+		opt.SuperuserPassword = "cifha-test"
+	}
+	c := &Cluster{Opt: opt}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("postgres OS user: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
+	secrets := filepath.Join(opt.Root, "secrets")
+	if err := c.mkdir(secrets); err != nil {
+		return nil, err
+	}
+	for f, pw := range map[string]string{"superuser.password": opt.SuperuserPassword, "replication.password": "repl-" + opt.SuperuserPassword} {
+		if err := c.writeFile(filepath.Join(secrets, f), pw+"\n"); err != nil {
+			return nil, err
+		}
+	}
+	for i, addr := range opt.Addrs {
+		n := &Node{Name: fmt.Sprintf("db%d", i+1), Addr: addr, c: c}
+		n.Dir = filepath.Join(opt.Root, n.Name)
+		n.DataDir = filepath.Join(n.Dir, "data")
+		n.ConfigPath = filepath.Join(n.Dir, "cifha.toml")
+		n.LogPath = filepath.Join(n.Dir, "cifha.log")
+		n.APIURL = "http://" + addr + ":8008"
+		if err := c.mkdir(n.Dir); err != nil {
+			return nil, err
+		}
+		if err := c.writeFile(n.ConfigPath, c.config(n, secrets)); err != nil {
+			return nil, err
+		}
+		c.Nodes = append(c.Nodes, n)
+	}
+	return c, nil
+}
+
+func (c *Cluster) config(n *Node, secrets string) string {
+	q := func(ss []string) string {
+		var out []string
+		for _, s := range ss {
+			out = append(out, strconv.Quote(s))
+		}
+		return strings.Join(out, ", ")
+	}
+	return fmt.Sprintf(`cluster = %q
+name = %q
+
+[api]
+listen = "%s:8008"
+
+[etcd]
+endpoints = [%s]
+dial_timeout = "1s"
+
+[postgres]
+data_dir = %q
+listen = %q
+port = 5432
+socket_dir = %q
+superuser_password_file = %q
+replication_password_file = %q
+hba = ["host all all 127.0.0.0/8 scram-sha-256"]
+
+[tuning]
+%s
+
+[ha]
+ttl = %q
+loop_interval = %q
+start_timeout = "10s"
+
+[log]
+level = "debug"
+%s
+`, c.Opt.Cluster, n.Name, n.Addr, q(c.Opt.EtcdEndpoints), n.DataDir, n.Addr, n.Dir,
+		filepath.Join(secrets, "superuser.password"), filepath.Join(secrets, "replication.password"),
+		c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra)
+}
+
+func (c *Cluster) mkdir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return c.chown(dir)
+}
+
+func (c *Cluster) writeFile(path, text string) error {
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		return err
+	}
+	return c.chown(path)
+}
+
+func (c *Cluster) chown(path string) error {
+	if c.cred == nil {
+		return nil
+	}
+	return os.Chown(path, int(c.cred.Uid), int(c.cred.Gid))
+}
+
+// Node returns the node called name.
+func (c *Cluster) Node(name string) *Node {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Start starts every node's agent.
+func (c *Cluster) Start() error {
+	for _, n := range c.Nodes {
+		if err := n.Start(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close stops every agent (SIGTERM, then SIGKILL after timeout) and any
+// postmaster they left, by PID.
+func (c *Cluster) Close(timeout time.Duration) {
+	for _, n := range c.Nodes {
+		n.Stop(timeout)
+	}
+	for _, n := range c.Nodes {
+		n.killPostmaster()
+	}
+}
+
+// Start runs this node's cifha process as the postgres OS user. Its output
+// is appended to LogPath.
+func (n *Node) Start() error {
+	if n.Running() {
+		return fmt.Errorf("%s already running", n.Name)
+	}
+	logf, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(n.c.Opt.BinDir, "cifha"), "--config", n.ConfigPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = n.Dir
+	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + n.Dir, "LANG=C.UTF-8"}
+	// Own process group: a Ctrl-C in the demo's terminal is handled by the
+	// demo, which stops the agents in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: n.c.cred}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", n.Name, err)
+	}
+	n.cmd, n.done = cmd, make(chan struct{})
+	go func(done chan struct{}) {
+		n.exitErr = cmd.Wait()
+		logf.Close()
+		close(done)
+	}(n.done)
+	return nil
+}
+
+// Running reports whether the agent process is alive.
+func (n *Node) Running() bool {
+	if n.done == nil {
+		return false
+	}
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// PID is the agent's PID (0 when not running).
+func (n *Node) PID() int {
+	if !n.Running() {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
+// Wait waits up to timeout for the agent to exit and returns its exit error.
+func (n *Node) Wait(timeout time.Duration) (error, bool) {
+	if n.done == nil {
+		return nil, true
+	}
+	select {
+	case <-n.done:
+		return n.exitErr, true
+	case <-time.After(timeout):
+		return nil, false
+	}
+}
+
+// Stop sends SIGTERM and waits; after timeout it sends SIGKILL.
+func (n *Node) Stop(timeout time.Duration) error {
+	if !n.Running() {
+		return nil
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	if err, ok := n.Wait(timeout); ok {
+		return err
+	}
+	_ = n.cmd.Process.Kill()
+	n.Wait(5 * time.Second)
+	return fmt.Errorf("%s did not stop within %s; killed", n.Name, timeout)
+}
+
+// Kill sends SIGKILL to the agent only.
+func (n *Node) Kill() {
+	if n.Running() {
+		_ = n.cmd.Process.Kill()
+		n.Wait(5 * time.Second)
+	}
+}
+
+// PostmasterPID reads the postmaster's PID from postmaster.pid (0 if none).
+func (n *Node) PostmasterPID() int {
+	b, err := os.ReadFile(filepath.Join(n.DataDir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(line)))
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return 0
+	}
+	return pid
+}
+
+// killPostmaster kills a postmaster left running on this node's data
+// directory (only if it is a postgres process).
+func (n *Node) killPostmaster() {
+	pid := n.PostmasterPID()
+	if pid == 0 {
+		return
+	}
+	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); !bytes.HasPrefix(comm, []byte("postgres")) {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGQUIT)
+	for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(50 * time.Millisecond) // bounded wait for a process we do not parent
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// DSN is a libpq connection string to this node as the superuser over TCP.
+func (n *Node) DSN() string {
+	return fmt.Sprintf("host=%s port=5432 user=postgres password=%s dbname=postgres sslmode=disable connect_timeout=2",
+		n.Addr, n.c.Opt.SuperuserPassword)
+}
+
+// Connect opens a connection to this node's postgres.
+func (n *Node) Connect(ctx context.Context) (*pgx.Conn, error) {
+	return pgx.Connect(ctx, n.DSN())
+}
+
+// API performs GET path on this node's agent API and returns the status code and body.
+func (n *Node) API(ctx context.Context, path string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.APIURL+path, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// Log returns the agent's log so far.
+func (n *Node) Log() string {
+	b, _ := os.ReadFile(n.LogPath)
+	return string(b)
+}
+
+// ErrNoPrimary is returned by Primary when no node answers /primary with 200.
+var ErrNoPrimary = errors.New("no primary")
+
+// Primary returns the only node whose /primary answers 200; an error if none
+// or several do.
+func (c *Cluster) Primary(ctx context.Context) (*Node, error) {
+	var found []*Node
+	for _, n := range c.Nodes {
+		if code, _, err := n.API(ctx, "/primary"); err == nil && code == 200 {
+			found = append(found, n)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return nil, ErrNoPrimary
+	case 1:
+		return found[0], nil
+	}
+	return nil, fmt.Errorf("%d nodes claim to be primary", len(found))
+}

@@ -1,0 +1,528 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Options wires an Agent.
+type Options struct {
+	Name string
+	PG   Postgres
+	DCS  DCS
+	// Wake signals that the cluster's keys changed (election.Store.Watch).
+	Wake <-chan struct{}
+	// LeaseChanged signals that the lease was granted or lost.
+	LeaseChanged <-chan struct{}
+	Log          hclog.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+
+	LoopInterval time.Duration
+	StartTimeout time.Duration
+	// FenceMargin: a primary stops accepting writes this long before its
+	// lease can expire (see docs/fencing.md).
+	FenceMargin time.Duration
+	// StopTimeout bounds each step of a shutdown before escalating.
+	StopTimeout time.Duration
+
+	APIURL           string
+	ConnAddress      string
+	AgentVersion     string
+	NoFailover       bool
+	FailoverPriority int
+}
+
+// Snapshot is what the agent last saw and decided; the API serves it.
+type Snapshot struct {
+	Member     election.Member
+	Cluster    election.Cluster
+	IsLeader   bool
+	Lease      election.LeaseState
+	Running    bool
+	InRecovery bool
+	Streaming  bool
+	DCSErr     string
+	Plan       Plan
+	ObservedAt time.Time
+}
+
+// Agent is the per-host daemon's core. Run is its only acting goroutine.
+type Agent struct {
+	opt Options
+	log hclog.Logger
+	now func() time.Time
+
+	snap atomic.Pointer[Snapshot]
+
+	lastPlan      Plan
+	lastPublished election.Member
+	lastPubAt     time.Time
+	loggedInvalid map[string]string
+	lastObs       Observation
+}
+
+// New returns an Agent; it does nothing until Run.
+func New(opt Options) *Agent {
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Log == nil {
+		opt.Log = hclog.NewNullLogger()
+	}
+	if opt.StopTimeout == 0 {
+		opt.StopTimeout = 10 * time.Second
+	}
+	return &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}}
+}
+
+// Snapshot returns the latest snapshot (nil before the first iteration).
+func (a *Agent) Snapshot() *Snapshot { return a.snap.Load() }
+
+// minGap keeps a burst of wake-ups from spinning the loop.
+const minGap = 20 * time.Millisecond
+
+// Run observes, decides and acts until ctx ends, then shuts down cleanly:
+// postgres is stopped and, if this member leads, the leader key released.
+func (a *Agent) Run(ctx context.Context) error {
+	ticker := time.NewTicker(a.opt.LoopInterval)
+	defer ticker.Stop()
+	for {
+		err := a.Iterate(ctx)
+		if ctx.Err() != nil {
+			a.shutdown()
+			return nil
+		}
+		if err != nil {
+			// A failed action is retried on the next tick, not on the next
+			// wake-up: retrying on every change would spin the loop (and, by
+			// publishing, every other member's loop too).
+			select {
+			case <-ctx.Done():
+				a.shutdown()
+				return nil
+			case <-ticker.C:
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			a.shutdown()
+			return nil
+		case <-ticker.C:
+		case <-a.opt.Wake:
+		case <-a.opt.LeaseChanged:
+		case <-a.opt.PG.Exited():
+			a.log.Warn("postgres exited")
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(minGap):
+		}
+	}
+}
+
+// Iterate runs one observe-decide-act round and returns the action's error.
+// Exported for the loop tests.
+func (a *Agent) Iterate(ctx context.Context) error {
+	o := a.observe(ctx)
+	p := Decide(o)
+	if p != a.lastPlan {
+		level := hclog.Info
+		if p.Action == Fence || p.Action == Demote {
+			level = hclog.Warn
+		}
+		a.log.Log(level, "plan", "action", p.Action.String(), "target", p.Target, "reason", p.Reason)
+		a.lastPlan = p
+	}
+	err := a.act(ctx, o, p)
+	if err != nil {
+		a.log.Error("action failed", "action", p.Action.String(), "error", err)
+	}
+	if o.HoldsLeader && o.PG != nil && !o.PG.InRecovery && p.Action == None {
+		a.leaderHousekeeping(ctx, o)
+	}
+	a.publish(ctx, o, p, err)
+	a.lastObs = o
+	return err
+}
+
+func (a *Agent) observe(ctx context.Context) Observation {
+	o := Observation{Now: a.now(), Self: a.opt.Name, FenceMargin: a.opt.FenceMargin}
+	pg := a.opt.PG
+	o.DataDir, o.DataDirErr = pg.DataDirState()
+	if o.DataDir == pgctl.DataDirValid {
+		st, err := pg.StandbyState()
+		if err != nil {
+			o.DataDirErr = err
+		}
+		o.Standby = st
+	}
+	o.Running = pg.Running()
+	if !o.Running && o.DataDir == pgctl.DataDirValid {
+		o.ForeignPID = pg.ForeignPID()
+	}
+	if o.Running {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := pg.Status(sctx)
+		cancel()
+		if err != nil {
+			o.PGErr = err
+		} else {
+			o.PG = &st
+		}
+	}
+	// The lease is read before etcd so that HoldsLeader can never pair a
+	// newer lease with an older read.
+	o.Lease = a.opt.DCS.Lease()
+	c, err := a.opt.DCS.Read(ctx)
+	if err != nil {
+		o.DCSErr = err
+		return o
+	}
+	o.Cluster = c
+	o.HoldsLeader = a.opt.DCS.Holds(c)
+	o.OwnsLeaderKey = a.opt.DCS.OwnsKey(c)
+	for k, why := range c.Invalid {
+		if a.loggedInvalid[k] != why {
+			a.log.Warn("ignoring invalid key in etcd", "key", k, "problem", why)
+		}
+	}
+	a.loggedInvalid = c.Invalid
+	return o
+}
+
+func splitAddr(addr string) (string, int, error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("address %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("address %q: bad port", addr)
+	}
+	return h, port, nil
+}
+
+func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
+	pg, dcs := a.opt.PG, a.opt.DCS
+	switch p.Action {
+	case None, Wait:
+		return nil
+
+	case StopForeign:
+		sctx, cancel := context.WithTimeout(ctx, a.opt.StopTimeout)
+		defer cancel()
+		return pg.StopForeign(sctx)
+
+	case Bootstrap:
+		if o.Cluster.Initialize == "" {
+			won, err := dcs.ClaimInitialize(ctx)
+			if err != nil {
+				return err
+			}
+			if !won {
+				a.log.Info("another member is initialising the cluster")
+				return nil
+			}
+			a.log.Info("won the initialize key: running initdb")
+		}
+		if err := pg.InitDB(ctx); err != nil {
+			// Let another member (or a retry) bootstrap; the failed initdb
+			// left nothing behind.
+			if rerr := dcs.ReleaseInitialize(ctx); rerr != nil {
+				a.log.Error("release initialize key", "error", rerr)
+			}
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+		if err := pg.Configure(); err != nil {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+		if err := pg.SetPrimary(); err != nil {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+		return a.acquireAndStart(ctx, o)
+
+	case Clone:
+		host, port, err := splitAddr(p.TargetAddr)
+		if err != nil {
+			return err
+		}
+		a.publishState(ctx, o, "cloning", p)
+		a.log.Info("cloning", "from", p.Target, "address", p.TargetAddr)
+		if err := pg.Clone(ctx, host, port, ""); err != nil {
+			return fmt.Errorf("clone: %w", err)
+		}
+		if err := pg.Configure(); err != nil {
+			return err
+		}
+		if err := pg.SetStandby(pg.StandbyFor(p.Target, host, port)); err != nil {
+			return err
+		}
+		return a.start(ctx)
+
+	case StartPrimary:
+		if err := pg.Configure(); err != nil {
+			return err
+		}
+		return a.start(ctx)
+
+	case AcquireAndStart:
+		return a.acquireAndStart(ctx, o)
+
+	case Acquire:
+		ok, err := dcs.Acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now})
+		if err != nil || !ok {
+			return errOr(err, "leader key taken by another member")
+		}
+		a.log.Info("acquired the leader key")
+		return pg.EnsureReplicationRole(ctx)
+
+	case StartStandby:
+		if err := pg.Configure(); err != nil {
+			return err
+		}
+		if p.Target != "" {
+			host, port, err := splitAddr(p.TargetAddr)
+			if err != nil {
+				return err
+			}
+			if err := pg.SetStandby(pg.StandbyFor(p.Target, host, port)); err != nil {
+				return err
+			}
+		}
+		return a.start(ctx)
+
+	case Follow:
+		host, port, err := splitAddr(p.TargetAddr)
+		if err != nil {
+			return err
+		}
+		if err := pg.SetStandby(pg.StandbyFor(p.Target, host, port)); err != nil {
+			return err
+		}
+		if pg.Version() >= 130000 {
+			return pg.Reload() // primary_conninfo is reloadable from 13
+		}
+		if err := pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil {
+			return err
+		}
+		return a.start(ctx)
+
+	case Promote:
+		return pg.Promote(ctx)
+
+	case RepairLeaderKey:
+		return dcs.Repair(ctx)
+
+	case ClearStaleLeader:
+		return dcs.ClearStale(ctx, o.Cluster.Leader.ModRev)
+
+	case Demote:
+		return pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout)
+
+	case Fence:
+		// Must finish before the lease can expire: fast, escalating to
+		// immediate and SIGKILL within a fraction of the margin each.
+		step := a.opt.FenceMargin / 3
+		if step <= 0 {
+			step = 100 * time.Millisecond
+		}
+		return pg.StopWithin(ctx, pgctl.Fast, step)
+	}
+	return fmt.Errorf("unknown action %v", p.Action)
+}
+
+func errOr(err error, msg string) error {
+	if err != nil {
+		return err
+	}
+	return errors.New(msg)
+}
+
+func (a *Agent) start(ctx context.Context) error {
+	err := a.opt.PG.Start(ctx, a.opt.StartTimeout)
+	if errors.Is(err, pgctl.ErrStartTimout) {
+		a.log.Warn("postgres still starting", "waited", a.opt.StartTimeout)
+		return nil
+	}
+	return err
+}
+
+// acquireAndStart takes the leader key and only then starts a primary, so a
+// writable postgres never runs without the key.
+func (a *Agent) acquireAndStart(ctx context.Context, o Observation) error {
+	pg, dcs := a.opt.PG, a.opt.DCS
+	ok, err := dcs.Acquire(ctx, election.LastLeader{At: o.Now})
+	if err != nil || !ok {
+		return errOr(err, "leader key taken by another member")
+	}
+	a.log.Info("acquired the leader key")
+	if err := pg.Configure(); err != nil {
+		return err
+	}
+	if err := a.start(ctx); err != nil {
+		return err
+	}
+	if err := pg.EnsureReplicationRole(ctx); err != nil {
+		return err
+	}
+	st, err := pg.Status(ctx)
+	if err != nil {
+		return err
+	}
+	return dcs.PutLastLeader(ctx, election.LastLeader{Timeline: st.Timeline, LSN: st.CurrentLSN.String(), At: o.Now})
+}
+
+// leaderHousekeeping keeps a replication slot for every other member (made
+// as soon as it registers, so a rejoin finds its WAL) and the last-leader
+// record's timeline current.
+func (a *Agent) leaderHousekeeping(ctx context.Context, o Observation) {
+	have := map[string]bool{}
+	for _, s := range o.PG.Slots {
+		have[s.Name] = true
+	}
+	for name := range o.Cluster.Members {
+		if name == o.Self || have[SlotName(name)] {
+			continue
+		}
+		if err := a.opt.PG.CreateSlot(ctx, SlotName(name)); err != nil {
+			a.log.Error("create replication slot", "member", name, "error", err)
+		} else {
+			a.log.Info("created replication slot", "member", name)
+		}
+	}
+	if ll := o.Cluster.LastLeader; ll == nil || ll.Name != o.Self || ll.Timeline != o.PG.Timeline {
+		if err := a.opt.DCS.PutLastLeader(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now}); err != nil {
+			a.log.Warn("update last-leader", "error", err)
+		}
+	}
+}
+
+// member builds this member's published state from an observation.
+func (a *Agent) member(o Observation, p Plan) election.Member {
+	m := election.Member{
+		Name: a.opt.Name, APIURL: a.opt.APIURL, ConnAddress: a.opt.ConnAddress,
+		AgentVersion: a.opt.AgentVersion, NoFailover: a.opt.NoFailover, FailoverPriority: a.opt.FailoverPriority,
+		Version: a.opt.PG.Version().String(), Reason: p.Reason, UpdatedAt: o.Now.UTC(),
+	}
+	if o.DataDir == pgctl.DataDirValid {
+		m.Role = "primary"
+		if o.Standby.Standby {
+			m.Role = "replica"
+		}
+	}
+	switch {
+	case p.Action == Bootstrap:
+		m.State = "bootstrapping"
+	case o.DataDir == pgctl.DataDirForeign:
+		m.State = "blocked"
+	case o.DataDir == pgctl.DataDirMissing:
+		m.State = "uninitialized"
+	case !o.Running:
+		m.State = "stopped"
+	case o.PG == nil:
+		m.State = "unknown"
+	case !o.PG.InRecovery:
+		m.State = "running"
+		m.Role = "primary"
+	default:
+		m.Role = "replica"
+		m.State = "in recovery"
+		if o.PG.WalReceiver == "streaming" {
+			m.State = "streaming"
+		}
+	}
+	if st := o.PG; st != nil {
+		m.Timeline = st.Timeline
+		m.ReplayPaused = st.ReplayPaused
+		if st.CurrentLSN != 0 {
+			m.CurrentLSN = st.CurrentLSN.String()
+		}
+		if st.ReceiveLSN != 0 {
+			m.ReceiveLSN = st.ReceiveLSN.String()
+		}
+		if st.ReplayLSN != 0 {
+			m.ReplayLSN = st.ReplayLSN.String()
+		}
+		for _, r := range st.Replication {
+			m.Replicas = append(m.Replicas, election.ReplicaLag{Name: r.Name, State: r.State,
+				ReplayLSN: r.ReplayLSN.String(), LagBytes: st.CurrentLSN.Sub(r.ReplayLSN)})
+		}
+	}
+	return m
+}
+
+// significant reports whether two published states differ in something other
+// members react to (everything but positions and the timestamp).
+func significant(a, b election.Member) bool {
+	return a.Role != b.Role || a.State != b.State || a.Timeline != b.Timeline || a.Reason != b.Reason ||
+		a.ConnAddress != b.ConnAddress || a.APIURL != b.APIURL || a.ReplayPaused != b.ReplayPaused
+}
+
+func (a *Agent) publish(ctx context.Context, o Observation, p Plan, actErr error) {
+	m := a.member(o, p)
+	if actErr != nil {
+		m.Reason = fmt.Sprintf("%s (last action failed: %v)", p.Reason, actErr)
+	}
+	snap := &Snapshot{Member: m, Cluster: o.Cluster, IsLeader: o.HoldsLeader, Lease: o.Lease,
+		Running: o.Running, Plan: p, ObservedAt: o.Now}
+	if o.PG != nil {
+		snap.InRecovery = o.PG.InRecovery
+		snap.Streaming = o.PG.InRecovery && o.PG.WalReceiver == "streaming"
+	}
+	if o.DCSErr != nil {
+		snap.DCSErr = o.DCSErr.Error()
+	}
+	a.snap.Store(snap)
+	// Publish when something others react to changed, else once per loop
+	// interval: every put wakes every other agent.
+	if o.DCSErr != nil || (!significant(m, a.lastPublished) && o.Now.Sub(a.lastPubAt) < a.opt.LoopInterval*9/10) {
+		return
+	}
+	if err := a.opt.DCS.PutMember(ctx, m); err != nil {
+		if !errors.Is(err, election.ErrNoLease) {
+			a.log.Warn("publish member state", "error", err)
+		}
+		return
+	}
+	a.lastPublished, a.lastPubAt = m, o.Now
+}
+
+// publishState publishes a transient state (cloning) before a long action.
+func (a *Agent) publishState(ctx context.Context, o Observation, state string, p Plan) {
+	m := a.member(o, p)
+	m.State = state
+	if err := a.opt.DCS.PutMember(ctx, m); err == nil {
+		a.lastPublished, a.lastPubAt = m, o.Now
+	}
+}
+
+func (a *Agent) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*a.opt.StopTimeout)
+	defer cancel()
+	held := a.lastObs.HoldsLeader
+	if a.opt.PG.Running() {
+		a.log.Info("stopping postgres")
+		if err := a.opt.PG.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil {
+			a.log.Error("stop postgres", "error", err)
+		}
+	}
+	// Only after postgres stopped accepting writes is the key released.
+	if held && !a.opt.PG.Running() {
+		if err := a.opt.DCS.Resign(ctx); err != nil {
+			a.log.Warn("resign", "error", err)
+		} else {
+			a.log.Info("released the leader key")
+		}
+	}
+}

@@ -1,0 +1,162 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/user"
+	"time"
+
+	"github.com/cifha/cifha/pkg/config"
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+	"github.com/cifha/cifha/pkg/tuning"
+	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Version is the agent's version, set at build time.
+var Version = "dev"
+
+// FenceMargin is how long before its lease can expire a primary begins to
+// stop accepting writes: the smaller of 2 s and ttl/3. A renewal is sent
+// every ttl/3, so one missed renewal (deadline still ttl/3 away after it)
+// does not fence, and the margin leaves time for a fast stop escalated to
+// immediate. See docs/fencing.md.
+func FenceMargin(ttl time.Duration) time.Duration {
+	if m := ttl / 3; m < 2*time.Second {
+		return m
+	}
+	return 2 * time.Second
+}
+
+// EtcdClient connects to etcd as configured (TLS and auth included).
+func EtcdClient(c config.Etcd) (*clientv3.Client, error) {
+	cc := clientv3.Config{
+		Endpoints:   c.Endpoints,
+		DialTimeout: c.DialTimeout.Duration,
+		Username:    c.Username,
+		Password:    c.Password,
+		Logger:      zap.NewNop(),
+		// Keepalive on the gRPC connection notices a dead etcd member quickly.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+	}
+	if c.CAFile != "" || c.CertFile != "" {
+		ti := transport.TLSInfo{TrustedCAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
+		tc, err := ti.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("etcd TLS: %w", err)
+		}
+		cc.TLS = tc
+	}
+	cli, err := clientv3.New(cc)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client: %w", err)
+	}
+	return cli, nil
+}
+
+// Run is the whole daemon: it wires etcd, postgres, the loop and the API
+// from cfg and runs until ctx ends, then shuts down cleanly.
+func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
+	binDir := cfg.Postgres.BinDir
+	if binDir == "" {
+		d, err := pgctl.DetectBinDir()
+		if err != nil {
+			return err
+		}
+		binDir = d
+	}
+	ver, err := pgctl.DetectVersion(ctx, binDir)
+	if err != nil {
+		return err
+	}
+	log.Info("starting", "member", cfg.Name, "cluster", cfg.Cluster, "postgres", ver.String(), "bin_dir", binDir,
+		"data_dir", cfg.Postgres.DataDir, "ttl", cfg.HA.TTL.Duration, "version", Version)
+
+	var tuned []tuning.Param
+	if cfg.Tuning.Profile == "cif" {
+		mem, err := tuning.HostMemory()
+		if cfg.Tuning.Memory != "" {
+			mem, err = config.ParseBytes(cfg.Tuning.Memory)
+		}
+		if err != nil {
+			return err
+		}
+		tuned = tuning.CIF(mem, int(ver))
+	}
+	osUser := "postgres"
+	if u, err := user.Current(); err == nil {
+		osUser = u.Username
+	}
+	pc := cfg.Postgres
+	settings := pgctl.Settings{
+		Version: ver, ClusterName: cfg.Name, Listen: pc.Listen, Port: pc.Port, SocketDir: pc.SocketDir,
+		OSUser: osUser, Superuser: pc.Superuser, ReplicationUser: pc.ReplicationUser,
+		Params: MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand}), pc.Parameters),
+		HBA:    pc.HBA,
+	}
+	inst := pgctl.New(pgctl.Config{BinDir: binDir, DataDir: pc.DataDir, SocketDir: pc.SocketDir, Port: pc.Port,
+		Superuser: pc.Superuser, LogFile: pc.LogFile, PassFile: pc.PassFile}, ver)
+	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
+
+	cli, err := EtcdClient(cfg.Etcd)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ttl := cfg.HA.TTL.Duration
+	sess := election.NewSession(cli, ttl, log.Named("lease"))
+	store := election.NewStore(cli, cfg.Cluster, cfg.Name, sess, log.Named("etcd"))
+
+	// The lease outlives the loop: a leader releases its key only after
+	// postgres has stopped, so the session is cancelled last.
+	sessCtx, stopSession := context.WithCancel(context.Background())
+	sessDone := make(chan struct{})
+	go func() { sess.Run(sessCtx); close(sessDone) }()
+	defer func() { stopSession(); <-sessDone }()
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+
+	a := New(Options{
+		Name: cfg.Name, PG: pg, DCS: store, Wake: store.Watch(watchCtx), LeaseChanged: sess.Changed(),
+		Log: log.Named("ha"), LoopInterval: cfg.HA.LoopInterval.Duration, StartTimeout: cfg.HA.StartTimeout.Duration,
+		FenceMargin: FenceMargin(ttl), APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
+		AgentVersion: Version, NoFailover: cfg.Tags.NoFailover, FailoverPriority: cfg.Tags.FailoverPriority,
+	})
+
+	ln, err := net.Listen("tcp", cfg.API.Listen)
+	if err != nil {
+		return fmt.Errorf("api listen: %w", err)
+	}
+	srv := &http.Server{Handler: Handler(a), ReadHeaderTimeout: 5 * time.Second}
+	if cfg.API.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.API.CertFile, cfg.API.KeyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("api TLS: %w", err)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		ln = tls.NewListener(ln, srv.TLSConfig)
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("api server", "error", err)
+		}
+	}()
+	defer func() {
+		c, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(c)
+	}()
+
+	err = a.Run(ctx)
+	log.Info("stopped")
+	return err
+}

@@ -1,0 +1,273 @@
+package agent
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+)
+
+// Observation is everything Decide may look at. It is filled by the loop
+// and never changed by Decide.
+type Observation struct {
+	Now  time.Time
+	Self string
+	// FenceMargin: a primary stops accepting writes once Now passes
+	// Lease.ValidUntil - FenceMargin (see docs/fencing.md).
+	FenceMargin time.Duration
+
+	// Local postgres.
+	DataDir    pgctl.DataDirState
+	DataDirErr error
+	Standby    pgctl.StandbyState // what the files say: standby or primary, and whom it follows
+	Running    bool               // the postmaster cifha started is alive
+	ForeignPID int                // a postmaster cifha did not start holds the data dir
+	PG         *pgctl.Status      // nil when not running or unreadable
+	PGErr      error              // why PG is nil while Running
+
+	// etcd.
+	DCSErr  error
+	Cluster election.Cluster
+	Lease   election.LeaseState
+	// HoldsLeader: the leader key names Self and is bound to Self's current lease.
+	HoldsLeader bool
+	// OwnsLeaderKey: the leader key was created by Self's Acquire (even if its
+	// value was since overwritten by hand).
+	OwnsLeaderKey bool
+}
+
+// Action is what the agent does in one iteration.
+type Action int
+
+// Actions, in the order the loop may take them.
+const (
+	None Action = iota
+	Wait
+	Bootstrap
+	Clone
+	StartPrimary
+	AcquireAndStart
+	Acquire
+	StartStandby
+	Follow
+	Promote
+	RepairLeaderKey
+	ClearStaleLeader
+	Demote
+	Fence
+	StopForeign
+)
+
+var actionNames = [...]string{"none", "wait", "bootstrap", "clone", "start-primary", "acquire-and-start",
+	"acquire", "start-standby", "follow", "promote", "repair-leader-key", "clear-stale-leader", "demote",
+	"fence", "stop-foreign"}
+
+func (a Action) String() string {
+	if int(a) < len(actionNames) {
+		return actionNames[a]
+	}
+	return fmt.Sprintf("action(%d)", int(a))
+}
+
+// Plan is Decide's answer.
+type Plan struct {
+	Action Action
+	// Target is the member acted towards (the leader to clone or follow).
+	Target string
+	// TargetAddr is the target's postgres host:port.
+	TargetAddr string
+	// Reason is why, for people: logged on change and shown by cifhactl.
+	Reason string
+}
+
+func plan(a Action, format string, args ...any) Plan {
+	return Plan{Action: a, Reason: fmt.Sprintf(format, args...)}
+}
+
+// primaryLike reports whether postgres may be accepting writes. Unknown is
+// never safe: a running postgres whose state cannot be read counts as a
+// primary unless its files say it is a standby.
+func (o Observation) primaryLike() bool {
+	if !o.Running {
+		return false
+	}
+	if o.PG != nil {
+		return !o.PG.InRecovery
+	}
+	return !o.Standby.Standby
+}
+
+// leader returns the valid leader key's holder, or "" (none or garbage).
+func (o Observation) leader() string {
+	if l := o.Cluster.Leader; l != nil && l.Valid {
+		return l.Name
+	}
+	return ""
+}
+
+// upstream returns the leader member's postgres address if it is serving
+// as a primary.
+func (o Observation) upstream(name string) (string, bool) {
+	m, ok := o.Cluster.Members[name]
+	if !ok || m.ConnAddress == "" {
+		return "", false
+	}
+	return m.ConnAddress, m.Role == "primary" && m.State == "running"
+}
+
+// eligible reports whether a primary data directory may take a free leader
+// key: it was the last leader, or no leader was ever recorded, or it is on a
+// newer timeline than the last leader. Anything else is a stale primary.
+func (o Observation) eligible() (bool, string) {
+	ll := o.Cluster.LastLeader
+	switch {
+	case ll == nil:
+		return true, "no previous leader recorded"
+	case ll.Name == o.Self:
+		return true, "this member was the last leader"
+	case o.PG != nil && o.PG.Timeline > ll.Timeline:
+		return true, fmt.Sprintf("timeline %d is newer than last leader %s's %d", o.PG.Timeline, ll.Name, ll.Timeline)
+	}
+	return false, fmt.Sprintf("last leader was %s (timeline %d); this primary may be stale", ll.Name, ll.Timeline)
+}
+
+// Decide maps one observation to one plan. It is pure: no I/O, no clock
+// (time is o.Now), no randomness.
+func Decide(o Observation) Plan {
+	// Safety first: a postgres that may accept writes must be within its
+	// lease. This comes before everything else, including etcd errors.
+	if o.primaryLike() {
+		if !o.Lease.Held(o.Now.Add(o.FenceMargin)) {
+			return plan(Fence, "lease expires within the fence margin (%s) and was not renewed: stop accepting writes", o.FenceMargin)
+		}
+	}
+	if o.DCSErr != nil {
+		if o.primaryLike() {
+			return plan(Wait, "etcd unreachable (%v); primary keeps running until the fence margin before its lease deadline", o.DCSErr)
+		}
+		return plan(Wait, "etcd unreachable: %v", o.DCSErr)
+	}
+	if o.ForeignPID != 0 {
+		return plan(StopForeign, "postmaster %d was not started by cifha; stopping it to take control", o.ForeignPID)
+	}
+	leader := o.leader()
+	switch o.DataDir {
+	case pgctl.DataDirForeign:
+		return plan(Wait, "data directory is not empty and not a PostgreSQL data directory (%v); refusing to touch it", o.DataDirErr)
+	case pgctl.DataDirMissing:
+		return decideEmpty(o, leader)
+	}
+
+	if !o.Running {
+		return decideStopped(o, leader)
+	}
+	if o.PG == nil {
+		return plan(Wait, "postgres is running but its state is unknown: %v", o.PGErr)
+	}
+	if !o.PG.InRecovery {
+		return decidePrimary(o, leader)
+	}
+	return decideStandby(o, leader)
+}
+
+func decideEmpty(o Observation, leader string) Plan {
+	c := o.Cluster
+	switch {
+	case c.Initialize == "":
+		return plan(Bootstrap, "new cluster: no member has initialised it")
+	case c.Initialize == o.Self && c.Leader == nil:
+		return plan(Bootstrap, "this member claimed initialisation but has no data directory yet")
+	case leader == "" || leader == o.Self:
+		return plan(Wait, "no data directory; waiting for a leader to clone from")
+	}
+	addr, ready := o.upstream(leader)
+	if !ready {
+		return plan(Wait, "no data directory; waiting for leader %s to serve", leader)
+	}
+	return Plan{Action: Clone, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("no data directory: cloning leader %s", leader)}
+}
+
+func decideStopped(o Observation, leader string) Plan {
+	if !o.Standby.Standby {
+		switch {
+		case o.HoldsLeader:
+			return plan(StartPrimary, "this member holds the leader key and postgres is not running: starting it in place")
+		case o.Cluster.Leader == nil:
+			if ok, why := o.eligible(); ok {
+				return plan(AcquireAndStart, "no leader and this member's data is a primary (%s)", why)
+			} else {
+				return plan(Wait, "no leader, but not taking over: %s", why)
+			}
+		case leader == o.Self:
+			return plan(ClearStaleLeader, "the leader key names this member but belongs to a previous lease")
+		case leader == "":
+			return plan(Wait, "leader key holds garbage (%s); not starting a primary", garbage(o.Cluster.Leader))
+		}
+		return Plan{Action: Wait, Target: leader, Reason: fmt.Sprintf("this primary's data must rejoin leader %s (rewind) before it can stream", leader)}
+	}
+	if leader != "" && leader != o.Self {
+		if addr, _ := o.upstream(leader); addr != "" {
+			return Plan{Action: StartStandby, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("starting standby of leader %s", leader)}
+		}
+	}
+	// No usable leader: a standby is read-only, so starting it is safe and
+	// keeps its state observable.
+	return Plan{Action: StartStandby, Reason: "starting standby (no leader known; keeping the previous upstream)"}
+}
+
+func decidePrimary(o Observation, leader string) Plan {
+	l := o.Cluster.Leader
+	switch {
+	case o.HoldsLeader:
+		if l.Valid && l.Name == o.Self {
+			return plan(None, "leader; postgres is a healthy primary")
+		}
+	case l == nil:
+		if ok, why := o.eligible(); ok {
+			return plan(Acquire, "running primary and no leader (%s)", why)
+		} else {
+			return plan(Demote, "running primary without the leader key and not eligible: %s", why)
+		}
+	case leader == o.Self:
+		return plan(ClearStaleLeader, "the leader key names this member but belongs to a previous lease")
+	}
+	if !l.Valid {
+		if o.OwnsLeaderKey {
+			return plan(RepairLeaderKey, "leader key was overwritten (%s); restoring it", garbage(l))
+		}
+		// Nobody else can hold a key occupied by garbage; keep serving within
+		// the lease until an operator removes it.
+		return plan(Wait, "leader key holds garbage that this member did not create (%s); keeping current role", garbage(l))
+	}
+	return Plan{Action: Demote, Target: leader, Reason: fmt.Sprintf("%s holds the leader key: this primary must stop accepting writes", leader)}
+}
+
+func decideStandby(o Observation, leader string) Plan {
+	if o.HoldsLeader {
+		return plan(Promote, "this member holds the leader key but postgres is a standby")
+	}
+	if leader == "" || leader == o.Self {
+		return plan(None, "standby; no leader")
+	}
+	addr, _ := o.upstream(leader)
+	if addr == "" {
+		return plan(None, "standby; leader %s has not published an address", leader)
+	}
+	want := leader + " " + addr
+	if o.Standby.Target != want {
+		return Plan{Action: Follow, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("standby follows %q, leader is %s at %s", o.Standby.Target, leader, addr)}
+	}
+	return plan(None, "standby of %s (%s)", leader, o.PG.WalReceiver)
+}
+
+func garbage(l *election.Leader) string {
+	if l == nil {
+		return ""
+	}
+	v := l.Name
+	if len(v) > 40 {
+		v = v[:40] + "..."
+	}
+	return fmt.Sprintf("%q", v)
+}

@@ -1,0 +1,106 @@
+package agent
+
+import (
+	"context"
+	"sort"
+	"strings"
+
+	"github.com/cifha/cifha/pkg/pgctl"
+	"github.com/cifha/cifha/pkg/tuning"
+)
+
+// PG adapts a pgctl.Instance and the node's settings to Postgres.
+type PG struct {
+	*pgctl.Instance
+	Settings            pgctl.Settings
+	SuperuserPassword   string
+	ReplicationUser     string
+	ReplicationPassword string
+	AppName             string
+}
+
+// NewPG builds the adapter. params are tuning + HA + operator parameters in
+// increasing precedence.
+func NewPG(inst *pgctl.Instance, s pgctl.Settings, superPW, replUser, replPW, name string) *PG {
+	return &PG{Instance: inst, Settings: s, SuperuserPassword: superPW, ReplicationUser: replUser,
+		ReplicationPassword: replPW, AppName: name}
+}
+
+// MergeParams orders tuning, HA settings and the operator's parameters so
+// that later ones win (postgresql.conf takes the last setting of a name).
+func MergeParams(tuned, ha []tuning.Param, extra map[string]string) []tuning.Param {
+	out := append(append([]tuning.Param{}, tuned...), ha...)
+	names := make([]string, 0, len(extra))
+	for k := range extra {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		out = append(out, tuning.Param{Name: k, Value: tuning.Quote(extra[k]), Comment: "postgres.parameters"})
+	}
+	return out
+}
+
+// DataDirState implements Postgres.
+func (p *PG) DataDirState() (pgctl.DataDirState, error) {
+	return pgctl.InspectDataDir(p.Config().DataDir)
+}
+
+// StandbyState implements Postgres.
+func (p *PG) StandbyState() (pgctl.StandbyState, error) { return pgctl.ReadStandby(p.Config().DataDir) }
+
+// InitDB implements Postgres.
+func (p *PG) InitDB(ctx context.Context) error { return p.Instance.InitDB(ctx, p.SuperuserPassword) }
+
+// Clone implements Postgres.
+func (p *PG) Clone(ctx context.Context, host string, port int, slot string) error {
+	if err := p.writePassFile(); err != nil {
+		return err
+	}
+	return p.Instance.Clone(ctx, host, port, p.ReplicationUser, slot, p.AppName)
+}
+
+// Configure implements Postgres.
+func (p *PG) Configure() error {
+	if err := p.writePassFile(); err != nil {
+		return err
+	}
+	return pgctl.WriteConfig(p.Config().DataDir, p.Settings)
+}
+
+// writePassFile writes the libpq passfile (0600) that pg_basebackup,
+// pg_rewind and primary_conninfo use, so no password is ever in a command
+// line, an environment or postgresql.conf.
+func (p *PG) writePassFile() error {
+	return pgctl.WritePassFile(p.Config().PassFile, map[string]string{
+		p.ReplicationUser:    p.ReplicationPassword,
+		p.Settings.Superuser: p.SuperuserPassword,
+	})
+}
+
+// SetStandby implements Postgres.
+func (p *PG) SetStandby(s pgctl.Standby) error {
+	return pgctl.WriteStandby(p.Config().DataDir, p.Version(), s)
+}
+
+// SetPrimary implements Postgres.
+func (p *PG) SetPrimary() error { return pgctl.ClearStandby(p.Config().DataDir, p.Version()) }
+
+// EnsureReplicationRole implements Postgres.
+func (p *PG) EnsureReplicationRole(ctx context.Context) error {
+	if p.ReplicationUser == p.Settings.Superuser {
+		return nil
+	}
+	return p.EnsureRole(ctx, p.ReplicationUser, p.ReplicationPassword, true)
+}
+
+// StandbyFor implements Postgres.
+func (p *PG) StandbyFor(leader, host string, port int) pgctl.Standby {
+	return pgctl.Standby{Leader: leader, Host: host, Port: port, User: p.ReplicationUser,
+		PassFile: p.Config().PassFile, AppName: p.AppName, SlotName: SlotName(p.AppName)}
+}
+
+// SlotName is the replication slot the leader keeps for member name.
+func SlotName(name string) string {
+	return strings.ReplaceAll(strings.ToLower(name), "-", "_")
+}

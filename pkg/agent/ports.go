@@ -1,0 +1,57 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+)
+
+// Postgres is the local instance as the agent uses it. *PG implements it
+// over pgctl; fakePostgres in the tests implements it in memory.
+type Postgres interface {
+	Version() pgctl.Version
+	DataDirState() (pgctl.DataDirState, error)
+	StandbyState() (pgctl.StandbyState, error)
+	Running() bool
+	Exited() <-chan struct{}
+	ForeignPID() int
+	StopForeign(ctx context.Context) error
+	Status(ctx context.Context) (pgctl.Status, error)
+
+	InitDB(ctx context.Context) error
+	Clone(ctx context.Context, host string, port int, slot string) error
+	// Configure writes postgresql.conf, pg_hba.conf, pg_ident.conf and the passfile.
+	Configure() error
+	SetStandby(s pgctl.Standby) error
+	SetPrimary() error
+	Start(ctx context.Context, wait time.Duration) error
+	StopWithin(ctx context.Context, mode pgctl.StopMode, timeout time.Duration) error
+	Reload() error
+	Promote(ctx context.Context) error
+	CreateSlot(ctx context.Context, name string) error
+	EnsureReplicationRole(ctx context.Context) error
+	// StandbyFor returns the standby settings to follow leader at addr.
+	StandbyFor(leader, host string, port int) pgctl.Standby
+}
+
+// DCS is the cluster's state in etcd as the agent uses it. *election.Store
+// implements it; fakeDCS in the tests implements it in memory.
+type DCS interface {
+	Read(ctx context.Context) (election.Cluster, error)
+	Lease() election.LeaseState
+	Holds(c election.Cluster) bool
+	OwnsKey(c election.Cluster) bool
+	ClaimInitialize(ctx context.Context) (bool, error)
+	ReleaseInitialize(ctx context.Context) error
+	Acquire(ctx context.Context, rec election.LastLeader) (bool, error)
+	Repair(ctx context.Context) error
+	ClearStale(ctx context.Context, modRev int64) error
+	Resign(ctx context.Context) error
+	PutMember(ctx context.Context, m election.Member) error
+	PutLastLeader(ctx context.Context, rec election.LastLeader) error
+}
+
+var _ DCS = (*election.Store)(nil)
+var _ Postgres = (*PG)(nil)
