@@ -1,3 +1,175 @@
+// Command cifhactl is the operator's tool for a cifha cluster.
 package main
 
-func main() {}
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/cifha/cifha/pkg/agent"
+	"github.com/cifha/cifha/pkg/config"
+	"github.com/cifha/cifha/pkg/ctl"
+	"github.com/spf13/cobra"
+)
+
+// Exit codes, documented in --help.
+const (
+	exitOK        = 0
+	exitUnhealthy = 1 // the command ran; the cluster has a problem
+	exitUsage     = 2 // bad arguments or configuration, or etcd unreachable
+)
+
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+type globals struct {
+	configPath string
+	endpoints  []string
+	cluster    string
+	timeout    time.Duration
+}
+
+// clientConfig is the part of cifha.toml cifhactl reads; the rest is ignored
+// so an operator's copy need not include the agent's secrets.
+type clientConfig struct {
+	Cluster string `toml:"cluster"`
+	Etcd    struct {
+		Endpoints    []string        `toml:"endpoints"`
+		DialTimeout  config.Duration `toml:"dial_timeout"`
+		Username     string          `toml:"username"`
+		PasswordFile string          `toml:"password_file"`
+		CAFile       string          `toml:"ca_file"`
+		CertFile     string          `toml:"cert_file"`
+		KeyFile      string          `toml:"key_file"`
+	} `toml:"etcd"`
+}
+
+func (g *globals) etcdConfig() (config.Etcd, string, error) {
+	var cc clientConfig
+	if len(g.endpoints) == 0 {
+		if _, err := toml.DecodeFile(g.configPath, &cc); err != nil {
+			return config.Etcd{}, "", fmt.Errorf("read %s (or pass --endpoints and --cluster): %w", g.configPath, err)
+		}
+	}
+	e := config.Etcd{Endpoints: cc.Etcd.Endpoints, DialTimeout: cc.Etcd.DialTimeout, Username: cc.Etcd.Username,
+		CAFile: cc.Etcd.CAFile, CertFile: cc.Etcd.CertFile, KeyFile: cc.Etcd.KeyFile}
+	if len(g.endpoints) > 0 {
+		e.Endpoints = g.endpoints
+	}
+	cluster := cc.Cluster
+	if g.cluster != "" {
+		cluster = g.cluster
+	}
+	if cluster == "" {
+		return e, "", errors.New("no cluster name: pass --cluster or --config")
+	}
+	if len(e.Endpoints) == 0 {
+		return e, "", errors.New("no etcd endpoints: pass --endpoints or --config")
+	}
+	if e.DialTimeout.Duration == 0 {
+		e.DialTimeout.Duration = 2 * time.Second
+	}
+	if cc.Etcd.PasswordFile != "" {
+		b, err := os.ReadFile(cc.Etcd.PasswordFile)
+		if err != nil {
+			return e, "", fmt.Errorf("etcd.password_file: %w", err)
+		}
+		e.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	return e, cluster, nil
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			if ee.err != nil && ee.code != exitUnhealthy {
+				fmt.Fprintln(os.Stderr, "cifhactl:", ee.err)
+			}
+			os.Exit(ee.code)
+		}
+		fmt.Fprintln(os.Stderr, "cifhactl:", err)
+		os.Exit(exitUsage)
+	}
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "cifhactl",
+		Short: "Operate a cifha PostgreSQL HA cluster",
+		Long: `cifhactl reads the cluster's state from etcd and the agents' APIs.
+
+Exit status:
+  0  success (and, for status, a leader exists and every member answered)
+  1  the cluster has a problem (no leader, a member unreachable)
+  2  bad arguments or configuration, or etcd unreachable`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       agent.Version,
+	}
+	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", config.DefaultPath, "cifha configuration file (for [etcd] and cluster)")
+	root.PersistentFlags().StringSliceVar(&g.endpoints, "endpoints", nil, "etcd endpoints (override the config)")
+	root.PersistentFlags().StringVar(&g.cluster, "cluster", "", "cluster name (overrides the config)")
+	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 3*time.Second, "overall timeout")
+	root.AddCommand(statusCmd(g))
+	return root
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "status",
+		Aliases: []string{"list"},
+		Short:   "Show the members, their roles, states, timelines and replication lag",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ec, cluster, err := g.etcdConfig()
+			if err != nil {
+				return &exitError{exitUsage, err}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			cli, err := agent.EtcdClient(ec)
+			if err != nil {
+				return &exitError{exitUsage, err}
+			}
+			defer cli.Close()
+			hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+			st, err := ctl.Status(ctx, cli, cluster, hc, 500*time.Millisecond)
+			if err != nil {
+				return &exitError{exitUsage, err}
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(st); err != nil {
+					return err
+				}
+			} else {
+				ctl.RenderTable(cmd.OutOrStdout(), st)
+			}
+			if !st.Healthy() {
+				return &exitError{exitUnhealthy, errors.New(strings.Join(st.Problems, "; "))}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

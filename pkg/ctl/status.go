@@ -1,0 +1,239 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// MemberStatus is one row of `cifhactl status`.
+type MemberStatus struct {
+	Name     string `json:"name"`
+	Host     string `json:"host"`
+	Role     string `json:"role"` // "Leader", "Replica", "Primary" (without the key), "" when unknown
+	State    string `json:"state"`
+	Timeline int    `json:"timeline,omitempty"`
+	// LagBytes is the leader's current WAL LSN minus this member's replay
+	// LSN; nil when it cannot be known (shown as "unknown").
+	LagBytes     *int64 `json:"lag_bytes,omitempty"`
+	ReplayPaused bool   `json:"replay_paused,omitempty"`
+	Reachable    bool   `json:"reachable"`
+	APIURL       string `json:"api_url"`
+	Reason       string `json:"reason,omitempty"`
+	Error        string `json:"error,omitempty"`
+}
+
+// ClusterStatus is the whole answer of `cifhactl status`.
+type ClusterStatus struct {
+	Cluster string         `json:"cluster"`
+	Leader  string         `json:"leader"`
+	Members []MemberStatus `json:"members"`
+	// Problems make the exit status non-zero.
+	Problems []string `json:"problems,omitempty"`
+	// Invalid are keys in etcd that hold garbage.
+	Invalid map[string]string `json:"invalid_keys,omitempty"`
+}
+
+// Healthy reports whether there is a leader and every member answered.
+func (s ClusterStatus) Healthy() bool { return len(s.Problems) == 0 }
+
+// apiStatus is the part of an agent's GET /status that cifhactl reads.
+type apiStatus struct {
+	Self election.Member `json:"self"`
+}
+
+// Status reads the cluster from etcd, then asks every member's API for its
+// current state (concurrently, each bounded by apiTimeout).
+func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.Client, apiTimeout time.Duration) (ClusterStatus, error) {
+	keys := election.KeysFor(cluster)
+	resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return ClusterStatus{}, fmt.Errorf("read cluster %q from etcd: %w", cluster, err)
+	}
+	c := election.ParseCluster(keys, resp.Header.Revision, resp.Kvs)
+	out := ClusterStatus{Cluster: cluster, Invalid: c.Invalid}
+	if l := c.Leader; l != nil && l.Valid {
+		out.Leader = l.Name
+	}
+	names := make([]string, 0, len(c.Members))
+	for n := range c.Members {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fresh := make([]*election.Member, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, n := range names {
+		wg.Add(1)
+		go func(i int, m election.Member) {
+			defer wg.Done()
+			fresh[i], errs[i] = fetch(ctx, hc, m.APIURL, apiTimeout)
+		}(i, c.Members[n])
+	}
+	wg.Wait()
+	members := map[string]election.Member{}
+	for i, n := range names {
+		m := c.Members[n]
+		if fresh[i] != nil && fresh[i].Name == n {
+			m = *fresh[i]
+		}
+		members[n] = m
+	}
+	leader, hasLeader := members[out.Leader]
+	for i, n := range names {
+		m := members[n]
+		row := MemberStatus{Name: n, Host: m.ConnAddress, State: m.State, Timeline: m.Timeline,
+			ReplayPaused: m.ReplayPaused, Reachable: errs[i] == nil, APIURL: m.APIURL, Reason: m.Reason}
+		switch {
+		case n == out.Leader:
+			row.Role = "Leader"
+		case m.Role == "replica":
+			row.Role = "Replica"
+		case m.Role == "primary":
+			row.Role = "Primary"
+		}
+		if errs[i] != nil {
+			row.Error = errs[i].Error()
+			out.Problems = append(out.Problems, fmt.Sprintf("member %s unreachable: %v", n, errs[i]))
+		}
+		if n != out.Leader && hasLeader {
+			row.LagBytes = lag(leader, m)
+		}
+		out.Members = append(out.Members, row)
+	}
+	if out.Leader == "" {
+		out.Problems = append(out.Problems, "no leader")
+	} else if !hasLeader {
+		out.Problems = append(out.Problems, fmt.Sprintf("leader %s has not published its state", out.Leader))
+	}
+	return out, nil
+}
+
+// lag is the leader's current LSN minus m's replay LSN, taken from the
+// leader's own pg_stat_replication view when m is connected to it, else
+// from the two published positions. nil when either is unknown.
+func lag(leader, m election.Member) *int64 {
+	for _, r := range leader.Replicas {
+		if r.Name == m.Name {
+			v := r.LagBytes
+			return &v
+		}
+	}
+	cur, err1 := pgctl.ParseLSN(leader.CurrentLSN)
+	rep, err2 := pgctl.ParseLSN(m.ReplayLSN)
+	if err1 != nil || err2 != nil {
+		return nil
+	}
+	v := cur.Sub(rep)
+	return &v
+}
+
+func fetch(ctx context.Context, hc *http.Client, base string, timeout time.Duration) (*election.Member, error) {
+	if base == "" {
+		return nil, fmt.Errorf("no API URL published")
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var s apiStatus
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&s); err != nil {
+		return nil, fmt.Errorf("GET %s/status: %w", base, err)
+	}
+	return &s.Self, nil
+}
+
+// RenderTable writes the status as a table in the style of `patronictl list`.
+func RenderTable(w io.Writer, s ClusterStatus) {
+	header := []string{"Member", "Host", "Role", "State", "TL", "Lag (bytes)", "Lag (MB)"}
+	rows := [][]string{}
+	for _, m := range s.Members {
+		name := m.Name
+		if m.Name == s.Leader {
+			name += " *"
+		}
+		state := m.State
+		if !m.Reachable {
+			state += " (unreachable)"
+		}
+		if m.ReplayPaused {
+			state += " (replay paused)"
+		}
+		tl := ""
+		if m.Timeline > 0 {
+			tl = fmt.Sprint(m.Timeline)
+		}
+		lb, lm := "", ""
+		if m.Name != s.Leader {
+			lb, lm = "unknown", "unknown"
+			if m.LagBytes != nil {
+				lb = fmt.Sprint(*m.LagBytes)
+				lm = fmt.Sprintf("%.1f", float64(*m.LagBytes)/(1<<20))
+			}
+		}
+		rows = append(rows, []string{name, m.Host, m.Role, state, tl, lb, lm})
+	}
+	widths := make([]int, len(header))
+	for i, h := range header {
+		widths[i] = len(h)
+	}
+	for _, r := range rows {
+		for i, c := range r {
+			if len(c) > widths[i] {
+				widths[i] = len(c)
+			}
+		}
+	}
+	sep := "+"
+	for _, wd := range widths {
+		sep += strings.Repeat("-", wd+2) + "+"
+	}
+	title := fmt.Sprintf("+ Cluster: %s ", s.Cluster)
+	if len(title) < len(sep) {
+		title += sep[len(title):]
+	}
+	line := func(cells []string) {
+		fmt.Fprint(w, "|")
+		for i, c := range cells {
+			if i >= 4 { // numbers right-aligned
+				fmt.Fprintf(w, " %*s |", widths[i], c)
+			} else {
+				fmt.Fprintf(w, " %-*s |", widths[i], c)
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, title)
+	line(header)
+	fmt.Fprintln(w, sep)
+	for _, r := range rows {
+		line(r)
+	}
+	fmt.Fprintln(w, sep)
+	if s.Leader != "" {
+		fmt.Fprintf(w, "* leader: %s\n", s.Leader)
+	}
+	for _, p := range s.Problems {
+		fmt.Fprintf(w, "problem: %s\n", p)
+	}
+	for k, v := range s.Invalid {
+		fmt.Fprintf(w, "ignored key %s: %s\n", k, v)
+	}
+}
