@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+// obs builds an observation of member "db1" with a healthy lease and a
+// readable, empty cluster; options adjust it.
+func obs(opts ...func(*Observation)) Observation {
+	o := Observation{
+		Now: t0, Self: "db1", FenceMargin: time.Second,
+		DataDir: pgctl.DataDirValid,
+		Lease:   election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)},
+		Cluster: election.Cluster{Members: map[string]election.Member{}, Invalid: map[string]string{}},
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+func emptyDir(o *Observation) { o.DataDir = pgctl.DataDirMissing }
+func standbyFiles(target string) func(*Observation) {
+	return func(o *Observation) { o.Standby = pgctl.StandbyState{Standby: true, Target: target} }
+}
+func runningPrimary(o *Observation) {
+	o.Running = true
+	o.PG = &pgctl.Status{Timeline: 1, CurrentLSN: 100}
+}
+func runningStandby(o *Observation) {
+	o.Running = true
+	o.PG = &pgctl.Status{InRecovery: true, Timeline: 1, WalReceiver: "streaming"}
+}
+func leaderKey(name string) func(*Observation) {
+	return func(o *Observation) {
+		o.Cluster.Leader = &election.Leader{Name: name, Valid: election.ValidName(name), CreateRev: 5, ModRev: 5, Lease: 9}
+	}
+}
+func holds(o *Observation) {
+	leaderKey("db1")(o)
+	o.Cluster.Leader.Lease = 7
+	o.HoldsLeader, o.OwnsLeaderKey = true, true
+}
+func member(name, role, state, addr string) func(*Observation) {
+	return func(o *Observation) {
+		o.Cluster.Members[name] = election.Member{Name: name, Role: role, State: state, ConnAddress: addr}
+	}
+}
+func initialized(by string) func(*Observation) {
+	return func(o *Observation) { o.Cluster.Initialize = by }
+}
+func lastLeader(name string, tl int) func(*Observation) {
+	return func(o *Observation) { o.Cluster.LastLeader = &election.LastLeader{Name: name, Timeline: tl} }
+}
+func at(d time.Duration) func(*Observation) { return func(o *Observation) { o.Now = t0.Add(d) } }
+
+func TestDecide(t *testing.T) {
+	db2 := member("db2", "primary", "running", "10.0.1.2:5432")
+	cases := []struct {
+		name   string
+		o      Observation
+		want   Action
+		target string
+	}{
+		// Bootstrap and clone.
+		{"empty etcd, empty data dir -> bootstrap", obs(emptyDir), Bootstrap, ""},
+		{"claimed initialize, no data, no leader -> bootstrap again", obs(emptyDir, initialized("db1")), Bootstrap, ""},
+		{"another member initialises, no leader yet -> wait", obs(emptyDir, initialized("db2")), Wait, ""},
+		{"empty data dir, leader serving -> clone it", obs(emptyDir, initialized("db2"), leaderKey("db2"), db2), Clone, "db2"},
+		{"empty data dir, leader not yet running -> wait", obs(emptyDir, initialized("db2"), leaderKey("db2"), member("db2", "primary", "bootstrapping", "10.0.1.2:5432")), Wait, ""},
+		{"empty data dir, leader published no address -> wait", obs(emptyDir, initialized("db2"), leaderKey("db2"), member("db2", "primary", "running", "")), Wait, ""},
+		{"initialize key holds garbage, no leader -> wait, never initdb twice", obs(emptyDir, initialized("?")), Wait, ""},
+		{"foreign data dir -> wait, never touch", obs(func(o *Observation) { o.DataDir = pgctl.DataDirForeign }), Wait, ""},
+
+		// Stopped postgres.
+		{"stopped primary holding the key -> restart in place", obs(holds), StartPrimary, ""},
+		{"stopped primary, no leader, was last leader -> acquire then start", obs(lastLeader("db1", 1)), AcquireAndStart, ""},
+		{"stopped primary, no leader, nothing recorded -> acquire then start", obs(), AcquireAndStart, ""},
+		{"stopped primary, no leader, another was last leader -> wait (stale)", obs(lastLeader("db2", 2)), Wait, ""},
+		{"stopped primary, key names self on an old lease -> clear it", obs(leaderKey("db1")), ClearStaleLeader, ""},
+		{"stopped primary, another leads -> wait for rejoin", obs(leaderKey("db2"), db2), Wait, "db2"},
+		{"stopped primary, garbage leader key -> wait", obs(leaderKey("{x")), Wait, ""},
+		{"stopped standby, leader known -> start following it", obs(standbyFiles(""), leaderKey("db2"), db2), StartStandby, "db2"},
+		{"stopped standby, no leader -> start as standby anyway (read-only)", obs(standbyFiles("db2 10.0.1.2:5432")), StartStandby, ""},
+		{"foreign postmaster -> stop it", obs(func(o *Observation) { o.ForeignPID = 4242 }), StopForeign, ""},
+
+		// Running primary.
+		{"healthy leader -> nothing", obs(holds, runningPrimary), None, ""},
+		{"leader past its fence margin -> fence", obs(holds, runningPrimary, at(2500*time.Millisecond)), Fence, ""},
+		{"leader exactly at deadline minus margin -> fence", obs(holds, runningPrimary, at(2*time.Second)), Fence, ""},
+		{"leader just inside the margin -> nothing", obs(holds, runningPrimary, at(1999*time.Millisecond)), None, ""},
+		{"primary with no lease at all -> fence", obs(runningPrimary, func(o *Observation) { o.Lease = election.LeaseState{} }), Fence, ""},
+		{"etcd unreachable, lease valid -> keep running", obs(holds, runningPrimary, func(o *Observation) { o.DCSErr = errors.New("timeout") }), Wait, ""},
+		{"etcd unreachable past the margin -> fence", obs(holds, runningPrimary, at(2500*time.Millisecond), func(o *Observation) { o.DCSErr = errors.New("timeout") }), Fence, ""},
+		{"running primary, no leader, eligible -> acquire", obs(runningPrimary, lastLeader("db1", 1)), Acquire, ""},
+		{"running primary, no leader, newer timeline than last leader -> acquire", obs(runningPrimary, lastLeader("db2", 0)), Acquire, ""},
+		{"running primary, no leader, stale -> demote", obs(runningPrimary, lastLeader("db2", 2)), Demote, ""},
+		{"running primary, another holds the key -> demote", obs(runningPrimary, leaderKey("db2"), db2), Demote, "db2"},
+		{"running primary, key overwritten with garbage by hand -> repair", obs(holds, runningPrimary, func(o *Observation) {
+			o.Cluster.Leader.Name, o.Cluster.Leader.Valid, o.HoldsLeader = "{garbage", false, false
+		}), RepairLeaderKey, ""},
+		{"running primary, garbage key not ours -> keep role", obs(runningPrimary, leaderKey("{garbage")), Wait, ""},
+		{"running primary, key names self on an old lease -> clear it", obs(runningPrimary, leaderKey("db1")), ClearStaleLeader, ""},
+		{"running, state unknown, files say primary -> fence when lease is gone", obs(func(o *Observation) {
+			o.Running, o.PGErr, o.Lease = true, errors.New("timeout"), election.LeaseState{}
+		}), Fence, ""},
+		{"running, state unknown, lease valid -> wait, not healthy", obs(holds, func(o *Observation) { o.Running, o.PGErr = true, errors.New("timeout") }), Wait, ""},
+
+		// Running standby.
+		{"streaming standby of the leader -> nothing", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, leaderKey("db2"), db2), None, ""},
+		{"standby following an old address -> follow the leader", obs(standbyFiles("db3 10.0.1.3:5432"), runningStandby, leaderKey("db2"), db2), Follow, "db2"},
+		{"standby, no leader -> nothing (failover is the next issue)", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby), None, ""},
+		{"standby holding the key -> promote", obs(standbyFiles(""), runningStandby, holds), Promote, ""},
+		{"standby is never fenced: it cannot write", obs(standbyFiles(""), runningStandby, func(o *Observation) { o.Lease = election.LeaseState{} }), None, ""},
+		{"standby, etcd unreachable -> wait", obs(standbyFiles(""), runningStandby, func(o *Observation) { o.DCSErr = errors.New("x") }), Wait, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := tc.o
+			got := Decide(tc.o)
+			if got.Action != tc.want || got.Target != tc.target {
+				t.Fatalf("Decide = %v %q (%s); want %v %q", got.Action, got.Target, got.Reason, tc.want, tc.target)
+			}
+			if got.Reason == "" {
+				t.Error("plan without a reason")
+			}
+			if again := Decide(tc.o); again != got {
+				t.Errorf("not deterministic: %+v then %+v", got, again)
+			}
+			if before.Now != tc.o.Now || before.HoldsLeader != tc.o.HoldsLeader {
+				t.Error("Decide changed its input")
+			}
+		})
+	}
+}

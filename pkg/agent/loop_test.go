@@ -1,0 +1,146 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+)
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) Now() time.Time          { return c.t }
+func (c *fakeClock) Advance(d time.Duration) { c.t = c.t.Add(d) }
+
+func newTestAgent(pg *fakePostgres, dcs *fakeDCS, clk *fakeClock) *Agent {
+	return New(Options{Name: dcs.self, PG: pg, DCS: dcs, Now: clk.Now, LoopInterval: time.Second,
+		StartTimeout: time.Second, FenceMargin: time.Second, ConnAddress: "10.0.1.1:5432", APIURL: "http://10.0.1.1:8008"})
+}
+
+func has(calls []string, want ...string) bool {
+	i := 0
+	for _, c := range calls {
+		if i < len(want) && c == want[i] {
+			i++
+		}
+	}
+	return i == len(want)
+}
+
+// TestLoopBootstrapCrashAndFence drives the real loop with fakes and a fake
+// clock: bootstrap, slot for a new member, in-place restart after a crash,
+// and fencing when the lease is not renewed.
+func TestLoopBootstrapCrashAndFence(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: t0}
+	pg := &fakePostgres{dir: pgctl.DataDirMissing}
+	dcs := newFakeDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
+	a := newTestAgent(pg, dcs, clk)
+
+	if err := a.Iterate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !has(pg.calls, "initdb", "configure", "set-primary", "configure", "start") || dcs.cluster.Leader == nil {
+		t.Fatalf("bootstrap calls %v, leader %+v", pg.calls, dcs.cluster.Leader)
+	}
+	a.Iterate(ctx)
+	if s := a.Snapshot(); !s.IsLeader || s.Member.State != "running" || s.Member.Role != "primary" {
+		t.Fatalf("snapshot %+v", s.Member)
+	}
+
+	// A new member registers: the leader makes its slot at once.
+	dcs.cluster.Members["db2"] = election.Member{Name: "db2", State: "uninitialized"}
+	a.Iterate(ctx)
+	if !has(pg.calls, "create-slot db2") {
+		t.Fatalf("no slot for db2: %v", pg.calls)
+	}
+
+	// The postmaster crashes; the agent restarts it in place.
+	pg.crash()
+	pg.calls = nil
+	a.Iterate(ctx)
+	if !has(pg.calls, "configure", "start") || !pg.running {
+		t.Fatalf("not restarted in place: %v", pg.calls)
+	}
+	if a.lastPlan.Action != StartPrimary {
+		t.Fatalf("plan %v", a.lastPlan)
+	}
+
+	// etcd goes away and the lease is not renewed: at deadline - margin the
+	// primary is stopped, before the lease can expire.
+	dcs.err = errors.New("etcd: connection refused")
+	clk.Advance(1500 * time.Millisecond)
+	pg.calls = nil
+	a.Iterate(ctx)
+	if pg.calls != nil || !pg.running {
+		t.Fatalf("fenced too early: %v", pg.calls)
+	}
+	clk.Advance(600 * time.Millisecond) // 2.1 s: past 3 s - 1 s margin
+	a.Iterate(ctx)
+	if !has(pg.calls, "stop fast") || pg.running {
+		t.Fatalf("not fenced at the margin: %v", pg.calls)
+	}
+	if a.lastPlan.Action != Fence || !strings.Contains(a.lastPlan.Reason, "lease") {
+		t.Fatalf("plan %v", a.lastPlan)
+	}
+}
+
+// TestLoopClonesAndFollows: a member with no data clones the serving leader,
+// starts as its standby, and publishes itself as a streaming replica.
+func TestLoopClonesAndFollows(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: t0}
+	pg := &fakePostgres{dir: pgctl.DataDirMissing}
+	dcs := newFakeDCS("db2", election.LeaseState{ID: 8, ValidUntil: t0.Add(3 * time.Second)})
+	dcs.cluster.Initialize = "db1"
+	dcs.cluster.Leader = &election.Leader{Name: "db1", Valid: true, CreateRev: 1, Lease: 7}
+	dcs.cluster.Members["db1"] = election.Member{Name: "db1", Role: "primary", State: "running", ConnAddress: "10.0.1.1:5432"}
+	a := newTestAgent(pg, dcs, clk)
+	if err := a.Iterate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !has(pg.calls, "clone 10.0.1.1", "configure", "set-standby db1", "start") {
+		t.Fatalf("calls %v", pg.calls)
+	}
+	a.Iterate(ctx)
+	if m := dcs.cluster.Members["db2"]; m.Role != "replica" {
+		t.Fatalf("published %+v", m)
+	}
+	// The leader moves: the standby re-points (reload on 13+).
+	dcs.cluster.Leader = &election.Leader{Name: "db3", Valid: true, CreateRev: 2, Lease: 9}
+	dcs.cluster.Members["db3"] = election.Member{Name: "db3", Role: "primary", State: "running", ConnAddress: "10.0.1.3:5432"}
+	pg.calls = nil
+	a.Iterate(ctx)
+	if !has(pg.calls, "set-standby db3", "reload") {
+		t.Fatalf("calls %v", pg.calls)
+	}
+}
+
+// TestPublishIsRateLimited: unchanged state is published once per loop
+// interval, not on every iteration (each put wakes every other agent).
+func TestPublishIsRateLimited(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: t0}
+	pg := &fakePostgres{dir: pgctl.DataDirMissing}
+	dcs := newFakeDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(time.Hour)})
+	a := newTestAgent(pg, dcs, clk)
+	a.Iterate(ctx)
+	a.Iterate(ctx)
+	n := dcs.puts
+	for i := 0; i < 10; i++ {
+		clk.Advance(10 * time.Millisecond)
+		a.Iterate(ctx)
+	}
+	if dcs.puts != n {
+		t.Fatalf("%d puts in 100 ms of unchanged state", dcs.puts-n)
+	}
+	clk.Advance(time.Second)
+	a.Iterate(ctx)
+	if dcs.puts != n+1 {
+		t.Fatalf("no periodic publish")
+	}
+}
