@@ -455,6 +455,9 @@ func (a *Agent) member(o Observation, p Plan) election.Member {
 			m.ReplayLSN = st.ReplayLSN.String()
 		}
 		for _, r := range st.Replication {
+			if r.ReplayLSN == 0 {
+				continue // connected but not reported yet: lag unknown, not "everything"
+			}
 			m.Replicas = append(m.Replicas, election.ReplicaLag{Name: r.Name, State: r.State,
 				ReplayLSN: r.ReplayLSN.String(), LagBytes: st.CurrentLSN.Sub(r.ReplayLSN)})
 		}

@@ -1,0 +1,46 @@
+# cifha — see README.md. The two commands a newcomer needs:
+#   make demo   start a local 3-node cluster (embedded etcd, real PostgreSQL)
+#   make test   run every test (installs PostgreSQL first if it is missing)
+export PATH := $(PATH):/usr/local/go/bin
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/cifha/cifha/pkg/agent.Version=$(VERSION)
+
+.PHONY: all build deps test unit integration lint demo bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/cifha ./cmd/cifhactl
+
+deps:
+	@scripts/deps.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Unit tests run with the race detector; the integration tests start real
+# postgres and cifha processes on 127.0.0.11-13:5432 as the postgres user.
+test: deps lint
+	$(GO) test -race -count=1 -timeout 10m ./pkg/... ./internal/... ./cmd/...
+	$(GO) test -count=1 -timeout 15m ./integration/...
+
+unit:
+	$(GO) test -race -count=1 ./pkg/...
+
+integration: deps
+	$(GO) test -count=1 -timeout 15m -v ./integration/...
+
+fuzz:
+	$(GO) test ./pkg/config -run '^$$' -fuzz FuzzParse -fuzztime 60s
+
+demo: deps build
+	$(GO) build -o bin/ ./cmd/cifha-demo
+	bin/cifha-demo --bin bin
+
+bench: deps build
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./integration/... | tee bench.out
+
+clean:
+	rm -rf bin bench.out

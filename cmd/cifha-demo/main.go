@@ -1,0 +1,160 @@
+// Command cifha-demo starts a local cifha cluster for a first look: an
+// embedded etcd and three cifha agents (db1, db2, db3) on 127.0.0.21-23,
+// each running real PostgreSQL on port 5432 as the postgres user. Ctrl-C
+// stops everything and removes the demo's files.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/cifha/cifha/internal/cluster"
+	"github.com/cifha/cifha/internal/devetcd"
+	"github.com/cifha/cifha/internal/testutil"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	bin := flag.String("bin", "bin", "directory holding cifha and cifhactl")
+	etcdAddr := flag.String("etcd", "127.0.0.1:23790", "address for the embedded etcd")
+	keep := flag.Bool("keep", false, "keep the demo's files after Ctrl-C")
+	flag.Parse()
+	binAbs, err := filepath.Abs(*bin)
+	if err != nil {
+		return fail(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	root, err := testutil.MkdirForPostgres("cifha-demo-")
+	if err != nil {
+		return fail(err)
+	}
+	defer func() {
+		if *keep {
+			fmt.Println("files kept in", root)
+		} else {
+			os.RemoveAll(root)
+		}
+	}()
+	if os.Geteuid() == 0 {
+		// The postgres user must be able to execute the binaries.
+		copied := filepath.Join(root, "bin")
+		if err := os.MkdirAll(copied, 0o755); err != nil {
+			return fail(err)
+		}
+		for _, b := range []string{"cifha", "cifhactl"} {
+			data, err := os.ReadFile(filepath.Join(binAbs, b))
+			if err != nil {
+				return fail(fmt.Errorf("%w (run `make build` first)", err))
+			}
+			if err := os.WriteFile(filepath.Join(copied, b), data, 0o755); err != nil {
+				return fail(err)
+			}
+		}
+		binAbs = copied
+	}
+	step("starting embedded etcd on %s", *etcdAddr)
+	etcdDir := filepath.Join(root, "etcd")
+	etcd, err := devetcd.Start(etcdDir, *etcdAddr)
+	if err != nil {
+		return fail(err)
+	}
+	defer etcd.Close()
+
+	c, err := cluster.New(cluster.Options{
+		BinDir: binAbs, Root: root, EtcdEndpoints: []string{etcd.Endpoint}, Cluster: "demo",
+		Addrs: []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"}, TTL: 10 * time.Second, LoopInterval: time.Second,
+		Tuning: "profile = \"cif\"\nmemory = \"1GB\"", SuperuserPassword: "demo",
+	})
+	if err != nil {
+		return fail(err)
+	}
+	defer func() {
+		step("stopping the agents (standbys first, then the leader)")
+		p, _ := c.Primary(context.Background())
+		for _, n := range c.Nodes {
+			if n != p {
+				n.Stop(20 * time.Second)
+			}
+		}
+		c.Close(20 * time.Second)
+	}()
+	step("starting 3 cifha agents (db1, db2, db3 on 127.0.0.21-23, postgres on :5432)")
+	if err := c.Start(); err != nil {
+		return fail(err)
+	}
+	started := time.Now()
+	var primary *cluster.Node
+	for primary == nil {
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-time.After(200 * time.Millisecond):
+		}
+		p, err := c.Primary(ctx)
+		if err != nil {
+			if time.Since(started) > 90*time.Second {
+				return fail(fmt.Errorf("no primary after 90 s; agent logs are in %s/db*/cifha.log", root))
+			}
+			continue
+		}
+		ok := true
+		for _, n := range c.Nodes {
+			if code, _, err := n.API(ctx, "/replica"); n != p && (err != nil || code != 200) {
+				ok = false
+			}
+		}
+		if ok {
+			primary = p
+		}
+	}
+	step("cluster ready in %.1f s: one primary, two streaming standbys", time.Since(started).Seconds())
+	var standby *cluster.Node
+	for _, n := range c.Nodes {
+		if n != primary {
+			standby = n
+			break
+		}
+	}
+	ctlConf := filepath.Join(root, "cifhactl.toml")
+	os.WriteFile(ctlConf, []byte(fmt.Sprintf("cluster = \"demo\"\n[etcd]\nendpoints = [%q]\n", etcd.Endpoint)), 0o644)
+	ctl := filepath.Join(binAbs, "cifhactl")
+	fmt.Println()
+	cmd := exec.Command(ctl, "-c", ctlConf, "status")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	_ = cmd.Run()
+	fmt.Printf(`
+Things to try (in another terminal):
+
+  %[1]s -c %[2]s status          # the table above; add --json
+  curl -s -o /dev/null -w '%%{http_code}\n' http://%[3]s:8008/primary   # 200 on the primary, 503 elsewhere
+  curl -s http://%[6]s:8008/status
+  PGPASSWORD=demo psql -h %[3]s -U postgres -c 'create table t(x int); insert into t values (1)'
+  PGPASSWORD=demo psql -h %[6]s -U postgres -c 'select * from t'   # a standby has the row
+  kill -9 $(head -1 %[4]s/postmaster.pid)   # crash the primary's postgres: cifha restarts it in place
+  tail -f %[5]s/db*/cifha.log
+
+Files: %[5]s (removed on exit). Press Ctrl-C to stop everything.
+`, ctl, ctlConf, primary.Addr, primary.DataDir, root, standby.Addr)
+	<-ctx.Done()
+	fmt.Println()
+	return 0
+}
+
+func step(format string, args ...any) {
+	fmt.Printf("==> "+format+"\n", args...)
+}
+
+func fail(err error) int {
+	fmt.Fprintln(os.Stderr, "cifha-demo:", err)
+	return 1
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what cifha's tests and demo need, only where it is missing:
+# Debian's PostgreSQL server (binaries under /usr/lib/postgresql/*/bin) and
+# the postgres OS user. Go itself must already be installed.
+set -euo pipefail
+
+need_pg=1
+for b in /usr/lib/postgresql/*/bin/postgres; do [ -x "$b" ] && need_pg=0; done
+if [ "$need_pg" = 1 ] || ! id postgres >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "PostgreSQL is missing; run as root (or: sudo apt-get install postgresql)" >&2
+    exit 1
+  fi
+  echo ">> installing PostgreSQL (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Do not let the package create and start its own cluster on port 5432:
+  # cifha manages its clusters itself.
+  apt-get install -y -qq --no-install-recommends postgresql-common >/dev/null
+  if [ -f /etc/postgresql-common/createcluster.conf ]; then
+    sed -i 's/^#\?\s*create_main_cluster.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
+  fi
+  apt-get install -y -qq --no-install-recommends postgresql postgresql-contrib >/dev/null
+fi
+if ! command -v go >/dev/null 2>&1; then
+  echo "Go is not on PATH (expected /usr/local/go/bin/go)" >&2
+  exit 1
+fi
