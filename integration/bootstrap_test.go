@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"testing"
@@ -16,24 +17,33 @@ func waitHealthy(t *testing.T, c *cluster.Cluster, timeout time.Duration) *clust
 	t.Helper()
 	ctx := ctxT(t, timeout+5*time.Second)
 	var primary *cluster.Node
+	_ = ctx
 	testutil.Eventually(t, timeout, "one primary, all others streaming", func() error {
-		p, err := c.Primary(ctx)
-		if err != nil {
-			return err
-		}
-		for _, n := range c.Nodes {
-			if n == p {
-				continue
-			}
-			code, body, err := n.API(ctx, "/replica")
-			if err != nil || code != 200 {
-				return fmt.Errorf("%s /replica: %d %v %s", n.Name, code, err, body)
-			}
-		}
+		p, err := healthy(c)
 		primary = p
-		return nil
+		return err
 	})
 	return primary
+}
+
+// healthy returns the only primary if every other node is a streaming standby.
+func healthy(c *cluster.Cluster) (*cluster.Node, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p, err := c.Primary(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range c.Nodes {
+		if n == p {
+			continue
+		}
+		code, body, err := n.API(ctx, "/replica")
+		if err != nil || code != 200 {
+			return nil, fmt.Errorf("%s /replica: %d %v %s", n.Name, code, err, body)
+		}
+	}
+	return p, nil
 }
 
 func status(t *testing.T, n *cluster.Node) agent.StatusResponse {

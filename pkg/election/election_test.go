@@ -10,6 +10,7 @@ import (
 	"github.com/cifha/cifha/internal/testutil"
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 type node struct {
@@ -22,7 +23,7 @@ type node struct {
 
 func newNode(t *testing.T, endpoint, name string, ttl time.Duration) *node {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,8 +211,11 @@ func TestWatchSignalsChanges(t *testing.T) {
 	ch := a.store.Watch(ctx)
 	// The watch registers asynchronously: keep changing the key until one
 	// change is seen.
+	states := []string{"streaming", "stopped"}
+	i := 0
 	testutil.Eventually(t, 5*time.Second, "watch event", func() error {
-		if err := a.store.PutMember(ctx, Member{Role: "replica"}); err != nil {
+		i++
+		if err := a.store.PutMember(ctx, Member{Role: "replica", State: states[i%2]}); err != nil {
 			return err
 		}
 		select {
@@ -221,4 +225,43 @@ func TestWatchSignalsChanges(t *testing.T) {
 			return fmt.Errorf("no event")
 		}
 	})
+}
+
+// TestWatchIgnoresPositionUpdates: a member republishing only its positions
+// wakes nobody; a role or state change does.
+func TestWatchIgnoresPositionUpdates(t *testing.T) {
+	ep := testutil.Etcd(t)
+	a := newNode(t, ep, "a", 3*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := a.store.Watch(ctx)
+	testutil.Eventually(t, 5*time.Second, "watch registered", func() error {
+		a.store.PutMember(ctx, Member{Role: "replica", State: fmt.Sprint(time.Now().UnixNano())})
+		select {
+		case <-ch:
+			return nil
+		case <-time.After(100 * time.Millisecond):
+			return fmt.Errorf("no event")
+		}
+	})
+	a.store.PutMember(ctx, Member{Role: "replica", State: "streaming"})
+	select { // the state change above
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("state change did not wake")
+	}
+	for i := 0; i < 5; i++ {
+		a.store.PutMember(ctx, Member{Role: "replica", State: "streaming", ReplayLSN: fmt.Sprintf("0/%X", i)})
+	}
+	a.store.PutMember(ctx, Member{Role: "primary", State: "running"})
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("role change did not wake")
+	}
+	select {
+	case <-ch:
+		t.Fatal("position-only updates woke the watcher")
+	case <-time.After(300 * time.Millisecond):
+	}
 }
