@@ -56,10 +56,12 @@ type clientConfig struct {
 	} `toml:"etcd"`
 }
 
-func (g *globals) etcdConfig() (config.Etcd, string, error) {
+func (g *globals) etcdConfig(explicitConfig bool) (config.Etcd, string, error) {
 	var cc clientConfig
-	if len(g.endpoints) == 0 {
-		if _, err := toml.DecodeFile(g.configPath, &cc); err != nil {
+	// The config file supplies TLS and credentials even when --endpoints
+	// overrides its endpoints; it may be absent only if it was not asked for.
+	if _, err := toml.DecodeFile(g.configPath, &cc); err != nil {
+		if explicitConfig || len(g.endpoints) == 0 || !errors.Is(err, os.ErrNotExist) {
 			return config.Etcd{}, "", fmt.Errorf("read %s (or pass --endpoints and --cluster): %w", g.configPath, err)
 		}
 	}
@@ -139,7 +141,7 @@ func statusCmd(g *globals) *cobra.Command {
 		Short:   "Show the members, their roles, states, timelines and replication lag",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ec, cluster, err := g.etcdConfig()
+			ec, cluster, err := g.etcdConfig(cmd.Flags().Changed("config"))
 			if err != nil {
 				return &exitError{exitUsage, err}
 			}

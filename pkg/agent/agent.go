@@ -69,6 +69,16 @@ type Agent struct {
 	lastPubAt     time.Time
 	loggedInvalid map[string]string
 	lastObs       Observation
+	// writableLease is the lease under which postgres was made writable
+	// (0 when postgres is not a primary started or promoted by this agent).
+	writableLease int64
+	// roleOK is set once the replication role is known to be in place for
+	// this term as leader.
+	roleOK bool
+	// seenExit is the exit channel of a postgres whose exit the loop has
+	// already handled, so a closed channel does not spin the loop.
+	seenExit <-chan struct{}
+	fence    *fencer
 }
 
 // New returns an Agent; it does nothing until Run.
@@ -82,7 +92,9 @@ func New(opt Options) *Agent {
 	if opt.StopTimeout == 0 {
 		opt.StopTimeout = 10 * time.Second
 	}
-	return &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}}
+	a := &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}}
+	a.fence = &fencer{a: a}
+	return a
 }
 
 // Snapshot returns the latest snapshot (nil before the first iteration).
@@ -96,6 +108,10 @@ const minGap = 20 * time.Millisecond
 func (a *Agent) Run(ctx context.Context) error {
 	ticker := time.NewTicker(a.opt.LoopInterval)
 	defer ticker.Stop()
+	fctx, stopFencer := context.WithCancel(ctx)
+	fencerDone := make(chan struct{})
+	go func() { a.fence.run(fctx); close(fencerDone) }()
+	defer func() { stopFencer(); <-fencerDone }()
 	for {
 		err := a.Iterate(ctx)
 		if ctx.Err() != nil {
@@ -114,6 +130,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		exited := a.opt.PG.Exited()
+		if exited == a.seenExit {
+			exited = nil // already handled; a closed channel would spin the loop
+		}
 		select {
 		case <-ctx.Done():
 			a.shutdown()
@@ -121,7 +141,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ticker.C:
 		case <-a.opt.Wake:
 		case <-a.opt.LeaseChanged:
-		case <-a.opt.PG.Exited():
+		case <-a.fenceDue():
+		case <-exited:
+			a.seenExit = exited
 			a.log.Warn("postgres exited")
 		}
 		select {
@@ -157,7 +179,7 @@ func (a *Agent) Iterate(ctx context.Context) error {
 }
 
 func (a *Agent) observe(ctx context.Context) Observation {
-	o := Observation{Now: a.now(), Self: a.opt.Name, FenceMargin: a.opt.FenceMargin}
+	o := Observation{Self: a.opt.Name, FenceMargin: a.opt.FenceMargin}
 	pg := a.opt.PG
 	o.DataDir, o.DataDirErr = pg.DataDirState()
 	if o.DataDir == pgctl.DataDirValid {
@@ -168,6 +190,10 @@ func (a *Agent) observe(ctx context.Context) Observation {
 		o.Standby = st
 	}
 	o.Running = pg.Running()
+	if !o.Running {
+		a.writableLease = 0
+		a.fence.disarm()
+	}
 	if !o.Running && o.DataDir == pgctl.DataDirValid {
 		o.ForeignPID = pg.ForeignPID()
 	}
@@ -181,10 +207,14 @@ func (a *Agent) observe(ctx context.Context) Observation {
 			o.PG = &st
 		}
 	}
+	o.WritableLease = a.writableLease
 	// The lease is read before etcd so that HoldsLeader can never pair a
 	// newer lease with an older read.
 	o.Lease = a.opt.DCS.Lease()
 	c, err := a.opt.DCS.Read(ctx)
+	// The clock is read last: a time read before the slow status and etcd
+	// calls above would make a fence decision late.
+	o.Now = a.now()
 	if err != nil {
 		o.DCSErr = err
 		return o
@@ -199,6 +229,13 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	}
 	a.loggedInvalid = c.Invalid
 	return o
+}
+
+// madeWritable records that postgres now accepts writes under lease and
+// arms the fencer.
+func (a *Agent) madeWritable(lease election.LeaseState) {
+	a.writableLease = int64(lease.ID)
+	a.fence.arm(lease.ID)
 }
 
 func splitAddr(addr string) (string, int, error) {
@@ -259,13 +296,10 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		}
 		a.publishState(ctx, o, "cloning", p)
 		a.log.Info("cloning", "from", p.Target, "address", p.TargetAddr)
-		if err := pg.Clone(ctx, host, port, ""); err != nil {
+		if err := pg.Clone(ctx, host, port, "", pg.StandbyFor(p.Target, host, port)); err != nil {
 			return fmt.Errorf("clone: %w", err)
 		}
 		if err := pg.Configure(); err != nil {
-			return err
-		}
-		if err := pg.SetStandby(pg.StandbyFor(p.Target, host, port)); err != nil {
 			return err
 		}
 		return a.start(ctx)
@@ -274,6 +308,7 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		if err := pg.Configure(); err != nil {
 			return err
 		}
+		a.madeWritable(o.Lease)
 		return a.start(ctx)
 
 	case AcquireAndStart:
@@ -285,7 +320,9 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 			return errOr(err, "leader key taken by another member")
 		}
 		a.log.Info("acquired the leader key")
-		return pg.EnsureReplicationRole(ctx)
+		a.madeWritable(o.Lease)
+		a.roleOK = false
+		return nil
 
 	case StartStandby:
 		if err := pg.Configure(); err != nil {
@@ -319,6 +356,7 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		return a.start(ctx)
 
 	case Promote:
+		a.madeWritable(o.Lease)
 		return pg.Promote(ctx)
 
 	case RepairLeaderKey:
@@ -362,31 +400,41 @@ func (a *Agent) start(ctx context.Context) error {
 // writable postgres never runs without the key.
 func (a *Agent) acquireAndStart(ctx context.Context, o Observation) error {
 	pg, dcs := a.opt.PG, a.opt.DCS
-	ok, err := dcs.Acquire(ctx, election.LastLeader{At: o.Now})
+	// Keep the recorded timeline until postgres reports its own: writing 0
+	// would let a stale primary look newer than this one.
+	rec := election.LastLeader{At: o.Now}
+	if ll := o.Cluster.LastLeader; ll != nil && ll.Name == o.Self {
+		rec.Timeline, rec.LSN = ll.Timeline, ll.LSN
+	}
+	ok, err := dcs.Acquire(ctx, rec)
 	if err != nil || !ok {
 		return errOr(err, "leader key taken by another member")
 	}
 	a.log.Info("acquired the leader key")
+	a.roleOK = false
 	if err := pg.Configure(); err != nil {
 		return err
 	}
-	if err := a.start(ctx); err != nil {
-		return err
-	}
-	if err := pg.EnsureReplicationRole(ctx); err != nil {
-		return err
-	}
-	st, err := pg.Status(ctx)
-	if err != nil {
-		return err
-	}
-	return dcs.PutLastLeader(ctx, election.LastLeader{Timeline: st.Timeline, LSN: st.CurrentLSN.String(), At: o.Now})
+	a.madeWritable(o.Lease)
+	return a.start(ctx)
 }
 
 // leaderHousekeeping keeps a replication slot for every other member (made
 // as soon as it registers, so a rejoin finds its WAL) and the last-leader
 // record's timeline current.
 func (a *Agent) leaderHousekeeping(ctx context.Context, o Observation) {
+	if !a.roleOK {
+		if err := a.opt.PG.EnsureReplicationRole(ctx); err != nil {
+			a.log.Error("ensure replication role", "error", err)
+		} else {
+			a.roleOK = true
+		}
+	}
+	if a.writableLease == 0 {
+		// A primary this agent found running under the key it holds (for
+		// example after ClearStaleLeader and Acquire): fence it by this lease.
+		a.madeWritable(o.Lease)
+	}
 	have := map[string]bool{}
 	for _, s := range o.PG.Slots {
 		have[s.Name] = true
@@ -401,7 +449,7 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o Observation) {
 			a.log.Info("created replication slot", "member", name)
 		}
 	}
-	if ll := o.Cluster.LastLeader; ll == nil || ll.Name != o.Self || ll.Timeline != o.PG.Timeline {
+	if ll := o.Cluster.LastLeader; ll == nil || ll.Name != o.Self || ll.Timeline < o.PG.Timeline {
 		if err := a.opt.DCS.PutLastLeader(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now}); err != nil {
 			a.log.Warn("update last-leader", "error", err)
 		}

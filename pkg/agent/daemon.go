@@ -157,6 +157,13 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	}()
 
 	err = a.Run(ctx)
+	if pg.Running() {
+		// postgres could not be stopped: keep the lease until it runs out so
+		// that no standby can take over while it may still accept writes
+		// (it dies with this process: parent-death signal).
+		log.Error("postgres still running at exit; not releasing the lease")
+		sess.Abandon()
+	}
 	log.Info("stopped")
 	return err
 }

@@ -35,6 +35,11 @@ type Observation struct {
 	// OwnsLeaderKey: the leader key was created by Self's Acquire (even if its
 	// value was since overwritten by hand).
 	OwnsLeaderKey bool
+	// WritableLease is the lease under which this agent made postgres
+	// writable (0 if unknown). If the session's lease is a different one, the
+	// old lease may have expired while postgres kept accepting writes, and a
+	// new grant must not hide that.
+	WritableLease int64
 }
 
 // Action is what the agent does in one iteration.
@@ -141,6 +146,14 @@ func Decide(o Observation) Plan {
 		if !o.Lease.Held(o.Now.Add(o.FenceMargin)) {
 			return plan(Fence, "lease expires within the fence margin (%s) and was not renewed: stop accepting writes", o.FenceMargin)
 		}
+		if o.WritableLease != 0 && int64(o.Lease.ID) != o.WritableLease {
+			return plan(Fence, "postgres became writable under a lease that is gone: stop accepting writes")
+		}
+	}
+	// A postmaster cifha did not start may be a writable primary without any
+	// lease: it is stopped before anything else, etcd or not.
+	if o.ForeignPID != 0 {
+		return plan(StopForeign, "postmaster %d was not started by cifha; stopping it to take control", o.ForeignPID)
 	}
 	if o.DCSErr != nil {
 		if o.primaryLike() {
@@ -148,15 +161,17 @@ func Decide(o Observation) Plan {
 		}
 		return plan(Wait, "etcd unreachable: %v", o.DCSErr)
 	}
-	if o.ForeignPID != 0 {
-		return plan(StopForeign, "postmaster %d was not started by cifha; stopping it to take control", o.ForeignPID)
-	}
 	leader := o.leader()
 	switch o.DataDir {
 	case pgctl.DataDirForeign:
 		return plan(Wait, "data directory is not empty and not a PostgreSQL data directory (%v); refusing to touch it", o.DataDirErr)
 	case pgctl.DataDirMissing:
 		return decideEmpty(o, leader)
+	}
+	if o.DataDirErr != nil {
+		// Cannot tell a standby's files from a primary's: do nothing rather
+		// than start a standby's data as a primary.
+		return plan(Wait, "cannot read the data directory's role: %v", o.DataDirErr)
 	}
 
 	if !o.Running {
@@ -174,7 +189,11 @@ func Decide(o Observation) Plan {
 func decideEmpty(o Observation, leader string) Plan {
 	c := o.Cluster
 	switch {
-	case c.Initialize == "":
+	case c.LastLeader != nil && (leader == "" || leader == o.Self):
+		// The cluster has had a leader: its data exists somewhere. An empty
+		// member never initialises a second, empty cluster over it.
+		return plan(Wait, "no data directory; the cluster had leader %s: waiting for a leader to clone from", c.LastLeader.Name)
+	case c.Initialize == "" && c.LastLeader == nil:
 		return plan(Bootstrap, "new cluster: no member has initialised it")
 	case c.Initialize == o.Self && c.Leader == nil:
 		return plan(Bootstrap, "this member claimed initialisation but has no data directory yet")

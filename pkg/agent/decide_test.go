@@ -77,6 +77,12 @@ func TestDecide(t *testing.T) {
 		{"empty data dir, leader not yet running -> wait", obs(emptyDir, initialized("db2"), leaderKey("db2"), member("db2", "primary", "bootstrapping", "10.0.1.2:5432")), Wait, ""},
 		{"empty data dir, leader published no address -> wait", obs(emptyDir, initialized("db2"), leaderKey("db2"), member("db2", "primary", "running", "")), Wait, ""},
 		{"initialize key holds garbage, no leader -> wait, never initdb twice", obs(emptyDir, initialized("?")), Wait, ""},
+		{"initialiser lost its data after the cluster had a leader -> wait, never re-initdb", obs(emptyDir, initialized("db1"), lastLeader("db1", 1)), Wait, ""},
+		{"initialize key deleted by hand but cluster had a leader -> wait", obs(emptyDir, lastLeader("db2", 1)), Wait, ""},
+		{"standby files unreadable -> wait, never guess primary", obs(func(o *Observation) { o.DataDirErr = errors.New("permission denied") }), Wait, ""},
+		{"foreign postmaster while etcd is down -> stop it", obs(func(o *Observation) { o.ForeignPID, o.DCSErr = 4242, errors.New("down") }), StopForeign, ""},
+		{"primary writable under an older lease than the current one -> fence", obs(holds, runningPrimary, func(o *Observation) { o.WritableLease = 6 }), Fence, ""},
+		{"primary writable under the current lease -> nothing", obs(holds, runningPrimary, func(o *Observation) { o.WritableLease = 7 }), None, ""},
 		{"foreign data dir -> wait, never touch", obs(func(o *Observation) { o.DataDir = pgctl.DataDirForeign }), Wait, ""},
 
 		// Stopped postgres.

@@ -47,9 +47,10 @@ func (f *fakePostgres) InitDB(context.Context) error {
 	f.dir = pgctl.DataDirValid
 	return nil
 }
-func (f *fakePostgres) Clone(_ context.Context, host string, _ int, _ string) error {
+func (f *fakePostgres) Clone(_ context.Context, host string, _ int, _ string, sb pgctl.Standby) error {
 	f.call("clone " + host)
 	f.dir = pgctl.DataDirValid
+	f.standby = pgctl.StandbyState{Standby: true, Target: sb.Target()}
 	return nil
 }
 func (f *fakePostgres) Configure() error { f.call("configure"); return nil }

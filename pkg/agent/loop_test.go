@@ -103,7 +103,7 @@ func TestLoopClonesAndFollows(t *testing.T) {
 	if err := a.Iterate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if !has(pg.calls, "clone 10.0.1.1", "configure", "set-standby db1", "start") {
+	if !has(pg.calls, "clone 10.0.1.1", "configure", "start") || !pg.standby.Standby {
 		t.Fatalf("calls %v", pg.calls)
 	}
 	a.Iterate(ctx)

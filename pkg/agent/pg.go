@@ -53,11 +53,16 @@ func (p *PG) StandbyState() (pgctl.StandbyState, error) { return pgctl.ReadStand
 func (p *PG) InitDB(ctx context.Context) error { return p.Instance.InitDB(ctx, p.SuperuserPassword) }
 
 // Clone implements Postgres.
-func (p *PG) Clone(ctx context.Context, host string, port int, slot string) error {
+func (p *PG) Clone(ctx context.Context, host string, port int, slot string, sb pgctl.Standby) error {
 	if err := p.writePassFile(); err != nil {
 		return err
 	}
-	return p.Instance.Clone(ctx, host, port, p.ReplicationUser, slot, p.AppName)
+	return p.Instance.Clone(ctx, host, port, p.ReplicationUser, slot, p.AppName, func(dir string) error {
+		if err := pgctl.WriteConfig(dir, p.Settings); err != nil {
+			return err
+		}
+		return pgctl.WriteStandby(dir, p.Version(), sb)
+	})
 }
 
 // Configure implements Postgres.

@@ -21,7 +21,9 @@ type Postgres interface {
 	Status(ctx context.Context) (pgctl.Status, error)
 
 	InitDB(ctx context.Context) error
-	Clone(ctx context.Context, host string, port int, slot string) error
+	// Clone copies the leader and makes the copy its standby before moving
+	// it into place.
+	Clone(ctx context.Context, host string, port int, slot string, standby pgctl.Standby) error
 	// Configure writes postgresql.conf, pg_hba.conf, pg_ident.conf and the passfile.
 	Configure() error
 	SetStandby(s pgctl.Standby) error

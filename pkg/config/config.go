@@ -261,16 +261,28 @@ func Parse(path string, data []byte) (*Config, error) {
 	return &cfg, nil
 }
 
+// routable reports whether host is an address others can connect to (not a
+// wildcard such as 0.0.0.0 or ::, nor "localhost" or empty). Loopback
+// addresses other than "localhost" are allowed: tests and the demo use them.
+func routable(host string) bool {
+	if host == "" || host == "localhost" || host == "*" {
+		return false
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return false
+	}
+	return true
+}
+
 func (c *Config) applyDerivedDefaults() {
-	if c.API.AdvertiseURL == "" && c.API.Listen != "" {
+	if h, _, err := net.SplitHostPort(c.API.Listen); c.API.AdvertiseURL == "" && err == nil && routable(h) {
 		scheme := "http"
 		if c.API.CertFile != "" {
 			scheme = "https"
 		}
 		c.API.AdvertiseURL = scheme + "://" + c.API.Listen
 	}
-	if c.Postgres.ConnectAddress == "" && c.Postgres.Listen != "" &&
-		!strings.ContainsAny(c.Postgres.Listen, ",*") {
+	if c.Postgres.ConnectAddress == "" && routable(c.Postgres.Listen) && !strings.Contains(c.Postgres.Listen, ",") {
 		c.Postgres.ConnectAddress = net.JoinHostPort(c.Postgres.Listen, strconv.Itoa(c.Postgres.Port))
 	}
 	if c.Postgres.DataDir != "" {
@@ -333,7 +345,9 @@ func (c *Config) validate() []*FieldError {
 	} else if _, _, err := net.SplitHostPort(c.API.Listen); err != nil {
 		bad("api.listen", "%q is not host:port", c.API.Listen)
 	}
-	if c.API.AdvertiseURL != "" {
+	if c.API.AdvertiseURL == "" && c.API.Listen != "" {
+		bad("api.advertise_url", "required when api.listen (%q) is a wildcard or localhost: other members must reach this agent", c.API.Listen)
+	} else if c.API.AdvertiseURL != "" {
 		u, err := url.Parse(c.API.AdvertiseURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("api.advertise_url", "%q is not an http(s) URL", c.API.AdvertiseURL)
@@ -395,7 +409,7 @@ func (c *Config) validate() []*FieldError {
 		bad("postgres.port", "%d is out of range 1-65535", c.Postgres.Port)
 	}
 	if c.Postgres.ConnectAddress == "" {
-		bad("postgres.connect_address", "required when postgres.listen is not a single address")
+		bad("postgres.connect_address", "required when postgres.listen (%q) is not a single routable address", c.Postgres.Listen)
 	} else if _, _, err := net.SplitHostPort(c.Postgres.ConnectAddress); err != nil {
 		bad("postgres.connect_address", "%q is not host:port", c.Postgres.ConnectAddress)
 	}

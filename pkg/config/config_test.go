@@ -99,6 +99,8 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bad memory", replace(`# memory = "8GB"`, `memory = "lots"`), "tuning.memory", "not a size", true},
 		{"bad log format", replace(`format = "text"`, `format = "xml"`), "log.format", "must be", true},
 		{"syntax error", func(s string) string { return s + "\n[ha\n" }, "", "toml", true},
+		{"wildcard listen without connect_address", replace(`listen = "10.0.1.1"`, `listen = "0.0.0.0"`), "postgres.connect_address", "routable", false},
+		{"wildcard api listen without advertise_url", replace(`listen = "10.0.1.1:8008"`, `listen = "0.0.0.0:8008"`), "api.advertise_url", "wildcard", false},
 		{"half of api TLS", replace(`# cert_file = "`+dir+`/api.crt"`, `cert_file = "/x.crt"`), "api.cert_file", "together", true},
 	}
 	if len(cases) < 15 {

@@ -36,8 +36,9 @@ type Session struct {
 	log hclog.Logger
 	now func() time.Time
 
-	mu    sync.Mutex
-	state LeaseState
+	mu        sync.Mutex
+	state     LeaseState
+	abandoned bool
 	// changed is signalled when a lease is granted or lost.
 	changed chan struct{}
 }
@@ -68,7 +69,14 @@ func (s *Session) notify() {
 // third of the TTL before the deadline.
 func (s *Session) Interval() time.Duration { return s.ttl / 3 }
 
-// Run grants and renews the lease until ctx ends, then revokes it.
+// Run grants and renews the lease until ctx ends, then revokes it (unless
+// Abandon was called).
+//
+// Renewals are scheduled from the send time of the last successful one,
+// every TTL/3, and each call is bounded by TTL/6; a failed call is retried
+// after TTL/12. So one hung or lost renewal costs at most TTL/6 and is
+// retried well before the deadline, and a primary is fenced only after
+// renewals have failed for about 2/3 of the TTL minus the fence margin.
 func (s *Session) Run(ctx context.Context) {
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -79,28 +87,46 @@ func (s *Session) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		s.tick(ctx)
-		t.Reset(s.Interval())
+		sent := s.now()
+		wait := s.Interval()
+		if !s.tick(ctx, sent) {
+			wait = s.ttl / 12
+		} else if d := sent.Add(s.Interval()).Sub(s.now()); d < wait {
+			wait = d
+		}
+		if wait < 0 {
+			wait = 0
+		}
+		t.Reset(wait)
 	}
 }
 
-func (s *Session) tick(ctx context.Context) {
+// Abandon makes Run exit without revoking the lease: used when postgres
+// could not be stopped, so the lease must run out on its own (and the
+// fencing deadline apply) rather than free the leader key at once.
+func (s *Session) Abandon() {
+	s.mu.Lock()
+	s.abandoned = true
+	s.mu.Unlock()
+}
+
+// tick grants or renews once; it reports success.
+func (s *Session) tick(ctx context.Context, sent time.Time) bool {
 	cur := s.State()
-	rctx, cancel := context.WithTimeout(ctx, s.Interval())
+	rctx, cancel := context.WithTimeout(ctx, s.ttl/6)
 	defer cancel()
-	sent := s.now()
 	if cur.ID == 0 {
 		resp, err := s.cli.Grant(rctx, int64(s.ttl/time.Second))
 		if err != nil {
 			s.log.Warn("lease grant failed", "error", err)
-			return
+			return false
 		}
 		s.mu.Lock()
 		s.state = LeaseState{ID: resp.ID, ValidUntil: sent.Add(minDur(s.ttl, time.Duration(resp.TTL)*time.Second))}
 		s.mu.Unlock()
 		s.log.Debug("lease granted", "lease", fmt.Sprintf("%x", int64(resp.ID)), "ttl", resp.TTL)
 		s.notify()
-		return
+		return true
 	}
 	resp, err := s.cli.KeepAliveOnce(rctx, cur.ID)
 	if err != nil {
@@ -110,21 +136,25 @@ func (s *Session) tick(ctx context.Context) {
 			s.state = LeaseState{}
 			s.mu.Unlock()
 			s.notify()
-			return
+			return false
 		}
 		s.log.Warn("lease renewal failed", "error", err, "valid_for", cur.ValidUntil.Sub(s.now()).Round(time.Millisecond))
-		return
+		return false
 	}
 	s.mu.Lock()
 	if s.state.ID == cur.ID {
 		s.state.ValidUntil = sent.Add(minDur(s.ttl, time.Duration(resp.TTL)*time.Second))
 	}
 	s.mu.Unlock()
+	return true
 }
 
 func (s *Session) revoke() {
+	s.mu.Lock()
+	abandoned := s.abandoned
+	s.mu.Unlock()
 	cur := s.State()
-	if cur.ID == 0 {
+	if cur.ID == 0 || abandoned {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -144,7 +145,9 @@ type Standby struct {
 
 // Target is "<leader> <host>:<port>", recorded in the standby settings so the
 // agent can tell whom a stopped standby would follow.
-func (s Standby) Target() string { return fmt.Sprintf("%s %s:%d", s.Leader, s.Host, s.Port) }
+func (s Standby) Target() string {
+	return s.Leader + " " + net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
+}
 
 // Conninfo renders primary_conninfo. The password stays in the passfile.
 func (s Standby) Conninfo() string {
@@ -297,5 +300,8 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
 }

@@ -2,6 +2,9 @@ package pgctl
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -223,15 +226,18 @@ func TestRealPrimaryAndClone(t *testing.T) {
 	// with the passfile: the hba line above requires the password.
 	s := newTestInstance(t, ctx, root, "s")
 	s.cfg.Port = 5433
-	if err := s.Clone(ctx, root, 5432, "replicator", "s", "s"); err != nil {
-		t.Fatal(err)
-	}
-	if err := WriteConfig(s.cfg.DataDir, settingsFor(s, 5433, "s")); err != nil {
-		t.Fatal(err)
-	}
 	sb := Standby{Leader: "p", Host: root, Port: 5432, User: "replicator", PassFile: p.cfg.PassFile, AppName: "s", SlotName: "s"}
-	if err := WriteStandby(s.cfg.DataDir, s.Version(), sb); err != nil {
+	prepare := func(dir string) error {
+		if err := WriteConfig(dir, settingsFor(s, 5433, "s")); err != nil {
+			return err
+		}
+		return WriteStandby(dir, s.Version(), sb)
+	}
+	if err := s.Clone(ctx, root, 5432, "replicator", "s", "s", prepare); err != nil {
 		t.Fatal(err)
+	}
+	if st, err := ReadStandby(s.cfg.DataDir); err != nil || !st.Standby {
+		t.Fatalf("clone in place without standby settings: %+v %v", st, err)
 	}
 	if err := s.Start(ctx, 10*time.Second); err != nil {
 		t.Fatal(err)
@@ -264,3 +270,26 @@ func TestRealPrimaryAndClone(t *testing.T) {
 		t.Errorf("stopping a stopped postgres is not an error: %v", err)
 	}
 }
+
+// TestSCRAMVerifier checks the verifier against RFC 7677's test vector
+// (user "user", password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, 4096).
+func TestSCRAMVerifier(t *testing.T) {
+	salt, _ := base64.StdEncoding.DecodeString("W22ZaJ0SNY7soEsUEjb6gQ==")
+	v, ok, err := scramVerifier("pencil", salt, 4096)
+	if err != nil || !ok {
+		t.Fatal(err)
+	}
+	// StoredKey and ServerKey derived from the RFC's SaltedPassword.
+	want := "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+	if v != want {
+		t.Errorf("verifier\n got %s\nwant %s", v, want)
+	}
+	if _, ok, _ := PasswordVerifier(150000, "u", "pässword"); ok {
+		t.Error("non-ASCII password must fall back")
+	}
+	if v, _, _ := PasswordVerifier(90600, "user", "pencil"); v != "md5"+md5hex("penciluser") {
+		t.Errorf("md5 verifier %s", v)
+	}
+}
+
+func md5hex(s string) string { h := md5.Sum([]byte(s)); return hex.EncodeToString(h[:]) }

@@ -192,19 +192,32 @@ func (i *Instance) StopForeign(ctx context.Context) error {
 	if pid == 0 {
 		return nil
 	}
-	if err := syscall.Kill(pid, syscall.SIGINT); err != nil {
-		return fmt.Errorf("stop foreign postmaster %d: %w", pid, err)
+	// fast, then immediate, then SIGKILL; each step gets a third of ctx's
+	// remaining time (5 s each without a deadline).
+	step := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		step = time.Until(dl) / 3
 	}
-	for {
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-			return nil
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGKILL} {
+		if err := syscall.Kill(pid, sig); err != nil {
+			if errors.Is(err, syscall.ESRCH) {
+				return nil
+			}
+			return fmt.Errorf("stop foreign postmaster %d: %w", pid, err)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("stop foreign postmaster %d: %w", pid, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
+		deadline := time.Now().Add(step)
+		for time.Now().Before(deadline) {
+			if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("stop foreign postmaster %d: %w", pid, ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
 		}
 	}
+	return fmt.Errorf("stop foreign postmaster %d: still running after SIGKILL", pid)
 }
 
 // Start runs postgres as a child process and waits up to wait for it to
@@ -322,15 +335,18 @@ func (i *Instance) StopWithin(ctx context.Context, mode StopMode, timeout time.D
 			return err
 		}
 	}
+	// Last resort: SIGKILL the postmaster's whole process group (it was
+	// started with Setpgid), so no backend can finish a commit after it.
 	i.mu.Lock()
 	proc, exited := i.proc, i.exited
 	i.mu.Unlock()
+	_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)
 	_ = proc.Kill()
 	select {
 	case <-exited:
 		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("kill postgres: %w", ctx.Err())
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("kill postgres %d: still not reaped after SIGKILL", proc.Pid)
 	}
 }
 

@@ -121,15 +121,17 @@ func (i *Instance) InitDB(ctx context.Context, superuserPassword string) error {
 		return err
 	}
 	if err := install(tmp, i.cfg.DataDir); err != nil {
+		os.RemoveAll(tmp) // a fresh initdb: no data of anyone's
 		return err
 	}
 	return nil
 }
 
 // Clone copies the primary at host:port into dataDir (absent or empty) with
-// pg_basebackup, streaming WAL through the slot that the primary keeps for
-// this member, then moves it into place.
-func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot, appName string) error {
+// pg_basebackup (streaming WAL through slot when given), lets prepare write
+// its files into the copy (the standby settings, so that the directory is
+// never in place without them), then moves it into place.
+func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot, appName string, prepare func(dir string) error) error {
 	tmp, err := newTempDataDir(i.cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("clone: %w", err)
@@ -146,5 +148,15 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 		os.RemoveAll(tmp) // a partial copy of the primary, not the only copy of anything
 		return fmt.Errorf("pg_basebackup from %s:%d: %w: %s", host, port, err, strings.TrimSpace(lastLines(string(out), 3)))
 	}
-	return install(tmp, i.cfg.DataDir)
+	if prepare != nil {
+		if err := prepare(tmp); err != nil {
+			os.RemoveAll(tmp)
+			return fmt.Errorf("clone: prepare: %w", err)
+		}
+	}
+	if err := install(tmp, i.cfg.DataDir); err != nil {
+		os.RemoveAll(tmp) // a copy of the primary; the original is untouched
+		return err
+	}
+	return nil
 }

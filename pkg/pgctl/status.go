@@ -285,7 +285,13 @@ func (i *Instance) EnsureRole(ctx context.Context, name, password string, replic
 		if replication {
 			attrs += " REPLICATION"
 		}
-		sql := fmt.Sprintf("%s ROLE %s WITH %s PASSWORD %s", verb, pgx.Identifier{name}.Sanitize(), attrs, quoteLiteral(password))
+		secret := password
+		if v, ok, err := PasswordVerifier(i.version, name, password); err != nil {
+			return fmt.Errorf("ensure role %s: %w", name, err)
+		} else if ok {
+			secret = v // the server stores the verifier as is; the password never travels
+		}
+		sql := fmt.Sprintf("%s ROLE %s WITH %s PASSWORD %s", verb, pgx.Identifier{name}.Sanitize(), attrs, quoteLiteral(secret))
 		if _, err := tx.Exec(ctx, sql); err != nil {
 			// The error text cannot contain the statement; keep the secret out anyway.
 			return fmt.Errorf("ensure role %s failed", name)

@@ -55,11 +55,17 @@ func CIF(ramBytes int64, versionNum int) []Param {
 		{"effective_cache_size", mb(ramMB / 10 * 6), "60% of RAM"},
 		{"work_mem", mb(work), "RAM/8, at most 2GB; cif_feed wants 512MB or more"},
 		{"wal_buffers", "12MB", "seed: 2-16MB"},
-		// The seed limits clients to 8 because of the large work_mem; the
-		// agent connects as superuser and uses the reserved slots on top.
-		{"max_connections", "11", "8 for CIF + superuser_reserved_connections"},
 		{"superuser_reserved_connections", "3", "the cifha agent and an operator"},
 	}
+	// The seed limits clients to 8 because of the large work_mem; the agent
+	// connects as superuser and uses the reserved slots on top. Before 12,
+	// WAL senders also come out of max_connections (and postgres refuses to
+	// start unless reserved + max_wal_senders < max_connections).
+	maxConn := 8 + 3
+	if versionNum < 120000 {
+		maxConn += 10
+	}
+	ps = append(ps, Param{"max_connections", fmt.Sprint(maxConn), "8 for CIF + reserved (+ WAL senders before 12)"})
 	return ps
 }
 

@@ -23,6 +23,12 @@ func TestCIFProfile(t *testing.T) {
 	if got, _ := get(CIF(64<<30, 150004), "work_mem"); got != "2048MB" {
 		t.Errorf("work_mem not capped: %s", got)
 	}
+	if got, _ := get(ps, "max_connections"); got != "11" {
+		t.Errorf("max_connections on 15 = %s", got)
+	}
+	if got, _ := get(CIF(8<<30, 110005), "max_connections"); got != "21" {
+		t.Errorf("max_connections on 11 = %s (WAL senders count against it)", got)
+	}
 	if _, ok := get(ps, "checkpoint_segments"); ok {
 		t.Error("checkpoint_segments is gone since 9.5")
 	}

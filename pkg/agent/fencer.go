@@ -1,0 +1,91 @@
+package agent
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/cifha/cifha/pkg/pgctl"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// fencer enforces the lease deadline outside the acting loop.
+//
+// The loop's Decide fences a primary at ValidUntil - FenceMargin, but only
+// when the loop runs: a slow etcd read, a long start or any other blocking
+// action would delay it past the deadline. The fencer is a second, tiny
+// goroutine that does one thing: while armed (postgres was made writable by
+// this agent under lease L), it stops postgres as soon as the session's
+// lease is no longer L or the deadline minus the margin has passed. This is
+// a deliberate exception to "one goroutine acts": it can only ever stop
+// postgres, never start or promote, so it cannot conflict with a decision
+// in a way that makes two primaries. See docs/fencing.md.
+type fencer struct {
+	a *Agent
+
+	mu    sync.Mutex
+	lease clientv3.LeaseID // 0 = disarmed
+}
+
+func (f *fencer) arm(lease clientv3.LeaseID) {
+	f.mu.Lock()
+	f.lease = lease
+	f.mu.Unlock()
+}
+
+func (f *fencer) disarm() { f.arm(0) }
+
+func (f *fencer) armed() clientv3.LeaseID {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lease
+}
+
+// fenceCheckEvery bounds how late the fencer can notice the deadline.
+const fenceCheckEvery = 50 * time.Millisecond
+
+func (f *fencer) run(ctx context.Context) {
+	t := time.NewTicker(fenceCheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		armed := f.armed()
+		if armed == 0 || !f.a.opt.PG.Running() {
+			continue
+		}
+		lease := f.a.opt.DCS.Lease()
+		now := f.a.now()
+		if lease.ID == armed && lease.Held(now.Add(f.a.opt.FenceMargin)) {
+			continue
+		}
+		f.a.log.Warn("fencing: lease deadline reached without renewal; stopping postgres",
+			"lease_changed", lease.ID != armed)
+		step := f.a.opt.FenceMargin / 3
+		if step <= 0 {
+			step = 100 * time.Millisecond
+		}
+		if err := f.a.opt.PG.StopWithin(ctx, pgctl.Fast, step); err != nil {
+			f.a.log.Error("fencing: stop postgres", "error", err)
+			continue
+		}
+		f.disarm()
+	}
+}
+
+// fenceDue returns a channel that fires at this primary's fence time, so the
+// loop itself wakes at the deadline rather than at its next tick.
+func (a *Agent) fenceDue() <-chan time.Time {
+	if a.writableLease == 0 {
+		return nil
+	}
+	lease := a.opt.DCS.Lease()
+	d := lease.ValidUntil.Add(-a.opt.FenceMargin).Sub(a.now())
+	if d < 0 {
+		d = 0
+	}
+	return time.After(d)
+}
