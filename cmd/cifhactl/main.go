@@ -17,7 +17,9 @@ import (
 	"github.com/cifha/cifha/pkg/agent"
 	"github.com/cifha/cifha/pkg/config"
 	"github.com/cifha/cifha/pkg/ctl"
+	"github.com/cifha/cifha/pkg/election"
 	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Exit codes, documented in --help.
@@ -129,8 +131,58 @@ Exit status:
 	root.PersistentFlags().StringSliceVar(&g.endpoints, "endpoints", nil, "etcd endpoints (override the config)")
 	root.PersistentFlags().StringVar(&g.cluster, "cluster", "", "cluster name (overrides the config)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 3*time.Second, "overall timeout")
-	root.AddCommand(statusCmd(g))
+	root.AddCommand(statusCmd(g), historyCmd(g))
 	return root
+}
+
+// connect returns an etcd client and the cluster name from the globals.
+func (g *globals) connect(cmd *cobra.Command) (*clientv3.Client, string, error) {
+	ec, cluster, err := g.etcdConfig(cmd.Flags().Changed("config"))
+	if err != nil {
+		return nil, "", &exitError{exitUsage, err}
+	}
+	cli, err := agent.EtcdClient(ec)
+	if err != nil {
+		return nil, "", &exitError{exitUsage, err}
+	}
+	return cli, cluster, nil
+}
+
+func historyCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "history",
+		Short: "Show every leader change: time, old and new leader, timeline, LSN, reason",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cli, cluster, err := g.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			recs, bad, err := election.ReadHistory(ctx, cli, election.KeysFor(cluster))
+			if err != nil {
+				return &exitError{exitUsage, err}
+			}
+			if asJSON {
+				if recs == nil {
+					recs = []election.HistoryRecord{}
+				}
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(recs)
+			}
+			ctl.RenderHistory(cmd.OutOrStdout(), recs)
+			if bad > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d history records could not be read\n", bad)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }
 
 func statusCmd(g *globals) *cobra.Command {
@@ -141,17 +193,13 @@ func statusCmd(g *globals) *cobra.Command {
 		Short:   "Show the members, their roles, states, timelines and replication lag",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ec, cluster, err := g.etcdConfig(cmd.Flags().Changed("config"))
+			cli, cluster, err := g.connect(cmd)
 			if err != nil {
-				return &exitError{exitUsage, err}
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			defer cancel()
-			cli, err := agent.EtcdClient(ec)
-			if err != nil {
-				return &exitError{exitUsage, err}
+				return err
 			}
 			defer cli.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
 			hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 			st, err := ctl.Status(ctx, cli, cluster, hc, 500*time.Millisecond)
 			if err != nil {

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cifha/cifha/internal/tcpproxy"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -37,10 +38,17 @@ type Options struct {
 	LoopInterval time.Duration
 	// Tuning is the [tuning] section body ("profile = \"none\"" by default).
 	Tuning string
-	// Extra is appended to every node's configuration.
+	// Extra is appended to every node's configuration, inside [ha]: ha keys
+	// first, then any further [sections].
 	Extra string
 	// SuperuserPassword is used for the postgres superuser (default "cifha-test").
 	SuperuserPassword string
+	// EtcdProxies puts a cuttable proxy between each node and etcd (the
+	// first endpoint), for partition tests.
+	EtcdProxies bool
+	// NodeExtra is appended to one node's configuration (by name: db1...)
+	// after Extra; start it with a [section] header.
+	NodeExtra map[string]string
 }
 
 // Cluster is a set of nodes.
@@ -54,10 +62,12 @@ type Cluster struct {
 type Node struct {
 	Name, Addr, Dir, DataDir, ConfigPath, LogPath string
 	APIURL                                        string
-	c                                             *Cluster
-	cmd                                           *exec.Cmd
-	done                                          chan struct{}
-	exitErr                                       error
+	// EtcdProxy is this node's link to etcd when Options.EtcdProxies is set.
+	EtcdProxy *tcpproxy.Proxy
+	c         *Cluster
+	cmd       *exec.Cmd
+	done      chan struct{}
+	exitErr   error
 }
 
 // New prepares the directories and configuration files of every node.
@@ -103,7 +113,18 @@ func New(opt Options) (*Cluster, error) {
 		if err := c.mkdir(n.Dir); err != nil {
 			return nil, err
 		}
-		if err := c.writeFile(n.ConfigPath, c.config(n, secrets)); err != nil {
+		endpoints := opt.EtcdEndpoints
+		if opt.EtcdProxies {
+			target := strings.TrimPrefix(strings.TrimPrefix(opt.EtcdEndpoints[0], "http://"), "https://")
+			px, err := tcpproxy.Start("127.0.0.1:0", target)
+			if err != nil {
+				c.Close(time.Second)
+				return nil, err
+			}
+			n.EtcdProxy = px
+			endpoints = []string{"http://" + px.Addr()}
+		}
+		if err := c.writeFile(n.ConfigPath, c.config(n, secrets, endpoints)); err != nil {
 			return nil, err
 		}
 		c.Nodes = append(c.Nodes, n)
@@ -111,7 +132,7 @@ func New(opt Options) (*Cluster, error) {
 	return c, nil
 }
 
-func (c *Cluster) config(n *Node, secrets string) string {
+func (c *Cluster) config(n *Node, secrets string, endpoints []string) string {
 	q := func(ss []string) string {
 		var out []string
 		for _, s := range ss {
@@ -146,12 +167,13 @@ ttl = %q
 loop_interval = %q
 start_timeout = "10s"
 
+%s
+%s
 [log]
 level = "debug"
-%s
-`, c.Opt.Cluster, n.Name, n.Addr, q(c.Opt.EtcdEndpoints), n.DataDir, n.Addr, n.Dir,
+`, c.Opt.Cluster, n.Name, n.Addr, q(endpoints), n.DataDir, n.Addr, n.Dir,
 		filepath.Join(secrets, "superuser.password"), filepath.Join(secrets, "replication.password"),
-		c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra)
+		c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra, c.Opt.NodeExtra[n.Name])
 }
 
 func (c *Cluster) mkdir(dir string) error {
@@ -203,7 +225,24 @@ func (c *Cluster) Close(timeout time.Duration) {
 	}
 	for _, n := range c.Nodes {
 		n.killPostmaster()
+		if n.EtcdProxy != nil {
+			n.EtcdProxy.Close()
+		}
 	}
+}
+
+// KillHost simulates losing the host: SIGKILL to the agent and to the
+// postmaster's whole process group at once.
+func (n *Node) KillHost() {
+	pm := n.PostmasterPID()
+	if n.Running() {
+		_ = n.cmd.Process.Kill()
+	}
+	if pm != 0 {
+		_ = syscall.Kill(-pm, syscall.SIGKILL)
+		_ = syscall.Kill(pm, syscall.SIGKILL)
+	}
+	n.Wait(5 * time.Second)
 }
 
 // Start runs this node's cifha process as the postgres OS user. Its output

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,19 @@ type Options struct {
 	AgentVersion     string
 	NoFailover       bool
 	FailoverPriority int
+
+	// Failover.
+	Peers Peers
+	// MaxLag is maximum_lag_on_failover in bytes.
+	MaxLag int64
+	// RecentWindow: a candidate must have streamed within this (2 x ttl).
+	RecentWindow time.Duration
+	// TriggerFile, when set, promotes by creating it instead of pg_ctl promote.
+	TriggerFile           string
+	RemoveOnRewindFailure bool
+	// LastLeaderEvery is how often the leader republishes its WAL position
+	// in last-leader (the failover lag gate compares against it).
+	LastLeaderEvery time.Duration
 }
 
 // Snapshot is what the agent last saw and decided; the API serves it.
@@ -79,6 +93,14 @@ type Agent struct {
 	// already handled, so a closed channel does not spin the loop.
 	seenExit <-chan struct{}
 	fence    *fencer
+	// lastStreamed is when postgres was last seen streaming as a standby.
+	lastStreamed time.Time
+	// rewindFailed is the last pg_rewind error and the leader it was for.
+	rewindFailed, rewindFailedFor string
+	// lastLeaderAt is when last-leader was last written by this leader.
+	lastLeaderAt time.Time
+	// promotedAt is set by TakeOver until the post-promotion work is done.
+	pendingHistory *election.HistoryRecord
 }
 
 // New returns an Agent; it does nothing until Run.
@@ -93,7 +115,7 @@ func New(opt Options) *Agent {
 		opt.StopTimeout = 10 * time.Second
 	}
 	a := &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}}
-	a.fence = &fencer{a: a}
+	a.fence = &fencer{a: a, armedCh: make(chan struct{}, 1)}
 	return a
 }
 
@@ -208,6 +230,12 @@ func (a *Agent) observe(ctx context.Context) Observation {
 		}
 	}
 	o.WritableLease = a.writableLease
+	o.NoFailover, o.FailoverPriority, o.MaxLag = a.opt.NoFailover, a.opt.FailoverPriority, a.opt.MaxLag
+	o.RecentWindow, o.RemoveOnRewindFailure = a.opt.RecentWindow, a.opt.RemoveOnRewindFailure
+	if o.PG != nil && o.PG.InRecovery && o.PG.WalReceiver == "streaming" {
+		a.lastStreamed = a.now()
+	}
+	o.LastStreamed = a.lastStreamed
 	// The lease is read before etcd so that HoldsLeader can never pair a
 	// newer lease with an older read.
 	o.Lease = a.opt.DCS.Lease()
@@ -222,6 +250,13 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	o.Cluster = c
 	o.HoldsLeader = a.opt.DCS.Holds(c)
 	o.OwnsLeaderKey = a.opt.DCS.OwnsKey(c)
+	if l := c.Leader; l != nil && l.Valid && a.rewindFailedFor == l.Name {
+		o.RewindFailed = a.rewindFailed
+	}
+	if c.Leader == nil && o.PG != nil && o.PG.InRecovery && a.opt.Peers != nil {
+		o.Candidates = a.candidates(ctx, c)
+		o.Now = a.now()
+	}
 	for k, why := range c.Invalid {
 		if a.loggedInvalid[k] != why {
 			a.log.Warn("ignoring invalid key in etcd", "key", k, "problem", why)
@@ -287,7 +322,7 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		if err := pg.SetPrimary(); err != nil {
 			return fmt.Errorf("bootstrap: %w", err)
 		}
-		return a.acquireAndStart(ctx, o)
+		return a.acquireAndStart(ctx, o, p.Reason)
 
 	case Clone:
 		host, port, err := splitAddr(p.TargetAddr)
@@ -312,7 +347,7 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		return a.start(ctx)
 
 	case AcquireAndStart:
-		return a.acquireAndStart(ctx, o)
+		return a.acquireAndStart(ctx, o, p.Reason)
 
 	case Acquire:
 		ok, err := dcs.Acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now})
@@ -357,7 +392,65 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 
 	case Promote:
 		a.madeWritable(o.Lease)
-		return pg.Promote(ctx)
+		return a.promote(ctx)
+
+	case TakeOver:
+		prev := ""
+		if o.Cluster.LastLeader != nil {
+			prev = o.Cluster.LastLeader.Name
+		}
+		lsn := position(o.PG.ReceiveLSN, o.PG.ReplayLSN)
+		ok, err := dcs.Acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: lsn.String(), At: o.Now})
+		if err != nil || !ok {
+			return errOr(err, "another member took the leader key first")
+		}
+		a.log.Info("took the leader key; promoting", "previous_leader", prev, "received_lsn", lsn.String())
+		a.madeWritable(o.Lease)
+		a.roleOK = false
+		a.pendingHistory = &election.HistoryRecord{At: o.Now.UTC(), OldLeader: prev, NewLeader: o.Self, LSN: lsn.String(), Reason: p.Reason}
+		return a.promote(ctx)
+
+	case Rewind:
+		host, port, err := splitAddr(p.TargetAddr)
+		if err != nil {
+			return err
+		}
+		if err := pg.Configure(); err != nil { // the passfile pg_rewind uses
+			return err
+		}
+		a.log.Info("rewinding", "from", p.Target)
+		if err := pg.Rewind(ctx, host, port); err != nil {
+			a.rewindFailed, a.rewindFailedFor = err.Error(), p.Target
+			return err
+		}
+		a.rewindFailed, a.rewindFailedFor = "", ""
+		a.log.Info("rewound; starting as standby", "leader", p.Target)
+		if err := pg.Configure(); err != nil { // pg_rewind copied the source's files
+			return err
+		}
+		if err := pg.SetStandby(pg.StandbyFor(p.Target, host, port)); err != nil {
+			return err
+		}
+		return a.start(ctx)
+
+	case Reclone:
+		host, port, err := splitAddr(p.TargetAddr)
+		if err != nil {
+			return err
+		}
+		moved, err := pg.MoveAside(o.Now)
+		if err != nil {
+			return err
+		}
+		a.log.Warn("data directory moved aside after a failed rewind; it is kept for the operator", "path", moved)
+		a.rewindFailed, a.rewindFailedFor = "", ""
+		if err := pg.Clone(ctx, host, port, "", pg.StandbyFor(p.Target, host, port)); err != nil {
+			return fmt.Errorf("clone: %w", err)
+		}
+		if err := pg.Configure(); err != nil {
+			return err
+		}
+		return a.start(ctx)
 
 	case RepairLeaderKey:
 		return dcs.Repair(ctx)
@@ -398,7 +491,7 @@ func (a *Agent) start(ctx context.Context) error {
 
 // acquireAndStart takes the leader key and only then starts a primary, so a
 // writable postgres never runs without the key.
-func (a *Agent) acquireAndStart(ctx context.Context, o Observation) error {
+func (a *Agent) acquireAndStart(ctx context.Context, o Observation, reason string) error {
 	pg, dcs := a.opt.PG, a.opt.DCS
 	// Keep the recorded timeline until postgres reports its own: writing 0
 	// would let a stale primary look newer than this one.
@@ -412,6 +505,13 @@ func (a *Agent) acquireAndStart(ctx context.Context, o Observation) error {
 	}
 	a.log.Info("acquired the leader key")
 	a.roleOK = false
+	if ll := o.Cluster.LastLeader; ll == nil || ll.Name != o.Self {
+		prev := ""
+		if ll != nil {
+			prev = ll.Name
+		}
+		a.pendingHistory = &election.HistoryRecord{At: o.Now.UTC(), OldLeader: prev, NewLeader: o.Self, Reason: reason}
+	}
 	if err := pg.Configure(); err != nil {
 		return err
 	}
@@ -449,11 +549,65 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o Observation) {
 			a.log.Info("created replication slot", "member", name)
 		}
 	}
-	if ll := o.Cluster.LastLeader; ll == nil || ll.Name != o.Self || ll.Timeline < o.PG.Timeline {
-		if err := a.opt.DCS.PutLastLeader(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now}); err != nil {
-			a.log.Warn("update last-leader", "error", err)
+	if h := a.pendingHistory; h != nil {
+		// After a promotion: checkpoint (so pg_rewind on the old primary sees
+		// the new timeline), then record the change.
+		if err := a.opt.PG.Checkpoint(ctx); err != nil {
+			a.log.Warn("checkpoint after promotion", "error", err)
+		}
+		h.Timeline = o.PG.Timeline
+		if err := a.opt.DCS.AppendHistory(ctx, *h); err != nil {
+			a.log.Warn("append history", "error", err)
+		} else {
+			a.pendingHistory = nil
 		}
 	}
+	// Republish the WAL position regularly: the failover lag gate compares
+	// candidates with the last position the leader published.
+	ll := o.Cluster.LastLeader
+	if ll == nil || ll.Name != o.Self || ll.Timeline < o.PG.Timeline || o.Now.Sub(a.lastLeaderAt) >= a.opt.LastLeaderEvery {
+		if err := a.opt.DCS.PutLastLeader(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now.UTC()}); err != nil {
+			a.log.Warn("update last-leader", "error", err)
+		} else {
+			a.lastLeaderAt = o.Now
+		}
+	}
+}
+
+// promote promotes postgres by the configured method (pg_ctl waits until it
+// accepts writes; the trigger file is polled by postgres every 5 s).
+func (a *Agent) promote(ctx context.Context) error {
+	if a.opt.TriggerFile != "" {
+		return a.opt.PG.PromoteByTriggerFile(a.opt.TriggerFile)
+	}
+	return a.opt.PG.Promote(ctx)
+}
+
+// candidates asks every other replica's API for its live WAL position.
+func (a *Agent) candidates(ctx context.Context, c election.Cluster) map[string]Candidate {
+	out := map[string]Candidate{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for name, m := range c.Members {
+		if name == a.opt.Name || m.Role != "replica" {
+			continue
+		}
+		wg.Add(1)
+		go func(name, url string) {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			defer cancel()
+			cand, err := a.opt.Peers.Candidate(cctx, url)
+			if err != nil {
+				cand = Candidate{Err: err.Error()}
+			}
+			mu.Lock()
+			out[name] = cand
+			mu.Unlock()
+		}(name, m.APIURL)
+	}
+	wg.Wait()
+	return out
 }
 
 // member builds this member's published state from an observation.

@@ -1,12 +1,18 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
 )
 
 // StatusResponse is the body of GET /status.
@@ -56,7 +62,74 @@ func Handler(a *Agent) http.Handler {
 	}))
 	mux.HandleFunc("/replica", check(func(s *Snapshot, _ time.Time) bool { return s.Running && s.Streaming && a.opt.PG.Running() }))
 	mux.HandleFunc("/status", check(func(s *Snapshot, _ time.Time) bool { return true }))
+	// /wal reads postgres now (not the last snapshot): failover candidates
+	// compare their positions with it once the leader is gone.
+	mux.HandleFunc("/wal", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		resp := WALResponse{NoFailover: a.opt.NoFailover, FailoverPriority: a.opt.FailoverPriority}
+		st, err := a.opt.PG.Status(ctx)
+		if err != nil {
+			resp.Error = err.Error()
+			writeJSON(w, http.StatusServiceUnavailable, resp)
+			return
+		}
+		resp.Running, resp.InRecovery, resp.Timeline = true, st.InRecovery, st.Timeline
+		resp.ReceiveLSN, resp.ReplayLSN = st.ReceiveLSN.String(), st.ReplayLSN.String()
+		writeJSON(w, http.StatusOK, resp)
+	})
 	return mux
+}
+
+// WALResponse is the body of GET /wal.
+type WALResponse struct {
+	Running          bool   `json:"running"`
+	InRecovery       bool   `json:"in_recovery"`
+	Timeline         int    `json:"timeline"`
+	ReceiveLSN       string `json:"receive_lsn"`
+	ReplayLSN        string `json:"replay_lsn"`
+	NoFailover       bool   `json:"nofailover"`
+	FailoverPriority int    `json:"failover_priority"`
+	Error            string `json:"error,omitempty"`
+}
+
+// HTTPPeers implements Peers over the members' HTTP APIs.
+type HTTPPeers struct{ Client *http.Client }
+
+// Candidate implements Peers.
+func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (Candidate, error) {
+	if apiURL == "" {
+		return Candidate{}, errors.New("no API URL published")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(apiURL, "/")+"/wal", nil)
+	if err != nil {
+		return Candidate{}, err
+	}
+	resp, err := p.Client.Do(req)
+	if err != nil {
+		return Candidate{}, err
+	}
+	defer resp.Body.Close()
+	var wr WALResponse
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&wr); err != nil {
+		return Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
+	}
+	c := Candidate{Running: wr.Running, InRecovery: wr.InRecovery, NoFailover: wr.NoFailover, FailoverPriority: wr.FailoverPriority}
+	if wr.Error != "" {
+		// postgres down on that member: it answered, and it is no candidate.
+		return c, nil
+	}
+	if c.ReceiveLSN, err = pgctl.ParseLSN(wr.ReceiveLSN); err != nil {
+		return Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
+	}
+	if c.ReplayLSN, err = pgctl.ParseLSN(wr.ReplayLSN); err != nil {
+		return Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
+	}
+	return c, nil
 }
 
 func statusOf(s *Snapshot, now time.Time) StatusResponse {

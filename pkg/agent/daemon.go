@@ -23,18 +23,6 @@ import (
 // Version is the agent's version, set at build time.
 var Version = "dev"
 
-// FenceMargin is how long before its lease can expire a primary begins to
-// stop accepting writes: the smaller of 2 s and ttl/3. A renewal is sent
-// every ttl/3, so one missed renewal (deadline still ttl/3 away after it)
-// does not fence, and the margin leaves time for a fast stop escalated to
-// immediate. See docs/fencing.md.
-func FenceMargin(ttl time.Duration) time.Duration {
-	if m := ttl / 3; m < 2*time.Second {
-		return m
-	}
-	return 2 * time.Second
-}
-
 // EtcdClient connects to etcd as configured (TLS and auth included).
 func EtcdClient(c config.Etcd) (*clientv3.Client, error) {
 	cc := clientv3.Config{
@@ -80,6 +68,13 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	log.Info("starting", "member", cfg.Name, "cluster", cfg.Cluster, "postgres", ver.String(), "bin_dir", binDir,
 		"data_dir", cfg.Postgres.DataDir, "ttl", cfg.HA.TTL.Duration, "version", Version)
 
+	triggerFile := ""
+	if cfg.HA.PromoteMethod == "trigger_file" {
+		if ver >= 160000 {
+			return fmt.Errorf("ha.promote_method = \"trigger_file\": promote_trigger_file was removed in PostgreSQL 16 (this is %s)", ver)
+		}
+		triggerFile = cfg.HA.TriggerFile
+	}
 	var tuned []tuning.Param
 	if cfg.Tuning.Profile == "cif" {
 		mem, err := tuning.HostMemory()
@@ -99,12 +94,13 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	settings := pgctl.Settings{
 		Version: ver, ClusterName: cfg.Name, Listen: pc.Listen, Port: pc.Port, SocketDir: pc.SocketDir,
 		OSUser: osUser, Superuser: pc.Superuser, ReplicationUser: pc.ReplicationUser,
-		Params: MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand}), pc.Parameters),
+		Params: MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand, TriggerFile: triggerFile}), pc.Parameters),
 		HBA:    pc.HBA,
 	}
 	inst := pgctl.New(pgctl.Config{BinDir: binDir, DataDir: pc.DataDir, SocketDir: pc.SocketDir, Port: pc.Port,
 		Superuser: pc.Superuser, LogFile: pc.LogFile, PassFile: pc.PassFile}, ver)
 	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
+	pg.TriggerFile = triggerFile
 
 	cli, err := EtcdClient(cfg.Etcd)
 	if err != nil {
@@ -127,8 +123,12 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	a := New(Options{
 		Name: cfg.Name, PG: pg, DCS: store, Wake: store.Watch(watchCtx), LeaseChanged: sess.Changed(),
 		Log: log.Named("ha"), LoopInterval: cfg.HA.LoopInterval.Duration, StartTimeout: cfg.HA.StartTimeout.Duration,
-		FenceMargin: FenceMargin(ttl), APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
+		FenceMargin: cfg.HA.FenceMargin.Duration, APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
 		AgentVersion: Version, NoFailover: cfg.Tags.NoFailover, FailoverPriority: cfg.Tags.FailoverPriority,
+		Peers:  HTTPPeers{Client: &http.Client{Timeout: time.Second}},
+		MaxLag: cfg.HA.MaxLagBytes, RecentWindow: 2 * ttl, RemoveOnRewindFailure: cfg.HA.RemoveDataDirectoryOnRewindFailure,
+		LastLeaderEvery: cfg.HA.LoopInterval.Duration,
+		TriggerFile:     triggerFile,
 	})
 
 	ln, err := net.Listen("tcp", cfg.API.Listen)

@@ -40,6 +40,63 @@ type Observation struct {
 	// old lease may have expired while postgres kept accepting writes, and a
 	// new grant must not hide that.
 	WritableLease int64
+
+	// Failover inputs.
+	NoFailover       bool
+	FailoverPriority int
+	// MaxLag is maximum_lag_on_failover in bytes.
+	MaxLag int64
+	// LastStreamed is when this standby was last seen streaming from a
+	// primary (zero if never); a candidate must have streamed recently.
+	LastStreamed time.Time
+	// RecentWindow is how recent LastStreamed must be.
+	RecentWindow time.Duration
+	// Candidates are the other members' live WAL positions, read from their
+	// APIs only when there is no leader.
+	Candidates map[string]Candidate
+	// RewindFailed is the last pg_rewind error for the current leader, if any.
+	RewindFailed string
+	// RemoveOnRewindFailure allows re-cloning (the old data moved aside).
+	RemoveOnRewindFailure bool
+}
+
+// Candidate is another member's state as its API reported it just now.
+type Candidate struct {
+	Err              string // non-empty: could not be read
+	Running          bool
+	InRecovery       bool
+	ReceiveLSN       pgctl.LSN
+	ReplayLSN        pgctl.LSN
+	NoFailover       bool
+	FailoverPriority int
+}
+
+// position is the furthest WAL a standby has: received or replayed.
+func position(recv, replay pgctl.LSN) pgctl.LSN {
+	if recv > replay {
+		return recv
+	}
+	return replay
+}
+
+// ahead reports whether candidate a ranks before b in the one explicit
+// failover order: received LSN, replay LSN, failover_priority, name.
+func ahead(a, b rank) bool {
+	switch {
+	case a.recv != b.recv:
+		return a.recv > b.recv
+	case a.replay != b.replay:
+		return a.replay > b.replay
+	case a.prio != b.prio:
+		return a.prio > b.prio
+	}
+	return a.name < b.name
+}
+
+type rank struct {
+	name         string
+	recv, replay pgctl.LSN
+	prio         int
 }
 
 // Action is what the agent does in one iteration.
@@ -62,11 +119,14 @@ const (
 	Demote
 	Fence
 	StopForeign
+	TakeOver
+	Rewind
+	Reclone
 )
 
 var actionNames = [...]string{"none", "wait", "bootstrap", "clone", "start-primary", "acquire-and-start",
 	"acquire", "start-standby", "follow", "promote", "repair-leader-key", "clear-stale-leader", "demote",
-	"fence", "stop-foreign"}
+	"fence", "stop-foreign", "take-over", "rewind", "reclone"}
 
 func (a Action) String() string {
 	if int(a) < len(actionNames) {
@@ -223,7 +283,17 @@ func decideStopped(o Observation, leader string) Plan {
 		case leader == "":
 			return plan(Wait, "leader key holds garbage (%s); not starting a primary", garbage(o.Cluster.Leader))
 		}
-		return Plan{Action: Wait, Target: leader, Reason: fmt.Sprintf("this primary's data must rejoin leader %s (rewind) before it can stream", leader)}
+		addr, serving := o.upstream(leader)
+		if !serving {
+			return Plan{Action: Wait, Target: leader, Reason: fmt.Sprintf("former primary waits for leader %s to serve before rejoining", leader)}
+		}
+		if o.RewindFailed != "" {
+			if o.RemoveOnRewindFailure {
+				return Plan{Action: Reclone, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("pg_rewind failed (%s): moving the data directory aside and cloning %s", o.RewindFailed, leader)}
+			}
+			return Plan{Action: Wait, Target: leader, Reason: fmt.Sprintf("pg_rewind from %s failed (%s); set remove_data_directory_on_rewind_failure or reinit this member", leader, o.RewindFailed)}
+		}
+		return Plan{Action: Rewind, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("former primary rejoins leader %s: pg_rewind, then stream", leader)}
 	}
 	if leader != "" && leader != o.Self {
 		if addr, _ := o.upstream(leader); addr != "" {
@@ -266,8 +336,11 @@ func decideStandby(o Observation, leader string) Plan {
 	if o.HoldsLeader {
 		return plan(Promote, "this member holds the leader key but postgres is a standby")
 	}
+	if o.Cluster.Leader == nil {
+		return decideFailover(o)
+	}
 	if leader == "" || leader == o.Self {
-		return plan(None, "standby; no leader")
+		return plan(None, "standby; leader key unusable (%s)", garbage(o.Cluster.Leader))
 	}
 	addr, _ := o.upstream(leader)
 	if addr == "" {
@@ -278,6 +351,47 @@ func decideStandby(o Observation, leader string) Plan {
 		return Plan{Action: Follow, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("standby follows %q, leader is %s at %s", o.Standby.Target, leader, addr)}
 	}
 	return plan(None, "standby of %s (%s)", leader, o.PG.WalReceiver)
+}
+
+// decideFailover: the leader key is gone and this member is a running
+// standby. It takes over only if it qualifies and no healthy candidate is
+// ahead of it; otherwise it says why and stays a standby.
+func decideFailover(o Observation) Plan {
+	switch {
+	case o.NoFailover:
+		return plan(Wait, "no leader; this member is tagged nofailover")
+	case o.LastStreamed.IsZero() || o.Now.Sub(o.LastStreamed) > o.RecentWindow:
+		return plan(Wait, "no leader; this standby has not streamed from a primary recently, so it is not a safe candidate")
+	}
+	ll := o.Cluster.LastLeader
+	if ll == nil || ll.LSN == "" {
+		return plan(Wait, "no leader, and the last leader's WAL position is unknown: refusing to promote on incomplete data")
+	}
+	last, err := pgctl.ParseLSN(ll.LSN)
+	if err != nil {
+		return plan(Wait, "no leader; last leader's LSN %q is unreadable", ll.LSN)
+	}
+	me := rank{name: o.Self, recv: position(o.PG.ReceiveLSN, o.PG.ReplayLSN), replay: o.PG.ReplayLSN, prio: o.FailoverPriority}
+	if behind := last.Sub(me.recv); behind > o.MaxLag {
+		return plan(Wait, "no leader; this standby is %d bytes behind the last leader's %s, more than maximum_lag_on_failover (%d)", behind, ll.LSN, o.MaxLag)
+	}
+	for name, m := range o.Cluster.Members {
+		if name == o.Self || name == ll.Name || m.Role != "replica" {
+			continue
+		}
+		c, ok := o.Candidates[name]
+		if !ok || c.Err != "" {
+			return plan(Wait, "no leader; cannot read member %s's WAL position (%s): refusing to promote on incomplete data", name, c.Err)
+		}
+		if !c.Running || !c.InRecovery || c.NoFailover || last.Sub(position(c.ReceiveLSN, c.ReplayLSN)) > o.MaxLag {
+			continue // not a candidate itself
+		}
+		other := rank{name: name, recv: position(c.ReceiveLSN, c.ReplayLSN), replay: c.ReplayLSN, prio: c.FailoverPriority}
+		if ahead(other, me) {
+			return plan(Wait, "no leader; %s is a better candidate (received %s, this member %s)", name, other.recv, me.recv)
+		}
+	}
+	return plan(TakeOver, "leader %s is gone; this member is the most advanced candidate (received %s, last leader at %s)", ll.Name, me.recv, ll.LSN)
 }
 
 func garbage(l *election.Leader) string {

@@ -61,6 +61,80 @@ func lastLeader(name string, tl int) func(*Observation) {
 }
 func at(d time.Duration) func(*Observation) { return func(o *Observation) { o.Now = t0.Add(d) } }
 
+// failover builds a running standby of db1 whose leader key is gone: it
+// streamed 1 s ago and has received recv; the last leader published 0/1000.
+func failover(recv pgctl.LSN, opts ...func(*Observation)) Observation {
+	base := []func(*Observation){standbyFiles("db9 10.0.1.9:5432"), runningStandby, lastLeader("db9", 1), func(o *Observation) {
+		o.Cluster.LastLeader.LSN = "0/1000"
+		o.PG.ReceiveLSN, o.PG.ReplayLSN = recv, recv
+		o.LastStreamed, o.RecentWindow, o.MaxLag = t0.Add(-time.Second), 6*time.Second, 1<<20
+		o.Candidates = map[string]Candidate{}
+	}}
+	return obs(append(base, opts...)...)
+}
+
+// peer adds another replica with a live position.
+func peer(name string, recv pgctl.LSN, prio int, tags ...string) func(*Observation) {
+	return func(o *Observation) {
+		o.Cluster.Members[name] = election.Member{Name: name, Role: "replica", State: "streaming"}
+		c := Candidate{Running: true, InRecovery: true, ReceiveLSN: recv, ReplayLSN: recv, FailoverPriority: prio}
+		for _, t := range tags {
+			switch t {
+			case "nofailover":
+				c.NoFailover = true
+			case "unreachable":
+				c = Candidate{Err: "connection refused"}
+			case "down":
+				c = Candidate{}
+			}
+		}
+		o.Candidates[name] = c
+	}
+}
+
+func TestDecideFailover(t *testing.T) {
+	cases := []struct {
+		name string
+		o    Observation
+		want Action
+	}{
+		{"leader gone, only candidate, caught up -> take over", failover(0x1000), TakeOver},
+		{"leader gone, ahead of the other standby -> take over", failover(0x1000, peer("db2", 0x900, 0)), TakeOver},
+		{"leader gone, another standby received more -> wait for it", failover(0x900, peer("db2", 0x1000, 0)), Wait},
+		{"equal received, replay decides", failover(0x1000, peer("db2", 0x1000, 0), func(o *Observation) { o.PG.ReplayLSN = 0x800 }), Wait},
+		{"equal positions, higher failover_priority wins", failover(0x1000, peer("db2", 0x1000, 5)), Wait},
+		{"equal positions and priority, name breaks the tie (db1 < db2)", failover(0x1000, peer("db2", 0x1000, 0)), TakeOver},
+		{"better peer is tagged nofailover -> it does not count", failover(0x900, peer("db2", 0x1000, 0, "nofailover")), TakeOver},
+		{"better peer's postgres is down -> it does not count", failover(0x900, peer("db2", 0x1000, 0, "down")), TakeOver},
+		{"a peer cannot be read -> refuse on incomplete data", failover(0x1000, peer("db2", 0, 0, "unreachable")), Wait},
+		{"this member is tagged nofailover -> wait", failover(0x1000, func(o *Observation) { o.NoFailover = true }), Wait},
+		{"lag beyond maximum_lag_on_failover -> wait", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader.LSN = "0/2000000" }), Wait},
+		{"lag exactly at the limit -> take over", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader.LSN = "0/101000" }), TakeOver},
+		{"every standby lags -> nobody promotes", failover(0x1000, peer("db2", 0x1000, 0), func(o *Observation) { o.Cluster.LastLeader.LSN = "1/0" }), Wait},
+		{"peer beyond the lag limit is not a better candidate", failover(0x1000, peer("db2", 0x5000000, 0), func(o *Observation) { o.Cluster.LastLeader.LSN = "0/5000000"; o.MaxLag = 0x5000000 - 0x1000 }), Wait},
+		{"not streamed recently -> not a safe candidate", failover(0x1000, func(o *Observation) { o.LastStreamed = t0.Add(-time.Minute) }), Wait},
+		{"never streamed -> not a safe candidate", failover(0x1000, func(o *Observation) { o.LastStreamed = time.Time{} }), Wait},
+		{"leader's LSN unknown -> refuse", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader.LSN = "" }), Wait},
+		{"no last leader record -> refuse", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader = nil }), Wait},
+		{"old leader's own member entry is ignored", failover(0x1000, peer("db9", 0, 0, "unreachable")), TakeOver},
+		{"a cloning member is no candidate and no blocker", failover(0x1000, func(o *Observation) {
+			o.Cluster.Members["db3"] = election.Member{Name: "db3", Role: "", State: "cloning"}
+		}), TakeOver},
+		{"leader key present -> no failover", failover(0x1000, leaderKey("db9"), member("db9", "primary", "running", "10.0.1.9:5432")), None},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Decide(tc.o)
+			if got.Action != tc.want {
+				t.Fatalf("Decide = %v (%s); want %v", got.Action, got.Reason, tc.want)
+			}
+			if got.Reason == "" {
+				t.Error("no reason")
+			}
+		})
+	}
+}
+
 func TestDecide(t *testing.T) {
 	db2 := member("db2", "primary", "running", "10.0.1.2:5432")
 	cases := []struct {
@@ -91,7 +165,10 @@ func TestDecide(t *testing.T) {
 		{"stopped primary, no leader, nothing recorded -> acquire then start", obs(), AcquireAndStart, ""},
 		{"stopped primary, no leader, another was last leader -> wait (stale)", obs(lastLeader("db2", 2)), Wait, ""},
 		{"stopped primary, key names self on an old lease -> clear it", obs(leaderKey("db1")), ClearStaleLeader, ""},
-		{"stopped primary, another leads -> wait for rejoin", obs(leaderKey("db2"), db2), Wait, "db2"},
+		{"stopped primary, another leads and serves -> rewind from it", obs(leaderKey("db2"), db2), Rewind, "db2"},
+		{"stopped primary, new leader not serving yet -> wait", obs(leaderKey("db2"), member("db2", "replica", "in recovery", "10.0.1.2:5432")), Wait, "db2"},
+		{"stopped primary, rewind failed, re-clone not allowed -> wait and say why", obs(leaderKey("db2"), db2, func(o *Observation) { o.RewindFailed = "boom" }), Wait, "db2"},
+		{"stopped primary, rewind failed, re-clone allowed -> reclone", obs(leaderKey("db2"), db2, func(o *Observation) { o.RewindFailed, o.RemoveOnRewindFailure = "boom", true }), Reclone, "db2"},
 		{"stopped primary, garbage leader key -> wait", obs(leaderKey("{x")), Wait, ""},
 		{"stopped standby, leader known -> start following it", obs(standbyFiles(""), leaderKey("db2"), db2), StartStandby, "db2"},
 		{"stopped standby, no leader -> start as standby anyway (read-only)", obs(standbyFiles("db2 10.0.1.2:5432")), StartStandby, ""},
@@ -122,9 +199,9 @@ func TestDecide(t *testing.T) {
 		// Running standby.
 		{"streaming standby of the leader -> nothing", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, leaderKey("db2"), db2), None, ""},
 		{"standby following an old address -> follow the leader", obs(standbyFiles("db3 10.0.1.3:5432"), runningStandby, leaderKey("db2"), db2), Follow, "db2"},
-		{"standby, no leader -> nothing (failover is the next issue)", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby), None, ""},
+
 		{"standby holding the key -> promote", obs(standbyFiles(""), runningStandby, holds), Promote, ""},
-		{"standby is never fenced: it cannot write", obs(standbyFiles(""), runningStandby, func(o *Observation) { o.Lease = election.LeaseState{} }), None, ""},
+		{"standby is never fenced: it cannot write", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, leaderKey("db2"), db2, func(o *Observation) { o.Lease = election.LeaseState{} }), None, ""},
 		{"standby, etcd unreachable -> wait", obs(standbyFiles(""), runningStandby, func(o *Observation) { o.DCSErr = errors.New("x") }), Wait, ""},
 	}
 	for _, tc := range cases {

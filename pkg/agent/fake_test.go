@@ -20,6 +20,9 @@ type fakePostgres struct {
 	exited  chan struct{}
 	calls   []string
 	slots   []pgctl.Slot
+	// rewindErr is what Rewind returns.
+	rewindErr error
+	recv      pgctl.LSN
 }
 
 var _ Postgres = (*fakePostgres)(nil)
@@ -40,7 +43,11 @@ func (f *fakePostgres) Status(context.Context) (pgctl.Status, error) {
 	if !f.running {
 		return pgctl.Status{}, pgctl.ErrNotRunning
 	}
-	return pgctl.Status{InRecovery: f.inRec, Timeline: 1, CurrentLSN: 1000, Slots: f.slots}, nil
+	st := pgctl.Status{InRecovery: f.inRec, Timeline: 1, CurrentLSN: 1000, Slots: f.slots}
+	if f.inRec {
+		st.CurrentLSN, st.ReceiveLSN, st.ReplayLSN, st.WalReceiver = 0, f.recv, f.recv, "streaming"
+	}
+	return st, nil
 }
 func (f *fakePostgres) InitDB(context.Context) error {
 	f.call("initdb")
@@ -88,6 +95,20 @@ func (f *fakePostgres) CreateSlot(_ context.Context, name string) error {
 	f.slots = append(f.slots, pgctl.Slot{Name: name})
 	return nil
 }
+func (f *fakePostgres) Rewind(_ context.Context, host string, _ int) error {
+	f.call("rewind " + host)
+	return f.rewindErr
+}
+func (f *fakePostgres) MoveAside(time.Time) (string, error) {
+	f.call("move-aside")
+	f.dir = pgctl.DataDirMissing
+	return "/old", nil
+}
+func (f *fakePostgres) Checkpoint(context.Context) error { f.call("checkpoint"); return nil }
+func (f *fakePostgres) PromoteByTriggerFile(string) error {
+	f.call("trigger-file")
+	return nil
+}
 func (f *fakePostgres) StandbyFor(leader, host string, port int) pgctl.Standby {
 	return pgctl.Standby{Leader: leader, Host: host, Port: port}
 }
@@ -101,6 +122,7 @@ type fakeDCS struct {
 	err     error
 	rev     int64
 	puts    int
+	history []election.HistoryRecord
 }
 
 var _ DCS = (*fakeDCS)(nil)
@@ -148,6 +170,10 @@ func (d *fakeDCS) Resign(context.Context) error            { d.cluster.Leader = 
 func (d *fakeDCS) PutMember(_ context.Context, m election.Member) error {
 	d.puts++
 	d.cluster.Members[m.Name] = m
+	return nil
+}
+func (d *fakeDCS) AppendHistory(_ context.Context, rec election.HistoryRecord) error {
+	d.history = append(d.history, rec)
 	return nil
 }
 func (d *fakeDCS) PutLastLeader(_ context.Context, rec election.LastLeader) error {

@@ -25,12 +25,20 @@ type fencer struct {
 
 	mu    sync.Mutex
 	lease clientv3.LeaseID // 0 = disarmed
+	// armedCh wakes the fencer when it is armed.
+	armedCh chan struct{}
 }
 
 func (f *fencer) arm(lease clientv3.LeaseID) {
 	f.mu.Lock()
 	f.lease = lease
 	f.mu.Unlock()
+	if lease != 0 {
+		select {
+		case f.armedCh <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (f *fencer) disarm() { f.arm(0) }
@@ -41,25 +49,30 @@ func (f *fencer) armed() clientv3.LeaseID {
 	return f.lease
 }
 
-// fenceCheckEvery bounds how late the fencer can notice the deadline.
-const fenceCheckEvery = 50 * time.Millisecond
+// idleCheck is how often a disarmed fencer looks again (arming wakes it at once).
+const idleCheck = time.Second
 
 func (f *fencer) run(ctx context.Context) {
-	t := time.NewTicker(fenceCheckEvery)
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-f.armedCh:
 		}
 		armed := f.armed()
 		if armed == 0 || !f.a.opt.PG.Running() {
+			t.Reset(idleCheck)
 			continue
 		}
 		lease := f.a.opt.DCS.Lease()
 		now := f.a.now()
 		if lease.ID == armed && lease.Held(now.Add(f.a.opt.FenceMargin)) {
+			// Sleep until this lease's fence time; a renewal moves it later
+			// and the fencer simply looks again then. No polling.
+			t.Reset(lease.ValidUntil.Add(-f.a.opt.FenceMargin).Sub(now))
 			continue
 		}
 		f.a.log.Warn("fencing: lease deadline reached without renewal; stopping postgres",
@@ -70,9 +83,11 @@ func (f *fencer) run(ctx context.Context) {
 		}
 		if err := f.a.opt.PG.StopWithin(ctx, pgctl.Fast, step); err != nil {
 			f.a.log.Error("fencing: stop postgres", "error", err)
+			t.Reset(10 * time.Millisecond)
 			continue
 		}
 		f.disarm()
+		t.Reset(idleCheck)
 	}
 }
 

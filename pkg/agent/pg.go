@@ -17,6 +17,8 @@ type PG struct {
 	ReplicationUser     string
 	ReplicationPassword string
 	AppName             string
+	// TriggerFile is recovery.conf's trigger_file before 12.
+	TriggerFile string
 }
 
 // NewPG builds the adapter. params are tuning + HA + operator parameters in
@@ -101,8 +103,17 @@ func (p *PG) EnsureReplicationRole(ctx context.Context) error {
 
 // StandbyFor implements Postgres.
 func (p *PG) StandbyFor(leader, host string, port int) pgctl.Standby {
-	return pgctl.Standby{Leader: leader, Host: host, Port: port, User: p.ReplicationUser,
+	sb := pgctl.Standby{Leader: leader, Host: host, Port: port, User: p.ReplicationUser,
 		PassFile: p.Config().PassFile, AppName: p.AppName, SlotName: SlotName(p.AppName)}
+	if p.Version() < 120000 {
+		sb.TriggerFile = p.TriggerFile
+	}
+	return sb
+}
+
+// Rewind implements Postgres.
+func (p *PG) Rewind(ctx context.Context, host string, port int) error {
+	return p.Instance.Rewind(ctx, host, port)
 }
 
 // SlotName is the replication slot the leader keeps for member name.

@@ -36,6 +36,13 @@ type Postgres interface {
 	EnsureReplicationRole(ctx context.Context) error
 	// StandbyFor returns the standby settings to follow leader at addr.
 	StandbyFor(leader, host string, port int) pgctl.Standby
+	// Rewind runs pg_rewind against the leader at host:port.
+	Rewind(ctx context.Context, host string, port int) error
+	// MoveAside renames the data directory out of the way (never deletes it).
+	MoveAside(now time.Time) (string, error)
+	Checkpoint(ctx context.Context) error
+	// PromoteByTriggerFile creates the trigger file (the seed's method).
+	PromoteByTriggerFile(path string) error
 }
 
 // DCS is the cluster's state in etcd as the agent uses it. *election.Store
@@ -53,6 +60,13 @@ type DCS interface {
 	Resign(ctx context.Context) error
 	PutMember(ctx context.Context, m election.Member) error
 	PutLastLeader(ctx context.Context, rec election.LastLeader) error
+	AppendHistory(ctx context.Context, rec election.HistoryRecord) error
+}
+
+// Peers reads other members' live state from their APIs.
+type Peers interface {
+	// Candidate fetches GET <apiURL>/wal within ctx.
+	Candidate(ctx context.Context, apiURL string) (Candidate, error)
 }
 
 var _ DCS = (*election.Store)(nil)

@@ -121,6 +121,25 @@ type HA struct {
 	LoopInterval Duration `toml:"loop_interval"`
 	// StartTimeout bounds how long one start of postgres is waited for.
 	StartTimeout Duration `toml:"start_timeout"`
+	// FenceMargin: a primary begins to stop accepting writes this long
+	// before its lease can expire. Default min(2s, ttl/3); must be at most
+	// ttl/3 (one missed renewal must not demote) and at least 300ms (room for
+	// a fast stop escalated to immediate).
+	FenceMargin Duration `toml:"fence_margin"`
+	// MaximumLagOnFailover: a standby whose received WAL is further than
+	// this behind the last position the leader published is not promoted.
+	MaximumLagOnFailover string `toml:"maximum_lag_on_failover"`
+	// PromoteMethod is "pg_ctl" (pg_ctl promote) or "trigger_file" (the
+	// seed's method; PostgreSQL 12-15 only, polled every 5 s by postgres).
+	PromoteMethod string `toml:"promote_method"`
+	// TriggerFile is the file created for promote_method = "trigger_file".
+	TriggerFile string `toml:"trigger_file"`
+	// RemoveDataDirectoryOnRewindFailure lets a member whose pg_rewind failed
+	// re-clone; its old data directory is moved aside, never deleted.
+	RemoveDataDirectoryOnRewindFailure bool `toml:"remove_data_directory_on_rewind_failure"`
+
+	// MaxLagBytes is MaximumLagOnFailover parsed.
+	MaxLagBytes int64 `toml:"-"`
 }
 
 // Log configures the agent's own log.
@@ -159,6 +178,7 @@ const (
 	MinLoopInterval     = 50 * time.Millisecond
 	DefaultDialTimeout  = 2 * time.Second
 	DefaultStartTimeout = 30 * time.Second
+	MinFenceMargin      = 300 * time.Millisecond
 )
 
 // Default returns a configuration with every optional key at its default.
@@ -173,9 +193,11 @@ func Default() Config {
 		},
 		Tuning: Tuning{Profile: "cif"},
 		HA: HA{
-			TTL:          Duration{DefaultTTL},
-			LoopInterval: Duration{DefaultLoopInterval},
-			StartTimeout: Duration{DefaultStartTimeout},
+			TTL:                  Duration{DefaultTTL},
+			LoopInterval:         Duration{DefaultLoopInterval},
+			StartTimeout:         Duration{DefaultStartTimeout},
+			MaximumLagOnFailover: "1MB",
+			PromoteMethod:        "pg_ctl",
 		},
 		Log: Log{Level: "info", Format: "text"},
 	}
@@ -275,6 +297,9 @@ func routable(host string) bool {
 }
 
 func (c *Config) applyDerivedDefaults() {
+	if c.HA.FenceMargin.Duration == 0 {
+		c.HA.FenceMargin.Duration = min(2*time.Second, c.HA.TTL.Duration/3)
+	}
 	if h, _, err := net.SplitHostPort(c.API.Listen); c.API.AdvertiseURL == "" && err == nil && routable(h) {
 		scheme := "http"
 		if c.API.CertFile != "" {
@@ -492,6 +517,29 @@ func (c *Config) validate() []*FieldError {
 	}
 	if c.HA.StartTimeout.Duration <= 0 {
 		bad("ha.start_timeout", "%s must be positive", c.HA.StartTimeout.Duration)
+	}
+	if ttl >= MinTTL {
+		m := c.HA.FenceMargin.Duration
+		switch {
+		case m < MinFenceMargin:
+			bad("ha.fence_margin", "%s is below the minimum %s (a fast stop escalated to immediate needs room)", m, MinFenceMargin)
+		case m > ttl/3:
+			bad("ha.fence_margin", "%s must be at most ttl/3 (%s): one missed renewal must not demote", m, ttl/3)
+		}
+	}
+	if n, err := ParseBytes(c.HA.MaximumLagOnFailover); err != nil {
+		bad("ha.maximum_lag_on_failover", "%v", err)
+	} else {
+		c.HA.MaxLagBytes = n
+	}
+	switch c.HA.PromoteMethod {
+	case "pg_ctl":
+	case "trigger_file":
+		if !filepath.IsAbs(c.HA.TriggerFile) {
+			bad("ha.trigger_file", "%q must be an absolute path when promote_method = \"trigger_file\"", c.HA.TriggerFile)
+		}
+	default:
+		bad("ha.promote_method", "%q must be \"pg_ctl\" or \"trigger_file\"", c.HA.PromoteMethod)
 	}
 
 	switch c.Log.Level {

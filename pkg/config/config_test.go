@@ -38,7 +38,8 @@ func TestExampleConfigLoads(t *testing.T) {
 	if cfg.Name != "db1" || cfg.Cluster != "cif" {
 		t.Errorf("name/cluster = %q/%q", cfg.Name, cfg.Cluster)
 	}
-	if cfg.HA.TTL.Duration != 10*time.Second || cfg.HA.LoopInterval.Duration != time.Second {
+	if cfg.HA.TTL.Duration != 10*time.Second || cfg.HA.LoopInterval.Duration != time.Second ||
+		cfg.HA.FenceMargin.Duration != 2*time.Second || cfg.HA.MaxLagBytes != 1<<20 || cfg.HA.PromoteMethod != "pg_ctl" {
 		t.Errorf("ha = %+v", cfg.HA)
 	}
 	if cfg.Postgres.ConnectAddress != "10.0.1.1:5432" {
@@ -101,6 +102,11 @@ func TestBrokenConfigs(t *testing.T) {
 		{"syntax error", func(s string) string { return s + "\n[ha\n" }, "", "toml", true},
 		{"wildcard listen without connect_address", replace(`listen = "10.0.1.1"`, `listen = "0.0.0.0"`), "postgres.connect_address", "routable", false},
 		{"wildcard api listen without advertise_url", replace(`listen = "10.0.1.1:8008"`, `listen = "0.0.0.0:8008"`), "api.advertise_url", "wildcard", false},
+		{"fence margin above ttl/3", replace(`start_timeout = "30s"`, "start_timeout = \"30s\"\nfence_margin = \"5s\""), "ha.fence_margin", "ttl/3", true},
+		{"fence margin too small", replace(`start_timeout = "30s"`, "start_timeout = \"30s\"\nfence_margin = \"10ms\""), "ha.fence_margin", "minimum", true},
+		{"bad maximum lag", replace(`maximum_lag_on_failover = "1MB"`, `maximum_lag_on_failover = "a lot"`), "ha.maximum_lag_on_failover", "not a size", true},
+		{"trigger file without path", replace(`promote_method = "pg_ctl"`, `promote_method = "trigger_file"`), "ha.trigger_file", "absolute", false},
+		{"unknown promote method", replace(`promote_method = "pg_ctl"`, `promote_method = "touch"`), "ha.promote_method", "must be", true},
 		{"half of api TLS", replace(`# cert_file = "`+dir+`/api.crt"`, `cert_file = "/x.crt"`), "api.cert_file", "together", true},
 	}
 	if len(cases) < 15 {

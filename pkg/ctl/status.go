@@ -112,7 +112,19 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 		out.Members = append(out.Members, row)
 	}
 	if out.Leader == "" {
-		out.Problems = append(out.Problems, "no leader")
+		// Say why nobody took over: each member publishes the reason of its
+		// current plan (lag gate, nofailover, incomplete data, ...).
+		why := []string{}
+		for _, n := range names {
+			if r := members[n].Reason; r != "" {
+				why = append(why, n+": "+r)
+			}
+		}
+		msg := "no leader"
+		if len(why) > 0 {
+			msg += " (" + strings.Join(why, "; ") + ")"
+		}
+		out.Problems = append(out.Problems, msg)
 	} else if !hasLeader {
 		out.Problems = append(out.Problems, fmt.Sprintf("leader %s has not published its state", out.Leader))
 	}
@@ -235,5 +247,21 @@ func RenderTable(w io.Writer, s ClusterStatus) {
 	}
 	for k, v := range s.Invalid {
 		fmt.Fprintf(w, "ignored key %s: %s\n", k, v)
+	}
+}
+
+// RenderHistory prints leader changes as a table.
+func RenderHistory(w io.Writer, recs []election.HistoryRecord) {
+	if len(recs) == 0 {
+		fmt.Fprintln(w, "no leader changes recorded")
+		return
+	}
+	fmt.Fprintf(w, "%-20s  %-10s  %-10s  %3s  %-12s  %s\n", "TIME", "OLD", "NEW", "TL", "LSN", "REASON")
+	for _, r := range recs {
+		old := r.OldLeader
+		if old == "" {
+			old = "-"
+		}
+		fmt.Fprintf(w, "%-20s  %-10s  %-10s  %3d  %-12s  %s\n", r.At.UTC().Format("2006-01-02 15:04:05"), old, r.NewLeader, r.Timeline, r.LSN, r.Reason)
 	}
 }

@@ -335,3 +335,47 @@ func (s *Store) relevant(ev *clientv3.Event) bool {
 	}
 	return a != b
 }
+
+// History is the prefix of the leader-change records.
+func (k Keys) History() string { return k.Prefix + "history/" }
+
+// AppendHistory records a leader change. It is written only while this agent
+// holds the key it acquired; the key name sorts by etcd revision.
+func (s *Store) AppendHistory(ctx context.Context, rec HistoryRecord) error {
+	if s.leaderRev == 0 {
+		return ErrNotLeader
+	}
+	b, _ := json.Marshal(rec)
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	key := fmt.Sprintf("%s%020d", s.keys.History(), s.leaderRev)
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(s.keys.Leader()), "=", s.leaderRev)).
+		Then(clientv3.OpPut(key, string(b))).Commit()
+	if err != nil {
+		return fmt.Errorf("append history: %w", err)
+	}
+	if !resp.Succeeded {
+		return ErrNotLeader
+	}
+	return nil
+}
+
+// ReadHistory returns the leader changes in order; records that do not
+// parse are skipped and counted.
+func ReadHistory(ctx context.Context, cli *clientv3.Client, keys Keys) ([]HistoryRecord, int, error) {
+	resp, err := cli.Get(ctx, keys.History(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, 0, fmt.Errorf("read history: %w", err)
+	}
+	var out []HistoryRecord
+	bad := 0
+	for _, kv := range resp.Kvs {
+		var r HistoryRecord
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			bad++
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, bad, nil
+}

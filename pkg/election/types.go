@@ -103,3 +103,14 @@ var (
 	// does not hold the leader key.
 	ErrNotLeader = errors.New("not the leader")
 )
+
+// HistoryRecord is one leader change, appended under history/ by the new
+// leader.
+type HistoryRecord struct {
+	At        time.Time `json:"at"`
+	OldLeader string    `json:"old_leader"`
+	NewLeader string    `json:"new_leader"`
+	Timeline  int       `json:"timeline"`
+	LSN       string    `json:"lsn"`
+	Reason    string    `json:"reason"`
+}

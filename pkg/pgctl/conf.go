@@ -141,6 +141,9 @@ type Standby struct {
 	// sees in pg_stat_replication.
 	AppName  string
 	SlotName string
+	// TriggerFile, before 12, is recovery.conf's trigger_file (from 12 it is
+	// the promote_trigger_file parameter, see Settings.Params).
+	TriggerFile string
 }
 
 // Target is "<leader> <host>:<port>", recorded in the standby settings so the
@@ -196,6 +199,9 @@ func RenderRecoveryConf(s Standby) string {
 	fmt.Fprintf(&b, "primary_conninfo = %s\n", tuning.Quote(s.Conninfo()))
 	if s.SlotName != "" {
 		fmt.Fprintf(&b, "primary_slot_name = %s\n", tuning.Quote(s.SlotName))
+	}
+	if s.TriggerFile != "" {
+		fmt.Fprintf(&b, "trigger_file = %s\n", tuning.Quote(s.TriggerFile))
 	}
 	b.WriteString("recovery_target_timeline = 'latest'\n")
 	return b.String()

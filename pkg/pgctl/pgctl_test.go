@@ -62,13 +62,16 @@ var testStandby = Standby{Leader: "db1", Host: "10.0.1.1", Port: 5432, User: "re
 // with the password left in the passfile); only 15 runs here, so the text is
 // asserted.
 func TestRecoveryConf(t *testing.T) {
-	got := RenderRecoveryConf(testStandby)
+	sb := testStandby
+	sb.TriggerFile = "/tmp/pgsql.trigger"
+	got := RenderRecoveryConf(sb)
 	for _, want := range []string{
 		"standby_mode = 'on'\n",
 		"primary_conninfo = 'host=10.0.1.1 port=5432 user=replicator passfile=/var/lib/cifha/.cifha.pgpass application_name=db2 ",
 		"primary_slot_name = 'db2'\n",
 		"recovery_target_timeline = 'latest'\n",
 		"# cifha-target: db1 10.0.1.1:5432\n",
+		"trigger_file = '/tmp/pgsql.trigger'\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("recovery.conf lacks %q:\n%s", want, got)

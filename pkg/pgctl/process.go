@@ -361,9 +361,10 @@ func (i *Instance) Reload() error {
 	return proc.Signal(syscall.SIGHUP)
 }
 
-// Promote asks a standby to become a primary (pg_ctl promote, without waiting).
+// Promote asks a standby to become a primary with pg_ctl promote and waits
+// (up to 10 s) until it accepts writes.
 func (i *Instance) Promote(ctx context.Context) error {
-	return i.run(ctx, "pg_ctl", "promote", "-D", i.cfg.DataDir, "-W")
+	return i.run(ctx, "pg_ctl", "promote", "-D", i.cfg.DataDir, "-w", "-t", "10")
 }
 
 func (i *Instance) run(ctx context.Context, prog string, args ...string) error {

@@ -72,6 +72,8 @@ func CIF(ramBytes int64, versionNum int) []Param {
 // HAOptions are the inputs of the replication settings.
 type HAOptions struct {
 	ArchiveCommand string
+	// TriggerFile is promote_trigger_file (12-15); before 12 it goes in recovery.conf.
+	TriggerFile string
 }
 
 // HA returns the settings every member needs to be a primary or a hot
@@ -93,6 +95,14 @@ func HA(versionNum int, o HAOptions) []Param {
 		// cifha shows falls back to 0 promptly once a standby catches up.
 		Param{"wal_receiver_status_interval", "1s", ""},
 	)
+	if versionNum >= 90500 {
+		// A standby whose slot is not there yet (a new leader creates it
+		// within a loop) retries after 1 s instead of 5 s.
+		ps = append(ps, Param{"wal_retrieve_retry_interval", "1s", ""})
+	}
+	if o.TriggerFile != "" && versionNum >= 120000 && versionNum < 160000 {
+		ps = append(ps, Param{"promote_trigger_file", Quote(o.TriggerFile), "the seed's trigger file; polled every 5 s"})
+	}
 	if versionNum >= 90500 {
 		ps = append(ps, Param{"max_wal_size", "3GB", "seed: checkpoint_segments = 64 (about 3 x 64 x 16MB)"})
 	} else {

@@ -1,0 +1,115 @@
+// Package tcpproxy is a cuttable TCP proxy for fault injection in tests: a
+// node's link to etcd goes through one, and Cut makes it a black hole
+// (existing connections are dropped, new ones are accepted and never
+// answered) until Restore. Loopback only; no root needed.
+package tcpproxy
+
+import (
+	"io"
+	"net"
+	"sync"
+)
+
+// Proxy forwards connections from its listener to Target.
+type Proxy struct {
+	Target string
+	ln     net.Listener
+
+	mu    sync.Mutex
+	cut   bool
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// Start listens on listenAddr (e.g. "127.0.0.1:0") and forwards to target.
+func Start(listenAddr, target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", listenAddr)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{Target: target, ln: ln, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go p.accept()
+	return p, nil
+}
+
+// Addr is the proxy's listening address.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.conns[c] = struct{}{}
+	return !p.cut
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	c.Close()
+}
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		if !p.track(c) {
+			continue // black hole: held open, never answered, dropped on Restore
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			up, err := net.Dial("tcp", p.Target)
+			if err != nil {
+				p.untrack(c)
+				return
+			}
+			if !p.track(up) {
+				p.untrack(up)
+				p.untrack(c)
+				return
+			}
+			done := make(chan struct{}, 2)
+			go func() { io.Copy(up, c); done <- struct{}{} }()
+			go func() { io.Copy(c, up); done <- struct{}{} }()
+			<-done
+			p.untrack(c)
+			p.untrack(up)
+			<-done
+		}()
+	}
+}
+
+// Cut drops every connection and black-holes new ones.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
+	}
+}
+
+// Restore forwards again; connections accepted while cut are closed so
+// their clients reconnect.
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
+	}
+}
+
+// Close stops the proxy and waits for its goroutines.
+func (p *Proxy) Close() {
+	p.ln.Close()
+	p.Cut()
+	p.wg.Wait()
+}

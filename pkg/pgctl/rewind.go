@@ -1,0 +1,72 @@
+package pgctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrRewindFailed wraps every pg_rewind failure.
+var ErrRewindFailed = errors.New("pg_rewind failed")
+
+// Rewind makes a stopped former primary's data directory consistent with
+// the primary at host:port (connecting as the superuser through the
+// passfile), so it can stream from it. postgres must not be running.
+// Before 13, a data directory that was not shut down cleanly first goes
+// through crash recovery in single-user mode; 13+ pg_rewind does that itself.
+func (i *Instance) Rewind(ctx context.Context, host string, port int) error {
+	if i.Running() {
+		return ErrRunning
+	}
+	if i.version < 130000 {
+		cmd := exec.CommandContext(ctx, filepath.Join(i.cfg.BinDir, "postgres"), "--single", "-F", "-D", i.cfg.DataDir,
+			"-c", "archive_mode=off", "template1")
+		cmd.Env = i.cleanEnv()
+		cmd.Stdin = strings.NewReader("")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%w: crash recovery before rewind: %v: %s", ErrRewindFailed, err, lastLines(string(out), 3))
+		}
+	}
+	src := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres passfile=%s sslmode=prefer connect_timeout=3 application_name=cifha-rewind",
+		connQuote(host), port, connQuote(i.cfg.Superuser), connQuote(i.cfg.PassFile))
+	cmd := exec.CommandContext(ctx, filepath.Join(i.cfg.BinDir, "pg_rewind"), "--target-pgdata="+i.cfg.DataDir, "--source-server="+src)
+	cmd.Env = i.cleanEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%w: %v: %s", ErrRewindFailed, err, lastLines(string(out), 4))
+	}
+	return nil
+}
+
+// MoveAside renames the data directory to <data_dir>.cifha-old-<time> and
+// returns the new path. cifha never deletes a data directory that may hold
+// the only copy of committed data; the operator removes it when sure.
+func (i *Instance) MoveAside(now time.Time) (string, error) {
+	if i.Running() {
+		return "", ErrRunning
+	}
+	dst := fmt.Sprintf("%s.cifha-old-%s", filepath.Clean(i.cfg.DataDir), now.UTC().Format("20060102T150405Z"))
+	if err := os.Rename(i.cfg.DataDir, dst); err != nil {
+		return "", fmt.Errorf("move data directory aside: %w", err)
+	}
+	return dst, syncDir(filepath.Dir(dst))
+}
+
+// Checkpoint runs CHECKPOINT (a new primary does this so that pg_rewind on
+// the old one sees the new timeline in the control file).
+func (i *Instance) Checkpoint(ctx context.Context) error { return i.Exec(ctx, "CHECKPOINT") }
+
+// PromoteByTriggerFile creates path, the standby's promote_trigger_file
+// (trigger_file before 12); postgres polls it every 5 s. Not available from 16.
+func (i *Instance) PromoteByTriggerFile(path string) error {
+	if i.version >= 160000 {
+		return fmt.Errorf("promote_trigger_file was removed in PostgreSQL 16 (this is %s): use promote_method = \"pg_ctl\"", i.version)
+	}
+	return os.WriteFile(path, []byte(strconv.FormatInt(time.Now().Unix(), 10)+"\n"), 0o600)
+}
