@@ -357,11 +357,8 @@ func decideStandby(o Observation, leader string) Plan {
 // standby. It takes over only if it qualifies and no healthy candidate is
 // ahead of it; otherwise it says why and stays a standby.
 func decideFailover(o Observation) Plan {
-	switch {
-	case o.NoFailover:
+	if o.NoFailover {
 		return plan(Wait, "no leader; this member is tagged nofailover")
-	case o.LastStreamed.IsZero() || o.Now.Sub(o.LastStreamed) > o.RecentWindow:
-		return plan(Wait, "no leader; this standby has not streamed from a primary recently, so it is not a safe candidate")
 	}
 	ll := o.Cluster.LastLeader
 	if ll == nil || ll.LSN == "" {
@@ -374,6 +371,9 @@ func decideFailover(o Observation) Plan {
 	me := rank{name: o.Self, recv: position(o.PG.ReceiveLSN, o.PG.ReplayLSN), replay: o.PG.ReplayLSN, prio: o.FailoverPriority}
 	if behind := last.Sub(me.recv); behind > o.MaxLag {
 		return plan(Wait, "no leader; this standby is %d bytes behind the last leader's %s, more than maximum_lag_on_failover (%d)", behind, ll.LSN, o.MaxLag)
+	}
+	if o.LastStreamed.IsZero() || o.Now.Sub(o.LastStreamed) > o.RecentWindow {
+		return plan(Wait, "no leader; this standby has not streamed from a primary recently, so it is not a safe candidate")
 	}
 	for name, m := range o.Cluster.Members {
 		if name == o.Self || name == ll.Name || m.Role != "replica" {
