@@ -82,8 +82,44 @@ func newCluster(t *testing.T, n int, mutate func(*cluster.Options)) *cluster.Clu
 			}
 		}
 	})
-	if err := c.Start(); err != nil {
+	if !opt.NoStart {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// newClusterStartingFirst starts db1 alone until it is the primary, then
+// the others, so db1 is the leader.
+func newClusterStartingFirst(t *testing.T, n int, mutate func(*cluster.Options)) *cluster.Cluster {
+	t.Helper()
+	c := newCluster(t, n, func(o *cluster.Options) {
+		if mutate != nil {
+			mutate(o)
+		}
+		o.NoStart = true
+	})
+	if err := c.Nodes[0].Start(); err != nil {
 		t.Fatal(err)
+	}
+	testutil.Eventually(t, 60*time.Second, "db1 primary", func() error {
+		p, err := c.Primary(ctxT(t, 5*time.Second))
+		if err != nil {
+			return err
+		}
+		if p != c.Nodes[0] {
+			return fmt.Errorf("primary %s", p.Name)
+		}
+		return nil
+	})
+	for _, m := range c.Nodes[1:] {
+		if err := m.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p := waitHealthy(t, c, 60*time.Second); p != c.Nodes[0] {
+		t.Fatalf("primary is %s", p.Name)
 	}
 	return c
 }

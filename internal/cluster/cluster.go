@@ -46,6 +46,8 @@ type Options struct {
 	// EtcdProxies puts a cuttable proxy between each node and etcd (the
 	// first endpoint), for partition tests.
 	EtcdProxies bool
+	// NoStart is read by test helpers: prepare the cluster but start no node.
+	NoStart bool
 	// NodeExtra is appended to one node's configuration (by name: db1...)
 	// after Extra; start it with a [section] header.
 	NodeExtra map[string]string
