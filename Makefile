@@ -40,7 +40,7 @@ demo: deps build
 	bin/cifha-demo --bin bin
 
 bench: deps build
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./integration/... | tee bench.out
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 40m ./integration/... | tee bench.out
 
 clean:
 	rm -rf bin bench.out

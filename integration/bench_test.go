@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"runtime"
@@ -13,13 +14,18 @@ import (
 	"github.com/cifha/cifha/internal/cluster"
 	"github.com/cifha/cifha/internal/devetcd"
 	"github.com/cifha/cifha/internal/testutil"
+	"github.com/jackc/pgx/v5"
 )
+
+// benchRuns is how many times each scenario runs; run the benchmarks with
+// -benchtime 1x (make bench does).
+const benchRuns = 5
 
 // BenchmarkBootstrap3: from nothing (empty etcd, empty data dirs) to one
 // primary and two streaming standbys.
 func BenchmarkBootstrap3(b *testing.B) {
 	var secs []float64
-	for i := 0; i < b.N; i++ {
+	for i := 0; i < benchRuns; i++ {
 		b.StopTimer()
 		c, cleanup := benchCluster(b, 3)
 		b.StartTimer()
@@ -47,7 +53,7 @@ func BenchmarkStatus(b *testing.B) {
 	tt := &testing.T{}
 	var ms []float64
 	b.ResetTimer()
-	for i := 0; i < b.N*10; i++ {
+	for i := 0; i < 50; i++ {
 		start := time.Now()
 		if _, code := cifhactl(tt, c, "status"); code != 0 {
 			b.Fatalf("status exit %d", code)
@@ -175,3 +181,134 @@ func benchEtcd(b *testing.B) *devetcd.Server {
 }
 
 func mkdirPG(pattern string) (string, error) { return testutil.MkdirForPostgres(pattern) }
+
+// BenchmarkFailover measures write unavailability as a client sees it: one
+// writer inserting every 50 ms through a libpq multi-host connection string
+// with target_session_attrs=read-write, across three scenarios, and counts
+// acknowledged rows missing on the new primary (asynchronous replication).
+func BenchmarkFailover(b *testing.B) {
+	scenarios := []struct {
+		name  string
+		ttl   time.Duration
+		event func(p *cluster.Node)
+	}{
+		{"host-loss-ttl10", 10 * time.Second, func(p *cluster.Node) { p.KillHost() }},
+		{"host-loss-ttl3", 3 * time.Second, func(p *cluster.Node) { p.KillHost() }},
+		{"clean-shutdown-ttl10", 10 * time.Second, func(p *cluster.Node) { go p.Stop(30 * time.Second) }},
+	}
+	for _, sc := range scenarios {
+		b.Run(sc.name, func(b *testing.B) {
+			var gaps []float64
+			lost := 0
+			for i := 0; i < benchRuns; i++ {
+				gap, l := failoverRun(b, sc.ttl, sc.event)
+				gaps = append(gaps, gap.Seconds())
+				lost += l
+			}
+			report(b, gaps, "s-unavailable")
+			b.ReportMetric(float64(lost), "acked-rows-lost-total")
+		})
+	}
+}
+
+func failoverRun(b *testing.B, ttl time.Duration, event func(*cluster.Node)) (time.Duration, int) {
+	loop := time.Second
+	if ttl < 6*time.Second {
+		loop = 500 * time.Millisecond
+	}
+	c, cleanup := benchCluster(b, 3, func(o *cluster.Options) { o.TTL, o.LoopInterval = ttl, loop })
+	defer cleanup()
+	if err := c.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := waitHealthyB(b, c, 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	conn, err := p.Connect(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE bench (id int primary key)"); err != nil {
+		b.Fatal(err)
+	}
+	conn.Close(ctx)
+	var hosts []string
+	for _, n := range c.Nodes {
+		hosts = append(hosts, n.Addr)
+	}
+	dsn := fmt.Sprintf("host=%s port=5432 user=postgres password=%s dbname=postgres sslmode=disable connect_timeout=1 target_session_attrs=read-write",
+		strings.Join(hosts, ","), c.Opt.SuperuserPassword)
+	var acked []int
+	var ackAt []time.Time
+	var w *pgx.Conn
+	next := 0
+	write := func() {
+		wctx, wcancel := context.WithTimeout(ctx, time.Second)
+		defer wcancel()
+		if w == nil {
+			if w, err = pgx.Connect(wctx, dsn); err != nil {
+				w = nil
+				return
+			}
+		}
+		next++
+		if _, err := w.Exec(wctx, "INSERT INTO bench VALUES ($1)", next); err != nil {
+			w.Close(context.Background())
+			w = nil
+			return
+		}
+		acked, ackAt = append(acked, next), append(ackAt, time.Now())
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for len(acked) < 20 {
+		<-tick.C
+		write()
+	}
+	event(p)
+	eventAt := time.Now()
+	deadline := eventAt.Add(3*ttl + 20*time.Second)
+	resumed := time.Time{}
+	for time.Now().Before(deadline) {
+		<-tick.C
+		write()
+		if resumed.IsZero() && len(ackAt) > 0 && ackAt[len(ackAt)-1].After(eventAt) {
+			resumed = ackAt[len(ackAt)-1]
+		}
+		if !resumed.IsZero() && time.Since(resumed) > time.Second {
+			break
+		}
+	}
+	if w != nil {
+		w.Close(context.Background())
+	}
+	if resumed.IsZero() {
+		b.Fatalf("writes never resumed")
+	}
+	// The unavailability is the longest gap between acknowledgements.
+	var gap time.Duration
+	for i := 1; i < len(ackAt); i++ {
+		if d := ackAt[i].Sub(ackAt[i-1]); d > gap {
+			gap = d
+		}
+	}
+	// Acknowledged rows missing on the new primary.
+	q, err := c.Primary(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	qc, err := q.Connect(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer qc.Close(ctx)
+	lost := 0
+	for _, id := range acked {
+		var one int
+		if err := qc.QueryRow(ctx, "SELECT 1 FROM bench WHERE id = $1", id).Scan(&one); err != nil {
+			lost++
+		}
+	}
+	b.Logf("unavailable %s, %d acknowledged rows lost, new primary %s", gap.Round(time.Millisecond), lost, q.Name)
+	return gap, lost
+}

@@ -144,3 +144,62 @@ func TestPublishIsRateLimited(t *testing.T) {
 		t.Fatalf("no periodic publish")
 	}
 }
+
+// TestLoopTakeOverAndRejoin: with fakes, a streaming standby whose leader
+// key vanished takes the key, promotes, checkpoints and records history; a
+// stopped former primary rewinds from the new leader, and when rewinding
+// fails it re-clones only if allowed, moving its data aside.
+func TestLoopTakeOverAndRejoin(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: t0}
+	pg := &fakePostgres{dir: pgctl.DataDirValid, standby: pgctl.StandbyState{Standby: true, Target: "db1 10.0.1.1:5432"}, recv: 0x5000}
+	pg.Start(ctx, 0)
+	dcs := newFakeDCS("db2", election.LeaseState{ID: 8, ValidUntil: t0.Add(3 * time.Second)})
+	dcs.cluster.LastLeader = &election.LastLeader{Name: "db1", Timeline: 1, LSN: "0/5000"}
+	a := New(Options{Name: "db2", PG: pg, DCS: dcs, Now: clk.Now, LoopInterval: time.Second, StartTimeout: time.Second,
+		FenceMargin: time.Second, MaxLag: 1 << 20, RecentWindow: 6 * time.Second, Peers: noPeers{}, LastLeaderEvery: time.Second})
+	pg.calls = nil
+	a.Iterate(ctx) // sees itself streaming: lastStreamed is set
+	if a.lastPlan.Action != TakeOver {
+		t.Fatalf("plan %v", a.lastPlan)
+	}
+	if !has(pg.calls, "promote") || dcs.cluster.Leader == nil || dcs.cluster.Leader.Name != "db2" {
+		t.Fatalf("calls %v leader %+v", pg.calls, dcs.cluster.Leader)
+	}
+	a.Iterate(ctx)
+	if !has(pg.calls, "promote", "checkpoint") || len(dcs.history) != 1 || dcs.history[0].OldLeader != "db1" || dcs.history[0].NewLeader != "db2" {
+		t.Fatalf("calls %v history %+v", pg.calls, dcs.history)
+	}
+
+	// The former primary db1, stopped, rewinds from db2.
+	old := &fakePostgres{dir: pgctl.DataDirValid}
+	d1 := newFakeDCS("db1", election.LeaseState{ID: 9, ValidUntil: t0.Add(3 * time.Second)})
+	d1.cluster.Leader = &election.Leader{Name: "db2", Valid: true, CreateRev: 3, Lease: 8}
+	d1.cluster.Members["db2"] = election.Member{Name: "db2", Role: "primary", State: "running", ConnAddress: "10.0.1.2:5432"}
+	b := New(Options{Name: "db1", PG: old, DCS: d1, Now: clk.Now, LoopInterval: time.Second, StartTimeout: time.Second, FenceMargin: time.Second})
+	b.Iterate(ctx)
+	if !has(old.calls, "configure", "rewind 10.0.1.2", "configure", "set-standby db2", "start") {
+		t.Fatalf("rejoin calls %v", old.calls)
+	}
+
+	// A failed rewind without permission to re-clone: wait, say why, keep the data.
+	old2 := &fakePostgres{dir: pgctl.DataDirValid, rewindErr: errors.New("pg_rewind failed: no common ancestor")}
+	c := New(Options{Name: "db1", PG: old2, DCS: d1, Now: clk.Now, LoopInterval: time.Second, StartTimeout: time.Second, FenceMargin: time.Second})
+	c.Iterate(ctx)
+	c.Iterate(ctx)
+	if c.lastPlan.Action != Wait || !strings.Contains(c.lastPlan.Reason, "remove_data_directory_on_rewind_failure") || has(old2.calls, "move-aside") {
+		t.Fatalf("plan %v calls %v", c.lastPlan, old2.calls)
+	}
+	// Allowed: the directory is moved aside (never deleted) and re-cloned.
+	c.opt.RemoveOnRewindFailure = true
+	c.Iterate(ctx)
+	if !has(old2.calls, "move-aside", "clone 10.0.1.2", "configure", "start") {
+		t.Fatalf("reclone calls %v", old2.calls)
+	}
+}
+
+type noPeers struct{}
+
+func (noPeers) Candidate(context.Context, string) (Candidate, error) {
+	return Candidate{}, errors.New("no peers in this test")
+}
