@@ -156,3 +156,23 @@ func lastLeaderLSN(c *cluster.Cluster) (int64, error) {
 	l, err := pgctl.ParseLSN(ll.LSN)
 	return int64(l), err
 }
+
+// TestTriggerFilePromotion: promote_method = "trigger_file" (the seed's
+// `touch /tmp/pgsql.trigger`, PostgreSQL <= 15): the standby is promoted by
+// the file, which postgres polls every 5 s.
+func TestTriggerFilePromotion(t *testing.T) {
+	c := newClusterStartingFirst(t, 2, func(o *cluster.Options) {
+		o.Extra = fmt.Sprintf("promote_method = \"trigger_file\"\ntrigger_file = %q\n", o.Root+"/pgsql.trigger")
+	})
+	db1, db2 := c.Node("db1"), c.Node("db2")
+	exec1(t, db1, "CREATE TABLE fence_probe (node text, at timestamptz DEFAULT clock_timestamp())")
+	testutil.Eventually(t, 10*time.Second, "table replicated", rowsAtLeast(db2, "SELECT count(*)::int FROM fence_probe", 0))
+	db1.KillHost()
+	// The lease, then up to two 5 s polls of the trigger file.
+	if q := waitWritable(t, c, db1, c.Opt.TTL+10*time.Second+3*time.Second); q != db2 {
+		t.Fatalf("promoted %s", q.Name)
+	}
+	if !strings.Contains(db2.Log(), "took the leader key; promoting") {
+		t.Error("no take-over logged")
+	}
+}
