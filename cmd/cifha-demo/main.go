@@ -141,10 +141,12 @@ Things to try (in another terminal):
   PGPASSWORD=demo psql -h %[3]s -U postgres -c 'create table t(x int); insert into t values (1)'
   PGPASSWORD=demo psql -h %[6]s -U postgres -c 'select * from t'   # a standby has the row
   kill -9 $(head -1 %[4]s/postmaster.pid)   # crash the primary's postgres: cifha restarts it in place
+  kill -9 %[7]d    # kill the leader's agent: its postgres dies with it, a standby takes over in ~10 s
+  %[1]s -c %[2]s history
   tail -f %[5]s/db*/cifha.log
 
 Files: %[5]s (removed on exit). Press Ctrl-C to stop everything.
-`, ctl, ctlConf, primary.Addr, primary.DataDir, root, standby.Addr)
+`, ctl, ctlConf, primary.Addr, primary.DataDir, root, standby.Addr, primary.PID())
 	<-ctx.Done()
 	fmt.Println()
 	return 0
