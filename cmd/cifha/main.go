@@ -11,11 +11,63 @@ import (
 	"syscall"
 
 	"github.com/cifha/cifha/pkg/agent"
+	"github.com/cifha/cifha/pkg/cifsync"
 	"github.com/cifha/cifha/pkg/config"
 	"github.com/hashicorp/go-hclog"
 )
 
-func main() { os.Exit(run()) }
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "cif-sync" {
+		os.Exit(runCIFSync(os.Args[2:]))
+	}
+	os.Exit(run())
+}
+
+// runCIFSync is `cifha cif-sync`: on the CIF front-end node, keep ~/.cif's
+// [db] host pointing at the current primary.
+func runCIFSync(args []string) int {
+	fs := flag.NewFlagSet("cifha cif-sync", flag.ContinueOnError)
+	cfgPath := fs.String("config", "/etc/cifha/cif-sync.toml", "cif-sync configuration file")
+	once := fs.Bool("once", false, "reconcile once and exit (exit 1 if the file could not be synced)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: cifha cif-sync [--config FILE] [--once]\n\n"+
+			"Keeps the [db] host of CIF's ~/.cif pointing at the cluster's primary (see docs/cif.md).\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := cifsync.LoadConfig(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cifha cif-sync: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	log := hclog.New(&hclog.LoggerOptions{
+		Name: "cif-sync", Level: hclog.LevelFromString(cfg.Log.Level), JSONFormat: cfg.Log.Format == "json",
+	})
+	cli, err := agent.EtcdClient(cfg.Etcd)
+	if err != nil {
+		log.Error("etcd", "error", err)
+		return 1
+	}
+	defer cli.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	s := cifsync.New(cfg, cli, log)
+	if *once {
+		if err := s.Reconcile(ctx); err != nil {
+			log.Error("not synced", "error", err)
+			return 1
+		}
+		return 0
+	}
+	log.Info("starting", "cluster", cfg.Cluster, "file", cfg.CIFFile)
+	if err := s.Run(ctx); err != nil {
+		log.Error("fatal", "error", err)
+		return 1
+	}
+	return 0
+}
 
 func run() int {
 	fs := flag.NewFlagSet("cifha", flag.ContinueOnError)

@@ -46,6 +46,8 @@ type Options struct {
 	// EtcdProxies puts a cuttable proxy between each node and etcd (the
 	// first endpoint), for partition tests.
 	EtcdProxies bool
+	// HBA replaces the default pg_hba lines for clients (scram from 127/8).
+	HBA []string
 	// NoStart is read by test helpers: prepare the cluster but start no node.
 	NoStart bool
 	// NodeExtra is appended to one node's configuration (by name: db1...)
@@ -135,6 +137,10 @@ func New(opt Options) (*Cluster, error) {
 }
 
 func (c *Cluster) config(n *Node, secrets string, endpoints []string) string {
+	hba := c.Opt.HBA
+	if len(hba) == 0 {
+		hba = []string{"host all all 127.0.0.0/8 scram-sha-256"}
+	}
 	q := func(ss []string) string {
 		var out []string
 		for _, s := range ss {
@@ -159,7 +165,7 @@ port = 5432
 socket_dir = %q
 superuser_password_file = %q
 replication_password_file = %q
-hba = ["host all all 127.0.0.0/8 scram-sha-256"]
+hba = [%s]
 
 [tuning]
 %s
@@ -175,7 +181,7 @@ start_timeout = "10s"
 level = "debug"
 `, c.Opt.Cluster, n.Name, n.Addr, q(endpoints), n.DataDir, n.Addr, n.Dir,
 		filepath.Join(secrets, "superuser.password"), filepath.Join(secrets, "replication.password"),
-		c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra, c.Opt.NodeExtra[n.Name])
+		q(hba), c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra, c.Opt.NodeExtra[n.Name])
 }
 
 func (c *Cluster) mkdir(dir string) error {

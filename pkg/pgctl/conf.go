@@ -72,7 +72,8 @@ func RenderConf(s Settings) string {
 }
 
 // RenderHBA renders pg_hba.conf: the agent's own local access, replication
-// between members with a password, then the operator's lines.
+// between members with a password, the operator's lines, then password
+// access for the superuser (pg_rewind between members).
 func RenderHBA(s Settings) string {
 	method := "scram-sha-256"
 	if s.Version < 100000 {
@@ -84,12 +85,14 @@ func RenderHBA(s Settings) string {
 	b.WriteString("local   all          all            peer map=cifha\n")
 	b.WriteString("local   replication  all            peer map=cifha\n")
 	fmt.Fprintf(&b, "host    replication  %s  all  %s\n", s.ReplicationUser, method)
-	fmt.Fprintf(&b, "host    all          %s  all  %s\n", s.Superuser, method)
 	b.WriteString("# from postgres.hba\n")
 	for _, l := range s.HBA {
 		b.WriteString(l)
 		b.WriteByte('\n')
 	}
+	// Last, so the operator's lines decide first (the seed trusts the CIF
+	// node); pg_rewind from peers needs at least this.
+	fmt.Fprintf(&b, "host    all          %s  all  %s\n", s.Superuser, method)
 	return b.String()
 }
 

@@ -139,7 +139,7 @@ func TestRenderConf(t *testing.T) {
 		t.Error("11 must not include the 12+ standby file")
 	}
 	hba := RenderHBA(s)
-	if !strings.Contains(hba, "host    replication  replicator  all  scram-sha-256") || !strings.HasSuffix(hba, "host all all 10.0.0.1/32 scram-sha-256\n") {
+	if !strings.Contains(hba, "host    replication  replicator  all  scram-sha-256") || !strings.Contains(hba, "host all all 10.0.0.1/32 scram-sha-256\nhost    all          postgres  all  scram-sha-256\n") {
 		t.Errorf("pg_hba.conf:\n%s", hba)
 	}
 }

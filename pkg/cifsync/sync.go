@@ -1,0 +1,209 @@
+package cifsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Stats is what cif-sync reports about itself (exported as metrics by the
+// observability work).
+type Stats struct {
+	LastSync time.Time // last time the file was confirmed to name the primary
+	Target   string    // the host the file names
+	Leader   string
+	Failures int // reconciliations that failed
+}
+
+// Syncer keeps one ~/.cif pointing at the cluster's primary.
+type Syncer struct {
+	cfg  *Config
+	cli  *clientv3.Client
+	keys election.Keys
+	log  hclog.Logger
+	hc   *http.Client
+	now  func() time.Time
+
+	mu    sync.Mutex
+	stats Stats
+	// pending carries changes to the post-change runner (coalesced).
+	pending chan change
+}
+
+type change struct{ host, leader string }
+
+// New returns a Syncer; Run starts it.
+func New(cfg *Config, cli *clientv3.Client, log hclog.Logger) *Syncer {
+	return &Syncer{cfg: cfg, cli: cli, keys: election.KeysFor(cfg.Cluster), log: log,
+		hc: &http.Client{Timeout: time.Second}, now: time.Now, pending: make(chan change, 1)}
+}
+
+// Stats returns a copy of the current statistics.
+func (s *Syncer) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// errNotYet means the new leader does not confirm it is a read-write primary yet.
+var errNotYet = errors.New("leader not confirmed as a read-write primary yet")
+
+// Run reconciles at once and then whenever the cluster's keys change, and
+// every second as a retry; the file is left as it is while etcd cannot be
+// read or the leader cannot be confirmed.
+func (s *Syncer) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.runCommands(ctx) }()
+	defer wg.Wait()
+	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.Prefix, clientv3.WithPrefix())
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-wch:
+			if !ok && ctx.Err() == nil {
+				wch = s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.Prefix, clientv3.WithPrefix())
+			}
+		case <-retry.C:
+		}
+		err := s.Reconcile(ctx)
+		next := time.Second
+		if errors.Is(err, errNotYet) {
+			next = 50 * time.Millisecond // a promotion is in progress: look again soon
+		}
+		if err != nil && !errors.Is(err, errNotYet) {
+			s.log.Warn("not synced", "error", err)
+		}
+		if !retry.Stop() {
+			select {
+			case <-retry.C:
+			default:
+			}
+		}
+		retry.Reset(next)
+	}
+}
+
+// Reconcile makes the file name the current primary, if it can be confirmed.
+func (s *Syncer) Reconcile(ctx context.Context) error {
+	err := s.reconcile(ctx)
+	if err != nil && !errors.Is(err, errNotYet) {
+		s.mu.Lock()
+		s.stats.Failures++
+		s.mu.Unlock()
+	}
+	return err
+}
+
+func (s *Syncer) reconcile(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	resp, err := s.cli.Get(rctx, s.keys.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("read etcd (file kept as it is): %w", err)
+	}
+	c := election.ParseCluster(s.keys, resp.Header.Revision, resp.Kvs)
+	if c.Leader == nil || !c.Leader.Valid {
+		return fmt.Errorf("no leader (file kept as it is)")
+	}
+	leader := c.Leader.Name
+	m, ok := c.Members[leader]
+	if !ok {
+		return fmt.Errorf("%w: leader %s has not published its state", errNotYet, leader)
+	}
+	host := s.cfg.Hosts[leader]
+	if host == "" {
+		h, _, err := net.SplitHostPort(m.ConnAddress)
+		if err != nil || h == "" {
+			return fmt.Errorf("leader record names member %s with no usable address (%q); file kept as it is", leader, m.ConnAddress)
+		}
+		host = h
+	}
+	if err := s.confirm(ctx, m.APIURL); err != nil {
+		return err
+	}
+	changed, err := Apply(s.cfg.CIFFile, host, s.cfg.BackupFile, s.cfg.FollowSymlinks)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.stats.LastSync, s.stats.Target, s.stats.Leader = s.now(), host, leader
+	s.mu.Unlock()
+	if changed {
+		s.log.Info("[db] host now names the primary", "host", host, "leader", leader, "file", s.cfg.CIFFile)
+		select {
+		case s.pending <- change{host, leader}:
+		default:
+			// A change is already queued: replace it with this newer one.
+			select {
+			case <-s.pending:
+			default:
+			}
+			s.pending <- change{host, leader}
+		}
+	}
+	return nil
+}
+
+// confirm asks the leader's agent whether it is a read-write primary.
+func (s *Syncer) confirm(ctx context.Context, apiURL string) error {
+	if apiURL == "" {
+		return fmt.Errorf("%w: no API URL", errNotYet)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(apiURL, "/")+"/primary", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errNotYet, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%w: /primary answered %d", errNotYet, resp.StatusCode)
+	}
+	return nil
+}
+
+// runCommands runs the post-change command once per change, bounded by its
+// timeout, one at a time, outside the reconcile loop: a slow or failing
+// command never delays the next rewrite. A failure is logged; the command
+// runs again on the next change.
+func (s *Syncer) runCommands(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ch := <-s.pending:
+			if len(s.cfg.PostChange.Command) == 0 {
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, s.cfg.PostChange.Timeout.Duration)
+			cmd := exec.CommandContext(cctx, s.cfg.PostChange.Command[0], s.cfg.PostChange.Command[1:]...)
+			cmd.Env = append(os.Environ(), "CIFHA_DB_HOST="+ch.host, "CIFHA_LEADER="+ch.leader, "CIFHA_CLUSTER="+s.cfg.Cluster)
+			cmd.WaitDelay = time.Second
+			out, err := cmd.CombinedOutput()
+			cancel()
+			if err != nil {
+				s.log.Error("post-change command failed; it runs again on the next change", "command", s.cfg.PostChange.Command,
+					"error", err, "output", strings.TrimSpace(string(out)))
+			} else {
+				s.log.Info("post-change command done", "command", s.cfg.PostChange.Command, "output", strings.TrimSpace(string(out)))
+			}
+		}
+	}
+}
