@@ -329,8 +329,14 @@ func TestEtcdPartitionFencesLeader(t *testing.T) {
 
 // TestCleanShutdownHandsOver: SIGTERM to the leader's agent stops postgres,
 // releases the key, and a standby is primary within 2 s.
+//
+// The role-change hooks run on each node (in its working directory).
 func TestCleanShutdownHandsOver(t *testing.T) {
-	c := newCluster(t, 3, nil)
+	c := newCluster(t, 3, func(o *cluster.Options) {
+		o.Extra = "[callbacks]\n" + `on_start = ["sh", "-c", "echo \"$0 $1 $2\" >> hooks.log"]` + "\n" +
+			`on_stop = ["sh", "-c", "echo \"$0 $1 $2\" >> hooks.log"]` + "\n" +
+			`on_role_change = ["sh", "-c", "echo \"$0 $1 $2\" >> hooks.log"]` + "\n"
+	})
 	p := waitHealthy(t, c, 60*time.Second)
 	exec1(t, p, "CREATE TABLE fence_probe (node text, at timestamptz DEFAULT clock_timestamp())")
 	start := time.Now()
@@ -340,4 +346,20 @@ func TestCleanShutdownHandsOver(t *testing.T) {
 	if err, _ := p.Wait(30 * time.Second); err != nil {
 		t.Errorf("agent exit: %v", err)
 	}
+	hookLog := func(n *cluster.Node) string {
+		b, _ := os.ReadFile(filepath.Join(n.Dir, "hooks.log"))
+		return string(b)
+	}
+	testutil.Eventually(t, 10*time.Second, "hooks ran", func() error {
+		want := map[*cluster.Node]string{
+			p: "on_start primary it\non_stop primary it\n",
+			q: "on_start replica it\non_role_change primary it\n",
+		}
+		for n, w := range want {
+			if got := hookLog(n); got != w {
+				return fmt.Errorf("%s hooks.log = %q, want %q", n.Name, got, w)
+			}
+		}
+		return nil
+	})
 }

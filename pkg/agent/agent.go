@@ -54,6 +54,8 @@ type Options struct {
 	// LastLeaderEvery is how often the leader republishes its WAL position
 	// in last-leader (the failover lag gate compares against it).
 	LastLeaderEvery time.Duration
+	// Hooks are the operator's role-change callbacks.
+	Hooks Hooks
 }
 
 // Snapshot is what the agent last saw and decided; the API serves it.
@@ -101,6 +103,8 @@ type Agent struct {
 	lastLeaderAt time.Time
 	// promotedAt is set by TakeOver until the post-promotion work is done.
 	pendingHistory *election.HistoryRecord
+	hooks          *hookRunner
+	hookSt         hookState
 }
 
 // New returns an Agent; it does nothing until Run.
@@ -116,6 +120,9 @@ func New(opt Options) *Agent {
 	}
 	a := &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}}
 	a.fence = &fencer{a: a, armedCh: make(chan struct{}, 1)}
+	if len(opt.Hooks.OnStart)+len(opt.Hooks.OnStop)+len(opt.Hooks.OnRoleChange) > 0 {
+		a.hooks = newHookRunner(opt.Hooks, opt.Log.Named("hooks"))
+	}
 	return a
 }
 
@@ -134,6 +141,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	fencerDone := make(chan struct{})
 	go func() { a.fence.run(fctx); close(fencerDone) }()
 	defer func() { stopFencer(); <-fencerDone }()
+	if a.hooks != nil {
+		hctx, stopHooks := context.WithCancel(context.Background())
+		hooksDone := make(chan struct{})
+		go func() { a.hooks.run(hctx); close(hooksDone) }()
+		// Hooks queued by the shutdown (on_stop) still run, bounded by
+		// their timeout; after that the agent exits without waiting.
+		defer func() {
+			stopHooks()
+			select {
+			case <-hooksDone:
+			case <-time.After(a.opt.Hooks.Timeout + 2*time.Second):
+				a.log.Warn("hooks still running at exit")
+			}
+		}()
+	}
 	for {
 		err := a.Iterate(ctx)
 		if ctx.Err() != nil {
@@ -196,6 +218,7 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		a.leaderHousekeeping(ctx, o)
 	}
 	a.publish(ctx, o, p, err)
+	a.hooksAfter(o)
 	a.lastObs = o
 	return err
 }
@@ -721,6 +744,10 @@ func (a *Agent) shutdown() {
 		if err := a.opt.PG.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil {
 			a.log.Error("stop postgres", "error", err)
 		}
+	}
+	if a.hooks != nil && a.hookSt.running && !a.opt.PG.Running() {
+		a.hooks.fire("on_stop", a.hookSt.role)
+		a.hookSt = hookState{}
 	}
 	// Only after postgres stopped accepting writes is the key released.
 	if held && !a.opt.PG.Running() {

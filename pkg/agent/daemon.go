@@ -129,6 +129,8 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		MaxLag: cfg.HA.MaxLagBytes, RecentWindow: 2 * ttl, RemoveOnRewindFailure: cfg.HA.RemoveDataDirectoryOnRewindFailure,
 		LastLeaderEvery: cfg.HA.LoopInterval.Duration,
 		TriggerFile:     triggerFile,
+		Hooks: Hooks{OnStart: cfg.Callbacks.OnStart, OnStop: cfg.Callbacks.OnStop, OnRoleChange: cfg.Callbacks.OnRoleChange,
+			Timeout: cfg.Callbacks.Timeout.Duration, Cluster: cfg.Cluster},
 	})
 
 	ln, err := net.Listen("tcp", cfg.API.Listen)

@@ -205,7 +205,9 @@ func TestApplyBadSituations(t *testing.T) {
 	})
 	t.Run("read-only directory", func(t *testing.T) {
 		dir, p := mk(t)
-		createTemp = func(string, string) (tempFile, error) { return nil, &os.PathError{Op: "open", Path: dir, Err: syscall.EROFS} }
+		createTemp = func(string, string) (tempFile, error) {
+			return nil, &os.PathError{Op: "open", Path: dir, Err: syscall.EROFS}
+		}
 		defer func() { createTemp = func(d, p string) (tempFile, error) { return os.CreateTemp(d, p) } }()
 		if _, err := Apply(p, "10.0.1.2", "", false); err == nil || !strings.Contains(err.Error(), "read-only") {
 			t.Fatalf("error %v", err)

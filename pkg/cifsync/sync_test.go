@@ -56,7 +56,10 @@ func newEnv(t *testing.T, command []string, timeout time.Duration) *env {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 func (e *env) lead(t *testing.T, name, addr string) {
 	t.Helper()

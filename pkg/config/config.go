@@ -28,13 +28,25 @@ type Config struct {
 	// Name is this member's unique name (e.g. "db1").
 	Name string `toml:"name"`
 
-	API      API      `toml:"api"`
-	Etcd     Etcd     `toml:"etcd"`
-	Postgres Postgres `toml:"postgres"`
-	Tuning   Tuning   `toml:"tuning"`
-	HA       HA       `toml:"ha"`
-	Log      Log      `toml:"log"`
-	Tags     Tags     `toml:"tags"`
+	API       API       `toml:"api"`
+	Etcd      Etcd      `toml:"etcd"`
+	Postgres  Postgres  `toml:"postgres"`
+	Tuning    Tuning    `toml:"tuning"`
+	HA        HA        `toml:"ha"`
+	Log       Log       `toml:"log"`
+	Tags      Tags      `toml:"tags"`
+	Callbacks Callbacks `toml:"callbacks"`
+}
+
+// Callbacks are commands run on role changes, like Patroni's callbacks.
+// Each is an argv; cifha appends the action (on_start, on_stop,
+// on_role_change), the new role (primary, replica) and the cluster name.
+// They run outside the HA loop, one at a time, each bounded by Timeout.
+type Callbacks struct {
+	OnStart      []string `toml:"on_start"`
+	OnStop       []string `toml:"on_stop"`
+	OnRoleChange []string `toml:"on_role_change"`
+	Timeout      Duration `toml:"timeout"`
 }
 
 // API configures the agent's HTTP API.
@@ -199,7 +211,8 @@ func Default() Config {
 			MaximumLagOnFailover: "1MB",
 			PromoteMethod:        "pg_ctl",
 		},
-		Log: Log{Level: "info", Format: "text"},
+		Log:       Log{Level: "info", Format: "text"},
+		Callbacks: Callbacks{Timeout: Duration{30 * time.Second}},
 	}
 }
 
@@ -542,6 +555,15 @@ func (c *Config) validate() []*FieldError {
 		bad("ha.promote_method", "%q must be \"pg_ctl\" or \"trigger_file\"", c.HA.PromoteMethod)
 	}
 
+	for key, argv := range map[string][]string{"callbacks.on_start": c.Callbacks.OnStart,
+		"callbacks.on_stop": c.Callbacks.OnStop, "callbacks.on_role_change": c.Callbacks.OnRoleChange} {
+		if len(argv) > 0 && argv[0] == "" {
+			bad(key, "the command (first element) is empty")
+		}
+	}
+	if c.Callbacks.Timeout.Duration <= 0 {
+		bad("callbacks.timeout", "%s must be positive", c.Callbacks.Timeout.Duration)
+	}
 	switch c.Log.Level {
 	case "trace", "debug", "info", "warn", "error":
 	default:
