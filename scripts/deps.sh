@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cifha's tests and demo need, only where it is missing:
-# Debian's PostgreSQL server (binaries under /usr/lib/postgresql/*/bin) and
-# the postgres OS user. Go itself must already be installed.
+# Debian's PostgreSQL server (binaries under /usr/lib/postgresql/*/bin), the
+# postgres OS user and HAProxy. Go itself must already be installed.
 set -euo pipefail
 
 need_pg=1
@@ -21,6 +21,19 @@ if [ "$need_pg" = 1 ] || ! id postgres >/dev/null 2>&1; then
     sed -i 's/^#\?\s*create_main_cluster.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
   fi
   apt-get install -y -qq --no-install-recommends postgresql postgresql-contrib >/dev/null
+fi
+# HAProxy: the tests check deploy/haproxy/haproxy.cfg with the real one.
+if ! command -v haproxy >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "haproxy is missing; run as root (or: sudo apt-get install haproxy)" >&2
+    exit 1
+  fi
+  echo ">> installing haproxy (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update -qq
+  apt-get install -y -qq --no-install-recommends haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy >/dev/null; }
+  # The package starts a service we do not need.
+  systemctl disable --now haproxy >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1 || true
 fi
 if ! command -v go >/dev/null 2>&1; then
   echo "Go is not on PATH (expected /usr/local/go/bin/go)" >&2
