@@ -22,6 +22,10 @@ type tempFile interface {
 
 var createTemp = func(dir, pattern string) (tempFile, error) { return os.CreateTemp(dir, pattern) }
 
+// readFile reads the file to edit; tests replace it to simulate an
+// unreadable file even when they run as root.
+var readFile = os.ReadFile
+
 // ResolvePath follows a symlink at path. It refuses a link that leads out of
 // path's directory unless allowOutside, so a planted link cannot make
 // cif-sync write elsewhere without the operator saying so.
@@ -137,7 +141,7 @@ func Apply(path, host, backup string, followSymlinks bool) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	in, err := os.ReadFile(real)
+	in, err := readFile(real)
 	if err != nil {
 		return false, fmt.Errorf("read %s: %w", real, err)
 	}
