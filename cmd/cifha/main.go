@@ -59,6 +59,7 @@ func runCIFSync(args []string) int {
 			log.Error("not synced", "error", err)
 			return 1
 		}
+		s.RunQueued(ctx)
 		return 0
 	}
 	log.Info("starting", "cluster", cfg.Cluster, "file", cfg.CIFFile)

@@ -97,6 +97,8 @@ type Agent struct {
 	fence    *fencer
 	// lastStreamed is when postgres was last seen streaming as a standby.
 	lastStreamed time.Time
+	// streamedTL is the newest timeline seen while streaming (read by /wal).
+	streamedTL atomic.Int64
 	// rewindFailed is the last pg_rewind error and the leader it was for.
 	rewindFailed, rewindFailedFor string
 	// lastLeaderAt is when last-leader was last written by this leader.
@@ -257,8 +259,12 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	o.RecentWindow, o.RemoveOnRewindFailure = a.opt.RecentWindow, a.opt.RemoveOnRewindFailure
 	if o.PG != nil && o.PG.InRecovery && o.PG.WalReceiver == "streaming" {
 		a.lastStreamed = a.now()
+		if int64(o.PG.Timeline) > a.streamedTL.Load() {
+			a.streamedTL.Store(int64(o.PG.Timeline))
+		}
 	}
 	o.LastStreamed = a.lastStreamed
+	o.StreamedTimeline = int(a.streamedTL.Load())
 	// The lease is read before etcd so that HoldsLeader can never pair a
 	// newer lease with an older read.
 	o.Lease = a.opt.DCS.Lease()
@@ -504,6 +510,11 @@ func errOr(err error, msg string) error {
 }
 
 func (a *Agent) start(ctx context.Context) error {
+	if a.opt.TriggerFile != "" {
+		// A trigger file left from an interrupted promotion would make this
+		// start promote itself without the key.
+		a.opt.PG.RemoveTriggerFile(a.opt.TriggerFile)
+	}
 	err := a.opt.PG.Start(ctx, a.opt.StartTimeout)
 	if errors.Is(err, pgctl.ErrStartTimout) {
 		a.log.Warn("postgres still starting", "waited", a.opt.StartTimeout)
@@ -553,10 +564,10 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o Observation) {
 			a.roleOK = true
 		}
 	}
-	if a.writableLease == 0 {
-		// A primary this agent found running under the key it holds (for
-		// example after ClearStaleLeader and Acquire): fence it by this lease.
-		a.madeWritable(o.Lease)
+	if a.opt.TriggerFile != "" {
+		// Promotion done: a trigger file must not outlive it (postgres
+		// would promote a later standby start by itself).
+		a.opt.PG.RemoveTriggerFile(a.opt.TriggerFile)
 	}
 	have := map[string]bool{}
 	for _, s := range o.PG.Slots {

@@ -71,14 +71,16 @@ func Handler(a *Agent) http.Handler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
-		resp := WALResponse{NoFailover: a.opt.NoFailover, FailoverPriority: a.opt.FailoverPriority}
+		resp := WALResponse{NoFailover: a.opt.NoFailover, FailoverPriority: a.opt.FailoverPriority, Running: a.opt.PG.Running()}
 		st, err := a.opt.PG.Status(ctx)
 		if err != nil {
+			// Running but unreadable (busy, starting, timed out) is not
+			// "no candidate": the caller must treat it as unknown.
 			resp.Error = err.Error()
 			writeJSON(w, http.StatusServiceUnavailable, resp)
 			return
 		}
-		resp.Running, resp.InRecovery, resp.Timeline = true, st.InRecovery, st.Timeline
+		resp.InRecovery, resp.Timeline = st.InRecovery, max(st.Timeline, int(a.streamedTL.Load()))
 		resp.ReceiveLSN, resp.ReplayLSN = st.ReceiveLSN.String(), st.ReplayLSN.String()
 		writeJSON(w, http.StatusOK, resp)
 	})
@@ -118,8 +120,12 @@ func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (Candidate, err
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&wr); err != nil {
 		return Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
 	}
-	c := Candidate{Running: wr.Running, InRecovery: wr.InRecovery, NoFailover: wr.NoFailover, FailoverPriority: wr.FailoverPriority}
+	c := Candidate{Running: wr.Running, InRecovery: wr.InRecovery, NoFailover: wr.NoFailover, FailoverPriority: wr.FailoverPriority, Timeline: wr.Timeline}
 	if wr.Error != "" {
+		if wr.Running {
+			// Running but its position could not be read: unknown, not "no candidate".
+			return Candidate{}, fmt.Errorf("%s/wal: postgres running but unreadable: %s", apiURL, wr.Error)
+		}
 		// postgres down on that member: it answered, and it is no candidate.
 		return c, nil
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cifha/cifha/pkg/election"
@@ -51,6 +52,9 @@ type Observation struct {
 	LastStreamed time.Time
 	// RecentWindow is how recent LastStreamed must be.
 	RecentWindow time.Duration
+	// StreamedTimeline is the newest timeline this standby was seen
+	// streaming on (the walreceiver's view is gone once the leader dies).
+	StreamedTimeline int
 	// Candidates are the other members' live WAL positions, read from their
 	// APIs only when there is no leader.
 	Candidates map[string]Candidate
@@ -63,6 +67,7 @@ type Observation struct {
 // Candidate is another member's state as its API reported it just now.
 type Candidate struct {
 	Err              string // non-empty: could not be read
+	Timeline         int    // the newest timeline it has streamed on
 	Running          bool
 	InRecovery       bool
 	ReceiveLSN       pgctl.LSN
@@ -80,9 +85,14 @@ func position(recv, replay pgctl.LSN) pgctl.LSN {
 }
 
 // ahead reports whether candidate a ranks before b in the one explicit
-// failover order: received LSN, replay LSN, failover_priority, name.
+// failover order: timeline, received LSN, replay LSN, failover_priority,
+// name. The timeline comes first: a standby still on an older timeline may
+// hold WAL past the fork point of the newer one (a dead branch) and must not
+// win by LSN.
 func ahead(a, b rank) bool {
 	switch {
+	case a.tl != b.tl:
+		return a.tl > b.tl
 	case a.recv != b.recv:
 		return a.recv > b.recv
 	case a.replay != b.replay:
@@ -95,6 +105,7 @@ func ahead(a, b rank) bool {
 
 type rank struct {
 	name         string
+	tl           int
 	recv, replay pgctl.LSN
 	prio         int
 }
@@ -312,6 +323,11 @@ func decidePrimary(o Observation, leader string) Plan {
 		if l.Valid && l.Name == o.Self {
 			return plan(None, "leader; postgres is a healthy primary")
 		}
+	case o.WritableLease == 0:
+		// A primary this agent did not make writable (it promoted itself,
+		// e.g. from a leftover trigger file) and without the key: stop it
+		// now, whatever the key says.
+		return plan(Fence, "postgres is a primary that this agent did not make writable, without the leader key: stop accepting writes")
 	case l == nil:
 		if ok, why := o.eligible(); ok {
 			return plan(Acquire, "running primary and no leader (%s)", why)
@@ -368,12 +384,17 @@ func decideFailover(o Observation) Plan {
 	if err != nil {
 		return plan(Wait, "no leader; last leader's LSN %q is unreadable", ll.LSN)
 	}
-	me := rank{name: o.Self, recv: position(o.PG.ReceiveLSN, o.PG.ReplayLSN), replay: o.PG.ReplayLSN, prio: o.FailoverPriority}
+	me := rank{name: o.Self, tl: max(o.PG.Timeline, o.StreamedTimeline), recv: position(o.PG.ReceiveLSN, o.PG.ReplayLSN), replay: o.PG.ReplayLSN, prio: o.FailoverPriority}
 	if behind := last.Sub(me.recv); behind > o.MaxLag {
 		return plan(Wait, "no leader; this standby is %d bytes behind the last leader's %s, more than maximum_lag_on_failover (%d)", behind, ll.LSN, o.MaxLag)
 	}
 	if o.LastStreamed.IsZero() || o.Now.Sub(o.LastStreamed) > o.RecentWindow {
 		return plan(Wait, "no leader; this standby has not streamed from a primary recently, so it is not a safe candidate")
+	}
+	for k, why := range o.Cluster.Invalid {
+		if strings.Contains(k, "/members/") {
+			return plan(Wait, "no leader; member key %s cannot be read (%s): refusing to promote on incomplete data", k, why)
+		}
 	}
 	for name, m := range o.Cluster.Members {
 		if name == o.Self || name == ll.Name || m.Role != "replica" {
@@ -386,7 +407,7 @@ func decideFailover(o Observation) Plan {
 		if !c.Running || !c.InRecovery || c.NoFailover || last.Sub(position(c.ReceiveLSN, c.ReplayLSN)) > o.MaxLag {
 			continue // not a candidate itself
 		}
-		other := rank{name: name, recv: position(c.ReceiveLSN, c.ReplayLSN), replay: c.ReplayLSN, prio: c.FailoverPriority}
+		other := rank{name: name, tl: c.Timeline, recv: position(c.ReceiveLSN, c.ReplayLSN), replay: c.ReplayLSN, prio: c.FailoverPriority}
 		if ahead(other, me) {
 			return plan(Wait, "no leader; %s is a better candidate (received %s, this member %s)", name, other.recv, me.recv)
 		}

@@ -27,6 +27,7 @@ func obs(opts ...func(*Observation)) Observation {
 }
 
 func emptyDir(o *Observation) { o.DataDir = pgctl.DataDirMissing }
+func writable(o *Observation) { o.WritableLease = 7 }
 func standbyFiles(target string) func(*Observation) {
 	return func(o *Observation) { o.Standby = pgctl.StandbyState{Standby: true, Target: target} }
 }
@@ -77,7 +78,7 @@ func failover(recv pgctl.LSN, opts ...func(*Observation)) Observation {
 func peer(name string, recv pgctl.LSN, prio int, tags ...string) func(*Observation) {
 	return func(o *Observation) {
 		o.Cluster.Members[name] = election.Member{Name: name, Role: "replica", State: "streaming"}
-		c := Candidate{Running: true, InRecovery: true, ReceiveLSN: recv, ReplayLSN: recv, FailoverPriority: prio}
+		c := Candidate{Running: true, InRecovery: true, Timeline: 1, ReceiveLSN: recv, ReplayLSN: recv, FailoverPriority: prio}
 		for _, t := range tags {
 			switch t {
 			case "nofailover":
@@ -120,6 +121,21 @@ func TestDecideFailover(t *testing.T) {
 		{"a cloning member is no candidate and no blocker", failover(0x1000, func(o *Observation) {
 			o.Cluster.Members["db3"] = election.Member{Name: "db3", Role: "", State: "cloning"}
 		}), TakeOver},
+		{"peer on a newer timeline wins over more WAL on an older one", failover(0x2000, peer("db2", 0x1000, 0), func(o *Observation) {
+			c := o.Candidates["db2"]
+			c.Timeline = 3
+			o.Candidates["db2"] = c
+			o.PG.Timeline = 2
+		}), Wait},
+		{"this member on the newest timeline wins", failover(0x1000, peer("db2", 0x2000, 0), func(o *Observation) {
+			o.StreamedTimeline = 3
+			c := o.Candidates["db2"]
+			c.Timeline = 2
+			o.Candidates["db2"] = c
+		}), TakeOver},
+		{"a member key holds garbage -> refuse on incomplete data", failover(0x1000, func(o *Observation) {
+			o.Cluster.Invalid["/cifha/c/members/db3"] = "invalid JSON"
+		}), Wait},
 		{"leader key present -> no failover", failover(0x1000, leaderKey("db9"), member("db9", "primary", "running", "10.0.1.9:5432")), None},
 	}
 	for _, tc := range cases {
@@ -182,15 +198,17 @@ func TestDecide(t *testing.T) {
 		{"primary with no lease at all -> fence", obs(runningPrimary, func(o *Observation) { o.Lease = election.LeaseState{} }), Fence, ""},
 		{"etcd unreachable, lease valid -> keep running", obs(holds, runningPrimary, func(o *Observation) { o.DCSErr = errors.New("timeout") }), Wait, ""},
 		{"etcd unreachable past the margin -> fence", obs(holds, runningPrimary, at(2500*time.Millisecond), func(o *Observation) { o.DCSErr = errors.New("timeout") }), Fence, ""},
-		{"running primary, no leader, eligible -> acquire", obs(runningPrimary, lastLeader("db1", 1)), Acquire, ""},
-		{"running primary, no leader, newer timeline than last leader -> acquire", obs(runningPrimary, lastLeader("db2", 0)), Acquire, ""},
-		{"running primary, no leader, stale -> demote", obs(runningPrimary, lastLeader("db2", 2)), Demote, ""},
-		{"running primary, another holds the key -> demote", obs(runningPrimary, leaderKey("db2"), db2), Demote, "db2"},
-		{"running primary, key overwritten with garbage by hand -> repair", obs(holds, runningPrimary, func(o *Observation) {
+		{"running primary, no leader, eligible -> acquire", obs(runningPrimary, writable, lastLeader("db1", 1)), Acquire, ""},
+		{"running primary, no leader, newer timeline than last leader -> acquire", obs(runningPrimary, writable, lastLeader("db2", 0)), Acquire, ""},
+		{"running primary, no leader, stale -> demote", obs(runningPrimary, writable, lastLeader("db2", 2)), Demote, ""},
+		{"primary this agent never made writable, no key -> fence", obs(runningPrimary, lastLeader("db1", 1)), Fence, ""},
+		{"self-promoted primary while another leads -> fence", obs(runningPrimary, leaderKey("db2"), db2), Fence, ""},
+		{"running primary, another holds the key -> demote", obs(runningPrimary, writable, leaderKey("db2"), db2), Demote, "db2"},
+		{"running primary, key overwritten with garbage by hand -> repair", obs(holds, runningPrimary, writable, func(o *Observation) {
 			o.Cluster.Leader.Name, o.Cluster.Leader.Valid, o.HoldsLeader = "{garbage", false, false
 		}), RepairLeaderKey, ""},
-		{"running primary, garbage key not ours -> keep role", obs(runningPrimary, leaderKey("{garbage")), Wait, ""},
-		{"running primary, key names self on an old lease -> clear it", obs(runningPrimary, leaderKey("db1")), ClearStaleLeader, ""},
+		{"running primary, garbage key not ours -> keep role", obs(runningPrimary, writable, leaderKey("{garbage")), Wait, ""},
+		{"running primary, key names self on an old lease -> clear it", obs(runningPrimary, writable, leaderKey("db1")), ClearStaleLeader, ""},
 		{"running, state unknown, files say primary -> fence when lease is gone", obs(func(o *Observation) {
 			o.Running, o.PGErr, o.Lease = true, errors.New("timeout"), election.LeaseState{}
 		}), Fence, ""},

@@ -109,6 +109,7 @@ func (f *fakePostgres) PromoteByTriggerFile(string) error {
 	f.call("trigger-file")
 	return nil
 }
+func (f *fakePostgres) RemoveTriggerFile(string) {}
 func (f *fakePostgres) StandbyFor(leader, host string, port int) pgctl.Standby {
 	return pgctl.Standby{Leader: leader, Host: host, Port: port}
 }

@@ -43,6 +43,16 @@ func (f *fencer) arm(lease clientv3.LeaseID) {
 
 func (f *fencer) disarm() { f.arm(0) }
 
+// disarmIf disarms only if still armed for lease: the loop may have armed a
+// newer term while the fencer was stopping the old one.
+func (f *fencer) disarmIf(lease clientv3.LeaseID) {
+	f.mu.Lock()
+	if f.lease == lease {
+		f.lease = 0
+	}
+	f.mu.Unlock()
+}
+
 func (f *fencer) armed() clientv3.LeaseID {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -86,7 +96,7 @@ func (f *fencer) run(ctx context.Context) {
 			t.Reset(10 * time.Millisecond)
 			continue
 		}
-		f.disarm()
+		f.disarmIf(armed)
 		t.Reset(idleCheck)
 	}
 }

@@ -43,6 +43,8 @@ type Postgres interface {
 	Checkpoint(ctx context.Context) error
 	// PromoteByTriggerFile creates the trigger file (the seed's method).
 	PromoteByTriggerFile(path string) error
+	// RemoveTriggerFile removes it (before a start, after a promotion).
+	RemoveTriggerFile(path string)
 }
 
 // DCS is the cluster's state in etcd as the agent uses it. *election.Store

@@ -2,8 +2,10 @@ package cifsync
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -70,23 +72,42 @@ func (s *Syncer) Run(ctx context.Context) error {
 	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.Prefix, clientv3.WithPrefix())
 	retry := time.NewTimer(0)
 	defer retry.Stop()
+	var notYetSince, warnedAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case _, ok := <-wch:
 			if !ok && ctx.Err() == nil {
+				select { // back off before re-watching (auth errors fail fast)
+				case <-ctx.Done():
+					return nil
+				case <-time.After(500 * time.Millisecond):
+				}
 				wch = s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.Prefix, clientv3.WithPrefix())
 			}
 		case <-retry.C:
 		}
 		err := s.Reconcile(ctx)
 		next := time.Second
-		if errors.Is(err, errNotYet) {
-			next = 50 * time.Millisecond // a promotion is in progress: look again soon
-		}
-		if err != nil && !errors.Is(err, errNotYet) {
+		switch {
+		case errors.Is(err, errNotYet):
+			// A promotion is in progress: look again soon, for a while;
+			// then at the normal pace, and say so.
+			if notYetSince.IsZero() {
+				notYetSince = s.now()
+			}
+			if s.now().Sub(notYetSince) < 3*time.Second {
+				next = 50 * time.Millisecond
+			} else if s.now().Sub(warnedAt) > time.Minute {
+				s.log.Warn("leader not confirmed as a read-write primary; file kept as it is", "error", err, "since", notYetSince)
+				warnedAt = s.now()
+			}
+		case err != nil:
+			notYetSince = time.Time{}
 			s.log.Warn("not synced", "error", err)
+		default:
+			notYetSince = time.Time{}
 		}
 		if !retry.Stop() {
 			select {
@@ -127,13 +148,17 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 	}
 	host := s.cfg.Hosts[leader]
 	if host == "" {
-		h, _, err := net.SplitHostPort(m.ConnAddress)
+		h, port, err := net.SplitHostPort(m.ConnAddress)
 		if err != nil || h == "" {
 			return fmt.Errorf("leader record names member %s with no usable address (%q); file kept as it is", leader, m.ConnAddress)
 		}
+		if port != "5432" {
+			// ~/.cif has no port key: CIF would reach whatever listens on 5432.
+			return fmt.Errorf("leader %s serves on port %s, but CIF's [db] has no port and uses 5432; file kept as it is (set [hosts] %s to a host that serves 5432)", leader, port, leader)
+		}
 		host = h
 	}
-	if err := s.confirm(ctx, m.APIURL); err != nil {
+	if err := s.confirm(ctx, m.APIURL, leader); err != nil {
 		return err
 	}
 	changed, err := Apply(s.cfg.CIFFile, host, s.cfg.BackupFile, s.cfg.FollowSymlinks)
@@ -159,8 +184,9 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 	return nil
 }
 
-// confirm asks the leader's agent whether it is a read-write primary.
-func (s *Syncer) confirm(ctx context.Context, apiURL string) error {
+// confirm asks the leader's agent whether it is a read-write primary, and
+// checks that the agent answering is that leader.
+func (s *Syncer) confirm(ctx context.Context, apiURL, leader string) error {
 	if apiURL == "" {
 		return fmt.Errorf("%w: no API URL", errNotYet)
 	}
@@ -172,11 +198,33 @@ func (s *Syncer) confirm(ctx context.Context, apiURL string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", errNotYet, err)
 	}
-	resp.Body.Close()
+	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%w: /primary answered %d", errNotYet, resp.StatusCode)
 	}
+	var body struct {
+		Self struct {
+			Name string `json:"name"`
+		} `json:"self"`
+		IsLeader bool `json:"is_leader"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
+		return fmt.Errorf("%w: /primary: %v", errNotYet, err)
+	}
+	if body.Self.Name != leader || !body.IsLeader {
+		return fmt.Errorf("%w: %s/primary is answered by %q (leader %v), not leader %s", errNotYet, apiURL, body.Self.Name, body.IsLeader, leader)
+	}
 	return nil
+}
+
+// RunQueued runs the post-change command for a change queued by Reconcile
+// (used by --once, where no background runner exists).
+func (s *Syncer) RunQueued(ctx context.Context) {
+	select {
+	case ch := <-s.pending:
+		s.runCommand(ctx, ch)
+	default:
+	}
 }
 
 // runCommands runs the post-change command once per change, bounded by its
@@ -189,21 +237,26 @@ func (s *Syncer) runCommands(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case ch := <-s.pending:
-			if len(s.cfg.PostChange.Command) == 0 {
-				continue
-			}
-			cctx, cancel := context.WithTimeout(ctx, s.cfg.PostChange.Timeout.Duration)
-			cmd := exec.CommandContext(cctx, s.cfg.PostChange.Command[0], s.cfg.PostChange.Command[1:]...)
-			cmd.Env = append(os.Environ(), "CIFHA_DB_HOST="+ch.host, "CIFHA_LEADER="+ch.leader, "CIFHA_CLUSTER="+s.cfg.Cluster)
-			cmd.WaitDelay = time.Second
-			out, err := cmd.CombinedOutput()
-			cancel()
-			if err != nil {
-				s.log.Error("post-change command failed; it runs again on the next change", "command", s.cfg.PostChange.Command,
-					"error", err, "output", strings.TrimSpace(string(out)))
-			} else {
-				s.log.Info("post-change command done", "command", s.cfg.PostChange.Command, "output", strings.TrimSpace(string(out)))
-			}
+			s.runCommand(ctx, ch)
 		}
 	}
+}
+
+// runCommand runs the post-change command for one change, bounded by its timeout.
+func (s *Syncer) runCommand(ctx context.Context, ch change) {
+	if len(s.cfg.PostChange.Command) == 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.PostChange.Timeout.Duration)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, s.cfg.PostChange.Command[0], s.cfg.PostChange.Command[1:]...)
+	cmd.Env = append(os.Environ(), "CIFHA_DB_HOST="+ch.host, "CIFHA_LEADER="+ch.leader, "CIFHA_CLUSTER="+s.cfg.Cluster)
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		s.log.Error("post-change command failed; it runs again on the next change", "command", s.cfg.PostChange.Command,
+			"error", err, "output", strings.TrimSpace(string(out)))
+		return
+	}
+	s.log.Info("post-change command done", "command", s.cfg.PostChange.Command, "output", strings.TrimSpace(string(out)))
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -39,9 +40,13 @@ func newEnv(t *testing.T, command []string, timeout time.Duration) *env {
 	dir := t.TempDir()
 	e := &env{cli: cli, keys: election.KeysFor("c"), file: filepath.Join(dir, ".cif"), orig: seed(t)}
 	os.WriteFile(e.file, e.orig, 0o600)
+	// One fake agent API per member name: /<name>/primary answers as that
+	// member's agent does when it is the read-write leader.
 	e.primary = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/primary" {
+		name, path, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		if path == "primary" {
 			w.WriteHeader(200)
+			fmt.Fprintf(w, `{"self": {"name": %q}, "is_leader": true}`, name)
 			return
 		}
 		w.WriteHeader(503)
@@ -64,7 +69,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 func (e *env) lead(t *testing.T, name, addr string) {
 	t.Helper()
 	ctx := context.Background()
-	m, _ := json.Marshal(election.Member{Name: name, Role: "primary", State: "running", ConnAddress: addr, APIURL: e.primary.URL})
+	m, _ := json.Marshal(election.Member{Name: name, Role: "primary", State: "running", ConnAddress: addr, APIURL: e.primary.URL + "/" + name})
 	if _, err := e.cli.Put(ctx, e.keys.Member(name), string(m)); err != nil {
 		t.Fatal(err)
 	}
@@ -85,6 +90,17 @@ func TestLeaderWithoutAddressLeavesFileAlone(t *testing.T) {
 	}
 	if e.s.Stats().Failures != 1 {
 		t.Errorf("failure not counted: %+v", e.s.Stats())
+	}
+	// A leader on a port other than 5432: CIF cannot reach it; untouched.
+	e.lead(t, "db1", "127.0.0.11:5433")
+	if err := e.s.Reconcile(context.Background()); err == nil || !strings.Contains(err.Error(), "5432") {
+		t.Fatalf("error %v", err)
+	}
+	// An agent answering /primary for another member does not confirm.
+	m, _ := json.Marshal(election.Member{Name: "db1", Role: "primary", State: "running", ConnAddress: "127.0.0.11:5432", APIURL: e.primary.URL + "/db9"})
+	e.cli.Put(context.Background(), e.keys.Member("db1"), string(m))
+	if err := e.s.Reconcile(context.Background()); !errors.Is(err, errNotYet) {
+		t.Fatalf("wrong agent confirmed: %v", err)
 	}
 	// No leader at all, and garbage in the leader key: untouched too.
 	e.cli.Put(context.Background(), e.keys.Leader(), "{garbage")

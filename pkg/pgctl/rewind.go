@@ -70,3 +70,6 @@ func (i *Instance) PromoteByTriggerFile(path string) error {
 	}
 	return os.WriteFile(path, []byte(strconv.FormatInt(time.Now().Unix(), 10)+"\n"), 0o600)
 }
+
+// RemoveTriggerFile removes a promote trigger file if present.
+func (i *Instance) RemoveTriggerFile(path string) { _ = os.Remove(path) }
