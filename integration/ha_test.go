@@ -275,10 +275,12 @@ func TestStatusAPIAndGarbage(t *testing.T) {
 			}
 			return nil
 		})
-		out, _ := cifhactl(t, c, "status")
-		if !strings.Contains(out, "replay paused") {
-			t.Errorf("table does not show the paused replay:\n%s", out)
-		}
+		testutil.Eventually(t, 10*time.Second, "table shows the paused replay", func() error {
+			if out, _ := cifhactl(t, c, "status"); !strings.Contains(out, "replay paused") {
+				return fmt.Errorf("table:\n%s", out)
+			}
+			return nil
+		})
 		if _, err := sc.Exec(ctx, "SELECT pg_wal_replay_resume()"); err != nil {
 			t.Fatal(err)
 		}

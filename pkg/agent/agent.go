@@ -379,12 +379,12 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		return a.acquireAndStart(ctx, o, p.Reason)
 
 	case Acquire:
-		ok, err := dcs.Acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now})
-		if err != nil || !ok {
-			return errOr(err, "leader key taken by another member")
+		lease, err := a.acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now})
+		if err != nil {
+			return err
 		}
 		a.log.Info("acquired the leader key")
-		a.madeWritable(o.Lease)
+		a.madeWritable(lease)
 		a.roleOK = false
 		return nil
 
@@ -429,12 +429,12 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 			prev = o.Cluster.LastLeader.Name
 		}
 		lsn := position(o.PG.ReceiveLSN, o.PG.ReplayLSN)
-		ok, err := dcs.Acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: lsn.String(), At: o.Now})
-		if err != nil || !ok {
-			return errOr(err, "another member took the leader key first")
+		lease, err := a.acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: lsn.String(), At: o.Now})
+		if err != nil {
+			return err
 		}
 		a.log.Info("took the leader key; promoting", "previous_leader", prev, "received_lsn", lsn.String())
-		a.madeWritable(o.Lease)
+		a.madeWritable(lease)
 		a.roleOK = false
 		a.pendingHistory = &election.HistoryRecord{At: o.Now.UTC(), OldLeader: prev, NewLeader: o.Self, LSN: lsn.String(), Reason: p.Reason}
 		return a.promote(ctx)
@@ -526,16 +526,16 @@ func (a *Agent) start(ctx context.Context) error {
 // acquireAndStart takes the leader key and only then starts a primary, so a
 // writable postgres never runs without the key.
 func (a *Agent) acquireAndStart(ctx context.Context, o Observation, reason string) error {
-	pg, dcs := a.opt.PG, a.opt.DCS
+	pg := a.opt.PG
 	// Keep the recorded timeline until postgres reports its own: writing 0
 	// would let a stale primary look newer than this one.
 	rec := election.LastLeader{At: o.Now}
 	if ll := o.Cluster.LastLeader; ll != nil && ll.Name == o.Self {
 		rec.Timeline, rec.LSN = ll.Timeline, ll.LSN
 	}
-	ok, err := dcs.Acquire(ctx, rec)
-	if err != nil || !ok {
-		return errOr(err, "leader key taken by another member")
+	lease, err := a.acquire(ctx, rec)
+	if err != nil {
+		return err
 	}
 	a.log.Info("acquired the leader key")
 	a.roleOK = false
@@ -549,8 +549,24 @@ func (a *Agent) acquireAndStart(ctx context.Context, o Observation, reason strin
 	if err := pg.Configure(); err != nil {
 		return err
 	}
-	a.madeWritable(o.Lease)
+	a.madeWritable(lease)
 	return a.start(ctx)
+}
+
+// acquire takes the leader key and returns the lease it is bound to. The
+// lease is read before the transaction: if the session replaces it in
+// between, the key is bound to a newer lease than the one returned and the
+// next Decide fences (a false alarm, never a missed one).
+func (a *Agent) acquire(ctx context.Context, rec election.LastLeader) (election.LeaseState, error) {
+	lease := a.opt.DCS.Lease()
+	if lease.ID == 0 {
+		return lease, election.ErrNoLease
+	}
+	ok, err := a.opt.DCS.Acquire(ctx, rec)
+	if err != nil || !ok {
+		return lease, errOr(err, "leader key taken by another member")
+	}
+	return lease, nil
 }
 
 // leaderHousekeeping keeps a replication slot for every other member (made
