@@ -363,3 +363,34 @@ func TestCleanShutdownHandsOver(t *testing.T) {
 		return nil
 	})
 }
+
+// TestHungAgentIsFenced: SIGSTOP the leader's agent (alive, not running:
+// no goroutine of it can act). The fence watchdog, a separate process fed
+// by the agent, stops its postgres before the lease can expire, so writes
+// never overlap with the standby promoted after it; once resumed, the old
+// leader rejoins as a standby.
+func TestHungAgentIsFenced(t *testing.T) {
+	c := newCluster(t, 3, nil)
+	p := waitHealthy(t, c, 60*time.Second)
+	exec1(t, p, "CREATE TABLE fence_probe (node text, at timestamptz DEFAULT clock_timestamp())")
+	stop := startWriters(t, c)
+	testutil.Eventually(t, 10*time.Second, "writes flowing", rowsAtLeast(p, "SELECT count(*)::int FROM fence_probe", 5))
+	agentPID := p.PID()
+	if err := syscall.Kill(agentPID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			syscall.Kill(agentPID, syscall.SIGCONT)
+			resumed = true
+		}
+	}
+	t.Cleanup(resume)
+	q := waitWritable(t, c, p, 3*c.Opt.TTL)
+	time.Sleep(300 * time.Millisecond) // let the writers record the new primary's acknowledgements
+	acks := stop()
+	assertNoOverlap(t, acks)
+	resume()
+	testutil.Eventually(t, 30*time.Second, p.Name+" rejoins as a standby", func() error { return followsFrom(t, p, q) })
+}

@@ -20,6 +20,11 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "cif-sync" {
 		os.Exit(runCIFSync(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "fence-watchdog" {
+		// Started by the agent itself; see pkg/agent/watchdog.go.
+		agent.RunWatchdog(os.Stdin, hclog.New(&hclog.LoggerOptions{Name: "fence-watchdog"}))
+		os.Exit(0)
+	}
 	os.Exit(run())
 }
 

@@ -56,6 +56,9 @@ type Options struct {
 	LastLeaderEvery time.Duration
 	// Hooks are the operator's role-change callbacks.
 	Hooks Hooks
+	// Watchdog, when set, is fed the fence deadline so that a separate
+	// process stops postgres if this agent stops running (SIGSTOP, hang).
+	Watchdog Watchdog
 }
 
 // Snapshot is what the agent last saw and decided; the API serves it.

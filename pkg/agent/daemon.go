@@ -120,6 +120,12 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 
+	wd, err := NewProcessWatchdog(log.Named("watchdog"))
+	if err != nil {
+		return err
+	}
+	defer wd.Close()
+
 	a := New(Options{
 		Name: cfg.Name, PG: pg, DCS: store, Wake: store.Watch(watchCtx), LeaseChanged: sess.Changed(),
 		Log: log.Named("ha"), LoopInterval: cfg.HA.LoopInterval.Duration, StartTimeout: cfg.HA.StartTimeout.Duration,
@@ -131,6 +137,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		TriggerFile:     triggerFile,
 		Hooks: Hooks{OnStart: cfg.Callbacks.OnStart, OnStop: cfg.Callbacks.OnStop, OnRoleChange: cfg.Callbacks.OnRoleChange,
 			Timeout: cfg.Callbacks.Timeout.Duration, Cluster: cfg.Cluster},
+		Watchdog: wd,
 	})
 
 	ln, err := net.Listen("tcp", cfg.API.Listen)

@@ -36,9 +36,15 @@ func (f *fakePostgres) DataDirState() (pgctl.DataDirState, error) {
 }
 func (f *fakePostgres) StandbyState() (pgctl.StandbyState, error) { return f.standby, nil }
 func (f *fakePostgres) Running() bool                             { return f.running }
-func (f *fakePostgres) Exited() <-chan struct{}                   { return f.exited }
-func (f *fakePostgres) ForeignPID() int                           { return 0 }
-func (f *fakePostgres) StopForeign(context.Context) error         { f.call("stop-foreign"); return nil }
+func (f *fakePostgres) PID() int {
+	if f.running {
+		return 4242
+	}
+	return 0
+}
+func (f *fakePostgres) Exited() <-chan struct{}           { return f.exited }
+func (f *fakePostgres) ForeignPID() int                   { return 0 }
+func (f *fakePostgres) StopForeign(context.Context) error { f.call("stop-foreign"); return nil }
 func (f *fakePostgres) Status(context.Context) (pgctl.Status, error) {
 	if !f.running {
 		return pgctl.Status{}, pgctl.ErrNotRunning

@@ -62,9 +62,20 @@ func (f *fencer) armed() clientv3.LeaseID {
 // idleCheck is how often a disarmed fencer looks again (arming wakes it at once).
 const idleCheck = time.Second
 
+// watchdogFeed is how often the external watchdog gets a fresh deadline.
+const watchdogFeed = 250 * time.Millisecond
+
 func (f *fencer) run(ctx context.Context) {
 	t := time.NewTimer(0)
 	defer t.Stop()
+	wdArmed := false
+	disarmWatchdog := func() {
+		if wdArmed && f.a.opt.Watchdog != nil {
+			f.a.opt.Watchdog.Disarm()
+		}
+		wdArmed = false
+	}
+	defer disarmWatchdog()
 	for {
 		select {
 		case <-ctx.Done():
@@ -74,15 +85,24 @@ func (f *fencer) run(ctx context.Context) {
 		}
 		armed := f.armed()
 		if armed == 0 || !f.a.opt.PG.Running() {
+			disarmWatchdog()
 			t.Reset(idleCheck)
 			continue
 		}
 		lease := f.a.opt.DCS.Lease()
 		now := f.a.now()
 		if lease.ID == armed && lease.Held(now.Add(f.a.opt.FenceMargin)) {
-			// Sleep until this lease's fence time; a renewal moves it later
-			// and the fencer simply looks again then. No polling.
-			t.Reset(lease.ValidUntil.Add(-f.a.opt.FenceMargin).Sub(now))
+			until := lease.ValidUntil.Add(-f.a.opt.FenceMargin).Sub(now)
+			if wd := f.a.opt.Watchdog; wd != nil {
+				// Feed the external watchdog the time left; it fires if this
+				// process stops feeding it (hung, SIGSTOP).
+				wd.Arm(f.a.opt.PG.PID(), until)
+				wdArmed = true
+				until = min(until, watchdogFeed)
+			}
+			// Sleep until this lease's fence time (or the next feed); a
+			// renewal moves it later and the fencer looks again then.
+			t.Reset(until)
 			continue
 		}
 		f.a.log.Warn("fencing: lease deadline reached without renewal; stopping postgres",

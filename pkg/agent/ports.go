@@ -15,6 +15,8 @@ type Postgres interface {
 	DataDirState() (pgctl.DataDirState, error)
 	StandbyState() (pgctl.StandbyState, error)
 	Running() bool
+	// PID is the postmaster's PID (0 when not running).
+	PID() int
 	Exited() <-chan struct{}
 	ForeignPID() int
 	StopForeign(ctx context.Context) error
