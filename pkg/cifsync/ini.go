@@ -131,14 +131,19 @@ func SetDBHost(in []byte, host string) (out []byte, changed bool, err error) {
 		l := lines[hostLine]
 		_, at, _ := keyOf(l.text)
 		value := l.text[at:]
-		// Keep trailing spaces after the value as they were.
+		// Keep trailing spaces after the value as they were, and double
+		// quotes around it if it had them (Config::Simple strips them).
 		trimmed := strings.TrimRight(value, " \t")
-		if trimmed == host {
+		newValue := host
+		if len(trimmed) >= 2 && trimmed[0] == '"' && trimmed[len(trimmed)-1] == '"' {
+			newValue = `"` + host + `"`
+		}
+		if trimmed == newValue {
 			return in, false, nil
 		}
 		write(lines[:hostLine])
 		buf.WriteString(l.text[:at])
-		buf.WriteString(host)
+		buf.WriteString(newValue)
 		buf.WriteString(value[len(trimmed):])
 		buf.WriteString(l.eol)
 		write(lines[hostLine+1:])
@@ -180,7 +185,11 @@ func DBValues(in []byte) map[string]string {
 			continue
 		}
 		if k, at, ok := keyOf(l.text); ok {
-			out[k] = strings.TrimSpace(l.text[at:])
+			v := strings.TrimSpace(l.text[at:])
+			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+				v = v[1 : len(v)-1]
+			}
+			out[k] = v
 		}
 	}
 	return out

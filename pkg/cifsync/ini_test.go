@@ -36,6 +36,9 @@ func onlyHostChanged(in, out []byte, host string) string {
 				if !ok1 || !ok2 || k1 != "host" || k2 != "host" || a[i].text[:at1] != b[i].text[:at2] || a[i].eol != b[i].eol {
 					return "a line other than the host value changed: " + a[i].text + " -> " + b[i].text
 				}
+				if strings.HasSuffix(strings.TrimRight(a[i].text, " \t"), `"`) != strings.HasSuffix(strings.TrimRight(b[i].text, " \t"), `"`) {
+					return "the quoting of the host value changed: " + a[i].text + " -> " + b[i].text
+				}
 			}
 		}
 		if diff > 1 {
@@ -76,6 +79,9 @@ func TestSetDBHostSeed(t *testing.T) {
 	if _, changed, _ := SetDBHost(out, "10.0.1.2"); changed {
 		t.Error("setting the same host again changed the file")
 	}
+	if _, changed, _ := SetDBHost([]byte("[db]\nhost = \"10.0.1.2\"\n"), "10.0.1.2"); changed {
+		t.Error("a quoted host equal to the target counted as a change")
+	}
 }
 
 func TestSetDBHostCases(t *testing.T) {
@@ -98,6 +104,7 @@ func TestSetDBHostCases(t *testing.T) {
 		{"empty file", "", "[db]\nhost = h2\n", false},
 		{"empty host value", "[db]\nhost =\n", "[db]\nhost =h2\n", false},
 		{"header with spaces", "[ db ]\nhost = old\n", "[ db ]\nhost = h2\n", false},
+		{"double quotes kept", "[db]\nhost = \"old\"\n", "[db]\nhost = \"h2\"\n", false},
 		{"two [db] sections refused", "[db]\nhost = a\n[db]\nhost = b\n", "", true},
 		{"two host keys refused", "[db]\nhost = a\nhost = b\n", "", true},
 	}
@@ -130,6 +137,7 @@ func FuzzSetDBHost(f *testing.F) {
 	f.Add("[db]\r\nhost = a\r\n", "b")
 	f.Add("[db]\nhost = a\n[db]\n", "b")
 	f.Add("x = 1", "db2.example.com")
+	f.Add("[db]\nhost = \"a\"  \n", "b")
 	f.Fuzz(func(t *testing.T, in, host string) {
 		orig := []byte(in)
 		copyIn := append([]byte(nil), orig...)
@@ -230,6 +238,19 @@ func TestApplyBadSituations(t *testing.T) {
 		entries, _ := os.ReadDir(dir)
 		if len(entries) != 1 {
 			t.Errorf("temporary file left behind: %d entries", len(entries))
+		}
+	})
+	t.Run("an edit made while rewriting is not overwritten", func(t *testing.T) {
+		_, p := mk(t)
+		read, _ := os.Stat(p)
+		edited := append(append([]byte{}, orig...), []byte("# operator's edit\n")...)
+		os.WriteFile(p, edited, 0o640)
+		out, _, _ := SetDBHost(orig, "10.0.1.2")
+		if err := WriteFile(p, out, "", read); !errors.Is(err, ErrChanged) {
+			t.Fatalf("error %v", err)
+		}
+		if b, _ := os.ReadFile(p); !bytes.Equal(b, edited) {
+			t.Fatal("the operator's edit was overwritten")
 		}
 	})
 	t.Run("two [db] sections", func(t *testing.T) {

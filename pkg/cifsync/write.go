@@ -47,15 +47,33 @@ func ResolvePath(path string, allowOutside bool) (string, error) {
 	return real, nil
 }
 
+// ErrChanged means the file changed on disk while cif-sync was rewriting it
+// (an operator's edit): nothing was written, the next reconcile retries.
+var ErrChanged = errors.New("file changed while being rewritten")
+
 // WriteFile replaces path with data without ever leaving a partial file:
 // it writes a temporary file in the same directory with the original's mode
 // and owner, fsyncs it, copies the previous version to backup (if set),
 // renames the temporary file over path and fsyncs the directory. On any
-// error path is unchanged.
-func WriteFile(path string, data []byte, backup string) error {
+// error path is unchanged. If read (the stat of the file when its contents
+// were read) is given and the file changed since, nothing is written.
+func WriteFile(path string, data []byte, backup string, read ...os.FileInfo) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	unchanged := func() error {
+		if len(read) == 0 || read[0] == nil {
+			return nil
+		}
+		now, err := os.Stat(path)
+		if err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		if now.Size() != read[0].Size() || !now.ModTime().Equal(read[0].ModTime()) {
+			return fmt.Errorf("write %s: %w", path, ErrChanged)
+		}
+		return nil
 	}
 	dir := filepath.Dir(path)
 	tmp, err := createTemp(dir, "."+filepath.Base(path)+".cifha-")
@@ -86,6 +104,9 @@ func WriteFile(path string, data []byte, backup string) error {
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := unchanged(); err != nil {
+		return err
 	}
 	if backup != "" {
 		if err := copyFile(path, backup, fi); err != nil {
@@ -141,6 +162,10 @@ func Apply(path, host, backup string, followSymlinks bool) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	before, err := os.Stat(real)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", real, err)
+	}
 	in, err := readFile(real)
 	if err != nil {
 		return false, fmt.Errorf("read %s: %w", real, err)
@@ -152,5 +177,5 @@ func Apply(path, host, backup string, followSymlinks bool) (bool, error) {
 	if !changed {
 		return false, nil
 	}
-	return true, WriteFile(real, out, backup)
+	return true, WriteFile(real, out, backup, before)
 }
