@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/cifha/cifha/pkg/agent"
 	"github.com/cifha/cifha/pkg/cifsync"
@@ -58,7 +59,12 @@ func runCIFSync(args []string) int {
 	defer cli.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	s := cifsync.New(cfg, cli, log)
+	hc, err := agent.APIClient(cfg.APICAFile, time.Second)
+	if err != nil {
+		log.Error("api client", "error", err)
+		return 2
+	}
+	s := cifsync.New(cfg, cli, log, hc)
 	if *once {
 		if err := s.Reconcile(ctx); err != nil {
 			log.Error("not synced", "error", err)

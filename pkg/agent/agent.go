@@ -102,6 +102,8 @@ type Agent struct {
 	lastStreamed time.Time
 	// streamedTL is the newest timeline seen while streaming (read by /wal).
 	streamedTL atomic.Int64
+	// streamedAt mirrors lastStreamed (unix ns) for /wal.
+	streamedAt atomic.Int64
 	// rewindFailed is the last pg_rewind error and the leader it was for.
 	rewindFailed, rewindFailedFor string
 	// lastLeaderAt is when last-leader was last written by this leader.
@@ -262,6 +264,7 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	o.RecentWindow, o.RemoveOnRewindFailure = a.opt.RecentWindow, a.opt.RemoveOnRewindFailure
 	if o.PG != nil && o.PG.InRecovery && o.PG.WalReceiver == "streaming" {
 		a.lastStreamed = a.now()
+		a.streamedAt.Store(a.lastStreamed.UnixNano())
 		if int64(o.PG.Timeline) > a.streamedTL.Load() {
 			a.streamedTL.Store(int64(o.PG.Timeline))
 		}

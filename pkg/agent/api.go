@@ -71,7 +71,10 @@ func Handler(a *Agent) http.Handler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
-		resp := WALResponse{NoFailover: a.opt.NoFailover, FailoverPriority: a.opt.FailoverPriority, Running: a.opt.PG.Running()}
+		resp := WALResponse{NoFailover: a.opt.NoFailover, FailoverPriority: a.opt.FailoverPriority, Running: a.opt.PG.Running(), StreamedAgoMS: -1}
+		if at := a.streamedAt.Load(); at != 0 {
+			resp.StreamedAgoMS = a.now().Sub(time.Unix(0, at)).Milliseconds()
+		}
 		st, err := a.opt.PG.Status(ctx)
 		if err != nil {
 			// Running but unreadable (busy, starting, timed out) is not
@@ -96,7 +99,10 @@ type WALResponse struct {
 	ReplayLSN        string `json:"replay_lsn"`
 	NoFailover       bool   `json:"nofailover"`
 	FailoverPriority int    `json:"failover_priority"`
-	Error            string `json:"error,omitempty"`
+	// StreamedAgoMS is how long ago this standby last streamed from a
+	// primary, in ms (-1: never since the agent started).
+	StreamedAgoMS int64  `json:"streamed_ago_ms"`
+	Error         string `json:"error,omitempty"`
 }
 
 // HTTPPeers implements Peers over the members' HTTP APIs.
@@ -120,7 +126,11 @@ func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (Candidate, err
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&wr); err != nil {
 		return Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
 	}
-	c := Candidate{Running: wr.Running, InRecovery: wr.InRecovery, NoFailover: wr.NoFailover, FailoverPriority: wr.FailoverPriority, Timeline: wr.Timeline}
+	c := Candidate{Running: wr.Running, InRecovery: wr.InRecovery, NoFailover: wr.NoFailover, FailoverPriority: wr.FailoverPriority,
+		Timeline: wr.Timeline, StreamedAgo: -1}
+	if wr.StreamedAgoMS >= 0 {
+		c.StreamedAgo = time.Duration(wr.StreamedAgoMS) * time.Millisecond
+	}
 	if wr.Error != "" {
 		if wr.Running {
 			// Running but its position could not be read: unknown, not "no candidate".

@@ -3,10 +3,12 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/user"
 	"time"
 
@@ -48,6 +50,25 @@ func EtcdClient(c config.Etcd) (*clientv3.Client, error) {
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
 	return cli, nil
+}
+
+// APIClient is an HTTP client for the agents' APIs, trusting caFile (PEM)
+// in addition to nothing else when it is set, else the system's roots.
+func APIClient(caFile string, timeout time.Duration) (*http.Client, error) {
+	c := &http.Client{Timeout: timeout}
+	if caFile == "" {
+		return c, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("api ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("api ca_file %s: no PEM certificate found", caFile)
+	}
+	c.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	return c, nil
 }
 
 // Run is the whole daemon: it wires etcd, postgres, the loop and the API
@@ -120,6 +141,10 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 
+	peerClient, err := APIClient(cfg.API.CAFile, time.Second)
+	if err != nil {
+		return err
+	}
 	wd, err := NewProcessWatchdog(log.Named("watchdog"))
 	if err != nil {
 		return err
@@ -131,7 +156,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		Log: log.Named("ha"), LoopInterval: cfg.HA.LoopInterval.Duration, StartTimeout: cfg.HA.StartTimeout.Duration,
 		FenceMargin: cfg.HA.FenceMargin.Duration, APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
 		AgentVersion: Version, NoFailover: cfg.Tags.NoFailover, FailoverPriority: cfg.Tags.FailoverPriority,
-		Peers:  HTTPPeers{Client: &http.Client{Timeout: time.Second}},
+		Peers:  HTTPPeers{Client: peerClient},
 		MaxLag: cfg.HA.MaxLagBytes, RecentWindow: 2 * ttl, RemoveOnRewindFailure: cfg.HA.RemoveDataDirectoryOnRewindFailure,
 		LastLeaderEvery: cfg.HA.LoopInterval.Duration,
 		TriggerFile:     triggerFile,

@@ -66,8 +66,10 @@ type Observation struct {
 
 // Candidate is another member's state as its API reported it just now.
 type Candidate struct {
-	Err              string // non-empty: could not be read
-	Timeline         int    // the newest timeline it has streamed on
+	Err      string // non-empty: could not be read
+	Timeline int    // the newest timeline it has streamed on
+	// StreamedAgo is how long ago it last streamed (negative: never).
+	StreamedAgo      time.Duration
 	Running          bool
 	InRecovery       bool
 	ReceiveLSN       pgctl.LSN
@@ -404,8 +406,11 @@ func decideFailover(o Observation) Plan {
 		if !ok || c.Err != "" {
 			return plan(Wait, "no leader; cannot read member %s's WAL position (%s): refusing to promote on incomplete data", name, c.Err)
 		}
-		if !c.Running || !c.InRecovery || c.NoFailover || last.Sub(position(c.ReceiveLSN, c.ReplayLSN)) > o.MaxLag {
-			continue // not a candidate itself
+		if !c.Running || !c.InRecovery || c.NoFailover || last.Sub(position(c.ReceiveLSN, c.ReplayLSN)) > o.MaxLag ||
+			c.StreamedAgo < 0 || c.StreamedAgo > o.RecentWindow {
+			// Not a candidate itself (by the same rules this member applies
+			// to itself), so it must not block the ones that are.
+			continue
 		}
 		other := rank{name: name, tl: c.Timeline, recv: position(c.ReceiveLSN, c.ReplayLSN), replay: c.ReplayLSN, prio: c.FailoverPriority}
 		if ahead(other, me) {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"os"
 	"testing"
 	"time"
 
@@ -78,7 +79,7 @@ func failover(recv pgctl.LSN, opts ...func(*Observation)) Observation {
 func peer(name string, recv pgctl.LSN, prio int, tags ...string) func(*Observation) {
 	return func(o *Observation) {
 		o.Cluster.Members[name] = election.Member{Name: name, Role: "replica", State: "streaming"}
-		c := Candidate{Running: true, InRecovery: true, Timeline: 1, ReceiveLSN: recv, ReplayLSN: recv, FailoverPriority: prio}
+		c := Candidate{Running: true, InRecovery: true, Timeline: 1, ReceiveLSN: recv, ReplayLSN: recv, FailoverPriority: prio, StreamedAgo: time.Second}
 		for _, t := range tags {
 			switch t {
 			case "nofailover":
@@ -87,6 +88,8 @@ func peer(name string, recv pgctl.LSN, prio int, tags ...string) func(*Observati
 				c = Candidate{Err: "connection refused"}
 			case "down":
 				c = Candidate{}
+			case "stale":
+				c.StreamedAgo = time.Minute
 			}
 		}
 		o.Candidates[name] = c
@@ -107,6 +110,7 @@ func TestDecideFailover(t *testing.T) {
 		{"equal positions and priority, name breaks the tie (db1 < db2)", failover(0x1000, peer("db2", 0x1000, 0)), TakeOver},
 		{"better peer is tagged nofailover -> it does not count", failover(0x900, peer("db2", 0x1000, 0, "nofailover")), TakeOver},
 		{"better peer's postgres is down -> it does not count", failover(0x900, peer("db2", 0x1000, 0, "down")), TakeOver},
+		{"better peer has not streamed recently -> not a candidate, no blocker", failover(0x900, peer("db2", 0x1000, 0, "stale")), TakeOver},
 		{"a peer cannot be read -> refuse on incomplete data", failover(0x1000, peer("db2", 0, 0, "unreachable")), Wait},
 		{"this member is tagged nofailover -> wait", failover(0x1000, func(o *Observation) { o.NoFailover = true }), Wait},
 		{"lag beyond maximum_lag_on_failover -> wait", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader.LSN = "0/2000000" }), Wait},
@@ -239,5 +243,19 @@ func TestDecide(t *testing.T) {
 				t.Error("Decide changed its input")
 			}
 		})
+	}
+}
+
+func TestAPIClientCAFile(t *testing.T) {
+	if c, err := APIClient("", time.Second); err != nil || c.Transport != nil {
+		t.Fatalf("default client: %v", err)
+	}
+	if _, err := APIClient("/nonexistent/ca.crt", time.Second); err == nil {
+		t.Fatal("missing ca_file accepted")
+	}
+	bad := t.TempDir() + "/ca.crt"
+	os.WriteFile(bad, []byte("not a certificate"), 0o600)
+	if _, err := APIClient(bad, time.Second); err == nil {
+		t.Fatal("ca_file without PEM accepted")
 	}
 }

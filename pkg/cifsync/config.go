@@ -27,6 +27,9 @@ type Config struct {
 	// name); default: the host part of the member's connect address.
 	Hosts map[string]string `toml:"hosts"`
 	Etcd  config.Etcd       `toml:"etcd"`
+	// APICAFile verifies the agents' APIs (GET /primary) when they use TLS
+	// with a private CA.
+	APICAFile string `toml:"api_ca_file"`
 	// PostChange runs after every change of the file.
 	PostChange struct {
 		Command []string        `toml:"command"`

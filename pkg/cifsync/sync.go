@@ -45,10 +45,15 @@ type Syncer struct {
 
 type change struct{ host, leader string }
 
-// New returns a Syncer; Run starts it.
-func New(cfg *Config, cli *clientv3.Client, log hclog.Logger) *Syncer {
+// New returns a Syncer; Run starts it. hc talks to the agents' APIs (nil:
+// a plain client with a 1 s timeout).
+func New(cfg *Config, cli *clientv3.Client, log hclog.Logger, hc ...*http.Client) *Syncer {
+	client := &http.Client{Timeout: time.Second}
+	if len(hc) > 0 && hc[0] != nil {
+		client = hc[0]
+	}
 	return &Syncer{cfg: cfg, cli: cli, keys: election.KeysFor(cfg.Cluster), log: log,
-		hc: &http.Client{Timeout: time.Second}, now: time.Now, pending: make(chan change, 1)}
+		hc: client, now: time.Now, pending: make(chan change, 1)}
 }
 
 // Stats returns a copy of the current statistics.

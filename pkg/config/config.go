@@ -59,6 +59,9 @@ type API struct {
 	// CertFile and KeyFile enable TLS on the API when both are set.
 	CertFile string `toml:"cert_file"`
 	KeyFile  string `toml:"key_file"`
+	// CAFile verifies the other members' APIs when they use TLS with a
+	// private CA (default: the system's roots).
+	CAFile string `toml:"ca_file"`
 }
 
 // Etcd configures the connection to the etcd cluster holding the leader lease.
