@@ -2,8 +2,11 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -343,4 +346,72 @@ func TestStatusAPIAndGarbage(t *testing.T) {
 			t.Errorf("status does not list the ignored key:\n%s", out)
 		}
 	})
+}
+
+// TestPauseAndResume: `cifhactl pause` (through the token-protected control
+// API): a killed postmaster is not restarted and no standby is promoted,
+// status says PAUSED; `resume`: the agent restarts it. No token or a wrong
+// one: 401 and nothing changes.
+func TestPauseAndResume(t *testing.T) {
+	var tokenFile string
+	c := newCluster(t, 3, func(o *cluster.Options) {
+		tokenFile = filepath.Join(o.Root, "secrets", "api.token")
+		o.APIToken = "s3cret-token"
+	})
+	p := waitHealthy(t, c, 60*time.Second)
+	ctx := ctxT(t, time.Minute)
+	wrong := filepath.Join(t.TempDir(), "wrong")
+	os.WriteFile(wrong, []byte("nope"), 0o600)
+	if out, code := cifhactl(t, c, "--token-file", wrong, "pause"); code == 0 || !strings.Contains(out, "401") {
+		t.Fatalf("wrong token: exit %d: %s", code, out)
+	}
+	if code, _, _ := postNoAuth(ctx, p.APIURL+"/pause"); code != 401 {
+		t.Fatalf("no token: %d", code)
+	}
+	if st, _ := statusJSON(t, c); st.Paused {
+		t.Fatal("paused by a refused request")
+	}
+	if out, code := cifhactl(t, c, "--token-file", tokenFile, "pause"); code != 0 {
+		t.Fatalf("pause: exit %d: %s", code, out)
+	}
+	testutil.Eventually(t, 10*time.Second, "status shows PAUSED", func() error {
+		out, _ := cifhactl(t, c, "status")
+		if !strings.Contains(out, "PAUSED") {
+			return fmt.Errorf("status:\n%s", out)
+		}
+		return nil
+	})
+	pm := p.PostmasterPID()
+	stopWatch := watchPrimaries(t, c)
+	syscall.Kill(pm, syscall.SIGKILL)
+	testutil.Eventually(t, 10*time.Second, "postmaster gone", func() error {
+		if p.PostmasterPID() != 0 {
+			return fmt.Errorf("still there")
+		}
+		return nil
+	})
+	time.Sleep(2 * c.Opt.TTL) // a window in which, unpaused, it would have been restarted
+	if p.PostmasterPID() != 0 {
+		t.Fatal("postmaster restarted while paused")
+	}
+	if seen := stopWatch(); len(seen) > 1 || (len(seen) == 1 && !seen[p.Name]) {
+		t.Fatalf("failover while paused: %v", seen)
+	}
+	if out, code := cifhactl(t, c, "--token-file", tokenFile, "resume"); code != 0 {
+		t.Fatalf("resume: exit %d: %s", code, out)
+	}
+	if got := waitHealthy(t, c, 30*time.Second); got != p {
+		t.Fatalf("primary after resume is %s", got.Name)
+	}
+}
+
+func postNoAuth(ctx context.Context, url string) (int, []byte, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, nil
 }

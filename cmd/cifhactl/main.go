@@ -34,9 +34,16 @@ type exitError struct {
 	err  error
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
 
 type globals struct {
+	tokenFile  string
+	api        clientConfig
 	configPath string
 	endpoints  []string
 	cluster    string
@@ -47,7 +54,11 @@ type globals struct {
 // so an operator's copy need not include the agent's secrets.
 type clientConfig struct {
 	Cluster string `toml:"cluster"`
-	Etcd    struct {
+	API     struct {
+		TokenFile string `toml:"token_file"`
+		CAFile    string `toml:"ca_file"`
+	} `toml:"api"`
+	Etcd struct {
 		Endpoints    []string        `toml:"endpoints"`
 		DialTimeout  config.Duration `toml:"dial_timeout"`
 		Username     string          `toml:"username"`
@@ -85,6 +96,7 @@ func (g *globals) etcdConfig(explicitConfig bool) (config.Etcd, string, error) {
 	if e.DialTimeout.Duration == 0 {
 		e.DialTimeout.Duration = 2 * time.Second
 	}
+	g.api = cc
 	if cc.Etcd.PasswordFile != "" {
 		b, err := os.ReadFile(cc.Etcd.PasswordFile)
 		if err != nil {
@@ -102,7 +114,7 @@ func main() {
 	if err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {
-			if ee.err != nil && ee.code != exitUnhealthy {
+			if ee.err != nil {
 				fmt.Fprintln(os.Stderr, "cifhactl:", ee.err)
 			}
 			os.Exit(ee.code)
@@ -131,7 +143,9 @@ Exit status:
 	root.PersistentFlags().StringSliceVar(&g.endpoints, "endpoints", nil, "etcd endpoints (override the config)")
 	root.PersistentFlags().StringVar(&g.cluster, "cluster", "", "cluster name (overrides the config)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 3*time.Second, "overall timeout")
-	root.AddCommand(statusCmd(g), historyCmd(g))
+	root.PersistentFlags().StringVar(&g.tokenFile, "token-file", "", "file holding the agents' API token (default: api.token_file of the config)")
+	root.AddCommand(statusCmd(g), historyCmd(g), controlCmd(g, "pause", "Maintenance mode: agents keep reporting but take no automatic action (no failover, no restart)"),
+		controlCmd(g, "resume", "Leave maintenance mode"))
 	return root
 }
 
@@ -215,11 +229,82 @@ func statusCmd(g *globals) *cobra.Command {
 				ctl.RenderTable(cmd.OutOrStdout(), st)
 			}
 			if !st.Healthy() {
-				return &exitError{exitUnhealthy, errors.New(strings.Join(st.Problems, "; "))}
+				return &exitError{exitUnhealthy, nil} // the problems are in the output already
 			}
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// controlCmd posts an action to the leader's agent API (any member's if
+// there is no leader) and prints its answer as is.
+func controlCmd(g *globals, action, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   action,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cli, cluster, err := g.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			tokenFile := g.tokenFile
+			if tokenFile == "" {
+				tokenFile = g.api.API.TokenFile
+			}
+			if tokenFile == "" {
+				return &exitError{exitUsage, errors.New("no API token: pass --token-file or set api.token_file in the config")}
+			}
+			tok, err := os.ReadFile(tokenFile)
+			if err != nil {
+				return &exitError{exitUsage, fmt.Errorf("token file: %w", err)}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			keys := election.KeysFor(cluster)
+			resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithPrefix())
+			if err != nil {
+				return &exitError{exitUsage, fmt.Errorf("read cluster: %w", err)}
+			}
+			c := election.ParseCluster(keys, resp.Header.Revision, resp.Kvs)
+			var urls []string
+			if l := c.Leader; l != nil && l.Valid {
+				if m, ok := c.Members[l.Name]; ok {
+					urls = append(urls, m.APIURL)
+				}
+			}
+			for _, m := range c.Members {
+				urls = append(urls, m.APIURL)
+			}
+			if len(urls) == 0 {
+				return &exitError{exitUnhealthy, errors.New("no member has published an API address")}
+			}
+			hc, err := agent.APIClient(g.api.API.CAFile, 3*time.Second)
+			if err != nil {
+				return &exitError{exitUsage, err}
+			}
+			var lastErr error
+			for _, u := range urls {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(u, "/")+"/"+action, nil)
+				req.Header.Set("Authorization", "Bearer "+strings.TrimRight(string(tok), "\r\n"))
+				r, err := hc.Do(req)
+				if err != nil {
+					lastErr = err
+					continue
+				}
+				var cr agent.ControlResponse
+				_ = json.NewDecoder(r.Body).Decode(&cr)
+				r.Body.Close()
+				if r.StatusCode != http.StatusOK {
+					return &exitError{exitUnhealthy, fmt.Errorf("%s refused (%d): %s", action, r.StatusCode, cr.Message)}
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), cr.Message)
+				return nil
+			}
+			return &exitError{exitUnhealthy, fmt.Errorf("no agent answered: %v", lastErr)}
+		},
+	}
 }

@@ -46,6 +46,9 @@ type Options struct {
 	// EtcdProxies puts a cuttable proxy between each node and etcd (the
 	// first endpoint), for partition tests.
 	EtcdProxies bool
+	// APIToken, when set, is written to secrets/api.token and configured as
+	// every agent's api.token_file (enables the control API).
+	APIToken string
 	// HBA replaces the default pg_hba lines for clients (scram from 127/8).
 	HBA []string
 	// NoStart is read by test helpers: prepare the cluster but start no node.
@@ -102,7 +105,11 @@ func New(opt Options) (*Cluster, error) {
 	if err := c.mkdir(secrets); err != nil {
 		return nil, err
 	}
-	for f, pw := range map[string]string{"superuser.password": opt.SuperuserPassword, "replication.password": "repl-" + opt.SuperuserPassword} {
+	files := map[string]string{"superuser.password": opt.SuperuserPassword, "replication.password": "repl-" + opt.SuperuserPassword}
+	if opt.APIToken != "" {
+		files["api.token"] = opt.APIToken
+	}
+	for f, pw := range files {
 		if err := c.writeFile(filepath.Join(secrets, f), pw+"\n"); err != nil {
 			return nil, err
 		}
@@ -137,6 +144,10 @@ func New(opt Options) (*Cluster, error) {
 }
 
 func (c *Cluster) config(n *Node, secrets string, endpoints []string) string {
+	tokenLine := ""
+	if c.Opt.APIToken != "" {
+		tokenLine = fmt.Sprintf("token_file = %q\n", filepath.Join(secrets, "api.token"))
+	}
 	hba := c.Opt.HBA
 	if len(hba) == 0 {
 		hba = []string{"host all all 127.0.0.0/8 scram-sha-256"}
@@ -153,7 +164,7 @@ name = %q
 
 [api]
 listen = "%s:8008"
-
+%s
 [etcd]
 endpoints = [%s]
 dial_timeout = "1s"
@@ -179,7 +190,7 @@ start_timeout = "10s"
 %s
 [log]
 level = "debug"
-`, c.Opt.Cluster, n.Name, n.Addr, q(endpoints), n.DataDir, n.Addr, n.Dir,
+`, c.Opt.Cluster, n.Name, n.Addr, tokenLine, q(endpoints), n.DataDir, n.Addr, n.Dir,
 		filepath.Join(secrets, "superuser.password"), filepath.Join(secrets, "replication.password"),
 		q(hba), c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra, c.Opt.NodeExtra[n.Name])
 }

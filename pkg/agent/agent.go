@@ -59,6 +59,15 @@ type Options struct {
 	// Watchdog, when set, is fed the fence deadline so that a separate
 	// process stops postgres if this agent stops running (SIGSTOP, hang).
 	Watchdog Watchdog
+	// Control carries out the control API's cluster-wide actions.
+	Control Control
+	// Token is the bearer token the control API requires ("" disables it).
+	Token string
+}
+
+// Control is what the control API changes in etcd.
+type Control interface {
+	SetPause(ctx context.Context, on bool, by string) error
 }
 
 // Snapshot is what the agent last saw and decided; the API serves it.

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -62,6 +63,8 @@ func Handler(a *Agent) http.Handler {
 	}))
 	mux.HandleFunc("/replica", check(func(s *Snapshot, _ time.Time) bool { return s.Running && s.Streaming && a.opt.PG.Running() }))
 	mux.HandleFunc("/status", check(func(s *Snapshot, _ time.Time) bool { return true }))
+	mux.HandleFunc("/pause", a.control(func(ctx context.Context) error { return a.opt.Control.SetPause(ctx, true, a.opt.Name) }, "cluster paused"))
+	mux.HandleFunc("/resume", a.control(func(ctx context.Context) error { return a.opt.Control.SetPause(ctx, false, a.opt.Name) }, "cluster resumed"))
 	// /wal reads postgres now (not the last snapshot): failover candidates
 	// compare their positions with it once the leader is gone.
 	mux.HandleFunc("/wal", func(w http.ResponseWriter, r *http.Request) {
@@ -174,4 +177,40 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
+}
+
+// ControlResponse is the body of every control endpoint's answer.
+type ControlResponse struct {
+	OK      bool   `json:"ok"`
+	Message string `json:"message"`
+}
+
+// control wraps an action endpoint: POST only, bearer-token authentication
+// (constant-time compare), a bounded context, and a JSON answer whose
+// message the CLI prints as is.
+func (a *Agent) control(do func(ctx context.Context) error, done string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			writeJSON(w, http.StatusMethodNotAllowed, ControlResponse{Message: "use POST"})
+			return
+		}
+		if a.opt.Token == "" || a.opt.Control == nil {
+			writeJSON(w, http.StatusForbidden, ControlResponse{Message: "control API disabled: set api.token_file on this member"})
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.opt.Token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="cifha"`)
+			writeJSON(w, http.StatusUnauthorized, ControlResponse{Message: "missing or wrong token"})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := do(ctx); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, ControlResponse{Message: err.Error()})
+			return
+		}
+		a.log.Info("control", "action", r.URL.Path, "from", r.RemoteAddr)
+		writeJSON(w, http.StatusOK, ControlResponse{OK: true, Message: done})
+	}
 }

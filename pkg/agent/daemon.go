@@ -163,6 +163,8 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		Hooks: Hooks{OnStart: cfg.Callbacks.OnStart, OnStop: cfg.Callbacks.OnStop, OnRoleChange: cfg.Callbacks.OnRoleChange,
 			Timeout: cfg.Callbacks.Timeout.Duration, Cluster: cfg.Cluster},
 		Watchdog: wd,
+		Control:  store,
+		Token:    cfg.API.Token,
 	})
 
 	ln, err := net.Listen("tcp", cfg.API.Listen)

@@ -228,6 +228,12 @@ func Decide(o Observation) Plan {
 	if o.ForeignPID != 0 {
 		return plan(StopForeign, "postmaster %d was not started by cifha; stopping it to take control", o.ForeignPID)
 	}
+	if o.DCSErr == nil && o.Cluster.Paused {
+		// Maintenance mode: report, but take no automatic action (no
+		// failover, no restart, no rejoin). Fencing above still applies:
+		// a primary that lost its lease must stop accepting writes.
+		return plan(Wait, "cluster paused (maintenance mode): no automatic action")
+	}
 	if o.DCSErr != nil {
 		if o.primaryLike() {
 			return plan(Wait, "etcd unreachable (%v); primary keeps running until the fence margin before its lease deadline", o.DCSErr)

@@ -218,6 +218,11 @@ func TestDecide(t *testing.T) {
 		}), Fence, ""},
 		{"running, state unknown, lease valid -> wait, not healthy", obs(holds, func(o *Observation) { o.Running, o.PGErr = true, errors.New("timeout") }), Wait, ""},
 
+		// Maintenance mode.
+		{"paused: crashed leader is not restarted", obs(holds, func(o *Observation) { o.Cluster.Paused = true }), Wait, ""},
+		{"paused: no failover", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, lastLeader("db2", 1), func(o *Observation) { o.Cluster.Paused = true }), Wait, ""},
+		{"paused: a leader past its lease is still fenced", obs(holds, runningPrimary, at(2500*time.Millisecond), func(o *Observation) { o.Cluster.Paused = true }), Fence, ""},
+
 		// Running standby.
 		{"streaming standby of the leader -> nothing", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, leaderKey("db2"), db2), None, ""},
 		{"standby following an old address -> follow the leader", obs(standbyFiles("db3 10.0.1.3:5432"), runningStandby, leaderKey("db2"), db2), Follow, "db2"},

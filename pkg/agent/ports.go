@@ -74,4 +74,5 @@ type Peers interface {
 }
 
 var _ DCS = (*election.Store)(nil)
+var _ Control = (*election.Store)(nil)
 var _ Postgres = (*PG)(nil)

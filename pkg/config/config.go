@@ -62,6 +62,12 @@ type API struct {
 	// CAFile verifies the other members' APIs when they use TLS with a
 	// private CA (default: the system's roots).
 	CAFile string `toml:"ca_file"`
+	// TokenFile holds the bearer token that the control endpoints (POST
+	// /pause, /resume) require; without it they are disabled.
+	TokenFile string `toml:"token_file"`
+
+	// Token is read from TokenFile by Load; never logged.
+	Token string `toml:"-"`
 }
 
 // Etcd configures the connection to the etcd cluster holding the leader lease.
@@ -604,6 +610,7 @@ func (c *Config) readSecrets() []*FieldError {
 		*dst = s
 	}
 	read("etcd.password_file", c.Etcd.PasswordFile, &c.Etcd.Password)
+	read("api.token_file", c.API.TokenFile, &c.API.Token)
 	read("postgres.superuser_password_file", c.Postgres.SuperuserPasswordFile, &c.Postgres.SuperuserPassword)
 	read("postgres.replication_password_file", c.Postgres.ReplicationPasswordFile, &c.Postgres.ReplicationPassword)
 	return errs

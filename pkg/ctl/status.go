@@ -42,6 +42,8 @@ type ClusterStatus struct {
 	Problems []string `json:"problems,omitempty"`
 	// Invalid are keys in etcd that hold garbage.
 	Invalid map[string]string `json:"invalid_keys,omitempty"`
+	// Paused is maintenance mode: no automatic action.
+	Paused bool `json:"paused"`
 }
 
 // Healthy reports whether there is a leader and every member answered.
@@ -61,7 +63,7 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 		return ClusterStatus{}, fmt.Errorf("read cluster %q from etcd: %w", cluster, err)
 	}
 	c := election.ParseCluster(keys, resp.Header.Revision, resp.Kvs)
-	out := ClusterStatus{Cluster: cluster, Invalid: c.Invalid}
+	out := ClusterStatus{Cluster: cluster, Invalid: c.Invalid, Paused: c.Paused}
 	if l := c.Leader; l != nil && l.Valid {
 		out.Leader = l.Name
 	}
@@ -218,6 +220,9 @@ func RenderTable(w io.Writer, s ClusterStatus) {
 		sep += strings.Repeat("-", wd+2) + "+"
 	}
 	title := fmt.Sprintf("+ Cluster: %s ", s.Cluster)
+	if s.Paused {
+		title = fmt.Sprintf("+ Cluster: %s (PAUSED: maintenance mode, no automatic failover or restart) ", s.Cluster)
+	}
 	if len(title) < len(sep) {
 		title += sep[len(title):]
 	}

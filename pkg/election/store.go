@@ -24,6 +24,9 @@ func (k Keys) Leader() string { return k.Prefix + "leader" }
 // Initialize is the key naming the member that bootstraps the cluster.
 func (k Keys) Initialize() string { return k.Prefix + "initialize" }
 
+// Pause is the maintenance-mode key; present means paused.
+func (k Keys) Pause() string { return k.Prefix + "pause" }
+
 // LastLeader is the record of the latest leadership.
 func (k Keys) LastLeader() string { return k.Prefix + "last-leader" }
 
@@ -92,6 +95,9 @@ func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
 				c.Invalid[k] = fmt.Sprintf("initialize key holds %q, not a member name", truncate(v))
 				c.Initialize = "?" // claimed, but by nobody we know: do not initdb again
 			}
+		case k == keys.Pause():
+			// Any value pauses: an unreadable pause key is not "not paused".
+			c.Paused = true
 		case k == keys.LastLeader():
 			var ll LastLeader
 			if err := json.Unmarshal(kv.Value, &ll); err != nil || !ValidName(ll.Name) {
@@ -378,4 +384,21 @@ func ReadHistory(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Histor
 		out = append(out, r)
 	}
 	return out, bad, nil
+}
+
+// SetPause turns maintenance mode on or off for the whole cluster.
+func (s *Store) SetPause(ctx context.Context, on bool, by string) error {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	var err error
+	if on {
+		b, _ := json.Marshal(map[string]any{"by": by, "at": time.Now().UTC()})
+		_, err = s.cli.Put(ctx, s.keys.Pause(), string(b))
+	} else {
+		_, err = s.cli.Delete(ctx, s.keys.Pause())
+	}
+	if err != nil {
+		return fmt.Errorf("set pause=%v: %w", on, err)
+	}
+	return nil
 }

@@ -75,6 +75,9 @@ type Cluster struct {
 	// Invalid lists keys whose contents could not be parsed, with why. They
 	// are ignored, never trusted.
 	Invalid map[string]string
+	// Paused is set by `cifhactl pause` (maintenance mode): agents keep
+	// reporting but take no automatic action.
+	Paused bool
 }
 
 var memberNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
