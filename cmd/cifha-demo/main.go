@@ -43,6 +43,7 @@ func run() int {
 			fmt.Println("files kept in", root)
 		} else {
 			os.RemoveAll(root)
+			fmt.Println("==> removed", root)
 		}
 	}()
 	if os.Geteuid() == 0 {
@@ -133,7 +134,8 @@ func run() int {
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	_ = cmd.Run()
 	fmt.Printf(`
-Things to try (in another terminal):
+Things to try (in another terminal; after a failover the primary's address
+changes: run status again):
 
   %[1]s -c %[2]s status          # the table above; add --json
   curl -s -o /dev/null -w '%%{http_code}\n' http://%[3]s:8008/primary   # 200 on the primary, 503 elsewhere
@@ -143,13 +145,43 @@ Things to try (in another terminal):
   kill -9 $(head -1 %[4]s/postmaster.pid)   # crash the primary's postgres: cifha restarts it in place
   kill -9 %[7]d    # kill the leader's agent: its postgres dies with it, a standby takes over in ~10 s
   %[1]s -c %[2]s history
+  # the demo restarts a dead agent after 15 s, as systemd would: the old
+  # leader then rejoins as a standby with pg_rewind (watch status)
   tail -f %[5]s/db*/cifha.log
 
 Files: %[5]s (removed on exit). Press Ctrl-C to stop everything.
 `, ctl, ctlConf, primary.Addr, primary.DataDir, root, standby.Addr, primary.PID())
-	<-ctx.Done()
-	fmt.Println()
-	return 0
+	// Like systemd's Restart=always (but after 15 s, so that a failover is
+	// visible first): an agent that died is started again.
+	deadSince := map[string]time.Time{}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Println()
+			return 0
+		case <-tick.C:
+		}
+		for _, n := range c.Nodes {
+			if n.Running() {
+				delete(deadSince, n.Name)
+				continue
+			}
+			if _, ok := deadSince[n.Name]; !ok {
+				deadSince[n.Name] = time.Now()
+				step("agent %s exited; restarting it in 15 s", n.Name)
+				continue
+			}
+			if time.Since(deadSince[n.Name]) > 15*time.Second {
+				step("restarting agent %s", n.Name)
+				if err := n.Start(); err != nil {
+					fmt.Fprintln(os.Stderr, "cifha-demo:", err)
+				}
+				delete(deadSince, n.Name)
+			}
+		}
+	}
 }
 
 func step(format string, args ...any) {
