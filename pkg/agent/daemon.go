@@ -123,6 +123,11 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
 	pg.TriggerFile = triggerFile
 
+	if removed, err := pgctl.CleanTemp(pc.DataDir); err != nil {
+		log.Warn("clean up interrupted clone", "error", err)
+	} else if len(removed) > 0 {
+		log.Info("removed directories of an interrupted initdb or clone", "paths", removed)
+	}
 	cli, err := EtcdClient(cfg.Etcd)
 	if err != nil {
 		return err

@@ -296,3 +296,25 @@ func TestSCRAMVerifier(t *testing.T) {
 }
 
 func md5hex(s string) string { h := md5.Sum([]byte(s)); return hex.EncodeToString(h[:]) }
+
+func TestCleanTemp(t *testing.T) {
+	root := t.TempDir()
+	data := filepath.Join(root, "main")
+	os.MkdirAll(data, 0o700)
+	os.WriteFile(filepath.Join(data, "PG_VERSION"), []byte("15"), 0o600)
+	stale, _ := os.MkdirTemp(root, "main.cifha-new-")
+	os.WriteFile(filepath.Join(stale, "base"), []byte("partial"), 0o600)
+	old := filepath.Join(root, "main.cifha-old-20260101T000000Z") // moved aside: kept
+	os.MkdirAll(old, 0o700)
+	other := filepath.Join(root, "mainx.cifha-new-1") // another data dir's: kept
+	os.MkdirAll(other, 0o700)
+	removed, err := CleanTemp(data)
+	if err != nil || len(removed) != 1 || removed[0] != stale {
+		t.Fatalf("removed %v, %v", removed, err)
+	}
+	for _, keep := range []string{data, old, other} {
+		if _, err := os.Stat(keep); err != nil {
+			t.Errorf("%s removed", keep)
+		}
+	}
+}

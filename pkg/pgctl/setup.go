@@ -160,3 +160,28 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 	}
 	return nil
 }
+
+// CleanTemp removes temporary data directories (<data_dir>.cifha-new-*)
+// left by an initdb or clone that was interrupted (agent killed, host
+// lost). They are partial copies that were never moved into place, so
+// they are never the only copy of anything. Call it before the agent's
+// loop starts: nothing else creates them then. It returns what it removed.
+func CleanTemp(dataDir string) ([]string, error) {
+	pattern := filepath.Clean(dataDir) + ".cifha-new-*"
+	matches, err := filepath.Glob(pattern)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, m := range matches {
+		fi, err := os.Lstat(m)
+		if err != nil || !fi.IsDir() {
+			continue
+		}
+		if err := os.RemoveAll(m); err != nil {
+			return removed, fmt.Errorf("remove stale %s: %w", m, err)
+		}
+		removed = append(removed, m)
+	}
+	return removed, nil
+}
