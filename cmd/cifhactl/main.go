@@ -184,9 +184,7 @@ func historyCmd(g *globals) *cobra.Command {
 				if recs == nil {
 					recs = []election.HistoryRecord{}
 				}
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(recs)
+				return printJSON(cmd, recs)
 			}
 			ctl.RenderHistory(cmd.OutOrStdout(), recs)
 			if bad > 0 {
@@ -220,9 +218,7 @@ func statusCmd(g *globals) *cobra.Command {
 				return &exitError{exitUsage, err}
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(st); err != nil {
+				if err := printJSON(cmd, st); err != nil {
 					return err
 				}
 			} else {
@@ -307,4 +303,11 @@ func controlCmd(g *globals, action, short string) *cobra.Command {
 			return &exitError{exitUnhealthy, fmt.Errorf("no agent answered: %v", lastErr)}
 		},
 	}
+}
+
+// printJSON writes v as indented JSON to the command's output.
+func printJSON(cmd *cobra.Command, v any) error {
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

@@ -85,22 +85,18 @@ func (p *Proxy) accept() {
 }
 
 // Cut drops every connection and black-holes new ones.
-func (p *Proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
-}
+func (p *Proxy) Cut() { p.setCut(true) }
 
 // Restore forwards again; connections accepted while cut are closed so
 // their clients reconnect.
-func (p *Proxy) Restore() {
+func (p *Proxy) Restore() { p.setCut(false) }
+
+// setCut switches the mode and drops every tracked connection: when
+// cutting, the live ones; when restoring, the black-holed ones.
+func (p *Proxy) setCut(cut bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut = false
+	p.cut = cut
 	for c := range p.conns {
 		c.Close()
 		delete(p.conns, c)
