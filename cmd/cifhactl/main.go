@@ -212,7 +212,12 @@ func statusCmd(g *globals) *cobra.Command {
 			defer cli.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
 			defer cancel()
-			hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+			// The same client as every other API caller (honours api.ca_file);
+			// ctl.Status bounds each request itself.
+			hc, err := agent.APIClient(g.api.API.CAFile, 0)
+			if err != nil {
+				return &exitError{exitUsage, err}
+			}
 			st, err := ctl.Status(ctx, cli, cluster, hc, 500*time.Millisecond)
 			if err != nil {
 				return &exitError{exitUsage, err}
