@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -144,8 +143,10 @@ Exit status:
 	root.PersistentFlags().StringVar(&g.cluster, "cluster", "", "cluster name (overrides the config)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 3*time.Second, "overall timeout")
 	root.PersistentFlags().StringVar(&g.tokenFile, "token-file", "", "file holding the agents' API token (default: api.token_file of the config)")
-	root.AddCommand(statusCmd(g), historyCmd(g), controlCmd(g, "pause", "Maintenance mode: agents keep reporting but take no automatic action (no failover, no restart)"),
-		controlCmd(g, "resume", "Leave maintenance mode"))
+	root.AddCommand(statusCmd(g), historyCmd(g),
+		simpleCmd(g, "pause", "Maintenance mode: agents keep reporting but take no automatic action (no failover, no restart)"),
+		simpleCmd(g, "resume", "Leave maintenance mode"),
+		switchoverCmd(g), failoverCmd(g))
 	return root
 }
 
@@ -237,77 +238,6 @@ func statusCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
-}
-
-// controlCmd posts an action to the leader's agent API (any member's if
-// there is no leader) and prints its answer as is.
-func controlCmd(g *globals, action, short string) *cobra.Command {
-	return &cobra.Command{
-		Use:   action,
-		Short: short,
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cli, cluster, err := g.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer cli.Close()
-			tokenFile := g.tokenFile
-			if tokenFile == "" {
-				tokenFile = g.api.API.TokenFile
-			}
-			if tokenFile == "" {
-				return &exitError{exitUsage, errors.New("no API token: pass --token-file or set api.token_file in the config")}
-			}
-			tok, err := os.ReadFile(tokenFile)
-			if err != nil {
-				return &exitError{exitUsage, fmt.Errorf("token file: %w", err)}
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			defer cancel()
-			keys := election.KeysFor(cluster)
-			resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithPrefix())
-			if err != nil {
-				return &exitError{exitUsage, fmt.Errorf("read cluster: %w", err)}
-			}
-			c := election.ParseCluster(keys, resp.Header.Revision, resp.Kvs)
-			var urls []string
-			if l := c.Leader; l != nil && l.Valid {
-				if m, ok := c.Members[l.Name]; ok {
-					urls = append(urls, m.APIURL)
-				}
-			}
-			for _, m := range c.Members {
-				urls = append(urls, m.APIURL)
-			}
-			if len(urls) == 0 {
-				return &exitError{exitUnhealthy, errors.New("no member has published an API address")}
-			}
-			hc, err := agent.APIClient(g.api.API.CAFile, 3*time.Second)
-			if err != nil {
-				return &exitError{exitUsage, err}
-			}
-			var lastErr error
-			for _, u := range urls {
-				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(u, "/")+"/"+action, nil)
-				req.Header.Set("Authorization", "Bearer "+strings.TrimRight(string(tok), "\r\n"))
-				r, err := hc.Do(req)
-				if err != nil {
-					lastErr = err
-					continue
-				}
-				var cr agent.ControlResponse
-				_ = json.NewDecoder(r.Body).Decode(&cr)
-				r.Body.Close()
-				if r.StatusCode != http.StatusOK {
-					return &exitError{exitUnhealthy, fmt.Errorf("%s refused (%d): %s", action, r.StatusCode, cr.Message)}
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), cr.Message)
-				return nil
-			}
-			return &exitError{exitUnhealthy, fmt.Errorf("no agent answered: %v", lastErr)}
-		},
-	}
 }
 
 // printJSON writes v as indented JSON to the command's output.

@@ -63,11 +63,9 @@ type Options struct {
 	Control Control
 	// Token is the bearer token the control API requires ("" disables it).
 	Token string
-}
-
-// Control is what the control API changes in etcd.
-type Control interface {
-	SetPause(ctx context.Context, on bool, by string) error
+	// SwitchoverTimeout bounds each wait of a planned switchover (the
+	// candidate's replay, then its promotion).
+	SwitchoverTimeout time.Duration
 }
 
 // Snapshot is what the agent last saw and decided; the API serves it.
@@ -121,6 +119,8 @@ type Agent struct {
 	pendingHistory *election.HistoryRecord
 	hooks          *hookRunner
 	hookSt         hookState
+	// switchW are the API requests waiting for a switchover's outcome.
+	switchW switchWaiters
 }
 
 // New returns an Agent; it does nothing until Run.
@@ -133,6 +133,9 @@ func New(opt Options) *Agent {
 	}
 	if opt.StopTimeout == 0 {
 		opt.StopTimeout = 10 * time.Second
+	}
+	if opt.SwitchoverTimeout == 0 {
+		opt.SwitchoverTimeout = 30 * time.Second
 	}
 	a := &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}}
 	a.fence = &fencer{a: a, armedCh: make(chan struct{}, 1)}
@@ -435,8 +438,27 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		return a.start(ctx)
 
 	case Promote:
+		if ll := o.Cluster.LastLeader; ll != nil && ll.Name == o.Self && ll.From != "" && a.pendingHistory == nil {
+			a.pendingHistory = &election.HistoryRecord{At: o.Now.UTC(), OldLeader: ll.From, NewLeader: o.Self, LSN: ll.LSN,
+				Reason: fmt.Sprintf("planned switchover from %s", ll.From)}
+		}
+		a.roleOK = false
+		if err := a.announcePromotion(ctx, o, p); err != nil {
+			return err
+		}
 		a.madeWritable(o.Lease)
 		return a.promote(ctx)
+
+	case Switchover:
+		return a.switchover(ctx, o, p)
+
+	case ClearRequest:
+		a.log.Info("clearing request", "reason", p.Reason)
+		if sw := o.Cluster.Switchover; sw != nil {
+			a.switchW.report(sw.ID, switchResult{Message: p.Reason})
+			return dcs.ClearSwitchover(ctx, sw.ModRev)
+		}
+		return nil
 
 	case TakeOver:
 		prev := ""
@@ -449,6 +471,9 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 			return err
 		}
 		a.log.Info("took the leader key; promoting", "previous_leader", prev, "received_lsn", lsn.String())
+		if err := a.announcePromotion(ctx, o, p); err != nil {
+			return err
+		}
 		a.madeWritable(lease)
 		a.roleOK = false
 		a.pendingHistory = &election.HistoryRecord{At: o.Now.UTC(), OldLeader: prev, NewLeader: o.Self, LSN: lsn.String(), Reason: p.Reason}
@@ -627,6 +652,12 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o Observation) {
 			a.pendingHistory = nil
 		}
 	}
+	if f := o.Cluster.Failover; f != nil {
+		// A manual failover request is done once a leader serves.
+		if err := a.opt.DCS.ClearFailover(ctx, f.ModRev); err != nil {
+			a.log.Warn("clear failover request", "error", err)
+		}
+	}
 	// Republish the WAL position regularly: the failover lag gate compares
 	// candidates with the last position the leader published.
 	ll := o.Cluster.LastLeader
@@ -769,12 +800,25 @@ func (a *Agent) publish(ctx context.Context, o Observation, p Plan, actErr error
 }
 
 // publishState publishes a transient state (cloning) before a long action.
-func (a *Agent) publishState(ctx context.Context, o Observation, state string, p Plan) {
+func (a *Agent) publishState(ctx context.Context, o Observation, state string, p Plan) error {
 	m := a.member(o, p)
 	m.State = state
-	if err := a.opt.DCS.PutMember(ctx, m); err == nil {
+	err := a.opt.DCS.PutMember(ctx, m)
+	if err == nil {
 		a.lastPublished, a.lastPubAt = m, o.Now
 	}
+	return err
+}
+
+// announcePromotion publishes state "promoting" before postgres is
+// promoted, and refuses to promote if that fails: an old leader waiting on
+// a switchover takes its role back only if it never saw this state (see
+// switchover.go), so the promotion must never happen unannounced.
+func (a *Agent) announcePromotion(ctx context.Context, o Observation, p Plan) error {
+	if err := a.publishState(ctx, o, "promoting", p); err != nil {
+		return fmt.Errorf("announce promotion: %w", err)
+	}
+	return nil
 }
 
 func (a *Agent) shutdown() {

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,8 +62,7 @@ func Handler(a *Agent) http.Handler {
 	}))
 	mux.HandleFunc("/replica", check(func(s *Snapshot, _ time.Time) bool { return s.Running && s.Streaming && a.opt.PG.Running() }))
 	mux.HandleFunc("/status", check(func(s *Snapshot, _ time.Time) bool { return true }))
-	mux.HandleFunc("/pause", a.control(func(ctx context.Context) error { return a.opt.Control.SetPause(ctx, true, a.opt.Name) }, "cluster paused"))
-	mux.HandleFunc("/resume", a.control(func(ctx context.Context) error { return a.opt.Control.SetPause(ctx, false, a.opt.Name) }, "cluster resumed"))
+	a.controlRoutes(mux)
 	// /wal reads postgres now (not the last snapshot): failover candidates
 	// compare their positions with it once the leader is gone.
 	mux.HandleFunc("/wal", func(w http.ResponseWriter, r *http.Request) {
@@ -87,7 +85,7 @@ func Handler(a *Agent) http.Handler {
 			return
 		}
 		resp.InRecovery, resp.Timeline = st.InRecovery, max(st.Timeline, int(a.streamedTL.Load()))
-		resp.ReceiveLSN, resp.ReplayLSN = st.ReceiveLSN.String(), st.ReplayLSN.String()
+		resp.ReceiveLSN, resp.ReplayLSN, resp.ReplayPaused = st.ReceiveLSN.String(), st.ReplayLSN.String(), st.ReplayPaused
 		writeJSON(w, http.StatusOK, resp)
 	})
 	return mux
@@ -100,6 +98,7 @@ type WALResponse struct {
 	Timeline         int    `json:"timeline"`
 	ReceiveLSN       string `json:"receive_lsn"`
 	ReplayLSN        string `json:"replay_lsn"`
+	ReplayPaused     bool   `json:"replay_paused"`
 	NoFailover       bool   `json:"nofailover"`
 	FailoverPriority int    `json:"failover_priority"`
 	// StreamedAgoMS is how long ago this standby last streamed from a
@@ -129,7 +128,7 @@ func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (Candidate, err
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&wr); err != nil {
 		return Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
 	}
-	c := Candidate{Running: wr.Running, InRecovery: wr.InRecovery, NoFailover: wr.NoFailover, FailoverPriority: wr.FailoverPriority,
+	c := Candidate{Running: wr.Running, InRecovery: wr.InRecovery, ReplayPaused: wr.ReplayPaused, NoFailover: wr.NoFailover, FailoverPriority: wr.FailoverPriority,
 		Timeline: wr.Timeline, StreamedAgo: -1}
 	if wr.StreamedAgoMS >= 0 {
 		c.StreamedAgo = time.Duration(wr.StreamedAgoMS) * time.Millisecond
@@ -177,40 +176,4 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
-}
-
-// ControlResponse is the body of every control endpoint's answer.
-type ControlResponse struct {
-	OK      bool   `json:"ok"`
-	Message string `json:"message"`
-}
-
-// control wraps an action endpoint: POST only, bearer-token authentication
-// (constant-time compare), a bounded context, and a JSON answer whose
-// message the CLI prints as is.
-func (a *Agent) control(do func(ctx context.Context) error, done string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			writeJSON(w, http.StatusMethodNotAllowed, ControlResponse{Message: "use POST"})
-			return
-		}
-		if a.opt.Token == "" || a.opt.Control == nil {
-			writeJSON(w, http.StatusForbidden, ControlResponse{Message: "control API disabled: set api.token_file on this member"})
-			return
-		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.opt.Token)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="cifha"`)
-			writeJSON(w, http.StatusUnauthorized, ControlResponse{Message: "missing or wrong token"})
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		if err := do(ctx); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, ControlResponse{Message: err.Error()})
-			return
-		}
-		a.log.Info("control", "action", r.URL.Path, "from", r.RemoteAddr)
-		writeJSON(w, http.StatusOK, ControlResponse{OK: true, Message: done})
-	}
 }

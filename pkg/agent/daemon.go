@@ -159,7 +159,8 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	a := New(Options{
 		Name: cfg.Name, PG: pg, DCS: store, Wake: store.Watch(watchCtx), LeaseChanged: sess.Changed(),
 		Log: log.Named("ha"), LoopInterval: cfg.HA.LoopInterval.Duration, StartTimeout: cfg.HA.StartTimeout.Duration,
-		FenceMargin: cfg.HA.FenceMargin.Duration, APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
+		SwitchoverTimeout: cfg.HA.SwitchoverTimeout.Duration,
+		FenceMargin:       cfg.HA.FenceMargin.Duration, APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
 		AgentVersion: Version, NoFailover: cfg.Tags.NoFailover, FailoverPriority: cfg.Tags.FailoverPriority,
 		Peers:  HTTPPeers{Client: peerClient},
 		MaxLag: cfg.HA.MaxLagBytes, RecentWindow: 2 * ttl, RemoveOnRewindFailure: cfg.HA.RemoveDataDirectoryOnRewindFailure,

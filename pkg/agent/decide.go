@@ -74,6 +74,7 @@ type Candidate struct {
 	InRecovery       bool
 	ReceiveLSN       pgctl.LSN
 	ReplayLSN        pgctl.LSN
+	ReplayPaused     bool
 	NoFailover       bool
 	FailoverPriority int
 }
@@ -135,11 +136,16 @@ const (
 	TakeOver
 	Rewind
 	Reclone
+	// Switchover hands the leader role to Plan.Target (planned, no loss).
+	Switchover
+	// ClearRequest removes a switchover or failover request that can no
+	// longer be carried out (Plan.Reason says why).
+	ClearRequest
 )
 
 var actionNames = [...]string{"none", "wait", "bootstrap", "clone", "start-primary", "acquire-and-start",
 	"acquire", "start-standby", "follow", "promote", "repair-leader-key", "clear-stale-leader", "demote",
-	"fence", "stop-foreign", "take-over", "rewind", "reclone"}
+	"fence", "stop-foreign", "take-over", "rewind", "reclone", "switchover", "clear-request"}
 
 func (a Action) String() string {
 	if int(a) < len(actionNames) {
@@ -329,6 +335,9 @@ func decidePrimary(o Observation, leader string) Plan {
 	switch {
 	case o.HoldsLeader:
 		if l.Valid && l.Name == o.Self {
+			if sw := o.Cluster.Switchover; sw != nil {
+				return decideSwitchover(o, sw)
+			}
 			return plan(None, "leader; postgres is a healthy primary")
 		}
 	case o.WritableLease == 0:
@@ -381,6 +390,14 @@ func decideStandby(o Observation, leader string) Plan {
 // standby. It takes over only if it qualifies and no healthy candidate is
 // ahead of it; otherwise it says why and stays a standby.
 func decideFailover(o Observation) Plan {
+	if f := o.Cluster.Failover; f != nil {
+		// The operator's explicit choice (cifhactl failover --to) replaces
+		// the ranking and the lag gate: they accepted possible data loss.
+		if f.To == o.Self {
+			return plan(TakeOver, "manual failover to this member requested by the operator")
+		}
+		return plan(Wait, "no leader; manual failover to %s requested", f.To)
+	}
 	if o.NoFailover {
 		return plan(Wait, "no leader; this member is tagged nofailover")
 	}
@@ -424,6 +441,35 @@ func decideFailover(o Observation) Plan {
 		}
 	}
 	return plan(TakeOver, "leader %s is gone; this member is the most advanced candidate (received %s, last leader at %s)", ll.Name, me.recv, ll.LSN)
+}
+
+// decideSwitchover: this member leads a healthy primary and a switchover
+// is requested. What can be checked from etcd is checked here; the
+// candidate's live position is checked by the action.
+func decideSwitchover(o Observation, sw *election.SwitchoverRequest) Plan {
+	clear := func(format string, args ...any) Plan {
+		return Plan{Action: ClearRequest, Target: sw.To, Reason: "switchover cancelled: " + fmt.Sprintf(format, args...)}
+	}
+	if sw.From != o.Self {
+		return clear("it was requested from %s, which no longer leads", sw.From)
+	}
+	if sw.To == o.Self {
+		return clear("%s is already the leader", sw.To)
+	}
+	m, ok := o.Cluster.Members[sw.To]
+	if !ok {
+		return clear("%s is not a member", sw.To)
+	}
+	if m.NoFailover {
+		return clear("%s is tagged nofailover", sw.To)
+	}
+	if o.Cluster.MemberLease[sw.To] == 0 {
+		return clear("%s has no live lease", sw.To)
+	}
+	if !sw.At.IsZero() && o.Now.Before(sw.At) {
+		return plan(None, "leader; switchover to %s scheduled at %s", sw.To, sw.At.UTC().Format(time.RFC3339))
+	}
+	return Plan{Action: Switchover, Target: sw.To, TargetAddr: m.ConnAddress, Reason: fmt.Sprintf("planned switchover to %s", sw.To)}
 }
 
 func garbage(l *election.Leader) string {

@@ -116,6 +116,10 @@ func (f *fakePostgres) PromoteByTriggerFile(string) error {
 	return nil
 }
 func (f *fakePostgres) RemoveTriggerFile(string) {}
+func (f *fakePostgres) ControlData(context.Context) (pgctl.ControlData, error) {
+	f.call("controldata")
+	return pgctl.ControlData{State: "shut down", Checkpoint: 1000, Timeline: 1}, nil
+}
 func (f *fakePostgres) StandbyFor(leader, host string, port int) pgctl.Standby {
 	return pgctl.Standby{Leader: leader, Host: host, Port: port}
 }
@@ -188,3 +192,20 @@ func (d *fakeDCS) PutLastLeader(_ context.Context, rec election.LastLeader) erro
 	d.cluster.LastLeader = &rec
 	return nil
 }
+
+func (d *fakeDCS) Handoff(_ context.Context, to string, toLease int64, rec election.LastLeader) error {
+	if !d.Holds(d.cluster) {
+		return election.ErrNotLeader
+	}
+	d.rev++
+	d.cluster.Leader = &election.Leader{Name: to, Valid: true, CreateRev: d.cluster.Leader.CreateRev, ModRev: d.rev, Lease: toLease}
+	rec.Name = to
+	d.cluster.LastLeader = &rec
+	d.cluster.Switchover = nil
+	return nil
+}
+func (d *fakeDCS) ClearSwitchover(context.Context, int64) error {
+	d.cluster.Switchover = nil
+	return nil
+}
+func (d *fakeDCS) ClearFailover(context.Context, int64) error { d.cluster.Failover = nil; return nil }

@@ -47,6 +47,8 @@ type Postgres interface {
 	PromoteByTriggerFile(path string) error
 	// RemoveTriggerFile removes it (before a start, after a promotion).
 	RemoveTriggerFile(path string)
+	// ControlData reads pg_controldata (postgres stopped).
+	ControlData(ctx context.Context) (pgctl.ControlData, error)
 }
 
 // DCS is the cluster's state in etcd as the agent uses it. *election.Store
@@ -65,6 +67,10 @@ type DCS interface {
 	PutMember(ctx context.Context, m election.Member) error
 	PutLastLeader(ctx context.Context, rec election.LastLeader) error
 	AppendHistory(ctx context.Context, rec election.HistoryRecord) error
+	// Handoff gives the leader key to member to (bound to toLease).
+	Handoff(ctx context.Context, to string, toLease int64, rec election.LastLeader) error
+	ClearSwitchover(ctx context.Context, modRev int64) error
+	ClearFailover(ctx context.Context, modRev int64) error
 }
 
 // Peers reads other members' live state from their APIs.

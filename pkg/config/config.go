@@ -142,6 +142,10 @@ type HA struct {
 	LoopInterval Duration `toml:"loop_interval"`
 	// StartTimeout bounds how long one start of postgres is waited for.
 	StartTimeout Duration `toml:"start_timeout"`
+	// SwitchoverTimeout bounds each wait of a planned switchover: for the
+	// candidate to replay the old leader's shutdown checkpoint, then to
+	// promote. Past it, the switchover is rolled back.
+	SwitchoverTimeout Duration `toml:"switchover_timeout"`
 	// FenceMargin: a primary begins to stop accepting writes this long
 	// before its lease can expire. Default min(2s, ttl/3); must be at most
 	// ttl/3 (one missed renewal must not demote) and at least 300ms (room for
@@ -199,7 +203,9 @@ const (
 	MinLoopInterval     = 50 * time.Millisecond
 	DefaultDialTimeout  = 2 * time.Second
 	DefaultStartTimeout = 30 * time.Second
-	MinFenceMargin      = 300 * time.Millisecond
+	// DefaultSwitchoverTimeout is ha.switchover_timeout's default.
+	DefaultSwitchoverTimeout = 30 * time.Second
+	MinFenceMargin           = 300 * time.Millisecond
 )
 
 // Default returns a configuration with every optional key at its default.
@@ -217,6 +223,7 @@ func Default() Config {
 			TTL:                  Duration{DefaultTTL},
 			LoopInterval:         Duration{DefaultLoopInterval},
 			StartTimeout:         Duration{DefaultStartTimeout},
+			SwitchoverTimeout:    Duration{DefaultSwitchoverTimeout},
 			MaximumLagOnFailover: "1MB",
 			PromoteMethod:        "pg_ctl",
 		},
@@ -536,6 +543,9 @@ func (c *Config) validate() []*FieldError {
 	if ttl >= MinTTL && c.Etcd.DialTimeout.Duration >= ttl/2 {
 		// A dial that outlasts half the lease leaves no time to renew it.
 		bad("etcd.dial_timeout", "%s must be less than ttl/2 (%s)", c.Etcd.DialTimeout.Duration, ttl/2)
+	}
+	if c.HA.SwitchoverTimeout.Duration <= 0 {
+		bad("ha.switchover_timeout", "%s must be positive", c.HA.SwitchoverTimeout.Duration)
 	}
 	if c.HA.StartTimeout.Duration <= 0 {
 		bad("ha.start_timeout", "%s must be positive", c.HA.StartTimeout.Duration)

@@ -44,6 +44,8 @@ type ClusterStatus struct {
 	Invalid map[string]string `json:"invalid_keys,omitempty"`
 	// Paused is maintenance mode: no automatic action.
 	Paused bool `json:"paused"`
+	// Switchover describes a pending (scheduled) switchover, if any.
+	Switchover string `json:"switchover,omitempty"`
 }
 
 // Healthy reports whether there is a leader and every member answered.
@@ -64,6 +66,12 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 	}
 	c := election.ParseCluster(keys, resp.Header.Revision, resp.Kvs)
 	out := ClusterStatus{Cluster: cluster, Invalid: c.Invalid, Paused: c.Paused}
+	if sw := c.Switchover; sw != nil {
+		out.Switchover = fmt.Sprintf("from %s to %s", sw.From, sw.To)
+		if !sw.At.IsZero() {
+			out.Switchover += " at " + sw.At.UTC().Format(time.RFC3339)
+		}
+	}
 	if l := c.Leader; l != nil && l.Valid {
 		out.Leader = l.Name
 	}
@@ -246,6 +254,9 @@ func RenderTable(w io.Writer, s ClusterStatus) {
 	fmt.Fprintln(w, sep)
 	if s.Leader != "" {
 		fmt.Fprintf(w, "* leader: %s\n", s.Leader)
+	}
+	if s.Switchover != "" {
+		fmt.Fprintf(w, "switchover pending: %s\n", s.Switchover)
 	}
 	for _, p := range s.Problems {
 		fmt.Fprintf(w, "problem: %s\n", p)

@@ -43,8 +43,12 @@ type Store struct {
 	rpcTO time.Duration
 
 	// leaderRev is the create revision of the leader key this agent
-	// acquired, 0 if none; leader-only writes compare it.
+	// acquired (or was handed by a switchover), 0 if none; leader-only
+	// writes compare it.
 	leaderRev int64
+	// termRev is the revision at which this agent became the holder; it
+	// names this term's history record.
+	termRev int64
 }
 
 // NewStore returns the Store of member name in cluster, using sess's lease.
@@ -77,7 +81,7 @@ func (s *Store) Read(ctx context.Context) (Cluster, error) {
 // ParseCluster turns the keys under the prefix into a Cluster. Unparseable
 // values are listed in Invalid and otherwise ignored.
 func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
-	c := Cluster{Revision: rev, Members: map[string]Member{}, Invalid: map[string]string{}}
+	c := Cluster{Revision: rev, Members: map[string]Member{}, Invalid: map[string]string{}, MemberLease: map[string]int64{}}
 	for _, kv := range kvs {
 		k := string(kv.Key)
 		switch {
@@ -98,6 +102,32 @@ func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
 		case k == keys.Pause():
 			// Any value pauses: an unreadable pause key is not "not paused".
 			c.Paused = true
+		case k == keys.Switchover():
+			r, err := parseSwitchover(kv.Value)
+			if err != nil {
+				c.Invalid[k] = err.Error()
+				continue
+			}
+			r.ModRev = kv.ModRevision
+			c.Switchover = r
+		case k == keys.Failover():
+			r, err := parseFailover(kv.Value)
+			if err != nil {
+				c.Invalid[k] = err.Error()
+				continue
+			}
+			r.ModRev = kv.ModRevision
+			c.Failover = r
+		case k == keys.Config():
+			// An unreadable config is reported and the files' values kept;
+			// cifhactl refuses to store one, so only a hand edit gets here.
+			cfg, err := ParseDynamicConfig(kv.Value)
+			if err != nil {
+				c.Invalid[k] = err.Error()
+			} else {
+				c.Config = cfg
+			}
+			c.ConfigRev = kv.ModRevision
 		case k == keys.LastLeader():
 			var ll LastLeader
 			if err := json.Unmarshal(kv.Value, &ll); err != nil || !ValidName(ll.Name) {
@@ -113,6 +143,7 @@ func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
 				continue
 			}
 			c.Members[name] = m
+			c.MemberLease[name] = kv.Lease
 		}
 	}
 	return c
@@ -174,15 +205,24 @@ func (s *Store) Acquire(ctx context.Context, rec LastLeader) (bool, error) {
 		return false, nil
 	}
 	s.leaderRev = resp.Header.Revision
+	s.termRev = resp.Header.Revision
 	return true, nil
 }
 
 // Holds reports whether the leader key read in c is this agent's: its name
 // on this agent's current lease.
+//
+// A key handed over by a switchover (put by the old leader, bound to this
+// agent's lease) is adopted here: its create revision becomes the guard of
+// this agent's leader-only writes.
 func (s *Store) Holds(c Cluster) bool {
 	l := c.Leader
 	lease := s.sess.State()
-	return l != nil && l.Valid && l.Name == s.name && lease.ID != 0 && l.Lease == int64(lease.ID)
+	held := l != nil && l.Valid && l.Name == s.name && lease.ID != 0 && l.Lease == int64(lease.ID)
+	if held && s.leaderRev != l.CreateRev {
+		s.leaderRev, s.termRev = l.CreateRev, l.ModRev
+	}
+	return held
 }
 
 // Repair rewrites the leader key this agent acquired when its value was
@@ -354,7 +394,7 @@ func (s *Store) AppendHistory(ctx context.Context, rec HistoryRecord) error {
 	b, _ := json.Marshal(rec)
 	ctx, cancel := s.rpc(ctx)
 	defer cancel()
-	key := fmt.Sprintf("%s%020d", s.keys.History(), s.leaderRev)
+	key := fmt.Sprintf("%s%020d", s.keys.History(), s.termRev)
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(s.keys.Leader()), "=", s.leaderRev)).
 		Then(clientv3.OpPut(key, string(b))).Commit()
 	if err != nil {

@@ -52,6 +52,9 @@ type LastLeader struct {
 	Timeline int       `json:"timeline"`
 	LSN      string    `json:"lsn,omitempty"`
 	At       time.Time `json:"at"`
+	// From is set when the key was handed over by a switchover: the old
+	// leader, which stopped cleanly at LSN.
+	From string `json:"switchover_from,omitempty"`
 }
 
 // Leader is the leader key as read.
@@ -78,6 +81,15 @@ type Cluster struct {
 	// Paused is set by `cifhactl pause` (maintenance mode): agents keep
 	// reporting but take no automatic action.
 	Paused bool
+	// MemberLease is the lease each member key is bound to (the member's
+	// session lease): a switchover binds the leader key to the candidate's.
+	MemberLease map[string]int64
+	Switchover  *SwitchoverRequest
+	Failover    *FailoverRequest
+	// Config is the cluster-wide settings; ConfigRev its mod revision (0
+	// when the key is absent).
+	Config    DynamicConfig
+	ConfigRev int64
 }
 
 var memberNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)

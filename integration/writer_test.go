@@ -1,0 +1,153 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cifha/cifha/internal/cluster"
+	"github.com/jackc/pgx/v5"
+)
+
+// clientWriter is a CIF-like client: every 50 ms it inserts a row through a
+// libpq multi-host connection string with target_session_attrs=read-write
+// and records which rows were acknowledged, and when.
+type clientWriter struct {
+	c    *cluster.Cluster
+	dsn  string
+	stop chan struct{}
+	done chan struct{}
+
+	mu     sync.Mutex
+	acked  []int
+	ackAt  []time.Time
+	lastEr error
+}
+
+// startClientWriter creates the table and starts writing.
+func startClientWriter(ctx context.Context, c *cluster.Cluster, p *cluster.Node) (*clientWriter, error) {
+	conn, err := p.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	_, err = conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS client_rows (id int primary key)")
+	conn.Close(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var hosts []string
+	for _, n := range c.Nodes {
+		hosts = append(hosts, n.Addr)
+	}
+	w := &clientWriter{c: c, stop: make(chan struct{}), done: make(chan struct{}),
+		dsn: fmt.Sprintf("host=%s port=5432 user=postgres password=%s dbname=postgres sslmode=disable connect_timeout=1 target_session_attrs=read-write",
+			strings.Join(hosts, ","), c.Opt.SuperuserPassword)}
+	go w.run()
+	return w, nil
+}
+
+func (w *clientWriter) run() {
+	defer close(w.done)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	next := 0
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if conn == nil {
+			c, err := pgx.Connect(ctx, w.dsn)
+			if err != nil {
+				cancel()
+				continue
+			}
+			conn = c
+		}
+		next++
+		_, err := conn.Exec(ctx, "INSERT INTO client_rows VALUES ($1)", next)
+		cancel()
+		w.mu.Lock()
+		if err == nil {
+			w.acked, w.ackAt = append(w.acked, next), append(w.ackAt, time.Now())
+		} else {
+			w.lastEr = err
+		}
+		w.mu.Unlock()
+		if err != nil {
+			conn.Close(context.Background())
+			conn = nil
+		}
+	}
+}
+
+// count is the number of acknowledged rows so far.
+func (w *clientWriter) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acked)
+}
+
+// ackedSince reports whether a row was acknowledged after t.
+func (w *clientWriter) ackedSince(t time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.ackAt) > 0 && w.ackAt[len(w.ackAt)-1].After(t)
+}
+
+// finish stops writing and returns the longest gap between two
+// acknowledgements (the write unavailability as the client saw it).
+func (w *clientWriter) finish() time.Duration {
+	close(w.stop)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var gap time.Duration
+	for i := 1; i < len(w.ackAt); i++ {
+		gap = max(gap, w.ackAt[i].Sub(w.ackAt[i-1]))
+	}
+	return gap
+}
+
+// missing counts acknowledged rows that node n does not have.
+func (w *clientWriter) missing(ctx context.Context, n *cluster.Node) (int, error) {
+	conn, err := n.Connect(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(ctx)
+	have := map[int]bool{}
+	rows, err := conn.Query(ctx, "SELECT id FROM client_rows")
+	if err != nil {
+		return 0, err
+	}
+	for rows.Next() {
+		var id int
+		if err := rows.Scan(&id); err != nil {
+			return 0, err
+		}
+		have[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	lost := 0
+	for _, id := range w.acked {
+		if !have[id] {
+			lost++
+		}
+	}
+	return lost, nil
+}

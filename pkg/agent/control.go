@@ -1,0 +1,254 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+)
+
+// Control is what the control API changes in etcd.
+type Control interface {
+	SetPause(ctx context.Context, on bool, by string) error
+	RequestSwitchover(ctx context.Context, r election.SwitchoverRequest) (bool, error)
+	RequestFailover(ctx context.Context, r election.FailoverRequest, ttl time.Duration) (bool, error)
+	PutConfig(ctx context.Context, c election.DynamicConfig, modRev int64) error
+}
+
+// ControlResponse is the body of every control endpoint's answer. Message
+// is for people; the CLI prints it as is.
+type ControlResponse struct {
+	OK      bool   `json:"ok"`
+	Message string `json:"message"`
+}
+
+// SwitchoverBody is POST /switchover's request.
+type SwitchoverBody struct {
+	// To is the candidate member.
+	To string `json:"to"`
+	// At schedules the switchover (RFC 3339); empty: now.
+	At string `json:"at,omitempty"`
+}
+
+// FailoverBody is POST /failover's request.
+type FailoverBody struct {
+	To string `json:"to"`
+}
+
+// controlAnswer is a handler's outcome.
+type controlAnswer struct {
+	code int
+	msg  string
+}
+
+func ok(format string, args ...any) controlAnswer {
+	return controlAnswer{http.StatusOK, fmt.Sprintf(format, args...)}
+}
+
+func no(code int, format string, args ...any) controlAnswer {
+	return controlAnswer{code, fmt.Sprintf(format, args...)}
+}
+
+func (a *Agent) controlRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("/pause", a.control(5*time.Second, func(ctx context.Context, _ []byte) controlAnswer {
+		if err := a.opt.Control.SetPause(ctx, true, a.opt.Name); err != nil {
+			return no(http.StatusServiceUnavailable, "%v", err)
+		}
+		return ok("cluster paused")
+	}))
+	mux.HandleFunc("/resume", a.control(5*time.Second, func(ctx context.Context, _ []byte) controlAnswer {
+		if err := a.opt.Control.SetPause(ctx, false, a.opt.Name); err != nil {
+			return no(http.StatusServiceUnavailable, "%v", err)
+		}
+		return ok("cluster resumed")
+	}))
+	mux.HandleFunc("/switchover", a.control(2*a.opt.SwitchoverTimeout+10*time.Second, a.postSwitchover))
+	mux.HandleFunc("/failover", a.control(a.opt.SwitchoverTimeout+10*time.Second, a.postFailover))
+}
+
+// maxBody bounds a control request's body.
+const maxBody = 1 << 16
+
+// control wraps an action endpoint: POST only, bearer-token authentication
+// (constant-time compare), a bounded body and context, and a JSON answer.
+func (a *Agent) control(timeout time.Duration, do func(ctx context.Context, body []byte) controlAnswer) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			writeJSON(w, http.StatusMethodNotAllowed, ControlResponse{Message: "use POST"})
+			return
+		}
+		if a.opt.Token == "" || a.opt.Control == nil {
+			writeJSON(w, http.StatusForbidden, ControlResponse{Message: "control API disabled: set api.token_file on this member"})
+			return
+		}
+		got, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !found || subtle.ConstantTimeCompare([]byte(got), []byte(a.opt.Token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="cifha"`)
+			writeJSON(w, http.StatusUnauthorized, ControlResponse{Message: "missing or wrong token"})
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+		if err != nil || len(body) > maxBody {
+			writeJSON(w, http.StatusBadRequest, ControlResponse{Message: fmt.Sprintf("request body unreadable or larger than %d bytes", maxBody)})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		ans := do(ctx, body)
+		a.log.Info("control", "action", r.URL.Path, "from", r.RemoteAddr, "status", ans.code, "result", ans.msg)
+		writeJSON(w, ans.code, ControlResponse{OK: ans.code < 300, Message: ans.msg})
+	}
+}
+
+// decodeBody decodes a JSON request strictly: unknown fields are refused,
+// so a misspelt option is never silently ignored.
+func decodeBody(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return errors.New("empty request body; expected JSON")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("invalid request: %v", err)
+	}
+	if dec.More() {
+		return errors.New("invalid request: trailing data after the JSON object")
+	}
+	return nil
+}
+
+func newID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (a *Agent) postSwitchover(ctx context.Context, body []byte) controlAnswer {
+	var req SwitchoverBody
+	if err := decodeBody(body, &req); err != nil {
+		return no(http.StatusBadRequest, "%v", err)
+	}
+	if !election.ValidName(req.To) {
+		return no(http.StatusBadRequest, "invalid member name %q", req.To)
+	}
+	var at time.Time
+	if req.At != "" {
+		t, err := time.Parse(time.RFC3339, req.At)
+		if err != nil {
+			return no(http.StatusBadRequest, "at: %q is not an RFC 3339 time (e.g. 2026-11-25T23:00:00Z)", req.At)
+		}
+		if t.Before(a.now().Add(-time.Minute)) {
+			return no(http.StatusBadRequest, "at: %s is in the past", req.At)
+		}
+		if t.After(a.now()) {
+			at = t
+		}
+	}
+	s := a.Snapshot()
+	if s == nil || !s.IsLeader || !s.Running || s.InRecovery {
+		leader := ""
+		if s != nil && s.Cluster.Leader != nil && s.Cluster.Leader.Valid {
+			leader = s.Cluster.Leader.Name
+		}
+		return no(http.StatusConflict, "%s is not the leader (leader: %q); send the switchover to the leader", a.opt.Name, leader)
+	}
+	c, err := a.opt.DCS.Read(ctx)
+	if err != nil {
+		return no(http.StatusServiceUnavailable, "cannot read the cluster: %v", err)
+	}
+	if l := c.Leader; l == nil || !l.Valid || l.Name != a.opt.Name {
+		return no(http.StatusConflict, "%s is not the leader", a.opt.Name)
+	}
+	st, err := a.opt.PG.Status(ctx)
+	if err != nil || st.InRecovery {
+		return no(http.StatusServiceUnavailable, "cannot read the leader's WAL position: %v", err)
+	}
+	if err := a.checkCandidate(ctx, c, req.To, st.CurrentLSN); err != nil {
+		return no(http.StatusConflict, "switchover to %s refused: %v", req.To, err)
+	}
+	r := election.SwitchoverRequest{ID: newID(), From: a.opt.Name, To: req.To, At: at, RequestedAt: a.now().UTC()}
+	wait := a.switchW.add(r.ID)
+	defer a.switchW.remove(r.ID)
+	won, err := a.opt.Control.RequestSwitchover(ctx, r)
+	if err != nil {
+		return no(http.StatusServiceUnavailable, "%v", err)
+	}
+	if !won {
+		p := c.Switchover
+		if p != nil {
+			return no(http.StatusConflict, "a switchover from %s to %s is already pending", p.From, p.To)
+		}
+		return no(http.StatusConflict, "a switchover is already pending")
+	}
+	if !at.IsZero() {
+		return controlAnswer{http.StatusAccepted, fmt.Sprintf("switchover from %s to %s scheduled at %s", r.From, r.To, at.UTC().Format(time.RFC3339))}
+	}
+	select {
+	case res := <-wait:
+		if res.OK {
+			return ok("%s", res.Message)
+		}
+		return no(http.StatusConflict, "%s", res.Message)
+	case <-ctx.Done():
+		return no(http.StatusGatewayTimeout, "switchover to %s requested, but no outcome within the request's time; see cifhactl status", req.To)
+	}
+}
+
+func (a *Agent) postFailover(ctx context.Context, body []byte) controlAnswer {
+	var req FailoverBody
+	if err := decodeBody(body, &req); err != nil {
+		return no(http.StatusBadRequest, "%v", err)
+	}
+	if !election.ValidName(req.To) {
+		return no(http.StatusBadRequest, "invalid member name %q", req.To)
+	}
+	c, err := a.opt.DCS.Read(ctx)
+	if err != nil {
+		return no(http.StatusServiceUnavailable, "cannot read the cluster: %v", err)
+	}
+	if c.Paused {
+		return no(http.StatusConflict, "failover to %s refused: the cluster is paused (maintenance mode): resume it first", req.To)
+	}
+	if l := c.Leader; l != nil {
+		return no(http.StatusConflict, "failover to %s refused: %s holds the leader key; use switchover for a healthy leader", req.To, l.Name)
+	}
+	m, found := c.Members[req.To]
+	if !found {
+		return no(http.StatusConflict, "failover to %s refused: %s is not a member of the cluster", req.To, req.To)
+	}
+	if m.Role != "replica" {
+		return no(http.StatusConflict, "failover to %s refused: %s is not a standby (role %q, state %q)", req.To, req.To, m.Role, m.State)
+	}
+	won, err := a.opt.Control.RequestFailover(ctx, election.FailoverRequest{To: req.To, RequestedAt: a.now().UTC()}, time.Minute)
+	if err != nil {
+		return no(http.StatusServiceUnavailable, "%v", err)
+	}
+	if !won {
+		return no(http.StatusConflict, "a manual failover is already pending")
+	}
+	for {
+		c, err := a.opt.DCS.Read(ctx)
+		if err == nil {
+			if l := c.Leader; l != nil && l.Name == req.To {
+				if m := c.Members[req.To]; m.Role == "primary" && m.State == "running" {
+					return ok("failed over to %s (timeline %d)", req.To, m.Timeline)
+				}
+			} else if l != nil {
+				return no(http.StatusConflict, "failover to %s: %s took the leader key instead", req.To, l.Name)
+			}
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return no(http.StatusGatewayTimeout, "failover to %s requested, but it did not finish within the request's time; see cifhactl status", req.To)
+		}
+	}
+}

@@ -1,0 +1,289 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+)
+
+// A planned switchover, as the old leader carries it out (one action of
+// the loop, bounded by Options.SwitchoverTimeout at each wait):
+//
+//  1. check the candidate live (running, streaming, replay not paused, lag
+//     within maximum_lag_on_failover);
+//  2. stop postgres fast: clients are disconnected, a shutdown checkpoint is
+//     written, and the walsenders send everything before they exit;
+//  3. read the shutdown checkpoint with pg_controldata;
+//  4. wait until the candidate has replayed past it: it then has every
+//     committed transaction;
+//  5. hand the leader key to the candidate's lease in one transaction;
+//  6. wait for the candidate to publish "promoting", then "running" as a
+//     primary on a newer timeline, and restart as its standby. Its WAL ends
+//     at the shutdown checkpoint, which the candidate replayed, so no
+//     pg_rewind is needed.
+//
+// Roll back: before step 5 the key never left this member, so on any
+// failure it starts postgres again as the primary (within its lease). After
+// step 5, if the candidate's key vanishes without the candidate ever
+// publishing "promoting", the candidate cannot have accepted writes (it
+// promotes only after that publish succeeds, and a member key outlives its
+// agent by the lease ttl, longer than this member polls), so this member
+// takes the key back and resumes as primary. If the candidate did start to
+// promote, the normal failover rules apply: never two primaries.
+
+// switchResult is a switchover's outcome for the API request waiting on it.
+type switchResult struct {
+	OK      bool
+	Message string
+}
+
+type switchWaiters struct {
+	mu sync.Mutex
+	m  map[string]chan switchResult
+}
+
+func (w *switchWaiters) add(id string) chan switchResult {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.m == nil {
+		w.m = map[string]chan switchResult{}
+	}
+	ch := make(chan switchResult, 1)
+	w.m[id] = ch
+	return ch
+}
+
+func (w *switchWaiters) remove(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.m, id)
+}
+
+func (w *switchWaiters) report(id string, r switchResult) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if ch, ok := w.m[id]; ok {
+		select {
+		case ch <- r:
+		default:
+		}
+	}
+}
+
+// errCandidate is a candidate check's refusal; its text is shown as is.
+type errCandidate struct{ msg string }
+
+func (e errCandidate) Error() string { return e.msg }
+
+func refuse(format string, args ...any) error { return errCandidate{fmt.Sprintf(format, args...)} }
+
+// checkCandidate checks name as a switchover target against the leader's
+// WAL position, with the candidate's live state from its API.
+func (a *Agent) checkCandidate(ctx context.Context, c election.Cluster, name string, leaderLSN pgctl.LSN) error {
+	if c.Paused {
+		return refuse("the cluster is paused (maintenance mode): resume it first")
+	}
+	if name == a.opt.Name {
+		return refuse("%s is already the leader", name)
+	}
+	m, ok := c.Members[name]
+	if !ok {
+		return refuse("%s is not a member of the cluster", name)
+	}
+	if m.NoFailover {
+		return refuse("%s is tagged nofailover", name)
+	}
+	if a.opt.Peers == nil {
+		return refuse("cannot reach %s's API", name)
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	cand, err := a.opt.Peers.Candidate(cctx, m.APIURL)
+	if err != nil {
+		return refuse("cannot read %s's state: %v", name, err)
+	}
+	switch {
+	case !cand.Running || !cand.InRecovery:
+		return refuse("%s is not a running standby", name)
+	case cand.StreamedAgo < 0 || cand.StreamedAgo > a.opt.RecentWindow:
+		return refuse("%s is not streaming from the leader", name)
+	}
+	lag := leaderLSN.Sub(cand.ReplayLSN)
+	if cand.ReplayPaused {
+		return refuse("%s has WAL replay paused (%d bytes behind); resume replay first", name, max(lag, 0))
+	}
+	if lag > a.opt.MaxLag {
+		return refuse("%s is %d bytes behind the leader, more than maximum_lag_on_failover (%d)", name, lag, a.opt.MaxLag)
+	}
+	return nil
+}
+
+// switchover carries out Plan Switchover (see above). It reports the
+// outcome to the waiting API request and returns nil when the outcome is a
+// clean refusal or roll back.
+func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
+	pg, dcs := a.opt.PG, a.opt.DCS
+	req := o.Cluster.Switchover
+	log := a.log.With("switchover_to", p.Target)
+	done := func(ok bool, format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		if ok {
+			log.Info("switchover done", "result", msg)
+		} else {
+			log.Warn("switchover did not happen", "result", msg)
+		}
+		a.switchW.report(req.ID, switchResult{OK: ok, Message: msg})
+	}
+	cancelReq := func(format string, args ...any) error {
+		done(false, format, args...)
+		return dcs.ClearSwitchover(ctx, req.ModRev)
+	}
+	if err := a.checkCandidate(ctx, o.Cluster, p.Target, o.PG.CurrentLSN); err != nil {
+		return cancelReq("switchover to %s refused: %v", p.Target, err)
+	}
+	toLease := o.Cluster.MemberLease[p.Target]
+
+	// Before the handoff the key never left this member: a failure starts
+	// postgres again as the primary.
+	rollback := func(why string) error {
+		lease := dcs.Lease()
+		if !lease.Held(a.now().Add(a.opt.FenceMargin)) {
+			// The key is lost with the lease; the loop decides from here.
+			done(false, "switchover to %s failed (%s); the lease ran out meanwhile, the cluster elects a leader", p.Target, why)
+			return dcs.ClearSwitchover(ctx, req.ModRev)
+		}
+		_ = dcs.ClearSwitchover(ctx, req.ModRev)
+		if err := pg.Configure(); err != nil {
+			return err
+		}
+		a.madeWritable(lease)
+		if err := a.start(ctx); err != nil {
+			done(false, "switchover to %s failed (%s), and restarting %s as primary failed: %v", p.Target, why, a.opt.Name, err)
+			return err
+		}
+		done(false, "switchover to %s failed (%s); %s resumed as primary", p.Target, why, a.opt.Name)
+		return nil
+	}
+
+	log.Info("switchover: stopping postgres for a clean shutdown checkpoint")
+	a.publishState(ctx, o, "switching over", p)
+	if err := pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil && pg.Running() {
+		return rollback(fmt.Sprintf("stop postgres: %v", err))
+	}
+	a.writableLease = 0
+	a.fence.disarm()
+	cd, err := pg.ControlData(ctx)
+	if err != nil {
+		return rollback(err.Error())
+	}
+	if !cd.CleanShutdown() {
+		return rollback(fmt.Sprintf("postgres did not shut down cleanly (state %q)", cd.State))
+	}
+	log.Info("switchover: waiting for the candidate to replay the shutdown checkpoint", "checkpoint", cd.Checkpoint.String())
+	apiURL := o.Cluster.Members[p.Target].APIURL
+	deadline := a.now().Add(a.opt.SwitchoverTimeout)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		c, err := a.opt.Peers.Candidate(cctx, apiURL)
+		cancel()
+		// The replay position is the end of the last record replayed:
+		// past the checkpoint's start means the checkpoint was replayed.
+		if err == nil && c.InRecovery && c.ReplayLSN > cd.Checkpoint {
+			break
+		}
+		if a.now().After(deadline) {
+			why := fmt.Sprintf("it did not replay up to %s within %s", cd.Checkpoint, a.opt.SwitchoverTimeout)
+			if err != nil {
+				why += fmt.Sprintf(" (last error: %v)", err)
+			}
+			return rollback(why)
+		}
+		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	if err := dcs.Handoff(ctx, p.Target, toLease, election.LastLeader{Timeline: cd.Timeline, LSN: cd.Checkpoint.String(), At: a.now().UTC(), From: a.opt.Name}); err != nil {
+		return rollback(err.Error())
+	}
+	log.Info("switchover: leader key handed over; waiting for the candidate to promote")
+	return a.awaitPromotion(ctx, p, cd, done)
+}
+
+// awaitPromotion is step 6: the key is the candidate's now.
+func (a *Agent) awaitPromotion(ctx context.Context, p Plan, cd pgctl.ControlData, done func(bool, string, ...any)) error {
+	pg, dcs := a.opt.PG, a.opt.DCS
+	deadline := a.now().Add(a.opt.SwitchoverTimeout)
+	promoting := false
+	for {
+		c, err := dcs.Read(ctx)
+		if err == nil {
+			m, ok := c.Members[p.Target]
+			if ok && (m.State == "promoting" || m.Role == "primary") {
+				promoting = true
+			}
+			l := c.Leader
+			switch {
+			case ok && m.Role == "primary" && m.State == "running" && m.Timeline > cd.Timeline && l != nil && l.Name == p.Target:
+				host, port, err := splitAddr(m.ConnAddress)
+				if err != nil {
+					return err
+				}
+				if err := pg.Configure(); err != nil {
+					return err
+				}
+				if err := pg.SetStandby(pg.StandbyFor(p.Target, host, port)); err != nil {
+					return err
+				}
+				done(true, "switched over to %s (timeline %d); %s follows it as a standby", p.Target, m.Timeline, a.opt.Name)
+				return a.start(ctx)
+			case l == nil && !promoting:
+				// The candidate lost the key before it could promote (it
+				// died or was stopped): take the role back.
+				lease, err := a.acquire(ctx, election.LastLeader{Timeline: cd.Timeline, LSN: cd.Checkpoint.String(), At: a.now().UTC()})
+				if err != nil {
+					done(false, "switchover to %s failed: it lost the leader key before promoting, and taking it back failed (%v); the cluster elects a leader", p.Target, err)
+					return nil
+				}
+				if err := pg.Configure(); err != nil {
+					return err
+				}
+				a.madeWritable(lease)
+				a.roleOK = false
+				done(false, "switchover to %s failed: it lost the leader key before promoting; %s resumed as primary", p.Target, a.opt.Name)
+				return a.start(ctx)
+			case l == nil || l.Name != p.Target:
+				done(false, "switchover to %s interrupted: the leader key changed; the cluster's normal rules apply", p.Target)
+				return nil
+			}
+		}
+		if a.now().After(deadline) {
+			done(false, "switchover to %s: it holds the leader key but did not finish promoting within %s", p.Target, a.opt.SwitchoverTimeout)
+			return nil
+		}
+		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// isRefusal reports whether err is a candidate check's refusal.
+func isRefusal(err error) bool {
+	var e errCandidate
+	return errors.As(err, &e)
+}

@@ -1,0 +1,203 @@
+package election
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Switchover is the planned-switchover request key.
+func (k Keys) Switchover() string { return k.Prefix + "switchover" }
+
+// Failover is the manual-failover request key.
+func (k Keys) Failover() string { return k.Prefix + "failover" }
+
+// Config is the cluster-wide settings key (`cifhactl set`, `edit-config`).
+func (k Keys) Config() string { return k.Prefix + "config" }
+
+// SwitchoverRequest asks the leader From to hand over to To, at At (zero:
+// now). Only the leader named in From acts on it.
+type SwitchoverRequest struct {
+	ID          string    `json:"id"`
+	From        string    `json:"from"`
+	To          string    `json:"to"`
+	At          time.Time `json:"at,omitzero"`
+	RequestedAt time.Time `json:"requested_at"`
+	// ModRev is the key's mod revision as read (not stored).
+	ModRev int64 `json:"-"`
+}
+
+// FailoverRequest asks member To to take over a cluster without a leader,
+// accepting that it may lack the last transactions.
+type FailoverRequest struct {
+	To          string    `json:"to"`
+	RequestedAt time.Time `json:"requested_at"`
+	ModRev      int64     `json:"-"`
+}
+
+// DynamicConfig is the cluster-wide settings kept in etcd. Every agent
+// applies them over its file configuration. Nil or empty fields mean "the
+// file's value".
+type DynamicConfig struct {
+	TTL                  string            `json:"ttl,omitempty"`
+	LoopInterval         string            `json:"loop_interval,omitempty"`
+	MaximumLagOnFailover *int64            `json:"maximum_lag_on_failover,omitempty"`
+	Parameters           map[string]string `json:"parameters,omitempty"`
+}
+
+func parseSwitchover(b []byte) (*SwitchoverRequest, error) {
+	var r SwitchoverRequest
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("switchover request is not valid JSON: %v", err)
+	}
+	if !ValidName(r.From) || !ValidName(r.To) {
+		return nil, errors.New("switchover request lacks valid from/to member names")
+	}
+	return &r, nil
+}
+
+func parseFailover(b []byte) (*FailoverRequest, error) {
+	var r FailoverRequest
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("failover request is not valid JSON: %v", err)
+	}
+	if !ValidName(r.To) {
+		return nil, errors.New("failover request lacks a valid member name")
+	}
+	return &r, nil
+}
+
+// ParseDynamicConfig decodes the config key strictly (unknown fields are an
+// error: a typo must not be silently ignored).
+func ParseDynamicConfig(b []byte) (DynamicConfig, error) {
+	var c DynamicConfig
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return DynamicConfig{}, fmt.Errorf("cluster config is not valid: %v", err)
+	}
+	if dec.More() {
+		return DynamicConfig{}, errors.New("cluster config: trailing data")
+	}
+	return c, nil
+}
+
+// RequestSwitchover stores a switchover request unless one is pending.
+func (s *Store) RequestSwitchover(ctx context.Context, r SwitchoverRequest) (bool, error) {
+	return putIfAbsent(ctx, s.cli, s.rpcTO, s.keys.Switchover(), r, 0)
+}
+
+// RequestFailover stores a manual failover request unless one is pending.
+// It is bound to a lease of ttl so that a request nobody could act on does
+// not linger.
+func (s *Store) RequestFailover(ctx context.Context, r FailoverRequest, ttl time.Duration) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.rpcTO)
+	defer cancel()
+	g, err := s.cli.Grant(ctx, int64(ttl/time.Second))
+	if err != nil {
+		return false, fmt.Errorf("failover request lease: %w", err)
+	}
+	return putIfAbsent(ctx, s.cli, s.rpcTO, s.keys.Failover(), r, g.ID)
+}
+
+func putIfAbsent(ctx context.Context, cli *clientv3.Client, to time.Duration, key string, v any, lease clientv3.LeaseID) (bool, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, to)
+	defer cancel()
+	var opts []clientv3.OpOption
+	if lease != 0 {
+		opts = append(opts, clientv3.WithLease(lease))
+	}
+	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(b), opts...)).Commit()
+	if err != nil {
+		return false, fmt.Errorf("write %s: %w", key, err)
+	}
+	return resp.Succeeded, nil
+}
+
+// ClearRequest deletes a request key if it is still the one read (modRev).
+func (s *Store) ClearRequest(ctx context.Context, key string, modRev int64) error {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+		Then(clientv3.OpDelete(key)).Commit(); err != nil {
+		return fmt.Errorf("clear %s: %w", key, err)
+	}
+	return nil
+}
+
+// Handoff gives the leader key to member to, bound to that member's lease
+// (toLease, the lease its member key was published on), in one transaction
+// that also records to as the last leader at rec's position and removes the
+// switchover request. It succeeds only while this agent holds the key on its
+// current lease and to's member key is still on toLease (so to is alive).
+// After it, this agent holds nothing.
+func (s *Store) Handoff(ctx context.Context, to string, toLease int64, rec LastLeader) error {
+	lease := s.sess.State()
+	if lease.ID == 0 {
+		return ErrNoLease
+	}
+	rec.Name = to
+	b, _ := json.Marshal(rec)
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Leader()
+	resp, err := s.cli.Txn(ctx).If(
+		clientv3.Compare(clientv3.Value(k), "=", s.name),
+		clientv3.Compare(clientv3.LeaseValue(k), "=", lease.ID),
+		clientv3.Compare(clientv3.LeaseValue(s.keys.Member(to)), "=", toLease),
+	).Then(
+		clientv3.OpPut(k, to, clientv3.WithLease(clientv3.LeaseID(toLease))),
+		clientv3.OpPut(s.keys.LastLeader(), string(b)),
+		clientv3.OpDelete(s.keys.Switchover()),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("hand the leader key to %s: %w", to, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("hand the leader key to %s: this member no longer holds it, or %s's lease changed", to, to)
+	}
+	s.leaderRev, s.termRev = 0, 0
+	return nil
+}
+
+// PutConfig stores the cluster-wide settings if the key is unchanged since
+// it was read at modRev (0: absent), so two concurrent edits cannot lose
+// one another.
+func (s *Store) PutConfig(ctx context.Context, c DynamicConfig, modRev int64) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Config()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", modRev)).
+		Then(clientv3.OpPut(k, string(b))).Commit()
+	if err != nil {
+		return fmt.Errorf("write cluster config: %w", err)
+	}
+	if !resp.Succeeded {
+		return errors.New("cluster config changed concurrently; read it again and retry")
+	}
+	return nil
+}
+
+// ClearSwitchover deletes the switchover request read at modRev.
+func (s *Store) ClearSwitchover(ctx context.Context, modRev int64) error {
+	return s.ClearRequest(ctx, s.keys.Switchover(), modRev)
+}
+
+// ClearFailover deletes the failover request read at modRev.
+func (s *Store) ClearFailover(ctx context.Context, modRev int64) error {
+	return s.ClearRequest(ctx, s.keys.Failover(), modRev)
+}
