@@ -219,3 +219,47 @@ func TestSwitchoverCandidateKilled(t *testing.T) {
 		t.Fatalf("%d acknowledged rows missing (%v)", lost, err)
 	}
 }
+
+// TestManualFailover: with the only standby tagged nofailover, losing the
+// primary leaves no leader; `cifhactl failover --to` promotes it anyway. It is
+// refused while a leader holds the key.
+func TestManualFailover(t *testing.T) {
+	var tok string
+	c := newClusterStartingFirst(t, 2, func(o *cluster.Options) {
+		tok = filepath.Join(o.Root, "secrets", "api.token")
+		o.APIToken = "s3cret-token"
+		o.NodeExtra = map[string]string{"db2": "[tags]\nnofailover = true\n"}
+	})
+	p, s := c.Nodes[0], c.Nodes[1]
+	if out, code := cifhactl(t, c, "--token-file", tok, "failover", "--force", "--to", s.Name); code != 1 || !strings.Contains(out, "use switchover") {
+		t.Fatalf("failover with a leader: exit %d: %s", code, out)
+	}
+	exec1(t, p, "CREATE TABLE before_failover (id int)")
+	testutil.Eventually(t, 10*time.Second, "standby has the table", rowsAtLeast(s, "SELECT count(*) FROM pg_class WHERE relname = 'before_failover'", 1))
+	p.KillHost()
+	testutil.Eventually(t, 3*c.Opt.TTL+5*time.Second, "no leader, standby waits", func() error {
+		st, _ := statusJSON(t, c)
+		if st.Leader != "" {
+			return fmt.Errorf("leader %s", st.Leader)
+		}
+		for _, m := range st.Members {
+			if m.Name == s.Name && strings.Contains(m.Reason, "nofailover") {
+				return nil
+			}
+		}
+		return fmt.Errorf("standby does not say it waits for nofailover: %+v", st.Members)
+	})
+	out, code := cifhactl(t, c, "--token-file", tok, "failover", "--force", "--to", s.Name, "--json")
+	if code != 0 || !strings.Contains(out, `"ok": true`) {
+		t.Fatalf("failover: exit %d: %s\n%s", code, out, tail(s.Log(), 30))
+	}
+	exec1(t, s, "CREATE TABLE after_failover (id int)")
+	out, _ = cifhactl(t, c, "history")
+	if !strings.Contains(out, "manual failover") {
+		t.Fatalf("history:\n%s", out)
+	}
+	st, _ := statusJSON(t, c)
+	if st.Leader != s.Name {
+		t.Fatalf("leader %q", st.Leader)
+	}
+}

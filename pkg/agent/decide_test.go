@@ -96,6 +96,18 @@ func peer(name string, recv pgctl.LSN, prio int, tags ...string) func(*Observati
 	}
 }
 
+func switchover(from, to string, at time.Time) func(*Observation) {
+	return func(o *Observation) {
+		o.Cluster.Switchover = &election.SwitchoverRequest{ID: "x", From: from, To: to, At: at}
+	}
+}
+
+// db2lease adds a streaming standby db2 whose member key is on a live lease.
+func db2lease(o *Observation) {
+	member("db2", "replica", "streaming", "10.0.1.2:5432")(o)
+	o.Cluster.MemberLease = map[string]int64{"db2": 22}
+}
+
 func TestDecideFailover(t *testing.T) {
 	cases := []struct {
 		name string
@@ -103,6 +115,12 @@ func TestDecideFailover(t *testing.T) {
 		want Action
 	}{
 		{"leader gone, only candidate, caught up -> take over", failover(0x1000), TakeOver},
+		{"manual failover to this member overrides the lag gate", failover(0x1000, func(o *Observation) {
+			o.Cluster.LastLeader.LSN = "1/0"
+			o.Cluster.Failover = &election.FailoverRequest{To: "db1"}
+		}), TakeOver},
+		{"manual failover to this member overrides a better peer", failover(0x900, peer("db2", 0x1000, 0), func(o *Observation) { o.Cluster.Failover = &election.FailoverRequest{To: "db1"} }), TakeOver},
+		{"manual failover to another member -> wait, even when best", failover(0x1000, func(o *Observation) { o.Cluster.Failover = &election.FailoverRequest{To: "db2"} }), Wait},
 		{"leader gone, ahead of the other standby -> take over", failover(0x1000, peer("db2", 0x900, 0)), TakeOver},
 		{"leader gone, another standby received more -> wait for it", failover(0x900, peer("db2", 0x1000, 0)), Wait},
 		{"equal received, replay decides", failover(0x1000, peer("db2", 0x1000, 0), func(o *Observation) { o.PG.ReplayLSN = 0x800 }), Wait},
@@ -196,6 +214,21 @@ func TestDecide(t *testing.T) {
 
 		// Running primary.
 		{"healthy leader -> nothing", obs(holds, runningPrimary), None, ""},
+		{"switchover requested to a streaming standby -> switchover", obs(holds, runningPrimary, writable, db2lease, switchover("db1", "db2", time.Time{})), Switchover, "db2"},
+		{"switchover scheduled later -> nothing yet", obs(holds, runningPrimary, writable, db2lease, switchover("db1", "db2", t0.Add(time.Hour))), None, ""},
+		{"switchover scheduled time reached -> switchover", obs(holds, runningPrimary, writable, db2lease, switchover("db1", "db2", t0.Add(-time.Second))), Switchover, "db2"},
+		{"switchover requested from another leader -> clear it", obs(holds, runningPrimary, writable, db2lease, switchover("db3", "db2", time.Time{})), ClearRequest, "db2"},
+		{"switchover to an unknown member -> clear it", obs(holds, runningPrimary, writable, switchover("db1", "db7", time.Time{})), ClearRequest, "db7"},
+		{"switchover to self -> clear it", obs(holds, runningPrimary, writable, switchover("db1", "db1", time.Time{})), ClearRequest, "db1"},
+		{"switchover to a nofailover member -> clear it", obs(holds, runningPrimary, writable, db2lease, switchover("db1", "db2", time.Time{}), func(o *Observation) {
+			m := o.Cluster.Members["db2"]
+			m.NoFailover = true
+			o.Cluster.Members["db2"] = m
+		}), ClearRequest, "db2"},
+		{"switchover to a member without a live lease -> clear it", obs(holds, runningPrimary, writable, member("db2", "replica", "streaming", "10.0.1.2:5432"), switchover("db1", "db2", time.Time{})), ClearRequest, "db2"},
+		{"switchover while paused -> wait", obs(holds, runningPrimary, writable, db2lease, switchover("db1", "db2", time.Time{}), func(o *Observation) { o.Cluster.Paused = true }), Wait, ""},
+		{"switchover requested but leader past its fence margin -> fence first", obs(holds, runningPrimary, writable, db2lease, switchover("db1", "db2", time.Time{}), at(2500*time.Millisecond)), Fence, ""},
+		{"standby handed the key by a switchover -> promote", obs(standbyFiles("db9 10.0.1.9:5432"), runningStandby, holds), Promote, ""},
 		{"leader past its fence margin -> fence", obs(holds, runningPrimary, at(2500*time.Millisecond)), Fence, ""},
 		{"leader exactly at deadline minus margin -> fence", obs(holds, runningPrimary, at(2*time.Second)), Fence, ""},
 		{"leader just inside the margin -> nothing", obs(holds, runningPrimary, at(1999*time.Millisecond)), None, ""},

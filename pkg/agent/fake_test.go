@@ -134,6 +134,10 @@ type fakeDCS struct {
 	rev     int64
 	puts    int
 	history []election.HistoryRecord
+	// onRead, when set, runs before each Read (a test's way to make the
+	// world change while an action polls).
+	onRead    func(d *fakeDCS)
+	handedOff bool
 }
 
 var _ DCS = (*fakeDCS)(nil)
@@ -142,6 +146,9 @@ func newFakeDCS(self string, lease election.LeaseState) *fakeDCS {
 	return &fakeDCS{self: self, lease: lease, cluster: election.Cluster{Members: map[string]election.Member{}, Invalid: map[string]string{}}}
 }
 func (d *fakeDCS) Read(context.Context) (election.Cluster, error) {
+	if d.onRead != nil {
+		d.onRead(d)
+	}
 	if d.err != nil {
 		return election.Cluster{}, d.err
 	}
@@ -202,6 +209,7 @@ func (d *fakeDCS) Handoff(_ context.Context, to string, toLease int64, rec elect
 	rec.Name = to
 	d.cluster.LastLeader = &rec
 	d.cluster.Switchover = nil
+	d.handedOff = true
 	return nil
 }
 func (d *fakeDCS) ClearSwitchover(context.Context, int64) error {
