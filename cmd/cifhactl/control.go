@@ -51,17 +51,25 @@ func (g *globals) newController(cmd *cobra.Command, asJSON bool) (*controller, e
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
 	defer cancel()
-	keys := election.KeysFor(cluster)
-	resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithPrefix())
+	c, err := readCluster(ctx, cli, cluster)
 	if err != nil {
-		return nil, &exitError{exitUsage, fmt.Errorf("read cluster: %w", err)}
+		return nil, &exitError{exitUsage, err}
 	}
 	hc, err := agent.APIClient(g.api.API.CAFile, 0)
 	if err != nil {
 		return nil, &exitError{exitUsage, err}
 	}
-	return &controller{g: g, cmd: cmd, cluster: election.ParseCluster(keys, resp.Header.Revision, resp.Kvs),
-		token: strings.TrimRight(string(tok), "\r\n"), hc: hc, asJSON: asJSON}, nil
+	return &controller{g: g, cmd: cmd, cluster: c, token: strings.TrimRight(string(tok), "\r\n"), hc: hc, asJSON: asJSON}, nil
+}
+
+// readCluster reads every key of the cluster in one request.
+func readCluster(ctx context.Context, cli *clientv3.Client, cluster string) (election.Cluster, error) {
+	keys := election.KeysFor(cluster)
+	resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return election.Cluster{}, fmt.Errorf("read cluster: %w", err)
+	}
+	return election.ParseCluster(keys, resp.Header.Revision, resp.Kvs), nil
 }
 
 // leaderURL is the leader's API address, or "" when there is no leader.

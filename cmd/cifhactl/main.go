@@ -130,9 +130,15 @@ func newRoot() *cobra.Command {
 		Short: "Operate a cifha PostgreSQL HA cluster",
 		Long: `cifhactl reads the cluster's state from etcd and the agents' APIs.
 
+Actions (switchover, failover, restart, reinit, reload, set, remove, pause,
+resume) go to the agents' control API with the token of api.token_file (or
+--token-file); reading goes to etcd. A refused action prints the agent's
+reason. Every command that prints data has --json.
+
 Exit status:
   0  success (and, for status, a leader exists and every member answered)
-  1  the cluster has a problem (no leader, a member unreachable)
+  1  the cluster has a problem (no leader, a member unreachable), or an
+     action was refused or failed (the reason is printed)
   2  bad arguments or configuration, or etcd unreachable`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -146,7 +152,10 @@ Exit status:
 	root.AddCommand(statusCmd(g), historyCmd(g),
 		simpleCmd(g, "pause", "Maintenance mode: agents keep reporting but take no automatic action (no failover, no restart)"),
 		simpleCmd(g, "resume", "Leave maintenance mode"),
-		switchoverCmd(g), failoverCmd(g))
+		switchoverCmd(g), failoverCmd(g),
+		memberOpCmd(g, "restart", "Restart MEMBER's postgres (fast stop, start; the leader keeps its key, no failover)", "/restart", 2*time.Minute),
+		memberOpCmd(g, "reinit", "Re-clone standby MEMBER from the leader (refused on the leader; old data moved aside)", "/reinit", time.Hour),
+		reloadCmd(g), removeCmd(g), setCmd(g), showConfigCmd(g), editConfigCmd(g))
 	return root
 }
 
@@ -199,7 +208,8 @@ func historyCmd(g *globals) *cobra.Command {
 }
 
 func statusCmd(g *globals) *cobra.Command {
-	var asJSON bool
+	var asJSON, watch bool
+	var interval time.Duration
 	cmd := &cobra.Command{
 		Use:     "status",
 		Aliases: []string{"list"},
@@ -211,32 +221,55 @@ func statusCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer cli.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			defer cancel()
 			// The same client as every other API caller (honours api.ca_file);
 			// ctl.Status bounds each request itself.
 			hc, err := agent.APIClient(g.api.API.CAFile, 0)
 			if err != nil {
 				return &exitError{exitUsage, err}
 			}
-			st, err := ctl.Status(ctx, cli, cluster, hc, 500*time.Millisecond)
-			if err != nil {
-				return &exitError{exitUsage, err}
-			}
-			if asJSON {
-				if err := printJSON(cmd, st); err != nil {
-					return err
+			once := func() error {
+				ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+				defer cancel()
+				st, err := ctl.Status(ctx, cli, cluster, hc, 500*time.Millisecond)
+				if err != nil {
+					return &exitError{exitUsage, err}
 				}
-			} else {
-				ctl.RenderTable(cmd.OutOrStdout(), st)
+				if asJSON {
+					if err := printJSON(cmd, st); err != nil {
+						return err
+					}
+				} else {
+					if watch {
+						fmt.Fprintf(cmd.OutOrStdout(), "\033[H\033[2J%s\n", time.Now().Format(time.RFC3339))
+					}
+					ctl.RenderTable(cmd.OutOrStdout(), st)
+				}
+				if !st.Healthy() {
+					return &exitError{exitUnhealthy, nil} // the problems are in the output already
+				}
+				return nil
 			}
-			if !st.Healthy() {
-				return &exitError{exitUnhealthy, nil} // the problems are in the output already
+			if !watch {
+				return once()
 			}
-			return nil
+			for {
+				if err := once(); err != nil {
+					var ee *exitError
+					if !errors.As(err, &ee) || ee.code != exitUnhealthy {
+						fmt.Fprintln(cmd.ErrOrStderr(), err)
+					}
+				}
+				select {
+				case <-cmd.Context().Done():
+					return nil
+				case <-time.After(interval):
+				}
+			}
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "refresh until interrupted")
+	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "refresh interval with --watch")
 	return cmd
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -66,6 +67,11 @@ type Options struct {
 	// SwitchoverTimeout bounds each wait of a planned switchover (the
 	// candidate's replay, then its promotion).
 	SwitchoverTimeout time.Duration
+	// TTL is the lease ttl this agent runs with.
+	TTL time.Duration
+	// ConfigKey is the etcd key of the cluster-wide settings (to tell an
+	// unreadable one from an absent one).
+	ConfigKey string
 }
 
 // Snapshot is what the agent last saw and decided; the API serves it.
@@ -80,6 +86,8 @@ type Snapshot struct {
 	DCSErr     string
 	Plan       Plan
 	ObservedAt time.Time
+	// LoopInterval is the loop interval in effect.
+	LoopInterval time.Duration
 }
 
 // Agent is the per-host daemon's core. Run is its only acting goroutine.
@@ -121,6 +129,17 @@ type Agent struct {
 	hookSt         hookState
 	// switchW are the API requests waiting for a switchover's outcome.
 	switchW switchWaiters
+	// ops carries operator requests from the API to the loop; pending is
+	// the one being handled.
+	ops     chan *opRequest
+	pending *opRequest
+	// Cluster-wide settings as applied: maxLag is read by the API too.
+	maxLag        atomic.Int64
+	loopInterval  time.Duration
+	loopChanged   bool
+	appliedParams map[string]string
+	paramsApplied bool
+	keysConfig    string
 }
 
 // New returns an Agent; it does nothing until Run.
@@ -137,7 +156,9 @@ func New(opt Options) *Agent {
 	if opt.SwitchoverTimeout == 0 {
 		opt.SwitchoverTimeout = 30 * time.Second
 	}
-	a := &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}}
+	a := &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}, ops: make(chan *opRequest),
+		loopInterval: opt.LoopInterval, keysConfig: opt.ConfigKey}
+	a.maxLag.Store(opt.MaxLag)
 	a.fence = &fencer{a: a, armedCh: make(chan struct{}, 1)}
 	if len(opt.Hooks.OnStart)+len(opt.Hooks.OnStop)+len(opt.Hooks.OnRoleChange) > 0 {
 		a.hooks = newHookRunner(opt.Hooks, opt.Log.Named("hooks"))
@@ -193,6 +214,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		if a.loopChanged {
+			ticker.Reset(a.loopInterval)
+			a.loopChanged = false
+		}
 		exited := a.opt.PG.Exited()
 		if exited == a.seenExit {
 			exited = nil // already handled; a closed channel would spin the loop
@@ -201,6 +226,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			a.shutdown()
 			return nil
+		case r := <-a.ops:
+			a.pending = r
+			continue // at once, without the minimum gap
 		case <-ticker.C:
 		case <-a.opt.Wake:
 		case <-a.opt.LeaseChanged:
@@ -220,6 +248,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // Exported for the loop tests.
 func (a *Agent) Iterate(ctx context.Context) error {
 	o := a.observe(ctx)
+	a.applyParams(o)
 	p := Decide(o)
 	if p != a.lastPlan {
 		level := hclog.Info
@@ -232,6 +261,9 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	err := a.act(ctx, o, p)
 	if err != nil {
 		a.log.Error("action failed", "action", p.Action.String(), "error", err)
+	}
+	if o.Op != OpNone {
+		a.finishOp(p, err)
 	}
 	if o.HoldsLeader && o.PG != nil && !o.PG.InRecovery && p.Action == None {
 		a.leaderHousekeeping(ctx, o)
@@ -272,7 +304,10 @@ func (a *Agent) observe(ctx context.Context) Observation {
 		}
 	}
 	o.WritableLease = a.writableLease
-	o.NoFailover, o.FailoverPriority, o.MaxLag = a.opt.NoFailover, a.opt.FailoverPriority, a.opt.MaxLag
+	if a.pending != nil {
+		o.Op, o.OpArg = a.pending.op, a.pending.arg
+	}
+	o.NoFailover, o.FailoverPriority = a.opt.NoFailover, a.opt.FailoverPriority
 	o.RecentWindow, o.RemoveOnRewindFailure = a.opt.RecentWindow, a.opt.RemoveOnRewindFailure
 	if o.PG != nil && o.PG.InRecovery && o.PG.WalReceiver == "streaming" {
 		a.lastStreamed = a.now()
@@ -295,6 +330,8 @@ func (a *Agent) observe(ctx context.Context) Observation {
 		return o
 	}
 	o.Cluster = c
+	a.applyLimits(c)
+	o.MaxLag = a.maxLag.Load()
 	o.HoldsLeader = a.opt.DCS.Holds(c)
 	o.OwnsLeaderKey = a.opt.DCS.OwnsKey(c)
 	if l := c.Leader; l != nil && l.Valid && a.rewindFailedFor == l.Name {
@@ -452,6 +489,9 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 	case Switchover:
 		return a.switchover(ctx, o, p)
 
+	case Restart, Reload, Reinit, DropSlot, Refuse:
+		return a.actOp(ctx, o, p)
+
 	case ClearRequest:
 		a.log.Info("clearing request", "reason", p.Reason)
 		if sw := o.Cluster.Switchover; sw != nil {
@@ -503,23 +543,7 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		return a.start(ctx)
 
 	case Reclone:
-		host, port, err := splitAddr(p.TargetAddr)
-		if err != nil {
-			return err
-		}
-		moved, err := pg.MoveAside(o.Now)
-		if err != nil {
-			return err
-		}
-		a.log.Warn("data directory moved aside after a failed rewind; it is kept for the operator", "path", moved)
-		a.rewindFailed, a.rewindFailedFor = "", ""
-		if err := pg.Clone(ctx, host, port, "", pg.StandbyFor(p.Target, host, port)); err != nil {
-			return fmt.Errorf("clone: %w", err)
-		}
-		if err := pg.Configure(); err != nil {
-			return err
-		}
-		return a.start(ctx)
+		return a.reclone(ctx, o, p)
 
 	case RepairLeaderKey:
 		return dcs.Repair(ctx)
@@ -743,6 +767,7 @@ func (a *Agent) member(o Observation, p Plan) election.Member {
 	if st := o.PG; st != nil {
 		m.Timeline = st.Timeline
 		m.ReplayPaused = st.ReplayPaused
+		m.PendingRestart = st.PendingRestart
 		if st.CurrentLSN != 0 {
 			m.CurrentLSN = st.CurrentLSN.String()
 		}
@@ -767,7 +792,8 @@ func (a *Agent) member(o Observation, p Plan) election.Member {
 // members react to (everything but positions and the timestamp).
 func significant(a, b election.Member) bool {
 	return a.Role != b.Role || a.State != b.State || a.Timeline != b.Timeline || a.Reason != b.Reason ||
-		a.ConnAddress != b.ConnAddress || a.APIURL != b.APIURL || a.ReplayPaused != b.ReplayPaused
+		a.ConnAddress != b.ConnAddress || a.APIURL != b.APIURL || a.ReplayPaused != b.ReplayPaused ||
+		!slices.Equal(a.PendingRestart, b.PendingRestart)
 }
 
 func (a *Agent) publish(ctx context.Context, o Observation, p Plan, actErr error) {
@@ -776,7 +802,7 @@ func (a *Agent) publish(ctx context.Context, o Observation, p Plan, actErr error
 		m.Reason = fmt.Sprintf("%s (last action failed: %v)", p.Reason, actErr)
 	}
 	snap := &Snapshot{Member: m, Cluster: o.Cluster, IsLeader: o.HoldsLeader, Lease: o.Lease,
-		Running: o.Running, Plan: p, ObservedAt: o.Now}
+		Running: o.Running, Plan: p, ObservedAt: o.Now, LoopInterval: a.loopInterval}
 	if o.PG != nil {
 		snap.InRecovery = o.PG.InRecovery
 		snap.Streaming = o.PG.InRecovery && o.PG.WalReceiver == "streaming"

@@ -28,6 +28,9 @@ type StatusResponse struct {
 	LeaseValidFor string    `json:"lease_valid_for,omitempty"`
 	Plan          string    `json:"plan"`
 	ObservedAt    time.Time `json:"observed_at"`
+	// Effective cluster-wide settings on this member.
+	MaxLagOnFailover int64  `json:"maximum_lag_on_failover"`
+	LoopInterval     string `json:"loop_interval"`
 }
 
 // Handler serves the agent's read-only API:
@@ -51,7 +54,12 @@ func Handler(a *Agent) http.Handler {
 			if s != nil && ok(s, a.now()) {
 				code = http.StatusOK
 			}
-			writeJSON(w, code, statusOf(s, a.now()))
+			st := statusOf(s, a.now())
+			st.MaxLagOnFailover = a.maxLag.Load()
+			if s != nil {
+				st.LoopInterval = s.LoopInterval.String()
+			}
+			writeJSON(w, code, st)
 		}
 	}
 	mux.HandleFunc("/health", check(func(s *Snapshot, _ time.Time) bool { return s.Running && a.opt.PG.Running() }))

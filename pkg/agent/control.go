@@ -73,6 +73,13 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 		return ok("cluster resumed")
 	}))
 	mux.HandleFunc("/switchover", a.control(2*a.opt.SwitchoverTimeout+10*time.Second, a.postSwitchover))
+	opTimeout := 2*a.opt.StopTimeout + a.opt.StartTimeout + 10*time.Second
+	mux.HandleFunc("/restart", a.control(opTimeout, a.simpleOp(OpRestart, "postgres restarted on %s")))
+	mux.HandleFunc("/reload", a.control(opTimeout, a.simpleOp(OpReload, "configuration rewritten and reloaded on %s")))
+	// A clone can take long (the database's size over the network).
+	mux.HandleFunc("/reinit", a.control(time.Hour, a.simpleOp(OpReinit, "%s re-cloned from the leader; it starts as a standby")))
+	mux.HandleFunc("/remove", a.control(opTimeout, a.postRemove))
+	mux.HandleFunc("/config", a.control(10*time.Second, a.postConfig))
 	mux.HandleFunc("/failover", a.control(a.opt.SwitchoverTimeout+10*time.Second, a.postFailover))
 }
 
@@ -251,4 +258,103 @@ func (a *Agent) postFailover(ctx context.Context, body []byte) controlAnswer {
 			return no(http.StatusGatewayTimeout, "failover to %s requested, but it did not finish within the request's time; see cifhactl status", req.To)
 		}
 	}
+}
+
+func (a *Agent) simpleOp(op Op, done string) func(ctx context.Context, body []byte) controlAnswer {
+	return func(ctx context.Context, body []byte) controlAnswer {
+		if len(bytes.TrimSpace(body)) > 0 {
+			var none struct{}
+			if err := decodeBody(body, &none); err != nil {
+				return no(http.StatusBadRequest, "%v", err)
+			}
+		}
+		if err := a.request(ctx, op, ""); err != nil {
+			return no(http.StatusConflict, "%s refused on %s: %v", op, a.opt.Name, err)
+		}
+		return ok(done, a.opt.Name)
+	}
+}
+
+// RemoveBody is POST /remove's request.
+type RemoveBody struct {
+	Name string `json:"name"`
+}
+
+func (a *Agent) postRemove(ctx context.Context, body []byte) controlAnswer {
+	var req RemoveBody
+	if err := decodeBody(body, &req); err != nil {
+		return no(http.StatusBadRequest, "%v", err)
+	}
+	if !election.ValidName(req.Name) {
+		return no(http.StatusBadRequest, "invalid member name %q", req.Name)
+	}
+	if err := a.request(ctx, OpDropSlot, req.Name); err != nil {
+		return no(http.StatusConflict, "remove %s refused: %v", req.Name, err)
+	}
+	return ok("member %s removed: its replication slot on the leader is dropped (WAL is no longer kept for it)", req.Name)
+}
+
+// ConfigBody is POST /config's request: Set changes some keys (a value of
+// "" removes one); Replace stores a whole new config (edit-config).
+type ConfigBody struct {
+	Set     map[string]string       `json:"set,omitempty"`
+	Replace *election.DynamicConfig `json:"replace,omitempty"`
+	// ModRev, with Replace, is the revision the edit started from: a
+	// concurrent change makes it fail instead of being overwritten.
+	ModRev *int64 `json:"mod_rev,omitempty"`
+}
+
+func (a *Agent) postConfig(ctx context.Context, body []byte) controlAnswer {
+	var req ConfigBody
+	if err := decodeBody(body, &req); err != nil {
+		return no(http.StatusBadRequest, "%v", err)
+	}
+	if (req.Set == nil) == (req.Replace == nil) {
+		return no(http.StatusBadRequest, "give exactly one of set or replace")
+	}
+	c, err := a.opt.DCS.Read(ctx)
+	if err != nil {
+		return no(http.StatusServiceUnavailable, "cannot read the cluster: %v", err)
+	}
+	settings, err := a.opt.PG.ReadSettings(ctx)
+	if err != nil {
+		return no(http.StatusServiceUnavailable, "cannot validate: postgres on %s is not readable (%v); send it to a running member", a.opt.Name, err)
+	}
+	lim := Limits{FenceMargin: a.opt.FenceMargin, LoopInterval: a.opt.LoopInterval, TTL: a.opt.TTL}
+	var next election.DynamicConfig
+	modRev := c.ConfigRev
+	if req.Replace != nil {
+		if req.ModRev != nil {
+			modRev = *req.ModRev
+		}
+		next = *req.Replace
+		if err := ValidateDynamic(next, settings, lim); err != nil {
+			return no(http.StatusBadRequest, "refused, nothing stored: %v", err)
+		}
+	} else {
+		if _, bad := c.Invalid[a.keysConfig]; bad {
+			return no(http.StatusConflict, "the stored cluster config is unreadable (%s); replace it with edit-config", c.Invalid[a.keysConfig])
+		}
+		next, err = ApplySet(c.Config, req.Set, settings, lim)
+		if err != nil {
+			return no(http.StatusBadRequest, "refused, nothing stored: %v", err)
+		}
+	}
+	if err := a.opt.Control.PutConfig(ctx, next, modRev); err != nil {
+		return no(http.StatusConflict, "%v", err)
+	}
+	var restart []string
+	for name := range next.Parameters {
+		if s, found := settings[name]; found && s.NeedsRestart() && next.Parameters[name] != c.Config.Parameters[name] {
+			restart = append(restart, name)
+		}
+	}
+	msg := "cluster config stored; every member applies it within a loop interval"
+	if len(restart) > 0 {
+		msg += fmt.Sprintf("; %s take(s) effect only after `cifhactl restart` of each member (status shows restart pending)", strings.Join(restart, ", "))
+	}
+	if req.Replace != nil && next.TTL != c.Config.TTL || req.Set != nil && req.Set["ttl"] != "" {
+		msg += "; ttl applies when each agent next starts (a lease keeps the ttl it was granted with)"
+	}
+	return ok("%s", msg)
 }

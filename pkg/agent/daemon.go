@@ -133,7 +133,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		return err
 	}
 	defer cli.Close()
-	ttl := cfg.HA.TTL.Duration
+	ttl := clusterTTL(ctx, cli, cfg, log)
 	sess := election.NewSession(cli, ttl, log.Named("lease"))
 	store := election.NewStore(cli, cfg.Cluster, cfg.Name, sess, log.Named("etcd"))
 
@@ -168,9 +168,11 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		TriggerFile:     triggerFile,
 		Hooks: Hooks{OnStart: cfg.Callbacks.OnStart, OnStop: cfg.Callbacks.OnStop, OnRoleChange: cfg.Callbacks.OnRoleChange,
 			Timeout: cfg.Callbacks.Timeout.Duration, Cluster: cfg.Cluster},
-		Watchdog: wd,
-		Control:  store,
-		Token:    cfg.API.Token,
+		Watchdog:  wd,
+		Control:   store,
+		ConfigKey: store.Keys().Config(),
+		TTL:       ttl,
+		Token:     cfg.API.Token,
 	})
 
 	ln, err := net.Listen("tcp", cfg.API.Listen)
@@ -208,4 +210,28 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	}
 	log.Info("stopped")
 	return err
+}
+
+// clusterTTL is the cluster config's ttl (cifhactl set ttl=...) when it is
+// set and valid for this member, else the file's. A lease keeps the ttl it
+// was granted with, so a change applies when the agent starts.
+func clusterTTL(ctx context.Context, cli *clientv3.Client, cfg *config.Config, log hclog.Logger) time.Duration {
+	ttl := cfg.HA.TTL.Duration
+	gctx, cancel := context.WithTimeout(ctx, cfg.Etcd.DialTimeout.Duration+time.Second)
+	defer cancel()
+	resp, err := cli.Get(gctx, election.KeysFor(cfg.Cluster).Config())
+	if err != nil || len(resp.Kvs) == 0 {
+		return ttl
+	}
+	dc, err := election.ParseDynamicConfig(resp.Kvs[0].Value)
+	if err != nil || dc.TTL == "" {
+		return ttl
+	}
+	d, err := time.ParseDuration(dc.TTL)
+	if err != nil || d < 2*time.Second || d < 3*cfg.HA.FenceMargin.Duration || cfg.HA.LoopInterval.Duration > d/2 {
+		log.Warn("ignoring the cluster config's ttl: invalid for this member", "ttl", dc.TTL, "fence_margin", cfg.HA.FenceMargin.Duration)
+		return ttl
+	}
+	log.Info("ttl from the cluster config", "ttl", d)
+	return d
 }

@@ -62,6 +62,10 @@ type Observation struct {
 	RewindFailed string
 	// RemoveOnRewindFailure allows re-cloning (the old data moved aside).
 	RemoveOnRewindFailure bool
+	// Op is an operator's pending request (restart, reinit, ...), OpArg
+	// its argument.
+	Op    Op
+	OpArg string
 }
 
 // Candidate is another member's state as its API reported it just now.
@@ -141,11 +145,18 @@ const (
 	// ClearRequest removes a switchover or failover request that can no
 	// longer be carried out (Plan.Reason says why).
 	ClearRequest
+	// Operator requests (cifhactl restart, reload, reinit, remove).
+	Restart
+	Reload
+	Reinit
+	DropSlot
+	// Refuse answers an operator request with Plan.Reason and does nothing.
+	Refuse
 )
 
 var actionNames = [...]string{"none", "wait", "bootstrap", "clone", "start-primary", "acquire-and-start",
 	"acquire", "start-standby", "follow", "promote", "repair-leader-key", "clear-stale-leader", "demote",
-	"fence", "stop-foreign", "take-over", "rewind", "reclone", "switchover", "clear-request"}
+	"fence", "stop-foreign", "take-over", "rewind", "reclone", "switchover", "clear-request", "restart", "reload", "reinit", "drop-slot", "refuse"}
 
 func (a Action) String() string {
 	if int(a) < len(actionNames) {
@@ -234,12 +245,6 @@ func Decide(o Observation) Plan {
 	if o.ForeignPID != 0 {
 		return plan(StopForeign, "postmaster %d was not started by cifha; stopping it to take control", o.ForeignPID)
 	}
-	if o.DCSErr == nil && o.Cluster.Paused {
-		// Maintenance mode: report, but take no automatic action (no
-		// failover, no restart, no rejoin). Fencing above still applies:
-		// a primary that lost its lease must stop accepting writes.
-		return plan(Wait, "cluster paused (maintenance mode): no automatic action")
-	}
 	if o.DCSErr != nil {
 		if o.primaryLike() {
 			return plan(Wait, "etcd unreachable (%v); primary keeps running until the fence margin before its lease deadline", o.DCSErr)
@@ -247,6 +252,17 @@ func Decide(o Observation) Plan {
 		return plan(Wait, "etcd unreachable: %v", o.DCSErr)
 	}
 	leader := o.leader()
+	if o.Op != OpNone {
+		// An operator's explicit request, honoured in maintenance mode too
+		// (after fencing, which nothing overrides).
+		return decideOp(o, leader)
+	}
+	if o.DCSErr == nil && o.Cluster.Paused {
+		// Maintenance mode: report, but take no automatic action (no
+		// failover, no restart, no rejoin). Fencing above still applies:
+		// a primary that lost its lease must stop accepting writes.
+		return plan(Wait, "cluster paused (maintenance mode): no automatic action")
+	}
 	switch o.DataDir {
 	case pgctl.DataDirForeign:
 		return plan(Wait, "data directory is not empty and not a PostgreSQL data directory (%v); refusing to touch it", o.DataDirErr)

@@ -23,6 +23,7 @@ type fakePostgres struct {
 	// rewindErr is what Rewind returns.
 	rewindErr error
 	recv      pgctl.LSN
+	dynamic   map[string]string
 }
 
 var _ Postgres = (*fakePostgres)(nil)
@@ -116,6 +117,17 @@ func (f *fakePostgres) PromoteByTriggerFile(string) error {
 	return nil
 }
 func (f *fakePostgres) RemoveTriggerFile(string) {}
+func (f *fakePostgres) ReadSettings(context.Context) (map[string]pgctl.Setting, error) {
+	return testSettings, nil
+}
+func (f *fakePostgres) SetDynamicParams(p map[string]string) {
+	f.call("dynamic-params")
+	f.dynamic = p
+}
+func (f *fakePostgres) DropSlot(_ context.Context, name string) error {
+	f.call("drop-slot " + name)
+	return nil
+}
 func (f *fakePostgres) ControlData(context.Context) (pgctl.ControlData, error) {
 	f.call("controldata")
 	return pgctl.ControlData{State: "shut down", Checkpoint: 1000, Timeline: 1}, nil

@@ -19,6 +19,25 @@ type PG struct {
 	AppName             string
 	// TriggerFile is recovery.conf's trigger_file before 12.
 	TriggerFile string
+	// dynamic are the cluster-wide parameters from etcd, written after the
+	// file's (they win). Only the loop goroutine sets them.
+	dynamic map[string]string
+}
+
+// SetDynamicParams implements Postgres.
+func (p *PG) SetDynamicParams(params map[string]string) { p.dynamic = params }
+
+// settings is the node's settings with the cluster-wide parameters last.
+func (p *PG) settings() pgctl.Settings {
+	s := p.Settings
+	if len(p.dynamic) == 0 {
+		return s
+	}
+	s.Params = append(append([]tuning.Param{}, s.Params...), MergeParams(nil, nil, p.dynamic)...)
+	for i := len(s.Params) - len(p.dynamic); i < len(s.Params); i++ {
+		s.Params[i].Comment = "cluster config (cifhactl set)"
+	}
+	return s
 }
 
 // NewPG builds the adapter. params are tuning + HA + operator parameters in
@@ -60,7 +79,7 @@ func (p *PG) Clone(ctx context.Context, host string, port int, slot string, sb p
 		return err
 	}
 	return p.Instance.Clone(ctx, host, port, p.ReplicationUser, slot, p.AppName, func(dir string) error {
-		if err := pgctl.WriteConfig(dir, p.Settings); err != nil {
+		if err := pgctl.WriteConfig(dir, p.settings()); err != nil {
 			return err
 		}
 		return pgctl.WriteStandby(dir, p.Version(), sb)
@@ -72,7 +91,7 @@ func (p *PG) Configure() error {
 	if err := p.writePassFile(); err != nil {
 		return err
 	}
-	return pgctl.WriteConfig(p.Config().DataDir, p.Settings)
+	return pgctl.WriteConfig(p.Config().DataDir, p.settings())
 }
 
 // writePassFile writes the libpq passfile (0600) that pg_basebackup,
@@ -119,4 +138,9 @@ func (p *PG) Rewind(ctx context.Context, host string, port int) error {
 // SlotName is the replication slot the leader keeps for member name.
 func SlotName(name string) string {
 	return strings.ReplaceAll(strings.ToLower(name), "-", "_")
+}
+
+// ReadSettings implements Postgres.
+func (p *PG) ReadSettings(ctx context.Context) (map[string]pgctl.Setting, error) {
+	return p.Instance.Settings(ctx)
 }

@@ -49,6 +49,12 @@ type Postgres interface {
 	RemoveTriggerFile(path string)
 	// ControlData reads pg_controldata (postgres stopped).
 	ControlData(ctx context.Context) (pgctl.ControlData, error)
+	// Settings reads pg_settings (postgres running).
+	ReadSettings(ctx context.Context) (map[string]pgctl.Setting, error)
+	// SetDynamicParams sets the cluster-wide parameters the next Configure
+	// writes after the file's.
+	SetDynamicParams(params map[string]string)
+	DropSlot(ctx context.Context, name string) error
 }
 
 // DCS is the cluster's state in etcd as the agent uses it. *election.Store

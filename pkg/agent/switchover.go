@@ -117,8 +117,8 @@ func (a *Agent) checkCandidate(ctx context.Context, c election.Cluster, name str
 	if cand.ReplayPaused {
 		return refuse("%s has WAL replay paused (%d bytes behind); resume replay first", name, max(lag, 0))
 	}
-	if lag > a.opt.MaxLag {
-		return refuse("%s is %d bytes behind the leader, more than maximum_lag_on_failover (%d)", name, lag, a.opt.MaxLag)
+	if maxLag := a.maxLag.Load(); lag > maxLag {
+		return refuse("%s is %d bytes behind the leader, more than maximum_lag_on_failover (%d)", name, lag, maxLag)
 	}
 	return nil
 }

@@ -31,6 +31,8 @@ type MemberStatus struct {
 	APIURL       string `json:"api_url"`
 	Reason       string `json:"reason,omitempty"`
 	Error        string `json:"error,omitempty"`
+	// PendingRestart lists parameters waiting for `cifhactl restart`.
+	PendingRestart []string `json:"pending_restart,omitempty"`
 }
 
 // ClusterStatus is the whole answer of `cifhactl status`.
@@ -103,7 +105,7 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 	for i, n := range names {
 		m := members[n]
 		row := MemberStatus{Name: n, Host: m.ConnAddress, State: m.State, Timeline: m.Timeline,
-			ReplayPaused: m.ReplayPaused, Reachable: errs[i] == nil, APIURL: m.APIURL, Reason: m.Reason}
+			ReplayPaused: m.ReplayPaused, Reachable: errs[i] == nil, APIURL: m.APIURL, Reason: m.Reason, PendingRestart: m.PendingRestart}
 		switch {
 		case n == out.Leader:
 			row.Role = "Leader"
@@ -192,6 +194,9 @@ func RenderTable(w io.Writer, s ClusterStatus) {
 			name += " *"
 		}
 		state := m.State
+		if len(m.PendingRestart) > 0 {
+			state += " (restart pending)"
+		}
 		if !m.Reachable {
 			state += " (unreachable)"
 		}

@@ -27,13 +27,16 @@ type Member struct {
 	Replicas []ReplicaLag `json:"replicas,omitempty"`
 	APIURL   string       `json:"api_url"`
 	// ConnAddress is host:port of this member's postgres.
-	ConnAddress      string    `json:"conn_address"`
-	Version          string    `json:"version,omitempty"`
-	AgentVersion     string    `json:"agent_version,omitempty"`
-	NoFailover       bool      `json:"nofailover,omitempty"`
-	FailoverPriority int       `json:"failover_priority,omitempty"`
-	Reason           string    `json:"reason,omitempty"`
-	UpdatedAt        time.Time `json:"updated_at"`
+	ConnAddress      string `json:"conn_address"`
+	Version          string `json:"version,omitempty"`
+	AgentVersion     string `json:"agent_version,omitempty"`
+	NoFailover       bool   `json:"nofailover,omitempty"`
+	FailoverPriority int    `json:"failover_priority,omitempty"`
+	Reason           string `json:"reason,omitempty"`
+	// PendingRestart lists parameters that take effect only after a
+	// restart of this member's postgres (cifhactl restart).
+	PendingRestart []string  `json:"pending_restart,omitempty"`
+	UpdatedAt      time.Time `json:"updated_at"`
 }
 
 // ReplicaLag is one standby as its primary sees it.

@@ -54,6 +54,9 @@ type Status struct {
 	Replication []Replica
 	// Slots lists physical replication slots.
 	Slots []Slot
+	// PendingRestart lists parameters changed in the files that take
+	// effect only after a restart (pg_settings.pending_restart, 9.5+).
+	PendingRestart []string
 }
 
 // Replica is one row of pg_stat_replication.
@@ -239,6 +242,25 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 				return err
 			}
 			st.Slots = append(st.Slots, s)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if i.version < 90500 {
+			return nil
+		}
+		rows, err = c.Query(ctx, `SELECT name FROM pg_settings WHERE pending_restart ORDER BY name`)
+		if err != nil {
+			return fmt.Errorf("query pending restart: %w", err)
+		}
+		for rows.Next() {
+			var n string
+			if err := rows.Scan(&n); err != nil {
+				rows.Close()
+				return err
+			}
+			st.PendingRestart = append(st.PendingRestart, n)
 		}
 		rows.Close()
 		return rows.Err()

@@ -1,0 +1,164 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cifha/cifha/internal/cluster"
+	"github.com/cifha/cifha/internal/testutil"
+	"github.com/cifha/cifha/pkg/election"
+)
+
+func showString(t *testing.T, n *cluster.Node, name string) (string, error) {
+	conn, err := n.Connect(ctxT(t, 5*time.Second))
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctxT(t, time.Second))
+	var v string
+	err = conn.QueryRow(ctxT(t, 5*time.Second), "SHOW "+name).Scan(&v)
+	return v, err
+}
+
+// TestClusterConfigAndOperatorCommands covers acceptance 5, 6 and 7:
+// cluster-wide settings reach every member (and an invalid one is refused
+// with its key named), a restart-only parameter shows "restart pending"
+// until restart, reinit re-clones a standby (refused on the leader), and
+// the commands' --json output parses.
+func TestClusterConfigAndOperatorCommands(t *testing.T) {
+	c, p, tok := controlCluster(t, nil)
+
+	ctl := func(args ...string) (string, int) {
+		return cifhactl(t, c, append([]string{"--token-file", tok}, args...)...)
+	}
+	mustJSON := func(args ...string) map[string]any {
+		t.Helper()
+		out, code := ctl(append(args, "--json")...)
+		var v map[string]any
+		if err := json.Unmarshal([]byte(out), &v); err != nil || code != 0 || v["ok"] != true {
+			t.Fatalf("%v: exit %d, %v:\n%s", args, code, err, out)
+		}
+		return v
+	}
+
+	// maximum_lag_on_failover and a reloadable parameter reach every member.
+	mustJSON("set", "maximum_lag_on_failover=2MB", "postgresql.parameters.work_mem=8MB")
+	for _, n := range c.Nodes {
+		testutil.Eventually(t, 15*time.Second, n.Name+" applies the cluster config", func() error {
+			s := status(t, n)
+			if s.MaxLagOnFailover != 2<<20 {
+				return fmt.Errorf("maximum_lag_on_failover %d", s.MaxLagOnFailover)
+			}
+			if v, err := showString(t, n, "work_mem"); err != nil || v != "8MB" {
+				return fmt.Errorf("work_mem %q %v", v, err)
+			}
+			return nil
+		})
+	}
+	out, _ := cifhactl(t, c, "show-config")
+	var dc election.DynamicConfig
+	if err := json.Unmarshal([]byte(out), &dc); err != nil || dc.Parameters["work_mem"] != "8MB" || dc.MaximumLagOnFailover == nil {
+		t.Fatalf("show-config: %v\n%s", err, out)
+	}
+
+	// Invalid values: refused, key named, nothing stored.
+	for _, bad := range []struct{ arg, key string }{
+		{"postgresql.parameters.work_mem=lots", "postgresql.parameters.work_mem"},
+		{"postgresql.parameters.port=6543", "postgresql.parameters.port"},
+		{"maximum_lag_on_failover=-3", "maximum_lag_on_failover"},
+		{"ttl=1s", "ttl"},
+		{"colour=blue", "colour"},
+	} {
+		out, code := ctl("set", bad.arg)
+		if code != 1 || !strings.Contains(out, bad.key) || !strings.Contains(out, "nothing stored") {
+			t.Fatalf("set %s: exit %d: %s", bad.arg, code, out)
+		}
+	}
+	out, _ = cifhactl(t, c, "show-config")
+	var after election.DynamicConfig
+	json.Unmarshal([]byte(out), &after)
+	if after.Parameters["work_mem"] != "8MB" || len(after.Parameters) != 1 {
+		t.Fatalf("a refused set changed the config: %s", out)
+	}
+
+	// A restart-only parameter: "restart pending" until restart.
+	mustJSON("set", "postgresql.parameters.shared_buffers=48MB")
+	pending := func(name string) (bool, error) {
+		st, _ := statusJSON(t, c)
+		for _, m := range st.Members {
+			if m.Name == name {
+				return slices.Contains(m.PendingRestart, "shared_buffers"), nil
+			}
+		}
+		return false, fmt.Errorf("no member %s", name)
+	}
+	for _, n := range c.Nodes {
+		testutil.Eventually(t, 15*time.Second, n.Name+" restart pending", func() error {
+			if ok, err := pending(n.Name); !ok {
+				return fmt.Errorf("not pending (%v)", err)
+			}
+			return nil
+		})
+	}
+	if out, _ := cifhactl(t, c, "status"); !strings.Contains(out, "restart pending") {
+		t.Fatalf("status table lacks restart pending:\n%s", out)
+	}
+	stb := others(c, p)[0]
+	mustJSON("restart", stb.Name)
+	mustJSON("restart", p.Name)
+	for _, n := range []*cluster.Node{stb, p} {
+		testutil.Eventually(t, 15*time.Second, n.Name+" restarted with the new value", func() error {
+			if ok, _ := pending(n.Name); ok {
+				return fmt.Errorf("still pending")
+			}
+			if v, err := showString(t, n, "shared_buffers"); err != nil || v != "48MB" {
+				return fmt.Errorf("shared_buffers %q %v", v, err)
+			}
+			return nil
+		})
+	}
+	if l := leaderName(t, c); l != p.Name {
+		t.Fatalf("restarting the leader moved the leadership to %q", l)
+	}
+
+	// reinit: refused on the leader, re-clones a standby that streams again.
+	if out, code := ctl("reinit", "--force", p.Name); code != 1 || !strings.Contains(out, "is the leader") {
+		t.Fatalf("reinit leader: exit %d: %s", code, out)
+	}
+	exec1(t, p, "CREATE TABLE before_reinit (id int)")
+	mustJSON("reinit", "--force", stb.Name)
+	testutil.Eventually(t, 60*time.Second, "re-cloned standby streams", func() error { return followsFrom(t, stb, p) })
+	testutil.Eventually(t, 10*time.Second, "re-cloned standby has the data", rowsAtLeast(stb, "SELECT count(*) FROM pg_class WHERE relname = 'before_reinit'", 1))
+	aside, _ := filepath.Glob(stb.DataDir + ".*")
+	if len(aside) == 0 {
+		t.Fatalf("the old data directory was not kept aside")
+	}
+	for _, d := range aside {
+		os.RemoveAll(d)
+	}
+
+	// reload, remove of a live member, history and status as JSON.
+	if out, code := ctl("reload"); code != 0 {
+		t.Fatalf("reload: exit %d: %s", code, out)
+	}
+	if out, code := ctl("remove", "--force", stb.Name); code != 1 || !strings.Contains(out, "alive") {
+		t.Fatalf("remove live member: exit %d: %s", code, out)
+	}
+	var hist []election.HistoryRecord
+	out, _ = cifhactl(t, c, "history", "--json")
+	if err := json.Unmarshal([]byte(out), &hist); err != nil || len(hist) == 0 {
+		t.Fatalf("history --json: %v\n%s", err, out)
+	}
+	if st, code := statusJSON(t, c); code != 0 || st.Leader != p.Name || len(st.Members) != 3 {
+		t.Fatalf("status: exit %d %+v", code, st)
+	}
+	if out, code := cifhactl(t, c, "completion", "bash"); code != 0 || !strings.Contains(out, "cifhactl") {
+		t.Fatalf("completion: exit %d", code)
+	}
+}

@@ -1,0 +1,245 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cifha/cifha/pkg/config"
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+)
+
+// Cluster-wide settings (`cifhactl set`, `edit-config`) live in etcd and
+// override each member's file. Every change is validated by the agent that
+// receives it, against its own running postgres's pg_settings, before it is
+// stored; an invalid value is refused with its key named and nothing is
+// stored.
+
+// managedParams are set by cifha itself; the cluster config may not change
+// them (a wrong value would break replication or the agent's control).
+var managedParams = map[string]string{
+	"listen_addresses": "set [postgres] listen", "port": "set [postgres] port",
+	"unix_socket_directories": "set [postgres] socket_dir", "data_directory": "managed by cifha",
+	"hba_file": "managed by cifha", "ident_file": "managed by cifha", "config_file": "managed by cifha",
+	"primary_conninfo": "managed by cifha", "primary_slot_name": "managed by cifha",
+	"promote_trigger_file": "set ha.trigger_file", "hot_standby": "required on by cifha",
+	"cluster_name": "managed by cifha",
+}
+
+// ConfigError names the key whose value was refused.
+type ConfigError struct {
+	Key, Problem string
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("%s: %s", e.Key, e.Problem) }
+
+// Limits are the bounds a ttl change is checked against (this member's
+// file settings that depend on it).
+type Limits struct {
+	FenceMargin  time.Duration
+	LoopInterval time.Duration // the file's, used when the change does not set it
+	TTL          time.Duration // the file's
+}
+
+var paramNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
+
+// ApplySet returns cur with each key=value of set applied, validated. A
+// value of "" removes the key (back to each member's file). settings is
+// pg_settings of a running postgres.
+func ApplySet(cur election.DynamicConfig, set map[string]string, settings map[string]pgctl.Setting, lim Limits) (election.DynamicConfig, error) {
+	out := cur
+	out.Parameters = maps.Clone(cur.Parameters)
+	if out.Parameters == nil {
+		out.Parameters = map[string]string{}
+	}
+	keys := slices.Sorted(maps.Keys(set))
+	if len(keys) == 0 {
+		return cur, errors.New("nothing to set")
+	}
+	for _, k := range keys {
+		v := strings.TrimSpace(set[k])
+		switch {
+		case k == "ttl":
+			out.TTL = v
+		case k == "loop_interval":
+			out.LoopInterval = v
+		case k == "maximum_lag_on_failover":
+			if v == "" {
+				out.MaximumLagOnFailover = nil
+				continue
+			}
+			n, err := config.ParseBytes(v)
+			if err != nil {
+				return cur, &ConfigError{k, err.Error()}
+			}
+			out.MaximumLagOnFailover = &n
+		case strings.HasPrefix(k, "postgresql.parameters.") || strings.HasPrefix(k, "parameters."):
+			name := k[strings.LastIndex(k, "parameters.")+len("parameters."):]
+			if v == "" {
+				delete(out.Parameters, name)
+				continue
+			}
+			if err := checkParam(name, v, settings); err != nil {
+				return cur, &ConfigError{k, err.Error()}
+			}
+			out.Parameters[name] = v
+		default:
+			return cur, &ConfigError{k, "unknown setting (known: ttl, loop_interval, maximum_lag_on_failover, postgresql.parameters.NAME)"}
+		}
+	}
+	if len(out.Parameters) == 0 {
+		out.Parameters = nil
+	}
+	if err := ValidateDynamic(out, settings, lim); err != nil {
+		return cur, err
+	}
+	return out, nil
+}
+
+// ValidateDynamic checks a whole cluster config (edit-config stores one).
+func ValidateDynamic(c election.DynamicConfig, settings map[string]pgctl.Setting, lim Limits) error {
+	ttl, loop := lim.TTL, lim.LoopInterval
+	if c.TTL != "" {
+		d, err := time.ParseDuration(c.TTL)
+		switch {
+		case err != nil:
+			return &ConfigError{"ttl", fmt.Sprintf("%q is not a duration (e.g. \"10s\")", c.TTL)}
+		case d < 2*time.Second || d > 10*time.Minute || d%time.Second != 0:
+			return &ConfigError{"ttl", fmt.Sprintf("%s must be whole seconds between 2s and 10m", d)}
+		case d < 3*lim.FenceMargin:
+			return &ConfigError{"ttl", fmt.Sprintf("%s is less than 3 x fence_margin (%s) of this member", d, lim.FenceMargin)}
+		}
+		ttl = d
+	}
+	if c.LoopInterval != "" {
+		d, err := time.ParseDuration(c.LoopInterval)
+		if err != nil {
+			return &ConfigError{"loop_interval", fmt.Sprintf("%q is not a duration (e.g. \"1s\")", c.LoopInterval)}
+		}
+		if d < 100*time.Millisecond {
+			return &ConfigError{"loop_interval", fmt.Sprintf("%s is below 100ms", d)}
+		}
+		loop = d
+	}
+	if ttl > 0 && loop > ttl/2 {
+		return &ConfigError{"loop_interval", fmt.Sprintf("%s must be at most ttl/2 (%s)", loop, ttl/2)}
+	}
+	if c.MaximumLagOnFailover != nil && *c.MaximumLagOnFailover <= 0 {
+		return &ConfigError{"maximum_lag_on_failover", "must be positive"}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Parameters)) {
+		if err := checkParam(name, c.Parameters[name], settings); err != nil {
+			return &ConfigError{"postgresql.parameters." + name, err.Error()}
+		}
+	}
+	return nil
+}
+
+func checkParam(name, v string, settings map[string]pgctl.Setting) error {
+	if !paramNameRE.MatchString(name) {
+		return fmt.Errorf("%q is not a parameter name", name)
+	}
+	if why, ok := managedParams[name]; ok {
+		return fmt.Errorf("cannot be set cluster-wide (%s)", why)
+	}
+	if strings.ContainsAny(v, "\n\r\x00") {
+		return errors.New("value contains a line break or NUL")
+	}
+	s, ok := settings[name]
+	if !ok {
+		if strings.Contains(name, ".") {
+			return nil // an extension's custom parameter: postgres accepts any value
+		}
+		return errors.New("unknown parameter on this PostgreSQL version")
+	}
+	switch s.Vartype {
+	case "bool":
+		switch strings.ToLower(v) {
+		case "on", "off", "true", "false", "yes", "no", "1", "0":
+			return nil
+		}
+		return fmt.Errorf("%q is not a boolean (on/off)", v)
+	case "enum":
+		for _, e := range s.EnumVals {
+			if strings.EqualFold(e, v) {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q is not one of %s", v, strings.Join(s.EnumVals, ", "))
+	case "integer", "real":
+		return checkNumber(s, v)
+	}
+	return nil
+}
+
+var numUnitRE = regexp.MustCompile(`^(-?[0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)$`)
+
+// memory and time units relative to the smallest, as postgres accepts them.
+var memUnits = map[string]float64{"B": 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+var timeUnits = map[string]float64{"us": 1e-3, "ms": 1, "s": 1000, "min": 60000, "h": 3600000, "d": 86400000}
+
+// checkNumber checks a numeric value against min/max, converting a unit
+// suffix into the parameter's own unit (e.g. "64MB" for shared_buffers, whose
+// unit is 8kB).
+func checkNumber(s pgctl.Setting, v string) error {
+	m := numUnitRE.FindStringSubmatch(v)
+	if m == nil {
+		return fmt.Errorf("%q is not a number", v)
+	}
+	n, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return fmt.Errorf("%q is not a number", v)
+	}
+	if s.Vartype == "integer" && m[2] == "" && n != math.Trunc(n) {
+		return fmt.Errorf("%q is not an integer", v)
+	}
+	if m[2] != "" {
+		base, factor := unitScale(s.Unit)
+		table := memUnits
+		if base == "time" {
+			table = timeUnits
+		} else if base == "" {
+			return fmt.Errorf("%q: this parameter takes no unit", v)
+		}
+		u, ok := table[m[2]]
+		if !ok {
+			return fmt.Errorf("%q: unknown unit %q", v, m[2])
+		}
+		n = n * u / factor
+	}
+	if s.Min != nil && n < *s.Min {
+		return fmt.Errorf("%s is below the minimum %v%s", v, *s.Min, s.Unit)
+	}
+	if s.Max != nil && n > *s.Max {
+		return fmt.Errorf("%s is above the maximum %v%s", v, *s.Max, s.Unit)
+	}
+	return nil
+}
+
+// unitScale returns the kind of a pg_settings unit ("mem", "time" or "")
+// and its size in the smallest unit of that kind.
+func unitScale(unit string) (string, float64) {
+	m := numUnitRE.FindStringSubmatch(unit)
+	if unit == "" || m == nil && !strings.Contains("B kB MB GB TB us ms s min h d", unit) {
+		return "", 1
+	}
+	mult, name := 1.0, unit
+	if m != nil {
+		mult, _ = strconv.ParseFloat(m[1], 64)
+		name = m[2]
+	}
+	if u, ok := memUnits[name]; ok {
+		return "mem", mult * u
+	}
+	if u, ok := timeUnits[name]; ok {
+		return "time", mult * u
+	}
+	return "", 1
+}

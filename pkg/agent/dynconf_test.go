@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+)
+
+func f(v float64) *float64 { return &v }
+
+var testSettings = map[string]pgctl.Setting{
+	"work_mem":                   {Name: "work_mem", Vartype: "integer", Context: "user", Unit: "kB", Min: f(64), Max: f(2147483647)},
+	"shared_buffers":             {Name: "shared_buffers", Vartype: "integer", Context: "postmaster", Unit: "8kB", Min: f(16), Max: f(1073741823)},
+	"log_min_duration_statement": {Name: "log_min_duration_statement", Vartype: "integer", Context: "superuser", Unit: "ms", Min: f(-1), Max: f(2147483647)},
+	"synchronous_commit":         {Name: "synchronous_commit", Vartype: "enum", Context: "user", EnumVals: []string{"local", "remote_write", "remote_apply", "on", "off"}},
+	"log_connections":            {Name: "log_connections", Vartype: "bool", Context: "superuser-backend"},
+	"random_page_cost":           {Name: "random_page_cost", Vartype: "real", Context: "user", Min: f(0), Max: f(1.79769e+308)},
+	"listen_addresses":           {Name: "listen_addresses", Vartype: "string", Context: "postmaster"},
+}
+
+func TestApplySet(t *testing.T) {
+	lim := Limits{FenceMargin: time.Second, LoopInterval: time.Second, TTL: 10 * time.Second}
+	good := []map[string]string{
+		{"maximum_lag_on_failover": "64MB"},
+		{"postgresql.parameters.work_mem": "8MB"},
+		{"parameters.work_mem": "4096"},
+		{"postgresql.parameters.shared_buffers": "256MB"},
+		{"postgresql.parameters.log_min_duration_statement": "250ms"},
+		{"postgresql.parameters.synchronous_commit": "off"},
+		{"postgresql.parameters.log_connections": "on"},
+		{"postgresql.parameters.random_page_cost": "1.1"},
+		{"postgresql.parameters.pg_stat_statements.max": "1000"},
+		{"ttl": "6s", "loop_interval": "500ms"},
+	}
+	for _, set := range good {
+		if _, err := ApplySet(election.DynamicConfig{}, set, testSettings, lim); err != nil {
+			t.Errorf("%v: %v", set, err)
+		}
+	}
+	bad := []struct {
+		set map[string]string
+		key string
+	}{
+		{map[string]string{"maximum_lag_on_failover": "lots"}, "maximum_lag_on_failover"},
+		{map[string]string{"postgresql.parameters.work_mem": "8XB"}, "postgresql.parameters.work_mem"},
+		{map[string]string{"postgresql.parameters.work_mem": "1kB"}, "postgresql.parameters.work_mem"},
+		{map[string]string{"postgresql.parameters.shared_buffers": "1kB"}, "postgresql.parameters.shared_buffers"},
+		{map[string]string{"postgresql.parameters.synchronous_commit": "sometimes"}, "postgresql.parameters.synchronous_commit"},
+		{map[string]string{"postgresql.parameters.log_connections": "maybe"}, "postgresql.parameters.log_connections"},
+		{map[string]string{"postgresql.parameters.no_such_thing": "1"}, "postgresql.parameters.no_such_thing"},
+		{map[string]string{"postgresql.parameters.listen_addresses": "*"}, "postgresql.parameters.listen_addresses"},
+		{map[string]string{"postgresql.parameters.work_mem": "1\nport=1"}, "postgresql.parameters.work_mem"},
+		{map[string]string{"ttl": "1s"}, "ttl"},
+		{map[string]string{"ttl": "2.5s"}, "ttl"},
+		{map[string]string{"ttl": "soon"}, "ttl"},
+		{map[string]string{"loop_interval": "8s"}, "loop_interval"},
+		{map[string]string{"colour": "blue"}, "colour"},
+	}
+	for _, b := range bad {
+		cur := election.DynamicConfig{Parameters: map[string]string{"work_mem": "4MB"}}
+		got, err := ApplySet(cur, b.set, testSettings, lim)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Key != b.key {
+			t.Errorf("%v: error %v, want one naming %s", b.set, err, b.key)
+		}
+		if got.Parameters["work_mem"] != "4MB" || len(got.Parameters) != 1 {
+			t.Errorf("%v: refused change altered the config: %+v", b.set, got)
+		}
+	}
+	// "" removes a key.
+	got, err := ApplySet(election.DynamicConfig{Parameters: map[string]string{"work_mem": "4MB"}}, map[string]string{"postgresql.parameters.work_mem": ""}, testSettings, lim)
+	if err != nil || got.Parameters != nil {
+		t.Fatalf("remove: %+v %v", got, err)
+	}
+	if _, err := ApplySet(election.DynamicConfig{}, nil, testSettings, lim); err == nil || !strings.Contains(err.Error(), "nothing") {
+		t.Fatalf("empty set: %v", err)
+	}
+}
+
+func FuzzParseDynamicConfig(f *testing.F) {
+	f.Add([]byte(`{"ttl":"10s","parameters":{"work_mem":"4MB"}}`))
+	f.Add([]byte(`{"maximum_lag_on_failover":1048576}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := election.ParseDynamicConfig(b)
+		if err != nil {
+			return
+		}
+		// Whatever parses is validated without panicking.
+		_ = ValidateDynamic(c, testSettings, Limits{FenceMargin: time.Second, TTL: 10 * time.Second, LoopInterval: time.Second})
+	})
+}

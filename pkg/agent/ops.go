@@ -1,0 +1,228 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+)
+
+// Op is an operator's request carried out by the loop (the only goroutine
+// that acts): the API hands it over and waits for the outcome.
+type Op int
+
+// Operator requests.
+const (
+	OpNone Op = iota
+	OpRestart
+	OpReload
+	OpReinit
+	OpDropSlot
+)
+
+var opNames = [...]string{"none", "restart", "reload", "reinit", "drop-slot"}
+
+func (o Op) String() string { return opNames[o] }
+
+type opRequest struct {
+	op   Op
+	arg  string
+	done chan error
+}
+
+// request hands op to the loop and waits for its outcome.
+func (a *Agent) request(ctx context.Context, op Op, arg string) error {
+	r := &opRequest{op: op, arg: arg, done: make(chan error, 1)}
+	select {
+	case a.ops <- r:
+	case <-ctx.Done():
+		return fmt.Errorf("%s: the agent's loop is busy: %w", op, ctx.Err())
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%s: requested, but not finished in time: %w", op, ctx.Err())
+	}
+}
+
+// decideOp answers an operator's request; ok is false when the request
+// does not apply (never: every request gets a plan or a refusal).
+func decideOp(o Observation, leader string) Plan {
+	switch o.Op {
+	case OpRestart:
+		if !o.Running {
+			return plan(Refuse, "postgres is not running on %s", o.Self)
+		}
+		if !o.Standby.Standby && !o.HoldsLeader {
+			return plan(Refuse, "%s runs a primary without the leader key", o.Self)
+		}
+		return plan(Restart, "restart requested by the operator")
+	case OpReload:
+		return plan(Reload, "reload requested by the operator")
+	case OpReinit:
+		if o.HoldsLeader || leader == o.Self {
+			return plan(Refuse, "%s is the leader: reinit would destroy the primary; switch over first", o.Self)
+		}
+		if leader == "" {
+			return plan(Refuse, "no leader to clone from")
+		}
+		addr, serving := o.upstream(leader)
+		if !serving {
+			return plan(Refuse, "leader %s is not serving; cannot clone from it", leader)
+		}
+		return Plan{Action: Reinit, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("reinit requested: re-cloning from %s", leader)}
+	case OpDropSlot:
+		if !o.HoldsLeader || o.PG == nil || o.PG.InRecovery {
+			return plan(Refuse, "%s is not the leader", o.Self)
+		}
+		if _, alive := o.Cluster.Members[o.OpArg]; alive {
+			return plan(Refuse, "member %s is alive (its agent holds a lease); stop it first", o.OpArg)
+		}
+		return Plan{Action: DropSlot, Target: o.OpArg, Reason: fmt.Sprintf("removing member %s: dropping its replication slot", o.OpArg)}
+	}
+	return plan(Refuse, "unknown request %v", o.Op)
+}
+
+// finishOp reports the outcome of the pending request, if this iteration
+// handled it.
+func (a *Agent) finishOp(p Plan, err error) {
+	r := a.pending
+	if r == nil {
+		return
+	}
+	a.pending = nil
+	switch p.Action {
+	case Restart, Reload, Reinit, DropSlot:
+		r.done <- err
+	case Refuse:
+		r.done <- errors.New(p.Reason)
+	default:
+		r.done <- fmt.Errorf("not carried out: %s", p.Reason)
+	}
+}
+
+// actOp carries out the operator actions.
+func (a *Agent) actOp(ctx context.Context, o Observation, p Plan) error {
+	pg := a.opt.PG
+	switch p.Action {
+	case Refuse:
+		return nil
+	case Reload:
+		if err := pg.Configure(); err != nil {
+			return err
+		}
+		if !pg.Running() {
+			return nil
+		}
+		return pg.Reload()
+	case Restart:
+		primary := !o.Standby.Standby
+		if err := pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil {
+			return fmt.Errorf("restart: stop: %w", err)
+		}
+		if err := pg.Configure(); err != nil {
+			return err
+		}
+		if primary {
+			lease := a.opt.DCS.Lease()
+			if !lease.Held(a.now().Add(a.opt.FenceMargin)) {
+				return errors.New("restart: the lease ran out while postgres was stopped; the loop decides from here")
+			}
+			a.madeWritable(lease)
+		}
+		return a.start(ctx)
+	case Reinit:
+		if pg.Running() {
+			if err := pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil {
+				return fmt.Errorf("reinit: stop: %w", err)
+			}
+		}
+		return a.reclone(ctx, o, p)
+	case DropSlot:
+		return pg.DropSlot(ctx, SlotName(p.Target))
+	}
+	return fmt.Errorf("unknown operator action %v", p.Action)
+}
+
+// reclone moves the data directory aside (never deletes it: it may hold
+// the only copy of some transactions) and clones the leader.
+func (a *Agent) reclone(ctx context.Context, o Observation, p Plan) error {
+	pg := a.opt.PG
+	host, port, err := splitAddr(p.TargetAddr)
+	if err != nil {
+		return err
+	}
+	moved, err := pg.MoveAside(o.Now)
+	if err != nil {
+		return err
+	}
+	a.log.Warn("data directory moved aside; it is kept for the operator to delete", "path", moved, "reason", p.Reason)
+	a.rewindFailed, a.rewindFailedFor = "", ""
+	a.publishState(ctx, o, "cloning", p)
+	if err := pg.Clone(ctx, host, port, "", pg.StandbyFor(p.Target, host, port)); err != nil {
+		return fmt.Errorf("clone: %w", err)
+	}
+	if err := pg.Configure(); err != nil {
+		return err
+	}
+	return a.start(ctx)
+}
+
+// applyLimits takes the cluster-wide maximum_lag_on_failover and
+// loop_interval (no I/O). An unreadable config key keeps what was applied:
+// unknown is not "the defaults".
+func (a *Agent) applyLimits(c election.Cluster) {
+	if _, bad := c.Invalid[a.keysConfig]; bad {
+		return
+	}
+	cfg := c.Config
+	lag := a.opt.MaxLag
+	if cfg.MaximumLagOnFailover != nil {
+		lag = *cfg.MaximumLagOnFailover
+	}
+	a.maxLag.Store(lag)
+	loop := a.opt.LoopInterval
+	if d, err := time.ParseDuration(cfg.LoopInterval); err == nil && d >= 100*time.Millisecond {
+		loop = d
+	}
+	if loop != a.loopInterval {
+		a.log.Info("loop interval changed", "interval", loop)
+		a.loopInterval = loop
+		a.loopChanged = true
+	}
+}
+
+// applyParams writes the cluster-wide postgres parameters when they
+// changed and reloads postgres; parameters that need a restart show up in
+// pg_settings.pending_restart, published for `cifhactl status`.
+func (a *Agent) applyParams(o Observation) {
+	if o.DCSErr != nil {
+		return
+	}
+	if _, bad := o.Cluster.Invalid[a.keysConfig]; bad {
+		return
+	}
+	want := o.Cluster.Config.Parameters
+	if a.paramsApplied && maps.Equal(want, a.appliedParams) {
+		return
+	}
+	a.opt.PG.SetDynamicParams(maps.Clone(want))
+	a.appliedParams, a.paramsApplied = maps.Clone(want), true
+	if !a.opt.PG.Running() || o.DataDir != pgctl.DataDirValid {
+		return // written at the next start
+	}
+	if err := a.opt.PG.Configure(); err != nil {
+		a.log.Error("write cluster-wide parameters", "error", err)
+		return
+	}
+	if err := a.opt.PG.Reload(); err != nil {
+		a.log.Error("reload after a cluster config change", "error", err)
+		return
+	}
+	a.log.Info("applied cluster-wide parameters", "parameters", len(want))
+}
