@@ -14,7 +14,6 @@ import (
 	"github.com/cifha/cifha/internal/cluster"
 	"github.com/cifha/cifha/internal/devetcd"
 	"github.com/cifha/cifha/internal/testutil"
-	"github.com/jackc/pgx/v5"
 )
 
 // benchRuns is how many times each scenario runs; run the benchmarks with
@@ -224,91 +223,133 @@ func failoverRun(b *testing.B, ttl time.Duration, event func(*cluster.Node)) (ti
 	p := waitHealthyB(b, c, 60*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	conn, err := p.Connect(ctx)
+	w := benchWriter(b, ctx, c, p)
+	event(p)
+	gap, lost, q := awaitResumed(b, ctx, c, w, time.Now(), 3*ttl+20*time.Second)
+	b.Logf("unavailable %s, %d acknowledged rows lost, new primary %s", gap.Round(time.Millisecond), lost, q.Name)
+	return gap, lost
+}
+
+// benchWriter starts a client writer and waits for 20 acknowledged rows.
+func benchWriter(b *testing.B, ctx context.Context, c *cluster.Cluster, p *cluster.Node) *clientWriter {
+	w, err := startClientWriter(ctx, c, p)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, "CREATE TABLE bench (id int primary key)"); err != nil {
-		b.Fatal(err)
-	}
-	conn.Close(ctx)
-	var hosts []string
-	for _, n := range c.Nodes {
-		hosts = append(hosts, n.Addr)
-	}
-	dsn := fmt.Sprintf("host=%s port=5432 user=postgres password=%s dbname=postgres sslmode=disable connect_timeout=1 target_session_attrs=read-write",
-		strings.Join(hosts, ","), c.Opt.SuperuserPassword)
-	var acked []int
-	var ackAt []time.Time
-	var w *pgx.Conn
-	next := 0
-	write := func() {
-		wctx, wcancel := context.WithTimeout(ctx, time.Second)
-		defer wcancel()
-		if w == nil {
-			if w, err = pgx.Connect(wctx, dsn); err != nil {
-				w = nil
-				return
-			}
+	for w.count() < 20 {
+		if ctx.Err() != nil {
+			b.Fatal("writer did not start")
 		}
-		next++
-		if _, err := w.Exec(wctx, "INSERT INTO bench VALUES ($1)", next); err != nil {
-			w.Close(context.Background())
-			w = nil
-			return
-		}
-		acked, ackAt = append(acked, next), append(ackAt, time.Now())
+		time.Sleep(50 * time.Millisecond) // poll interval within ctx's deadline
 	}
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for len(acked) < 20 {
-		<-tick.C
-		write()
-	}
-	event(p)
-	eventAt := time.Now()
-	deadline := eventAt.Add(3*ttl + 20*time.Second)
-	resumed := time.Time{}
+	return w
+}
+
+// awaitResumed waits until writes were acknowledged for a second after the
+// event, then returns the longest gap, the acknowledged rows missing on the
+// primary, and the primary.
+func awaitResumed(b *testing.B, ctx context.Context, c *cluster.Cluster, w *clientWriter, eventAt time.Time, within time.Duration) (time.Duration, int, *cluster.Node) {
+	deadline := eventAt.Add(within)
+	var resumed time.Time
 	for time.Now().Before(deadline) {
-		<-tick.C
-		write()
-		if resumed.IsZero() && len(ackAt) > 0 && ackAt[len(ackAt)-1].After(eventAt) {
-			resumed = ackAt[len(ackAt)-1]
+		if resumed.IsZero() && w.ackedSince(eventAt) {
+			resumed = time.Now()
 		}
 		if !resumed.IsZero() && time.Since(resumed) > time.Second {
 			break
 		}
+		time.Sleep(50 * time.Millisecond) // poll interval within the deadline
 	}
-	if w != nil {
-		w.Close(context.Background())
-	}
+	gap := w.finish()
 	if resumed.IsZero() {
 		b.Fatalf("writes never resumed")
 	}
-	// The unavailability is the longest gap between acknowledgements.
-	var gap time.Duration
-	for i := 1; i < len(ackAt); i++ {
-		if d := ackAt[i].Sub(ackAt[i-1]); d > gap {
-			gap = d
-		}
-	}
-	// Acknowledged rows missing on the new primary.
 	q, err := c.Primary(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
-	qc, err := q.Connect(ctx)
+	lost, err := w.missing(ctx, q)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer qc.Close(ctx)
-	lost := 0
-	for _, id := range acked {
-		var one int
-		if err := qc.QueryRow(ctx, "SELECT 1 FROM bench WHERE id = $1", id).Scan(&one); err != nil {
-			lost++
-		}
+	return gap, lost, q
+}
+
+// BenchmarkSwitchover: write unavailability of `cifhactl switchover` as the
+// client writing every 50 ms through a multi-host connection string sees
+// it, and acknowledged rows missing on the new primary (must be 0). The
+// switchover alternates between two members of one cluster.
+func BenchmarkSwitchover(b *testing.B) {
+	var tok string
+	c, cleanup := benchCluster(b, 3, func(o *cluster.Options) {
+		o.APIToken = "bench-token"
+		tok = o.Root + "/secrets/api.token"
+	})
+	defer cleanup()
+	if err := c.Start(); err != nil {
+		b.Fatal(err)
 	}
-	b.Logf("unavailable %s, %d acknowledged rows lost, new primary %s", gap.Round(time.Millisecond), lost, q.Name)
-	return gap, lost
+	p := waitHealthyB(b, c, 60*time.Second)
+	tt := &testing.T{}
+	var gaps, cmd []float64
+	lost := 0
+	for i := 0; i < 2*benchRuns; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		w := benchWriter(b, ctx, c, p)
+		var to *cluster.Node
+		for _, n := range c.Nodes {
+			if n != p {
+				to = n
+				break
+			}
+		}
+		start := time.Now()
+		out, code := cifhactl(tt, c, "--token-file", tok, "switchover", "--force", "--to", to.Name)
+		if code != 0 {
+			cancel()
+			b.Fatalf("switchover: exit %d: %s", code, out)
+		}
+		cmd = append(cmd, time.Since(start).Seconds())
+		gap, l, q := awaitResumed(b, ctx, c, w, start, 30*time.Second)
+		cancel()
+		if q != to {
+			b.Fatalf("primary is %s, want %s", q.Name, to.Name)
+		}
+		b.Logf("switchover %s -> %s: unavailable %s, %d acknowledged rows lost", p.Name, to.Name, gap.Round(time.Millisecond), l)
+		gaps = append(gaps, gap.Seconds())
+		lost += l
+		p = waitHealthyB(b, c, 60*time.Second)
+	}
+	report(b, gaps, "s-unavailable")
+	report(b, cmd, "s-cifhactl-switchover")
+	b.ReportMetric(float64(lost), "acked-rows-lost-total")
+}
+
+// BenchmarkCifhactl: wall time of read and action commands (process start,
+// etcd read, one API call) against a healthy 3-node cluster.
+func BenchmarkCifhactl(b *testing.B) {
+	var tok string
+	c, cleanup := benchCluster(b, 3, func(o *cluster.Options) {
+		o.APIToken = "bench-token"
+		tok = o.Root + "/secrets/api.token"
+	})
+	defer cleanup()
+	if err := c.Start(); err != nil {
+		b.Fatal(err)
+	}
+	waitHealthyB(b, c, 60*time.Second)
+	tt := &testing.T{}
+	for _, args := range [][]string{{"history"}, {"show-config"}, {"pause"}, {"resume"}, {"set", "postgresql.parameters.work_mem=8MB"}} {
+		b.Run(args[0], func(b *testing.B) {
+			var ms []float64
+			for i := 0; i < 20; i++ {
+				start := time.Now()
+				if out, code := cifhactl(tt, c, append([]string{"--token-file", tok}, args...)...); code != 0 {
+					b.Fatalf("%v: exit %d: %s", args, code, out)
+				}
+				ms = append(ms, float64(time.Since(start).Microseconds())/1000)
+			}
+			report(b, ms, "ms")
+		})
+	}
 }

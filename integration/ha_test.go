@@ -362,7 +362,7 @@ func TestPauseAndResume(t *testing.T) {
 	ctx := ctxT(t, time.Minute)
 	wrong := filepath.Join(t.TempDir(), "wrong")
 	os.WriteFile(wrong, []byte("nope"), 0o600)
-	if out, code := cifhactl(t, c, "--token-file", wrong, "pause"); code == 0 || !strings.Contains(out, "401") {
+	if out, code := cifhactl(t, c, "--token-file", wrong, "pause"); code == 0 || !strings.Contains(out, "missing or wrong token") {
 		t.Fatalf("wrong token: exit %d: %s", code, out)
 	}
 	if code, _, _ := postNoAuth(ctx, p.APIURL+"/pause"); code != 401 {

@@ -55,7 +55,7 @@ func (g *globals) newController(cmd *cobra.Command, asJSON bool) (*controller, e
 	if err != nil {
 		return nil, &exitError{exitUsage, err}
 	}
-	hc, err := agent.APIClient(g.api.API.CAFile, 0)
+	hc, err := agent.APIClientCert(g.api.API.CAFile, g.api.API.ClientCertFile, g.api.API.ClientKeyFile, 0)
 	if err != nil {
 		return nil, &exitError{exitUsage, err}
 	}

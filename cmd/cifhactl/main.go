@@ -54,8 +54,10 @@ type globals struct {
 type clientConfig struct {
 	Cluster string `toml:"cluster"`
 	API     struct {
-		TokenFile string `toml:"token_file"`
-		CAFile    string `toml:"ca_file"`
+		TokenFile      string `toml:"token_file"`
+		CAFile         string `toml:"ca_file"`
+		ClientCertFile string `toml:"client_cert_file"`
+		ClientKeyFile  string `toml:"client_key_file"`
 	} `toml:"api"`
 	Etcd struct {
 		Endpoints    []string        `toml:"endpoints"`
@@ -223,7 +225,7 @@ func statusCmd(g *globals) *cobra.Command {
 			defer cli.Close()
 			// The same client as every other API caller (honours api.ca_file);
 			// ctl.Status bounds each request itself.
-			hc, err := agent.APIClient(g.api.API.CAFile, 0)
+			hc, err := agent.APIClientCert(g.api.API.CAFile, g.api.API.ClientCertFile, g.api.API.ClientKeyFile, 0)
 			if err != nil {
 				return &exitError{exitUsage, err}
 			}

@@ -67,6 +67,9 @@ type Options struct {
 	// SwitchoverTimeout bounds each wait of a planned switchover (the
 	// candidate's replay, then its promotion).
 	SwitchoverTimeout time.Duration
+	// RequireClientCert: the control endpoints also require a verified
+	// TLS client certificate (api.client_ca_file).
+	RequireClientCert bool
 	// TTL is the lease ttl this agent runs with.
 	TTL time.Duration
 	// ConfigKey is the etcd key of the cluster-wide settings (to tell an

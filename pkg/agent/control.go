@@ -98,6 +98,10 @@ func (a *Agent) control(timeout time.Duration, do func(ctx context.Context, body
 			writeJSON(w, http.StatusForbidden, ControlResponse{Message: "control API disabled: set api.token_file on this member"})
 			return
 		}
+		if a.opt.RequireClientCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+			writeJSON(w, http.StatusUnauthorized, ControlResponse{Message: "a client certificate signed by api.client_ca_file is required"})
+			return
+		}
 		got, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !found || subtle.ConstantTimeCompare([]byte(got), []byte(a.opt.Token)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="cifha"`)

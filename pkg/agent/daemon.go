@@ -55,20 +55,65 @@ func EtcdClient(c config.Etcd) (*clientv3.Client, error) {
 // APIClient is an HTTP client for the agents' APIs, trusting caFile (PEM)
 // in addition to nothing else when it is set, else the system's roots.
 func APIClient(caFile string, timeout time.Duration) (*http.Client, error) {
+	return APIClientCert(caFile, "", "", timeout)
+}
+
+// APIClientCert is APIClient presenting a client certificate (for control
+// APIs with api.client_ca_file) when certFile and keyFile are set.
+func APIClientCert(caFile, certFile, keyFile string, timeout time.Duration) (*http.Client, error) {
 	c := &http.Client{Timeout: timeout}
-	if caFile == "" {
+	if caFile == "" && certFile == "" {
 		return c, nil
 	}
-	pem, err := os.ReadFile(caFile)
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pool, err := loadPool(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("api ca_file: %w", err)
+		}
+		tc.RootCAs = pool
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("api client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	c.Transport = &http.Transport{TLSClientConfig: tc}
+	return c, nil
+}
+
+// loadPool reads a PEM CA bundle.
+func loadPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("api ca_file: %w", err)
+		return nil, err
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("api ca_file %s: no PEM certificate found", caFile)
+		return nil, fmt.Errorf("%s: no PEM certificate found", path)
 	}
-	c.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
-	return c, nil
+	return pool, nil
+}
+
+// ServerTLS is the API's TLS configuration: the server certificate and,
+// with clientCAFile, verification of client certificates when given (the
+// control endpoints then require one).
+func ServerTLS(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("api TLS: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCAFile != "" {
+		pool, err := loadPool(clientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("api client_ca_file: %w", err)
+		}
+		tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
+	}
+	return tc, nil
 }
 
 // Run is the whole daemon: it wires etcd, postgres, the loop and the API
@@ -168,11 +213,12 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		TriggerFile:     triggerFile,
 		Hooks: Hooks{OnStart: cfg.Callbacks.OnStart, OnStop: cfg.Callbacks.OnStop, OnRoleChange: cfg.Callbacks.OnRoleChange,
 			Timeout: cfg.Callbacks.Timeout.Duration, Cluster: cfg.Cluster},
-		Watchdog:  wd,
-		Control:   store,
-		ConfigKey: store.Keys().Config(),
-		TTL:       ttl,
-		Token:     cfg.API.Token,
+		Watchdog:          wd,
+		Control:           store,
+		ConfigKey:         store.Keys().Config(),
+		TTL:               ttl,
+		RequireClientCert: cfg.API.ClientCAFile != "",
+		Token:             cfg.API.Token,
 	})
 
 	ln, err := net.Listen("tcp", cfg.API.Listen)
@@ -181,12 +227,12 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	}
 	srv := &http.Server{Handler: Handler(a), ReadHeaderTimeout: 5 * time.Second}
 	if cfg.API.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.API.CertFile, cfg.API.KeyFile)
+		tc, err := ServerTLS(cfg.API.CertFile, cfg.API.KeyFile, cfg.API.ClientCAFile)
 		if err != nil {
 			ln.Close()
-			return fmt.Errorf("api TLS: %w", err)
+			return err
 		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		srv.TLSConfig = tc
 		ln = tls.NewListener(ln, srv.TLSConfig)
 	}
 	go func() {

@@ -63,8 +63,16 @@ type API struct {
 	// private CA (default: the system's roots).
 	CAFile string `toml:"ca_file"`
 	// TokenFile holds the bearer token that the control endpoints (POST
-	// /pause, /resume) require; without it they are disabled.
+	// /switchover, /pause, ...) require; without it they are disabled.
 	TokenFile string `toml:"token_file"`
+	// ClientCAFile, with TLS on, makes the control endpoints also require
+	// a client certificate signed by this CA (the GET endpoints stay open
+	// to load balancers and peers).
+	ClientCAFile string `toml:"client_ca_file"`
+	// ClientCertFile and ClientKeyFile are the certificate cifhactl
+	// presents to the control endpoints (read by cifhactl only).
+	ClientCertFile string `toml:"client_cert_file"`
+	ClientKeyFile  string `toml:"client_key_file"`
 
 	// Token is read from TokenFile by Load; never logged.
 	Token string `toml:"-"`
@@ -406,6 +414,12 @@ func (c *Config) validate() []*FieldError {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("api.advertise_url", "%q is not an http(s) URL", c.API.AdvertiseURL)
 		}
+	}
+	if c.API.ClientCAFile != "" && c.API.CertFile == "" {
+		bad("api.client_ca_file", "client certificates need TLS: set cert_file and key_file too")
+	}
+	if (c.API.ClientCertFile == "") != (c.API.ClientKeyFile == "") {
+		bad("api.client_cert_file", "client_cert_file and client_key_file must be set together")
 	}
 	if (c.API.CertFile == "") != (c.API.KeyFile == "") {
 		bad("api.cert_file", "cert_file and key_file must be set together")
