@@ -70,6 +70,9 @@ func TestSwitchover(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // a few more acknowledged rows after the switch
 	gap := w.finish()
 	t.Logf("write unavailability during switchover: %s", gap.Round(time.Millisecond))
+	if gap > time.Second {
+		t.Logf("client errors: %s", strings.Join(w.errs, "\n"))
+	}
 	assertNoOverlap(t, writers())
 	if got := waitHealthy(t, c, 10*time.Second); got != cand {
 		t.Fatalf("primary is %s, want %s", got.Name, cand.Name)

@@ -24,6 +24,8 @@ type clientWriter struct {
 	acked  []int
 	ackAt  []time.Time
 	lastEr error
+	// errs are the failed attempts, for diagnosis.
+	errs []string
 }
 
 // startClientWriter creates the table and starts writing.
@@ -33,6 +35,13 @@ func startClientWriter(ctx context.Context, c *cluster.Cluster, p *cluster.Node)
 		return nil, err
 	}
 	_, err = conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS client_rows (id int primary key)")
+	if err != nil {
+		conn.Close(ctx)
+		return nil, err
+	}
+	// Ids continue after an earlier writer's (benchmarks reuse the table).
+	var first int
+	err = conn.QueryRow(ctx, "SELECT coalesce(max(id), 0) FROM client_rows").Scan(&first)
 	conn.Close(ctx)
 	if err != nil {
 		return nil, err
@@ -44,11 +53,11 @@ func startClientWriter(ctx context.Context, c *cluster.Cluster, p *cluster.Node)
 	w := &clientWriter{c: c, stop: make(chan struct{}), done: make(chan struct{}),
 		dsn: fmt.Sprintf("host=%s port=5432 user=postgres password=%s dbname=postgres sslmode=disable connect_timeout=1 target_session_attrs=read-write",
 			strings.Join(hosts, ","), c.Opt.SuperuserPassword)}
-	go w.run()
+	go w.run(first)
 	return w, nil
 }
 
-func (w *clientWriter) run() {
+func (w *clientWriter) run(next int) {
 	defer close(w.done)
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -58,7 +67,6 @@ func (w *clientWriter) run() {
 			conn.Close(context.Background())
 		}
 	}()
-	next := 0
 	for {
 		select {
 		case <-w.stop:
@@ -67,13 +75,18 @@ func (w *clientWriter) run() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		if conn == nil {
+			t0 := time.Now()
 			c, err := pgx.Connect(ctx, w.dsn)
 			if err != nil {
 				cancel()
+				w.mu.Lock()
+				w.errs = append(w.errs, fmt.Sprintf("%s connect (%s): %v", t0.UTC().Format("15:04:05.000"), time.Since(t0).Round(time.Millisecond), err))
+				w.mu.Unlock()
 				continue
 			}
 			conn = c
 		}
+		t0 := time.Now()
 		next++
 		_, err := conn.Exec(ctx, "INSERT INTO client_rows VALUES ($1)", next)
 		cancel()
@@ -82,6 +95,7 @@ func (w *clientWriter) run() {
 			w.acked, w.ackAt = append(w.acked, next), append(w.ackAt, time.Now())
 		} else {
 			w.lastEr = err
+			w.errs = append(w.errs, fmt.Sprintf("%s insert (%s): %v", t0.UTC().Format("15:04:05.000"), time.Since(t0).Round(time.Millisecond), err))
 		}
 		w.mu.Unlock()
 		if err != nil {

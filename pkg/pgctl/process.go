@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/jackc/pgx/v5"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -363,8 +364,34 @@ func (i *Instance) Reload() error {
 
 // Promote asks a standby to become a primary with pg_ctl promote and waits
 // (up to 10 s) until it accepts writes.
+//
+// pg_ctl's own wait (-w) polls ten times a second; on 12+ (where
+// pg_is_in_recovery answers during promotion) the agent signals without
+// waiting and polls every 10 ms itself, which shortens the write
+// unavailability of a switchover by up to 100 ms.
 func (i *Instance) Promote(ctx context.Context) error {
-	return i.run(ctx, "pg_ctl", "promote", "-D", i.cfg.DataDir, "-w", "-t", "10")
+	if i.version < 120000 {
+		return i.run(ctx, "pg_ctl", "promote", "-D", i.cfg.DataDir, "-w", "-t", "10")
+	}
+	if err := i.run(ctx, "pg_ctl", "promote", "-D", i.cfg.DataDir, "-W"); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		var inRecovery bool
+		err := i.withConn(ctx, func(c *pgx.Conn) error {
+			return c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery)
+		})
+		if err == nil && !inRecovery {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("promote: postgres still in recovery after 10 s (last error: %v)", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 func (i *Instance) run(ctx context.Context, prog string, args ...string) error {
