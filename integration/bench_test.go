@@ -316,6 +316,9 @@ func BenchmarkSwitchover(b *testing.B) {
 			b.Fatalf("primary is %s, want %s", q.Name, to.Name)
 		}
 		b.Logf("switchover %s -> %s: unavailable %s, %d acknowledged rows lost", p.Name, to.Name, gap.Round(time.Millisecond), l)
+		if gap > time.Second {
+			b.Logf("client errors around it:\n%s", strings.Join(w.errs, "\n"))
+		}
 		gaps = append(gaps, gap.Seconds())
 		lost += l
 		p = waitHealthyB(b, c, 60*time.Second)

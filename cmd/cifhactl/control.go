@@ -38,16 +38,9 @@ func (g *globals) newController(cmd *cobra.Command, asJSON bool) (*controller, e
 		return nil, err
 	}
 	defer cli.Close()
-	tokenFile := g.tokenFile
-	if tokenFile == "" {
-		tokenFile = g.api.API.TokenFile
-	}
-	if tokenFile == "" {
-		return nil, &exitError{exitUsage, errors.New("no API token: pass --token-file or set api.token_file in the config")}
-	}
-	tok, err := os.ReadFile(tokenFile)
+	tok, err := g.token()
 	if err != nil {
-		return nil, &exitError{exitUsage, fmt.Errorf("token file: %w", err)}
+		return nil, &exitError{exitUsage, err}
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
 	defer cancel()
@@ -59,7 +52,24 @@ func (g *globals) newController(cmd *cobra.Command, asJSON bool) (*controller, e
 	if err != nil {
 		return nil, &exitError{exitUsage, err}
 	}
-	return &controller{g: g, cmd: cmd, cluster: c, token: strings.TrimRight(string(tok), "\r\n"), hc: hc, asJSON: asJSON}, nil
+	return &controller{g: g, cmd: cmd, cluster: c, token: tok, hc: hc, asJSON: asJSON}, nil
+}
+
+// token reads the API token from --token-file or api.token_file (call
+// after connect, which reads the config).
+func (g *globals) token() (string, error) {
+	tokenFile := g.tokenFile
+	if tokenFile == "" {
+		tokenFile = g.api.API.TokenFile
+	}
+	if tokenFile == "" {
+		return "", errors.New("no API token: pass --token-file or set api.token_file in the config")
+	}
+	b, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
 // readCluster reads every key of the cluster in one request.

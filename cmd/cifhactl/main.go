@@ -229,6 +229,11 @@ func statusCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return &exitError{exitUsage, err}
 			}
+			// Members with api.protect_reads answer /status only with the
+			// token; send it when one is configured.
+			if tok, err := g.token(); err == nil {
+				hc = agent.WithToken(hc, tok)
+			}
 			once := func() error {
 				ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
 				defer cancel()

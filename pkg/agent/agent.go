@@ -67,6 +67,11 @@ type Options struct {
 	// SwitchoverTimeout bounds each wait of a planned switchover (the
 	// candidate's replay, then its promotion).
 	SwitchoverTimeout time.Duration
+	// Username enables HTTP basic auth on the control API (the password is
+	// the token).
+	Username string
+	// ProtectReads puts GET /status and /wal behind the same credentials.
+	ProtectReads bool
 	// RequireClientCert: the control endpoints also require a verified
 	// TLS client certificate (api.client_ca_file).
 	RequireClientCert bool

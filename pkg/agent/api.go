@@ -69,11 +69,14 @@ func Handler(a *Agent) http.Handler {
 		return s.IsLeader && s.Lease.Held(now) && s.Running && !s.InRecovery && s.Member.State == "running" && a.opt.PG.Running()
 	}))
 	mux.HandleFunc("/replica", check(func(s *Snapshot, _ time.Time) bool { return s.Running && s.Streaming && a.opt.PG.Running() }))
-	mux.HandleFunc("/status", check(func(s *Snapshot, _ time.Time) bool { return true }))
+	// /status and /wal carry the cluster's details; api.protect_reads puts
+	// them behind the control credentials. /health, /primary and /replica
+	// stay open for load balancers.
+	mux.HandleFunc("/status", a.protect(check(func(s *Snapshot, _ time.Time) bool { return true })))
 	a.controlRoutes(mux)
 	// /wal reads postgres now (not the last snapshot): failover candidates
 	// compare their positions with it once the leader is gone.
-	mux.HandleFunc("/wal", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/wal", a.protect(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 			return
@@ -95,7 +98,7 @@ func Handler(a *Agent) http.Handler {
 		resp.InRecovery, resp.Timeline = st.InRecovery, max(st.Timeline, int(a.streamedTL.Load()))
 		resp.ReceiveLSN, resp.ReplayLSN, resp.ReplayPaused = st.ReceiveLSN.String(), st.ReplayLSN.String(), st.ReplayPaused
 		writeJSON(w, http.StatusOK, resp)
-	})
+	}))
 	return mux
 }
 
@@ -116,7 +119,11 @@ type WALResponse struct {
 }
 
 // HTTPPeers implements Peers over the members' HTTP APIs.
-type HTTPPeers struct{ Client *http.Client }
+type HTTPPeers struct {
+	Client *http.Client
+	// Token is sent as a bearer token (for members with api.protect_reads).
+	Token string
+}
 
 // Candidate implements Peers.
 func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (Candidate, error) {
@@ -127,11 +134,17 @@ func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (Candidate, err
 	if err != nil {
 		return Candidate{}, err
 	}
+	if p.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.Token)
+	}
 	resp, err := p.Client.Do(req)
 	if err != nil {
 		return Candidate{}, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized {
+		return Candidate{}, fmt.Errorf("GET %s/wal: 401 (the members' api.token_file differ?)", apiURL)
+	}
 	var wr WALResponse
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&wr); err != nil {
 		return Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)

@@ -102,10 +102,8 @@ func (a *Agent) control(timeout time.Duration, do func(ctx context.Context, body
 			writeJSON(w, http.StatusUnauthorized, ControlResponse{Message: "a client certificate signed by api.client_ca_file is required"})
 			return
 		}
-		got, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !found || subtle.ConstantTimeCompare([]byte(got), []byte(a.opt.Token)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="cifha"`)
-			writeJSON(w, http.StatusUnauthorized, ControlResponse{Message: "missing or wrong token"})
+		if !a.authorized(r) {
+			a.unauthorized(w)
 			return
 		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
@@ -118,6 +116,51 @@ func (a *Agent) control(timeout time.Duration, do func(ctx context.Context, body
 		ans := do(ctx, body)
 		a.log.Info("control", "action", r.URL.Path, "from", r.RemoteAddr, "status", ans.code, "result", ans.msg)
 		writeJSON(w, ans.code, ControlResponse{OK: ans.code < 300, Message: ans.msg})
+	}
+}
+
+// authorized checks the request's credentials in constant time: the bearer
+// token, or HTTP basic auth with api.username and the token as password.
+func (a *Agent) authorized(r *http.Request) bool {
+	if a.opt.Token == "" {
+		return false
+	}
+	h := r.Header.Get("Authorization")
+	if got, found := strings.CutPrefix(h, "Bearer "); found {
+		return subtle.ConstantTimeCompare([]byte(got), []byte(a.opt.Token)) == 1
+	}
+	if a.opt.Username == "" {
+		return false
+	}
+	user, pass, found := r.BasicAuth()
+	if !found {
+		return false
+	}
+	u := subtle.ConstantTimeCompare([]byte(user), []byte(a.opt.Username))
+	p := subtle.ConstantTimeCompare([]byte(pass), []byte(a.opt.Token))
+	return u&p == 1
+}
+
+func (a *Agent) unauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="cifha"`)
+	if a.opt.Username != "" {
+		w.Header().Add("WWW-Authenticate", `Basic realm="cifha"`)
+	}
+	writeJSON(w, http.StatusUnauthorized, ControlResponse{Message: "missing or wrong token"})
+}
+
+// protect wraps a GET endpoint that api.protect_reads puts behind the
+// same credentials as the control endpoints.
+func (a *Agent) protect(h http.HandlerFunc) http.HandlerFunc {
+	if !a.opt.ProtectReads {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !a.authorized(r) {
+			a.unauthorized(w)
+			return
+		}
+		h(w, r)
 	}
 }
 

@@ -207,7 +207,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		SwitchoverTimeout: cfg.HA.SwitchoverTimeout.Duration,
 		FenceMargin:       cfg.HA.FenceMargin.Duration, APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
 		AgentVersion: Version, NoFailover: cfg.Tags.NoFailover, FailoverPriority: cfg.Tags.FailoverPriority,
-		Peers:  HTTPPeers{Client: peerClient},
+		Peers:  HTTPPeers{Client: peerClient, Token: cfg.API.Token},
 		MaxLag: cfg.HA.MaxLagBytes, RecentWindow: 2 * ttl, RemoveOnRewindFailure: cfg.HA.RemoveDataDirectoryOnRewindFailure,
 		LastLeaderEvery: cfg.HA.LoopInterval.Duration,
 		TriggerFile:     triggerFile,
@@ -218,6 +218,8 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		ConfigKey:         store.Keys().Config(),
 		TTL:               ttl,
 		RequireClientCert: cfg.API.ClientCAFile != "",
+		Username:          cfg.API.Username,
+		ProtectReads:      cfg.API.ProtectReads,
 		Token:             cfg.API.Token,
 	})
 
@@ -280,4 +282,30 @@ func clusterTTL(ctx context.Context, cli *clientv3.Client, cfg *config.Config, l
 	}
 	log.Info("ttl from the cluster config", "ttl", d)
 	return d
+}
+
+// WithToken returns a copy of c that sends token as a bearer token on
+// every request (for members with api.protect_reads).
+func WithToken(c *http.Client, token string) *http.Client {
+	if token == "" {
+		return c
+	}
+	cc := *c
+	base := c.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	cc.Transport = bearer{base: base, token: token}
+	return &cc
+}
+
+type bearer struct {
+	base  http.RoundTripper
+	token string
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(r)
 }

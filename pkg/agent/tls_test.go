@@ -122,3 +122,55 @@ func TestControlRequiresClientCert(t *testing.T) {
 		t.Fatal("missing client key accepted")
 	}
 }
+
+// TestBasicAuthAndProtectedReads: basic auth (api.username, the token as
+// password) works like the bearer token; api.protect_reads puts /status and
+// /wal behind them while /health, /primary and /replica stay open.
+func TestBasicAuthAndProtectedReads(t *testing.T) {
+	paused := false
+	a := New(Options{Name: "db1", PG: &fakePostgres{}, DCS: newFakeDCS("db1", election.LeaseState{}), Control: fakeControl{&paused},
+		Token: "tok", Username: "ops", ProtectReads: true, LoopInterval: time.Second})
+	srv := httptest.NewServer(Handler(a))
+	defer srv.Close()
+	do := func(method, path string, auth func(*http.Request)) int {
+		req, _ := http.NewRequest(method, srv.URL+path, nil)
+		if auth != nil {
+			auth(req)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	basic := func(u, p string) func(*http.Request) { return func(r *http.Request) { r.SetBasicAuth(u, p) } }
+	if code := do("POST", "/pause", basic("ops", "wrong")); code != 401 || paused {
+		t.Fatalf("wrong password: %d", code)
+	}
+	if code := do("POST", "/pause", basic("root", "tok")); code != 401 || paused {
+		t.Fatalf("wrong user: %d", code)
+	}
+	if code := do("POST", "/pause", basic("ops", "tok")); code != 200 || !paused {
+		t.Fatalf("basic auth: %d", code)
+	}
+	for _, p := range []string{"/status", "/wal"} {
+		if code := do("GET", p, nil); code != 401 {
+			t.Fatalf("GET %s without credentials: %d", p, code)
+		}
+		if code := do("GET", p, func(r *http.Request) { r.Header.Set("Authorization", "Bearer tok") }); code == 401 {
+			t.Fatalf("GET %s with the token: 401", p)
+		}
+	}
+	for _, p := range []string{"/health", "/primary", "/replica"} {
+		if code := do("GET", p, nil); code == 401 {
+			t.Fatalf("GET %s must stay open: 401", p)
+		}
+	}
+	c := WithToken(&http.Client{}, "tok")
+	resp, err := c.Get(srv.URL + "/status")
+	if err != nil || resp.StatusCode == 401 {
+		t.Fatalf("WithToken: %v %v", resp, err)
+	}
+	resp.Body.Close()
+}

@@ -65,6 +65,12 @@ type API struct {
 	// TokenFile holds the bearer token that the control endpoints (POST
 	// /switchover, /pause, ...) require; without it they are disabled.
 	TokenFile string `toml:"token_file"`
+	// Username enables HTTP basic auth on the control API as an
+	// alternative to the bearer token: this user name, the token as password.
+	Username string `toml:"username"`
+	// ProtectReads puts GET /status and /wal behind the same credentials
+	// (/health, /primary and /replica stay open for load balancers).
+	ProtectReads bool `toml:"protect_reads"`
 	// ClientCAFile, with TLS on, makes the control endpoints also require
 	// a client certificate signed by this CA (the GET endpoints stay open
 	// to load balancers and peers).
@@ -414,6 +420,12 @@ func (c *Config) validate() []*FieldError {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("api.advertise_url", "%q is not an http(s) URL", c.API.AdvertiseURL)
 		}
+	}
+	if c.API.ProtectReads && c.API.TokenFile == "" {
+		bad("api.protect_reads", "needs api.token_file (the credentials it requires)")
+	}
+	if c.API.Username != "" && c.API.TokenFile == "" {
+		bad("api.username", "needs api.token_file (the password)")
 	}
 	if c.API.ClientCAFile != "" && c.API.CertFile == "" {
 		bad("api.client_ca_file", "client certificates need TLS: set cert_file and key_file too")
