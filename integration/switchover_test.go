@@ -160,6 +160,24 @@ func TestSwitchoverRefusals(t *testing.T) {
 	if st.Switchover != "" {
 		t.Fatalf("a refused switchover left a request: %q", st.Switchover)
 	}
+
+	// Scheduled: pending in status, then cancelled; nothing happens.
+	at := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	if out, code := cifhactl(t, c, append(sw(standby.Name), "--at", at)...); code != 0 || !strings.Contains(out, "scheduled") {
+		t.Fatalf("scheduled switchover: exit %d: %s", code, out)
+	}
+	if st, _ := statusJSON(t, c); !strings.Contains(st.Switchover, "to "+standby.Name+" at") {
+		t.Fatalf("status does not show the pending switchover: %+v", st)
+	}
+	refused("already pending", sw(standby.Name)...)
+	if out, code := cifhactl(t, c, "--token-file", tok, "switchover", "--cancel"); code != 0 || !strings.Contains(out, "cancelled") {
+		t.Fatalf("cancel: exit %d: %s", code, out)
+	}
+	if st, _ := statusJSON(t, c); st.Switchover != "" || st.Leader != p.Name {
+		t.Fatalf("after cancel: %+v", st)
+	}
+	tooFar := time.Now().Add(30 * 24 * time.Hour).UTC().Format(time.RFC3339)
+	refused("more than", append(sw(standby.Name), "--at", tooFar)...)
 }
 
 // TestSwitchoverCandidateKilled is acceptance 3: the candidate is killed

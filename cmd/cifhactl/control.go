@@ -204,19 +204,37 @@ func simpleCmd(g *globals, action, short string) *cobra.Command {
 
 func switchoverCmd(g *globals) *cobra.Command {
 	var to, at string
-	var force, asJSON bool
+	var force, asJSON, cancelIt bool
 	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:   "switchover --to MEMBER",
+		Use:   "switchover (--to MEMBER [--at TIME] | --cancel)",
 		Short: "Move the primary to MEMBER with no acknowledged write lost (planned, clean)",
 		Long: `switchover asks the leader to hand over to MEMBER: it checks the candidate
 (a known, streaming standby, not tagged nofailover, within
 maximum_lag_on_failover, cluster not paused), shuts down cleanly, waits until
 the candidate has replayed everything, hands it the leader key, and restarts
 as its standby. If the candidate does not take over in time the old leader
-resumes. With --at the switchover is scheduled.`,
+resumes. With --at the switchover is scheduled (at most 7 days ahead);
+--cancel removes a scheduled one.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cancelIt {
+				if to != "" || at != "" {
+					return &exitError{exitUsage, errors.New("--cancel takes neither --to nor --at")}
+				}
+				c, err := g.newController(cmd, asJSON)
+				if err != nil {
+					return err
+				}
+				_, url := c.leaderURL()
+				if url == "" {
+					for _, m := range c.cluster.Members {
+						url = m.APIURL
+						break
+					}
+				}
+				return c.post(cmd.Context(), url, "/switchover", agent.SwitchoverBody{Cancel: true}, g.timeout)
+			}
 			if !election.ValidName(to) {
 				return &exitError{exitUsage, fmt.Errorf("--to: %q is not a member name", to)}
 			}
@@ -248,7 +266,7 @@ resumes. With --at the switchover is scheduled.`,
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "do not ask for confirmation")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the agent's answer as JSON")
 	cmd.Flags().DurationVar(&wait, "wait", 90*time.Second, "how long to wait for the outcome")
-	_ = cmd.MarkFlagRequired("to")
+	cmd.Flags().BoolVar(&cancelIt, "cancel", false, "cancel a scheduled switchover")
 	return cmd
 }
 

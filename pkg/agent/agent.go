@@ -137,6 +137,13 @@ type Agent struct {
 	hookSt         hookState
 	// switchW are the API requests waiting for a switchover's outcome.
 	switchW switchWaiters
+	// promoting is set once "promoting" was announced and stays published
+	// until postgres is seen as a primary (or stopped), so that an old
+	// leader waiting on a switchover cannot miss it.
+	promoting bool
+	// lastSwitchover is the ID of the switchover request last carried out;
+	// a request whose key could not be cleared is never run twice.
+	lastSwitchover string
 	// ops carries operator requests from the API to the loop; pending is
 	// the one being handled.
 	ops     chan *opRequest
@@ -148,6 +155,7 @@ type Agent struct {
 	appliedParams map[string]string
 	paramsApplied bool
 	keysConfig    string
+	badConfig     string
 }
 
 // New returns an Agent; it does nothing until Run.
@@ -218,6 +226,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				a.shutdown()
 				return nil
+			case r := <-a.ops:
+				// An operator's request (restart, reinit, ...) is often
+				// the remedy for a failing action: take it at once.
+				a.pending = r
 			case <-ticker.C:
 			}
 			continue
@@ -276,6 +288,12 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	if o.HoldsLeader && o.PG != nil && !o.PG.InRecovery && p.Action == None {
 		a.leaderHousekeeping(ctx, o)
 	}
+	if p.Action == Switchover {
+		// The role changed under the observation (a leader became a
+		// standby): publishing the old one would keep /primary answering
+		// 200 on a standby for a round.
+		o = a.observe(ctx)
+	}
 	a.publish(ctx, o, p, err)
 	a.hooksAfter(o)
 	a.lastObs = o
@@ -310,6 +328,9 @@ func (a *Agent) observe(ctx context.Context) Observation {
 		} else {
 			o.PG = &st
 		}
+	}
+	if !o.Running || (o.PG != nil && !o.PG.InRecovery) {
+		a.promoting = false // promoted, or not running: no longer "promoting"
 	}
 	o.WritableLease = a.writableLease
 	if a.pending != nil {
@@ -495,6 +516,12 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		return a.promote(ctx)
 
 	case Switchover:
+		if o.Cluster.Switchover.ID == a.lastSwitchover {
+			// Already carried out (its key could not be cleared then):
+			// never a second outage for one request.
+			return dcs.ClearSwitchover(ctx, o.Cluster.Switchover.ModRev)
+		}
+		a.lastSwitchover = o.Cluster.Switchover.ID
 		return a.switchover(ctx, o, p)
 
 	case Restart, Reload, Reinit, DropSlot, Refuse:
@@ -772,6 +799,9 @@ func (a *Agent) member(o Observation, p Plan) election.Member {
 			m.State = "streaming"
 		}
 	}
+	if a.promoting && o.Running && (o.PG == nil || o.PG.InRecovery) {
+		m.State = "promoting"
+	}
 	if st := o.PG; st != nil {
 		m.Timeline = st.Timeline
 		m.ReplayPaused = st.ReplayPaused
@@ -849,7 +879,9 @@ func (a *Agent) publishState(ctx context.Context, o Observation, state string, p
 // a switchover takes its role back only if it never saw this state (see
 // switchover.go), so the promotion must never happen unannounced.
 func (a *Agent) announcePromotion(ctx context.Context, o Observation, p Plan) error {
+	a.promoting = true
 	if err := a.publishState(ctx, o, "promoting", p); err != nil {
+		a.promoting = false
 		return fmt.Errorf("announce promotion: %w", err)
 	}
 	return nil

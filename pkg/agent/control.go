@@ -21,6 +21,7 @@ import (
 type Control interface {
 	SetPause(ctx context.Context, on bool, by string) error
 	RequestSwitchover(ctx context.Context, r election.SwitchoverRequest) (bool, error)
+	CancelSwitchover(ctx context.Context) (bool, error)
 	RequestFailover(ctx context.Context, r election.FailoverRequest, ttl time.Duration) (bool, error)
 	PutConfig(ctx context.Context, c election.DynamicConfig, modRev int64) error
 }
@@ -38,7 +39,12 @@ type SwitchoverBody struct {
 	To string `json:"to"`
 	// At schedules the switchover (RFC 3339); empty: now.
 	At string `json:"at,omitempty"`
+	// Cancel removes a pending (scheduled) switchover instead.
+	Cancel bool `json:"cancel,omitempty"`
 }
+
+// maxSchedule bounds how far ahead a switchover can be scheduled.
+const maxSchedule = 7 * 24 * time.Hour
 
 // FailoverBody is POST /failover's request.
 type FailoverBody struct {
@@ -192,6 +198,19 @@ func (a *Agent) postSwitchover(ctx context.Context, body []byte) controlAnswer {
 	if err := decodeBody(body, &req); err != nil {
 		return no(http.StatusBadRequest, "%v", err)
 	}
+	if req.Cancel {
+		if req.To != "" || req.At != "" {
+			return no(http.StatusBadRequest, "cancel takes no other field")
+		}
+		found, err := a.opt.Control.CancelSwitchover(ctx)
+		if err != nil {
+			return no(http.StatusServiceUnavailable, "%v", err)
+		}
+		if !found {
+			return no(http.StatusConflict, "no switchover is pending")
+		}
+		return ok("pending switchover cancelled")
+	}
 	if !election.ValidName(req.To) {
 		return no(http.StatusBadRequest, "invalid member name %q", req.To)
 	}
@@ -203,6 +222,9 @@ func (a *Agent) postSwitchover(ctx context.Context, body []byte) controlAnswer {
 		}
 		if t.Before(a.now().Add(-time.Minute)) {
 			return no(http.StatusBadRequest, "at: %s is in the past", req.At)
+		}
+		if t.After(a.now().Add(maxSchedule)) {
+			return no(http.StatusBadRequest, "at: %s is more than %s ahead", req.At, maxSchedule)
 		}
 		if t.After(a.now()) {
 			at = t

@@ -30,8 +30,23 @@ var managedParams = map[string]string{
 	"hba_file": "managed by cifha", "ident_file": "managed by cifha", "config_file": "managed by cifha",
 	"primary_conninfo": "managed by cifha", "primary_slot_name": "managed by cifha",
 	"promote_trigger_file": "set ha.trigger_file", "hot_standby": "required on by cifha",
-	"cluster_name": "managed by cifha",
+	"cluster_name": "managed by cifha", "recovery_target": "would stop a standby's recovery",
+	"recovery_target_lsn": "would stop a standby's recovery", "recovery_target_name": "would stop a standby's recovery",
+	"recovery_target_time": "would stop a standby's recovery", "recovery_target_xid": "would stop a standby's recovery",
+	"recovery_target_action": "would stop a standby's recovery", "recovery_target_timeline": "managed by cifha",
+	"recovery_target_inclusive": "would stop a standby's recovery",
 }
+
+// unsafeValues are values that break replication, rejoin or durability.
+var unsafeValues = map[string]map[string]string{
+	"wal_level":        {"minimal": "replication needs replica or logical"},
+	"fsync":            {"off": "a crash could lose or corrupt committed data", "false": "a crash could lose or corrupt committed data", "no": "a crash could lose or corrupt committed data", "0": "a crash could lose or corrupt committed data"},
+	"full_page_writes": {"off": "a crash could corrupt data, and pg_rewind needs it", "false": "a crash could corrupt data", "no": "a crash could corrupt data", "0": "a crash could corrupt data"},
+	"wal_log_hints":    {"off": "pg_rewind needs it (unless the cluster has data checksums)", "false": "pg_rewind needs it", "no": "pg_rewind needs it", "0": "pg_rewind needs it"},
+}
+
+// minimums are floors for parameters replication depends on.
+var minimums = map[string]int{"max_wal_senders": 2, "max_replication_slots": 2}
 
 // ConfigError names the key whose value was refused.
 type ConfigError struct {
@@ -131,6 +146,9 @@ func ValidateDynamic(c election.DynamicConfig, settings map[string]pgctl.Setting
 	if ttl > 0 && loop > ttl/2 {
 		return &ConfigError{"loop_interval", fmt.Sprintf("%s must be at most ttl/2 (%s)", loop, ttl/2)}
 	}
+	if loop > 0 && ttl == 0 && loop > time.Hour {
+		return &ConfigError{"loop_interval", fmt.Sprintf("%s is too long", loop)}
+	}
 	if c.MaximumLagOnFailover != nil && *c.MaximumLagOnFailover <= 0 {
 		return &ConfigError{"maximum_lag_on_failover", "must be positive"}
 	}
@@ -151,6 +169,17 @@ func checkParam(name, v string, settings map[string]pgctl.Setting) error {
 	}
 	if strings.ContainsAny(v, "\n\r\x00") {
 		return errors.New("value contains a line break or NUL")
+	}
+	if why, bad := unsafeValues[name][strings.ToLower(v)]; bad {
+		return fmt.Errorf("%q refused: %s", v, why)
+	}
+	if floor, has := minimums[name]; has {
+		if n, err := strconv.Atoi(v); err != nil || n < floor {
+			return fmt.Errorf("%q refused: cifha needs at least %d", v, floor)
+		}
+	}
+	if settings == nil {
+		return nil // stored config: structure only, no server to ask
 	}
 	s, ok := settings[name]
 	if !ok {

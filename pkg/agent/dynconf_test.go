@@ -59,6 +59,10 @@ func TestApplySet(t *testing.T) {
 		{map[string]string{"ttl": "soon"}, "ttl"},
 		{map[string]string{"loop_interval": "8s"}, "loop_interval"},
 		{map[string]string{"colour": "blue"}, "colour"},
+		{map[string]string{"postgresql.parameters.wal_level": "minimal"}, "postgresql.parameters.wal_level"},
+		{map[string]string{"postgresql.parameters.fsync": "off"}, "postgresql.parameters.fsync"},
+		{map[string]string{"postgresql.parameters.max_wal_senders": "0"}, "postgresql.parameters.max_wal_senders"},
+		{map[string]string{"postgresql.parameters.recovery_target_time": "2026-01-01"}, "postgresql.parameters.recovery_target_time"},
 	}
 	for _, b := range bad {
 		cur := election.DynamicConfig{Parameters: map[string]string{"work_mem": "4MB"}}
@@ -78,6 +82,27 @@ func TestApplySet(t *testing.T) {
 	}
 	if _, err := ApplySet(election.DynamicConfig{}, nil, testSettings, lim); err == nil || !strings.Contains(err.Error(), "nothing") {
 		t.Fatalf("empty set: %v", err)
+	}
+}
+
+// TestStoredConfigChecked: a config written into etcd by hand is checked
+// without a server: managed parameters, line breaks and unsafe values are
+// refused even though there is no pg_settings to ask.
+func TestStoredConfigChecked(t *testing.T) {
+	lim := Limits{FenceMargin: time.Second, TTL: 10 * time.Second, LoopInterval: time.Second}
+	for _, c := range []election.DynamicConfig{
+		{Parameters: map[string]string{"port": "1"}},
+		{Parameters: map[string]string{"work_mem": "1\nport = 1"}},
+		{Parameters: map[string]string{"Bad Name": "1"}},
+		{Parameters: map[string]string{"wal_level": "minimal"}},
+		{LoopInterval: "30s"},
+	} {
+		if err := ValidateDynamic(c, nil, lim); err == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+	if err := ValidateDynamic(election.DynamicConfig{Parameters: map[string]string{"work_mem": "8MB"}}, nil, lim); err != nil {
+		t.Fatal(err)
 	}
 }
 

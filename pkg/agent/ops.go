@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/cifha/cifha/pkg/election"
@@ -63,8 +64,16 @@ func decideOp(o Observation, leader string) Plan {
 		}
 		return plan(Restart, "restart requested by the operator")
 	case OpReload:
+		if o.DataDir != pgctl.DataDirValid {
+			// Writing postgresql.conf into an empty directory would make
+			// it look foreign and block the clone for good.
+			return plan(Refuse, "%s has no valid data directory (%s); nothing to reload", o.Self, o.DataDir)
+		}
 		return plan(Reload, "reload requested by the operator")
 	case OpReinit:
+		if o.DataDir == pgctl.DataDirForeign {
+			return plan(Refuse, "the data directory of %s is not a PostgreSQL data directory; cifha does not touch it", o.Self)
+		}
 		if o.HoldsLeader || leader == o.Self {
 			return plan(Refuse, "%s is the leader: reinit would destroy the primary; switch over first", o.Self)
 		}
@@ -82,6 +91,11 @@ func decideOp(o Observation, leader string) Plan {
 		}
 		if _, alive := o.Cluster.Members[o.OpArg]; alive {
 			return plan(Refuse, "member %s is alive (its agent holds a lease); stop it first", o.OpArg)
+		}
+		for k := range o.Cluster.Invalid {
+			if strings.HasSuffix(k, "/members/"+o.OpArg) {
+				return plan(Refuse, "member %s's key exists but cannot be read: it may be alive", o.OpArg)
+			}
 		}
 		return Plan{Action: DropSlot, Target: o.OpArg, Reason: fmt.Sprintf("removing member %s: dropping its replication slot", o.OpArg)}
 	}
@@ -129,9 +143,11 @@ func (a *Agent) actOp(ctx context.Context, o Observation, p Plan) error {
 			return err
 		}
 		if primary {
-			lease := a.opt.DCS.Lease()
-			if !lease.Held(a.now().Add(a.opt.FenceMargin)) {
-				return errors.New("restart: the lease ran out while postgres was stopped; the loop decides from here")
+			// Writable again only if the key is provably still this
+			// member's on the same lease (the stop may have outlasted it).
+			lease, held := a.stillHolds(ctx, o.Lease.ID)
+			if !held {
+				return errors.New("restart: the leader key or lease changed while postgres was stopped; the loop decides from here")
 			}
 			a.madeWritable(lease)
 		}
@@ -181,6 +197,9 @@ func (a *Agent) applyLimits(c election.Cluster) {
 		return
 	}
 	cfg := c.Config
+	if !a.storedConfigValid(cfg) {
+		return
+	}
 	lag := a.opt.MaxLag
 	if cfg.MaximumLagOnFailover != nil {
 		lag = *cfg.MaximumLagOnFailover
@@ -211,18 +230,39 @@ func (a *Agent) applyParams(o Observation) {
 	if a.paramsApplied && maps.Equal(want, a.appliedParams) {
 		return
 	}
+	if !a.storedConfigValid(o.Cluster.Config) {
+		return
+	}
 	a.opt.PG.SetDynamicParams(maps.Clone(want))
-	a.appliedParams, a.paramsApplied = maps.Clone(want), true
 	if !a.opt.PG.Running() || o.DataDir != pgctl.DataDirValid {
+		a.appliedParams, a.paramsApplied = maps.Clone(want), true
 		return // written at the next start
 	}
 	if err := a.opt.PG.Configure(); err != nil {
-		a.log.Error("write cluster-wide parameters", "error", err)
+		a.log.Error("write cluster-wide parameters (retried next round)", "error", err)
 		return
 	}
 	if err := a.opt.PG.Reload(); err != nil {
-		a.log.Error("reload after a cluster config change", "error", err)
+		a.log.Error("reload after a cluster config change (retried next round)", "error", err)
 		return
 	}
+	a.appliedParams, a.paramsApplied = maps.Clone(want), true
 	a.log.Info("applied cluster-wide parameters", "parameters", len(want))
+}
+
+// storedConfigValid re-checks the config read from etcd without pg_settings
+// (names, cifha-managed parameters, line breaks, bounds): a key written by
+// hand is never applied unchecked. An invalid one is logged once and the
+// last applied settings stay.
+func (a *Agent) storedConfigValid(c election.DynamicConfig) bool {
+	err := ValidateDynamic(c, nil, Limits{FenceMargin: a.opt.FenceMargin, LoopInterval: a.opt.LoopInterval, TTL: a.opt.TTL})
+	if err == nil {
+		a.badConfig = ""
+		return true
+	}
+	if a.badConfig != err.Error() {
+		a.badConfig = err.Error()
+		a.log.Error("ignoring the cluster config in etcd: invalid; keeping the settings last applied", "error", err)
+	}
+	return false
 }

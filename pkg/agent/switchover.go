@@ -2,12 +2,14 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/cifha/cifha/pkg/election"
 	"github.com/cifha/cifha/pkg/pgctl"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // A planned switchover, as the old leader carries it out (one action of
@@ -129,6 +131,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 	pg, dcs := a.opt.PG, a.opt.DCS
 	req := o.Cluster.Switchover
 	log := a.log.With("switchover_to", p.Target)
+	reported := false
 	done := func(ok bool, format string, args ...any) {
 		msg := fmt.Sprintf(format, args...)
 		if ok {
@@ -136,8 +139,15 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 		} else {
 			log.Warn("switchover did not happen", "result", msg)
 		}
+		reported = true
 		a.switchW.report(req.ID, switchResult{OK: ok, Message: msg})
 	}
+	defer func() {
+		// Every outcome reaches the waiting request, errors included.
+		if !reported {
+			done(false, "switchover to %s interrupted by an error on %s; see its log and cifhactl status", p.Target, a.opt.Name)
+		}
+	}()
 	cancelReq := func(format string, args ...any) error {
 		done(false, format, args...)
 		return dcs.ClearSwitchover(ctx, req.ModRev)
@@ -150,13 +160,15 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 	// Before the handoff the key never left this member: a failure starts
 	// postgres again as the primary.
 	rollback := func(why string) error {
-		lease := dcs.Lease()
-		if !lease.Held(a.now().Add(a.opt.FenceMargin)) {
-			// The key is lost with the lease; the loop decides from here.
-			done(false, "switchover to %s failed (%s); the lease ran out meanwhile, the cluster elects a leader", p.Target, why)
-			return dcs.ClearSwitchover(ctx, req.ModRev)
+		_ = dcs.ClearSwitchover(ctx, req.ModRev) // never re-run: see lastSwitchover
+		lease, held := a.stillHolds(ctx, o.Lease.ID)
+		if !held {
+			// The key or the lease is not provably this member's any more
+			// (etcd cut off, lease re-granted): the loop decides from a
+			// fresh observation, never a writable start on a guess.
+			done(false, "switchover to %s failed (%s); %s no longer provably holds the leader key, so it does not resume as primary by itself", p.Target, why, a.opt.Name)
+			return nil
 		}
-		_ = dcs.ClearSwitchover(ctx, req.ModRev)
 		if err := pg.Configure(); err != nil {
 			return err
 		}
@@ -213,20 +225,39 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 		}
 	}
 	if err := dcs.Handoff(ctx, p.Target, toLease, election.LastLeader{Timeline: cd.Timeline, LSN: cd.Checkpoint.String(), At: a.now().UTC(), From: a.opt.Name}); err != nil {
-		return rollback(err.Error())
+		// The transaction may have committed although the answer was lost:
+		// read the key again before deciding anything.
+		c, rerr := dcs.Read(ctx)
+		switch {
+		case rerr == nil && c.Leader != nil && c.Leader.Valid && c.Leader.Name == p.Target && c.Leader.Lease == toLease:
+			log.Warn("switchover: the handoff's answer was lost but it committed", "error", err)
+		case rerr == nil:
+			return rollback(err.Error()) // rollback checks the key is still ours
+		default:
+			done(false, "switchover to %s: the handoff's outcome is unknown (%v; re-read: %v); %s stays stopped and the loop decides", p.Target, err, rerr, a.opt.Name)
+			return err
+		}
 	}
 	log.Info("switchover: leader key handed over; waiting for the candidate to promote")
-	return a.awaitPromotion(ctx, p, cd, done)
+	return a.awaitPromotion(ctx, p, cd, int64(o.Lease.ID), done)
 }
 
 // awaitPromotion is step 6: the key is the candidate's now.
-func (a *Agent) awaitPromotion(ctx context.Context, p Plan, cd pgctl.ControlData, done func(bool, string, ...any)) error {
+func (a *Agent) awaitPromotion(ctx context.Context, p Plan, cd pgctl.ControlData, leaseID int64, done func(bool, string, ...any)) error {
 	pg, dcs := a.opt.PG, a.opt.DCS
 	deadline := a.now().Add(a.opt.SwitchoverTimeout)
 	promoting := false
+	// The key may be taken back only if every poll succeeded, close enough
+	// together that "promoting" (published for at least as long as the
+	// candidate's postgres may be promoting) cannot have been missed.
+	certain, lastOK := true, a.now()
 	for {
 		c, err := dcs.Read(ctx)
+		if err != nil || a.now().Sub(lastOK) > a.opt.TTL/3 && a.opt.TTL > 0 {
+			certain = false
+		}
 		if err == nil {
+			lastOK = a.now()
 			m, ok := c.Members[p.Target]
 			if ok && (m.State == "promoting" || m.Role == "primary") {
 				promoting = true
@@ -246,10 +277,14 @@ func (a *Agent) awaitPromotion(ctx context.Context, p Plan, cd pgctl.ControlData
 				}
 				done(true, "switched over to %s (timeline %d); %s follows it as a standby", p.Target, m.Timeline, a.opt.Name)
 				return a.start(ctx)
-			case l == nil && !promoting:
+			case l == nil && !promoting && certain:
 				// The candidate lost the key before it could promote (it
 				// died or was stopped): take the role back.
-				lease, err := a.acquire(ctx, election.LastLeader{Timeline: cd.Timeline, LSN: cd.Checkpoint.String(), At: a.now().UTC()})
+				var lease election.LeaseState
+				err := errors.New("this member's lease changed during the switchover")
+				if int64(a.opt.DCS.Lease().ID) == leaseID {
+					lease, err = a.acquire(ctx, election.LastLeader{Timeline: cd.Timeline, LSN: cd.Checkpoint.String(), At: a.now().UTC()})
+				}
 				if err != nil {
 					done(false, "switchover to %s failed: it lost the leader key before promoting, and taking it back failed (%v); the cluster elects a leader", p.Target, err)
 					return nil
@@ -262,7 +297,7 @@ func (a *Agent) awaitPromotion(ctx context.Context, p Plan, cd pgctl.ControlData
 				done(false, "switchover to %s failed: it lost the leader key before promoting; %s resumed as primary", p.Target, a.opt.Name)
 				return a.start(ctx)
 			case l == nil || l.Name != p.Target:
-				done(false, "switchover to %s interrupted: the leader key changed; the cluster's normal rules apply", p.Target)
+				done(false, "switchover to %s interrupted: the leader key changed (or the candidate may have begun promoting); the cluster's normal rules apply", p.Target)
 				return nil
 			}
 		}
@@ -274,6 +309,22 @@ func (a *Agent) awaitPromotion(ctx context.Context, p Plan, cd pgctl.ControlData
 			return err
 		}
 	}
+}
+
+// stillHolds re-reads etcd and reports whether this member still holds the
+// leader key on the lease it held when the action began (and that lease is
+// good past the fence margin): the condition for starting a writable
+// primary after postgres was stopped for a while.
+func (a *Agent) stillHolds(ctx context.Context, leaseID clientv3.LeaseID) (election.LeaseState, bool) {
+	lease := a.opt.DCS.Lease()
+	if lease.ID != leaseID || !lease.Held(a.now().Add(a.opt.FenceMargin)) {
+		return lease, false
+	}
+	c, err := a.opt.DCS.Read(ctx)
+	if err != nil || !a.opt.DCS.Holds(c) || a.opt.DCS.Lease().ID != leaseID {
+		return lease, false
+	}
+	return lease, true
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -140,3 +141,61 @@ func TestLoopSwitchoverCandidateBehind(t *testing.T) {
 		t.Fatalf("result %+v", r)
 	}
 }
+
+// TestLoopSwitchoverUncertainNoTakeBack: a poll of etcd failed while the
+// old leader waited for the promotion, so it cannot know the candidate
+// never announced "promoting": when the key vanishes it must not take it
+// back by itself.
+func TestLoopSwitchoverUncertainNoTakeBack(t *testing.T) {
+	a, pg, dcs := switchingLeader(t, caughtUp{2000})
+	a.opt.TTL = 3 * time.Second
+	reads := 0
+	dcs.onRead = func(d *fakeDCS) {
+		d.err = nil
+		if !d.handedOff {
+			return
+		}
+		reads++
+		switch reads {
+		case 1:
+			d.err = errors.New("etcd unreachable")
+		default:
+			d.cluster.Leader = nil
+			delete(d.cluster.Members, "db2")
+		}
+	}
+	a.Iterate(context.Background())
+	if dcs.cluster.Leader != nil || pg.running {
+		t.Fatalf("took the key back on incomplete information: leader %+v running %v", dcs.cluster.Leader, pg.running)
+	}
+}
+
+// TestLoopSwitchoverRollbackNeedsTheKey: the candidate never catches up,
+// and meanwhile this member's lease was replaced (etcd cut off): it must
+// not restart as a writable primary.
+func TestLoopSwitchoverRollbackNeedsTheKey(t *testing.T) {
+	a, pg, dcs := switchingLeader(t, nil)
+	clk := &fakeClock{t: t0}
+	a.now = func() time.Time { clk.Advance(100 * time.Millisecond); return clk.Now() }
+	a.opt.SwitchoverTimeout = time.Second
+	calls := 0
+	a.opt.Peers = peerFunc(func() (Candidate, error) {
+		calls++
+		if calls > 1 { // after the candidate check: the lease is replaced, the key is on the old one
+			dcs.lease.ID = 99
+		}
+		return caughtUp{500}.Candidate(context.Background(), "")
+	})
+	wait := a.switchW.add("r1")
+	a.Iterate(context.Background())
+	if pg.running {
+		t.Fatalf("restarted writable without the key: %v", pg.calls)
+	}
+	if r := <-wait; r.OK || !strings.Contains(r.Message, "no longer provably holds") {
+		t.Fatalf("result %+v", r)
+	}
+}
+
+type peerFunc func() (Candidate, error)
+
+func (f peerFunc) Candidate(context.Context, string) (Candidate, error) { return f() }

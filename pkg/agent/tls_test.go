@@ -27,6 +27,7 @@ func (f fakeControl) SetPause(_ context.Context, on bool, _ string) error { *f.p
 func (fakeControl) RequestSwitchover(context.Context, election.SwitchoverRequest) (bool, error) {
 	return false, nil
 }
+func (fakeControl) CancelSwitchover(context.Context) (bool, error) { return false, nil }
 func (fakeControl) RequestFailover(context.Context, election.FailoverRequest, time.Duration) (bool, error) {
 	return false, nil
 }

@@ -161,6 +161,10 @@ func (s *Store) Handoff(ctx context.Context, to string, toLease int64, rec LastL
 		clientv3.OpDelete(s.keys.Switchover()),
 	).Commit()
 	if err != nil {
+		// The outcome is unknown (the transaction may have committed): hold
+		// no leader-only rights until a read shows the key is still ours
+		// (Holds adopts it again).
+		s.leaderRev, s.termRev = 0, 0
 		return fmt.Errorf("hand the leader key to %s: %w", to, err)
 	}
 	if !resp.Succeeded {
@@ -190,6 +194,17 @@ func (s *Store) PutConfig(ctx context.Context, c DynamicConfig, modRev int64) er
 		return errors.New("cluster config changed concurrently; read it again and retry")
 	}
 	return nil
+}
+
+// CancelSwitchover deletes a pending switchover request, whatever it is.
+func (s *Store) CancelSwitchover(ctx context.Context) (bool, error) {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	resp, err := s.cli.Delete(ctx, s.keys.Switchover())
+	if err != nil {
+		return false, fmt.Errorf("cancel switchover: %w", err)
+	}
+	return resp.Deleted > 0, nil
 }
 
 // ClearSwitchover deletes the switchover request read at modRev.
