@@ -33,7 +33,12 @@ integration: deps
 	$(GO) test -count=1 -timeout 15m -v ./integration/...
 
 fuzz:
-	$(GO) test ./pkg/config -run '^$$' -fuzz FuzzParse -fuzztime 60s
+	$(GO) test ./pkg/config -run '^$$' -fuzz FuzzParse -fuzztime 30s
+	$(GO) test ./pkg/election -run '^$$' -fuzz FuzzParseCluster -fuzztime 30s
+	$(GO) test ./pkg/election -run '^$$' -fuzz FuzzParseRequests -fuzztime 30s
+	$(GO) test ./pkg/agent -run '^$$' -fuzz FuzzParseDynamicConfig -fuzztime 30s
+	$(GO) test ./pkg/agent -run '^$$' -fuzz FuzzParseControlData -fuzztime 30s
+	$(GO) test ./pkg/cifsync -run '^$$' -fuzz FuzzSetDBHost -fuzztime 30s
 
 demo: deps build
 	$(GO) build -o bin/ ./cmd/cifha-demo

@@ -6,6 +6,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"flag"
 	"fmt"
 	"os"
@@ -75,6 +77,7 @@ func run() int {
 		BinDir: binAbs, Root: root, EtcdEndpoints: []string{etcd.Endpoint}, Cluster: "demo",
 		Addrs: []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"}, TTL: 10 * time.Second, LoopInterval: time.Second,
 		Tuning: "profile = \"cif\"\nmemory = \"1GB\"", SuperuserPassword: "demo",
+		APIToken: demoToken(),
 	})
 	if err != nil {
 		return fail(err)
@@ -127,7 +130,8 @@ func run() int {
 		}
 	}
 	ctlConf := filepath.Join(root, "cifhactl.toml")
-	os.WriteFile(ctlConf, []byte(fmt.Sprintf("cluster = \"demo\"\n[etcd]\nendpoints = [%q]\n", etcd.Endpoint)), 0o644)
+	os.WriteFile(ctlConf, []byte(fmt.Sprintf("cluster = \"demo\"\n[api]\ntoken_file = %q\n[etcd]\nendpoints = [%q]\n",
+		filepath.Join(root, "secrets", "api.token"), etcd.Endpoint)), 0o600)
 	ctl := filepath.Join(binAbs, "cifhactl")
 	fmt.Println()
 	cmd := exec.Command(ctl, "-c", ctlConf, "status")
@@ -144,13 +148,17 @@ changes: run status again):
   PGPASSWORD=demo psql -h %[6]s -U postgres -c 'select * from t'   # a standby has the row
   kill -9 $(head -1 %[4]s/postmaster.pid)   # crash the primary's postgres: cifha restarts it in place
   kill -9 %[7]d    # kill the leader's agent: its postgres dies with it, a standby takes over in ~10 s
+  %[1]s -c %[2]s switchover --to %[8]s   # planned, no write lost, ~0.6 s unavailable
+  %[1]s -c %[2]s set postgresql.parameters.work_mem=8MB   # every member, reloaded
+  %[1]s -c %[2]s set postgresql.parameters.shared_buffers=256MB   # status: restart pending
+  %[1]s -c %[2]s restart %[8]s
   %[1]s -c %[2]s history
   # the demo restarts a dead agent after 15 s, as systemd would: the old
   # leader then rejoins as a standby with pg_rewind (watch status)
   tail -f %[5]s/db*/cifha.log
 
 Files: %[5]s (removed on exit). Press Ctrl-C to stop everything.
-`, ctl, ctlConf, primary.Addr, primary.DataDir, root, standby.Addr, primary.PID())
+`, ctl, ctlConf, primary.Addr, primary.DataDir, root, standby.Addr, primary.PID(), standby.Name)
 	// Like systemd's Restart=always (but after 15 s, so that a failover is
 	// visible first): an agent that died is started again.
 	deadSince := map[string]time.Time{}
@@ -191,4 +199,13 @@ func step(format string, args ...any) {
 func fail(err error) int {
 	fmt.Fprintln(os.Stderr, "cifha-demo:", err)
 	return 1
+}
+
+// demoToken is a fresh random token for the demo's control API.
+func demoToken() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
 }

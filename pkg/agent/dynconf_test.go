@@ -118,3 +118,16 @@ func FuzzParseDynamicConfig(f *testing.F) {
 		_ = ValidateDynamic(c, testSettings, Limits{FenceMargin: time.Second, TTL: 10 * time.Second, LoopInterval: time.Second})
 	})
 }
+
+// FuzzParseControlData lives here rather than in pkg/pgctl, whose tests
+// re-execute as the postgres user (the fuzz cache belongs to root).
+func FuzzParseControlData(f *testing.F) {
+	f.Add("Database cluster state: shut down\nLatest checkpoint location: 0/3000028\nLatest checkpoint's TimeLineID: 2\n")
+	f.Add("Database cluster state: shut down\nLatest checkpoint location: 0/1\nLatest checkpoint's TimeLineID: x\n")
+	f.Fuzz(func(t *testing.T, out string) {
+		c, err := pgctl.ParseControlData(out)
+		if err == nil && (c.State == "" && !strings.Contains(out, "state")) {
+			t.Fatalf("parsed without a state line: %+v", c)
+		}
+	})
+}

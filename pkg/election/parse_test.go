@@ -39,3 +39,35 @@ func FuzzParseCluster(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseRequests: whatever sits in the switchover, failover and config
+// keys, parsing never panics, a request is accepted only with valid member
+// names, and anything rejected is listed as invalid (never silently absent).
+func FuzzParseRequests(f *testing.F) {
+	f.Add(`{"id":"x","from":"db1","to":"db2"}`, `{"to":"db2"}`, `{"ttl":"10s","parameters":{"work_mem":"4MB"}}`)
+	f.Add(`{"from":"db1"}`, `{`, `{"colour":1}`)
+	f.Add(`null`, `{"to":"../x"}`, `{"maximum_lag_on_failover":-1}`)
+	keys := KeysFor("c")
+	f.Fuzz(func(t *testing.T, sw, fo, cfg string) {
+		c := ParseCluster(keys, 1, []*mvccpb.KeyValue{
+			{Key: []byte(keys.Switchover()), Value: []byte(sw)},
+			{Key: []byte(keys.Failover()), Value: []byte(fo)},
+			{Key: []byte(keys.Config()), Value: []byte(cfg), ModRevision: 3},
+		})
+		if r := c.Switchover; r != nil && (!ValidName(r.From) || !ValidName(r.To)) {
+			t.Fatalf("switchover with invalid names: %+v", r)
+		}
+		if c.Switchover == nil && c.Invalid[keys.Switchover()] == "" {
+			t.Fatal("rejected switchover request not listed as invalid")
+		}
+		if r := c.Failover; r != nil && !ValidName(r.To) {
+			t.Fatalf("failover with an invalid name: %+v", r)
+		}
+		if c.Failover == nil && c.Invalid[keys.Failover()] == "" {
+			t.Fatal("rejected failover request not listed as invalid")
+		}
+		if c.ConfigRev != 3 {
+			t.Fatal("config revision lost")
+		}
+	})
+}

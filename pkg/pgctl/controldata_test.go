@@ -25,3 +25,4 @@ func TestParseControlData(t *testing.T) {
 		}
 	}
 }
+
