@@ -25,4 +25,3 @@ func TestParseControlData(t *testing.T) {
 		}
 	}
 }
-
