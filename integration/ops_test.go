@@ -158,6 +158,34 @@ func TestClusterConfigAndOperatorCommands(t *testing.T) {
 	if st, code := statusJSON(t, c); code != 0 || st.Leader != p.Name || len(st.Members) != 3 {
 		t.Fatalf("status: exit %d %+v", code, st)
 	}
+	// ttl: stored, flagged on every member, applied when an agent starts.
+	if out, code := ctl("set", "ttl=4s"); code != 0 || !strings.Contains(out, "next starts") {
+		t.Fatalf("set ttl: exit %d: %s", code, out)
+	}
+	ttlOf := func(name string) (string, bool) {
+		st, _ := statusJSON(t, c)
+		for _, m := range st.Members {
+			if m.Name == name {
+				return m.TTL, m.AgentRestartPending
+			}
+		}
+		return "", false
+	}
+	if ttl, pending := ttlOf(stb.Name); ttl != c.Opt.TTL.String() || !pending {
+		t.Fatalf("before the agent restart: ttl %q pending %v", ttl, pending)
+	}
+	if err := stb.Stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := stb.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, "restarted agent runs with the cluster ttl", func() error {
+		if ttl, pending := ttlOf(stb.Name); ttl != "4s" || pending {
+			return fmt.Errorf("ttl %q pending %v", ttl, pending)
+		}
+		return followsFrom(t, stb, p)
+	})
 	if out, code := cifhactl(t, c, "completion", "bash"); code != 0 || !strings.Contains(out, "cifhactl") {
 		t.Fatalf("completion: exit %d", code)
 	}

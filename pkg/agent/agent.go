@@ -772,6 +772,9 @@ func (a *Agent) member(o Observation, p Plan) election.Member {
 		AgentVersion: a.opt.AgentVersion, NoFailover: a.opt.NoFailover, FailoverPriority: a.opt.FailoverPriority,
 		Version: a.opt.PG.Version().String(), Reason: p.Reason, UpdatedAt: o.Now.UTC(),
 	}
+	if a.opt.TTL > 0 {
+		m.TTL = a.opt.TTL.String()
+	}
 	if o.DataDir == pgctl.DataDirValid {
 		m.Role = "primary"
 		if o.Standby.Standby {

@@ -33,6 +33,11 @@ type MemberStatus struct {
 	Error        string `json:"error,omitempty"`
 	// PendingRestart lists parameters waiting for `cifhactl restart`.
 	PendingRestart []string `json:"pending_restart,omitempty"`
+	// TTL is the lease ttl the member's agent runs with; AgentRestartPending
+	// is set when the cluster config asks for another one (it applies when
+	// the agent next starts).
+	TTL                 string `json:"ttl,omitempty"`
+	AgentRestartPending bool   `json:"agent_restart_pending,omitempty"`
 }
 
 // ClusterStatus is the whole answer of `cifhactl status`.
@@ -105,7 +110,12 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 	for i, n := range names {
 		m := members[n]
 		row := MemberStatus{Name: n, Host: m.ConnAddress, State: m.State, Timeline: m.Timeline,
-			ReplayPaused: m.ReplayPaused, Reachable: errs[i] == nil, APIURL: m.APIURL, Reason: m.Reason, PendingRestart: m.PendingRestart}
+			ReplayPaused: m.ReplayPaused, Reachable: errs[i] == nil, APIURL: m.APIURL, Reason: m.Reason, PendingRestart: m.PendingRestart, TTL: m.TTL}
+		if want, err := time.ParseDuration(c.Config.TTL); err == nil && m.TTL != "" {
+			if have, err := time.ParseDuration(m.TTL); err == nil && have != want {
+				row.AgentRestartPending = true
+			}
+		}
 		switch {
 		case n == out.Leader:
 			row.Role = "Leader"
@@ -196,6 +206,9 @@ func RenderTable(w io.Writer, s ClusterStatus) {
 		state := m.State
 		if len(m.PendingRestart) > 0 {
 			state += " (restart pending)"
+		}
+		if m.AgentRestartPending {
+			state += " (agent restart pending: ttl)"
 		}
 		if !m.Reachable {
 			state += " (unreachable)"

@@ -35,8 +35,11 @@ type Member struct {
 	Reason           string `json:"reason,omitempty"`
 	// PendingRestart lists parameters that take effect only after a
 	// restart of this member's postgres (cifhactl restart).
-	PendingRestart []string  `json:"pending_restart,omitempty"`
-	UpdatedAt      time.Time `json:"updated_at"`
+	PendingRestart []string `json:"pending_restart,omitempty"`
+	// TTL is the lease ttl this agent runs with (a cluster config change
+	// of ttl applies when the agent next starts).
+	TTL       string    `json:"ttl,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // ReplicaLag is one standby as its primary sees it.
