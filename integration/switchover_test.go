@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -128,6 +129,17 @@ func TestSwitchoverRefusals(t *testing.T) {
 	sw := func(to string, extra ...string) []string {
 		return append([]string{"--token-file", tok, "switchover", "--force", "--to", to}, extra...)
 	}
+	// Without --force it asks; anything but yes aborts and changes nothing.
+	cmd := exec.Command(filepath.Join(binDir, "cifhactl"), "--endpoints", strings.Join(c.Opt.EtcdEndpoints, ","), "--cluster", c.Opt.Cluster,
+		"--token-file", tok, "switchover", "--to", standby.Name)
+	cmd.Stdin = strings.NewReader("n\n")
+	out, err := cmd.CombinedOutput()
+	if ee, isExit := err.(*exec.ExitError); !isExit || ee.ExitCode() != 1 || !strings.Contains(string(out), "[y/N]") || !strings.Contains(string(out), "aborted") {
+		t.Fatalf("confirmation prompt: %v\n%s", err, out)
+	}
+	if l := leaderName(t, c); l != p.Name {
+		t.Fatalf("leader changed to %q after an aborted switchover", l)
+	}
 	refused("not a member", sw("db9")...)
 	refused("already the leader", sw(p.Name)...)
 	if p.Name != "db3" {
@@ -138,8 +150,8 @@ func TestSwitchoverRefusals(t *testing.T) {
 		t.Fatalf("no token: HTTP %d", code)
 	}
 	// JSON answers carry the HTTP status.
-	out, code := cifhactl(t, c, append(sw("db9"), "--json")...)
-	if code != 1 || !strings.Contains(out, `"status": 409`) || !strings.Contains(out, `"ok": false`) {
+	out2, code := cifhactl(t, c, append(sw("db9"), "--json")...)
+	if code != 1 || !strings.Contains(out2, `"status": 409`) || !strings.Contains(out2, `"ok": false`) {
 		t.Fatalf("--json refusal: exit %d:\n%s", code, out)
 	}
 
