@@ -55,6 +55,23 @@ func TestSwitchover(t *testing.T) {
 		}
 		return nil
 	})
+	// Metrics before: the leader leads and sees both standbys' lag.
+	testutil.Eventually(t, 10*time.Second, "metrics before the switchover", func() error {
+		if err := wantMetrics(t, p, map[string]float64{"cifha_is_leader": 1, "cifha_postgres_primary": 1, "cifha_cluster_has_leader": 1,
+			"cifha_etcd_reachable": 1, "cifha_cluster_members": 3}); err != nil {
+			return err
+		}
+		got, err := metricsOf(t, p)
+		if err != nil {
+			return err
+		}
+		for _, n := range others(c, p) {
+			if _, ok := got["cifha_replication_lag_bytes{standby="+n.Name+"}"]; !ok {
+				return fmt.Errorf("no lag series for %s", n.Name)
+			}
+		}
+		return wantMetrics(t, cand, map[string]float64{"cifha_is_leader": 0, "cifha_postgres_streaming": 1, "cifha_postgres_primary": 0})
+	})
 	seen := watchPrimaries(t, c)
 	requested := time.Now()
 	out, code := cifhactl(t, c, "--token-file", tok, "switchover", "--to", cand.Name, "--force")
@@ -96,6 +113,12 @@ func TestSwitchover(t *testing.T) {
 	if !strings.Contains(out, "planned switchover from "+p.Name) {
 		t.Fatalf("history lacks the switchover:\n%s", out)
 	}
+	testutil.Eventually(t, 10*time.Second, "metrics after the switchover", func() error {
+		if err := wantMetrics(t, p, map[string]float64{"cifha_is_leader": 0, "cifha_postgres_streaming": 1, "cifha_switchovers_total{result=done}": 1}); err != nil {
+			return err
+		}
+		return wantMetrics(t, cand, map[string]float64{"cifha_is_leader": 1, "cifha_postgres_primary": 1, "cifha_actions_total{action=promote}": 1})
+	})
 }
 
 // TestSwitchoverRefusals is acceptance 2: each refusal names its reason and

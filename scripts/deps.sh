@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cifha's tests and demo need, only where it is missing:
 # Debian's PostgreSQL server (binaries under /usr/lib/postgresql/*/bin), the
-# postgres OS user and HAProxy. Go itself must already be installed.
+# postgres OS user, HAProxy and promtool. Go itself must already be installed.
 set -euo pipefail
 
 need_pg=1
@@ -34,6 +34,26 @@ if ! command -v haproxy >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy >/dev/null; }
   # The package starts a service we do not need.
   systemctl disable --now haproxy >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1 || true
+fi
+# promtool: the tests check and unit-test deploy/prometheus's alert rules.
+# Debian ships it in the prometheus package, whose server must not start.
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "promtool is missing; run as root (or: sudo apt-get install prometheus)" >&2
+    exit 1
+  fi
+  echo ">> installing promtool (apt-get prometheus; its service is not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+  if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 if ! command -v go >/dev/null 2>&1; then
   echo "Go is not on PATH (expected /usr/local/go/bin/go)" >&2

@@ -75,6 +75,8 @@ type Options struct {
 	// RequireClientCert: the control endpoints also require a verified
 	// TLS client certificate (api.client_ca_file).
 	RequireClientCert bool
+	// Cluster is the cluster's name (a label of the metrics).
+	Cluster string
 	// TTL is the lease ttl this agent runs with.
 	TTL time.Duration
 	// ConfigKey is the etcd key of the cluster-wide settings (to tell an
@@ -156,6 +158,7 @@ type Agent struct {
 	paramsApplied bool
 	keysConfig    string
 	badConfig     string
+	metrics       *Metrics
 }
 
 // New returns an Agent; it does nothing until Run.
@@ -175,6 +178,7 @@ func New(opt Options) *Agent {
 	a := &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}, ops: make(chan *opRequest),
 		loopInterval: opt.LoopInterval, keysConfig: opt.ConfigKey}
 	a.maxLag.Store(opt.MaxLag)
+	a.metrics = newMetrics(a)
 	a.fence = &fencer{a: a, armedCh: make(chan struct{}, 1)}
 	if len(opt.Hooks.OnStart)+len(opt.Hooks.OnStop)+len(opt.Hooks.OnRoleChange) > 0 {
 		a.hooks = newHookRunner(opt.Hooks, opt.Log.Named("hooks"))
@@ -267,6 +271,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // Iterate runs one observe-decide-act round and returns the action's error.
 // Exported for the loop tests.
 func (a *Agent) Iterate(ctx context.Context) error {
+	started := time.Now()
 	o := a.observe(ctx)
 	a.applyParams(o)
 	p := Decide(o)
@@ -297,8 +302,12 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	a.publish(ctx, o, p, err)
 	a.hooksAfter(o)
 	a.lastObs = o
+	a.metrics.observeLoop(time.Since(started), p)
 	return err
 }
+
+// Metrics returns the agent's Prometheus metrics.
+func (a *Agent) Metrics() *Metrics { return a.metrics }
 
 func (a *Agent) observe(ctx context.Context) Observation {
 	o := Observation{Self: a.opt.Name, FenceMargin: a.opt.FenceMargin}

@@ -74,6 +74,10 @@ func Handler(a *Agent) http.Handler {
 	// stay open for load balancers.
 	mux.HandleFunc("/status", a.protect(check(func(s *Snapshot, _ time.Time) bool { return true })))
 	a.controlRoutes(mux)
+	// Prometheus metrics (docs/operations.md, deploy/prometheus): open like
+	// /health unless api.protect_reads.
+	metrics := a.metrics.Handler()
+	mux.HandleFunc("/metrics", a.protect(func(w http.ResponseWriter, r *http.Request) { metrics.ServeHTTP(w, r) }))
 	// /wal reads postgres now (not the last snapshot): failover candidates
 	// compare their positions with it once the leader is gone.
 	mux.HandleFunc("/wal", a.protect(func(w http.ResponseWriter, r *http.Request) {

@@ -140,6 +140,11 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 			log.Warn("switchover did not happen", "result", msg)
 		}
 		reported = true
+		result := "failed"
+		if ok {
+			result = "done"
+		}
+		a.metrics.switchovs.WithLabelValues(result).Inc()
 		a.switchW.report(req.ID, switchResult{OK: ok, Message: msg})
 	}
 	defer func() {

@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/cifha/cifha/pkg/pgctl"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the agent's Prometheus metrics. State gauges are computed at
+// scrape time from the loop's last snapshot (no goroutine of their own, and
+// a scrape never touches postgres or etcd); counters and the loop histogram
+// are updated by the loop.
+type Metrics struct {
+	reg       *prometheus.Registry
+	loop      prometheus.Histogram
+	actions   *prometheus.CounterVec
+	switchovs *prometheus.CounterVec
+}
+
+func newMetrics(a *Agent) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	labels := prometheus.Labels{"cluster": a.opt.Cluster, "member": a.opt.Name}
+	m.loop = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "cifha_loop_duration_seconds", Help: "Duration of one observe-decide-act iteration of the HA loop.",
+		ConstLabels: labels, Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	})
+	m.actions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cifha_actions_total", Help: "HA actions taken (promote, fence, demote, rewind, ...), by action.",
+		ConstLabels: labels,
+	}, []string{"action"})
+	m.switchovs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cifha_switchovers_total", Help: "Planned switchovers this member carried out as the old leader, by result.",
+		ConstLabels: labels,
+	}, []string{"result"})
+	m.reg.MustRegister(m.loop, m.actions, m.switchovs, &stateCollector{a: a, labels: labels},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// stateCollector turns the last snapshot into gauges.
+type stateCollector struct {
+	a      *Agent
+	labels prometheus.Labels
+}
+
+func (c *stateCollector) desc(name, help string, vars ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, vars, c.labels)
+}
+
+var stateDescs = []struct{ name, help string }{
+	{"cifha_up", "1 while the agent runs (always 1 when scraped)."},
+	{"cifha_is_leader", "1 when this member holds the leader key on its current lease."},
+	{"cifha_postgres_running", "1 when the postmaster cifha started is running."},
+	{"cifha_postgres_primary", "1 when postgres runs as a primary (accepts writes if the lease allows)."},
+	{"cifha_postgres_streaming", "1 when postgres is a standby streaming from a primary."},
+	{"cifha_timeline", "Current timeline of postgres (0 when unknown)."},
+	{"cifha_lease_valid_seconds", "Seconds the agent's etcd lease is known to be valid (0 when none)."},
+	{"cifha_etcd_reachable", "1 when the last read of the cluster from etcd succeeded."},
+	{"cifha_cluster_has_leader", "1 when the cluster has a valid leader key (as this member last saw it)."},
+	{"cifha_cluster_paused", "1 when the cluster is in maintenance mode (no automatic failover)."},
+	{"cifha_cluster_members", "Members publishing their state in etcd."},
+	{"cifha_pending_restart_parameters", "Parameters changed that need a restart of postgres on this member."},
+	{"cifha_observation_age_seconds", "Seconds since the HA loop last observed the cluster (a hung loop grows it)."},
+}
+
+// Describe implements prometheus.Collector.
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range stateDescs {
+		ch <- c.desc(d.name, d.help)
+	}
+	ch <- c.desc("cifha_replication_lag_bytes", "On the leader: its current WAL LSN minus each standby's replay LSN.", "standby")
+	ch <- c.desc("cifha_wal_lsn_bytes", "This member's WAL positions as byte offsets.", "kind")
+}
+
+// Collect implements prometheus.Collector.
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.a.Snapshot()
+	now := c.a.now()
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	vals := map[string]float64{"cifha_up": 1}
+	if s != nil {
+		leader := s.Cluster.Leader
+		vals["cifha_is_leader"] = b(s.IsLeader && s.Lease.Held(now))
+		vals["cifha_postgres_running"] = b(s.Running)
+		vals["cifha_postgres_primary"] = b(s.Running && s.Member.Role == "primary" && s.Member.State == "running")
+		vals["cifha_postgres_streaming"] = b(s.Streaming)
+		vals["cifha_timeline"] = float64(s.Member.Timeline)
+		if s.Lease.Held(now) {
+			vals["cifha_lease_valid_seconds"] = s.Lease.ValidUntil.Sub(now).Seconds()
+		} else {
+			vals["cifha_lease_valid_seconds"] = 0
+		}
+		vals["cifha_etcd_reachable"] = b(s.DCSErr == "")
+		vals["cifha_cluster_has_leader"] = b(leader != nil && leader.Valid)
+		vals["cifha_cluster_paused"] = b(s.Cluster.Paused)
+		vals["cifha_cluster_members"] = float64(len(s.Cluster.Members))
+		vals["cifha_pending_restart_parameters"] = float64(len(s.Member.PendingRestart))
+		vals["cifha_observation_age_seconds"] = now.Sub(s.ObservedAt).Seconds()
+	}
+	for _, d := range stateDescs {
+		v, ok := vals[d.name]
+		if !ok {
+			continue // nothing observed yet: absent, not 0 (unknown is not healthy)
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc(d.name, d.help), prometheus.GaugeValue, v)
+	}
+	if s == nil {
+		return
+	}
+	lagDesc := c.desc("cifha_replication_lag_bytes", "On the leader: its current WAL LSN minus each standby's replay LSN.", "standby")
+	if s.IsLeader {
+		for _, r := range s.Member.Replicas {
+			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(max(r.LagBytes, 0)), r.Name)
+		}
+	}
+	lsnDesc := c.desc("cifha_wal_lsn_bytes", "This member's WAL positions as byte offsets.", "kind")
+	for kind, v := range map[string]string{"current": s.Member.CurrentLSN, "receive": s.Member.ReceiveLSN, "replay": s.Member.ReplayLSN} {
+		if v == "" {
+			continue
+		}
+		if l, err := pgctl.ParseLSN(v); err == nil {
+			ch <- prometheus.MustNewConstMetric(lsnDesc, prometheus.GaugeValue, float64(l), kind)
+		}
+	}
+}
+
+// observeLoop records one iteration's duration and action.
+func (m *Metrics) observeLoop(d time.Duration, p Plan) {
+	if m == nil {
+		return
+	}
+	m.loop.Observe(d.Seconds())
+	if p.Action != None && p.Action != Wait {
+		m.actions.WithLabelValues(p.Action.String()).Inc()
+	}
+}
