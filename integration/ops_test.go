@@ -1,12 +1,16 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -186,7 +190,44 @@ func TestClusterConfigAndOperatorCommands(t *testing.T) {
 		}
 		return followsFrom(t, stb, p)
 	})
+	// status -w refreshes until interrupted, then exits 0.
+	w := exec.Command(filepath.Join(binDir, "cifhactl"), "--endpoints", strings.Join(c.Opt.EtcdEndpoints, ","), "--cluster", c.Opt.Cluster,
+		"status", "-w", "--interval", "200ms")
+	var wout syncBuffer
+	w.Stdout, w.Stderr = &wout, &wout
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "status -w refreshed twice", func() error {
+		if n := strings.Count(wout.String(), "+ Cluster:"); n < 2 {
+			return fmt.Errorf("%d tables so far", n)
+		}
+		return nil
+	})
+	w.Process.Signal(syscall.SIGINT)
+	if err := w.Wait(); err != nil {
+		t.Fatalf("status -w after SIGINT: %v\n%s", err, wout.String())
+	}
 	if out, code := cifhactl(t, c, "completion", "bash"); code != 0 || !strings.Contains(out, "cifhactl") {
 		t.Fatalf("completion: exit %d", code)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a child's output goroutine and a
+// reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
