@@ -429,7 +429,14 @@ func decideFailover(o Observation) Plan {
 	if behind := last.Sub(me.recv); behind > o.MaxLag {
 		return plan(Wait, "no leader; this standby is %d bytes behind the last leader's %s, more than maximum_lag_on_failover (%d)", behind, ll.LSN, o.MaxLag)
 	}
-	if o.LastStreamed.IsZero() || o.Now.Sub(o.LastStreamed) > o.RecentWindow {
+	// The window must cover the time the old leader's key took to expire:
+	// with a ttl changing across the cluster, the leader's may be longer
+	// than this member's.
+	window := o.RecentWindow
+	if ll.TTL > 0 {
+		window = max(window, 2*time.Duration(ll.TTL)*time.Second)
+	}
+	if o.LastStreamed.IsZero() || o.Now.Sub(o.LastStreamed) > window {
 		return plan(Wait, "no leader; this standby has not streamed from a primary recently, so it is not a safe candidate")
 	}
 	for k, why := range o.Cluster.Invalid {
@@ -446,7 +453,7 @@ func decideFailover(o Observation) Plan {
 			return plan(Wait, "no leader; cannot read member %s's WAL position (%s): refusing to promote on incomplete data", name, c.Err)
 		}
 		if !c.Running || !c.InRecovery || c.NoFailover || last.Sub(position(c.ReceiveLSN, c.ReplayLSN)) > o.MaxLag ||
-			c.StreamedAgo < 0 || c.StreamedAgo > o.RecentWindow {
+			c.StreamedAgo < 0 || c.StreamedAgo > window {
 			// Not a candidate itself (by the same rules this member applies
 			// to itself), so it must not block the ones that are.
 			continue

@@ -137,6 +137,12 @@ func TestDecideFailover(t *testing.T) {
 		{"peer beyond the lag limit is not a better candidate", failover(0x1000, peer("db2", 0x5000000, 0), func(o *Observation) { o.Cluster.LastLeader.LSN = "0/5000000"; o.MaxLag = 0x5000000 - 0x1000 }), Wait},
 		{"not streamed recently -> not a safe candidate", failover(0x1000, func(o *Observation) { o.LastStreamed = t0.Add(-time.Minute) }), Wait},
 		{"never streamed -> not a safe candidate", failover(0x1000, func(o *Observation) { o.LastStreamed = time.Time{} }), Wait},
+		{"leader ran a longer ttl (30 s) than this member (window 6 s): streamed 40 s ago still counts", failover(0x1000, func(o *Observation) {
+			o.LastStreamed, o.Cluster.LastLeader.TTL = t0.Add(-40*time.Second), 30
+		}), TakeOver},
+		{"leader's ttl 30 s: streamed 70 s ago is stale", failover(0x1000, func(o *Observation) {
+			o.LastStreamed, o.Cluster.LastLeader.TTL = t0.Add(-70*time.Second), 30
+		}), Wait},
 		{"leader's LSN unknown -> refuse", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader.LSN = "" }), Wait},
 		{"no last leader record -> refuse", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader = nil }), Wait},
 		{"old leader's own member entry is ignored", failover(0x1000, peer("db9", 0, 0, "unreachable")), TakeOver},

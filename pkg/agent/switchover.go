@@ -229,7 +229,11 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 			return err
 		}
 	}
-	if err := dcs.Handoff(ctx, p.Target, toLease, election.LastLeader{Timeline: cd.Timeline, LSN: cd.Checkpoint.String(), At: a.now().UTC(), From: a.opt.Name}); err != nil {
+	rec := election.LastLeader{Timeline: cd.Timeline, LSN: cd.Checkpoint.String(), At: a.now().UTC(), From: a.opt.Name}
+	if d, err := time.ParseDuration(o.Cluster.Members[p.Target].TTL); err == nil {
+		rec.TTL = int(d / time.Second) // the candidate's lease ttl: its key expires on that
+	}
+	if err := dcs.Handoff(ctx, p.Target, toLease, rec); err != nil {
 		// The transaction may have committed although the answer was lost:
 		// read the key again before deciding anything.
 		c, rerr := dcs.Read(ctx)

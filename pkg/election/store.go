@@ -191,6 +191,7 @@ func (s *Store) Acquire(ctx context.Context, rec LastLeader) (bool, error) {
 		return false, ErrNoLease
 	}
 	rec.Name = s.name
+	rec.TTL = int(s.sess.ttl / time.Second)
 	b, _ := json.Marshal(rec)
 	ctx, cancel := s.rpc(ctx)
 	defer cancel()
@@ -315,6 +316,7 @@ func (s *Store) PutLastLeader(ctx context.Context, rec LastLeader) error {
 		return ErrNotLeader
 	}
 	rec.Name = s.name
+	rec.TTL = int(s.sess.ttl / time.Second)
 	b, _ := json.Marshal(rec)
 	ctx, cancel := s.rpc(ctx)
 	defer cancel()

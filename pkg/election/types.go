@@ -61,6 +61,11 @@ type LastLeader struct {
 	// From is set when the key was handed over by a switchover: the old
 	// leader, which stopped cleanly at LSN.
 	From string `json:"switchover_from,omitempty"`
+	// TTL is the leader's lease ttl in seconds: once it is gone, its key
+	// expires up to this long after its last renewal, and the candidates'
+	// "streamed recently" window must cover that (members may run with
+	// different ttls while a cluster-wide ttl change rolls out).
+	TTL int `json:"ttl_seconds,omitempty"`
 }
 
 // Leader is the leader key as read.
