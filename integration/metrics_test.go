@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,6 +28,15 @@ func metricsOf(t *testing.T, n *cluster.Node) (map[string]float64, error) {
 	out := map[string]float64{}
 	for name, f := range fams {
 		for _, m := range f.Metric {
+			if strings.HasPrefix(name, "cifha_") {
+				labels := map[string]string{}
+				for _, l := range m.Label {
+					labels[l.GetName()] = l.GetValue()
+				}
+				if labels["cluster"] != n.ClusterName() || labels["member"] != n.Name {
+					return nil, fmt.Errorf("%s: labels %v, want cluster=%q member=%q", name, labels, n.ClusterName(), n.Name)
+				}
+			}
 			key := name
 			for _, l := range m.Label {
 				if l.GetName() != "cluster" && l.GetName() != "member" {

@@ -122,6 +122,13 @@ func (c *controller) post(ctx context.Context, url, path string, body any, timeo
 	req.Header.Set("Content-Type", "application/json")
 	r, err := c.hc.Do(req)
 	if err != nil {
+		if c.asJSON {
+			_ = printJSON(c.cmd, struct {
+				agent.ControlResponse
+				Status int `json:"status"`
+			}{agent.ControlResponse{Message: fmt.Sprintf("%s: %v", path, err)}, 0})
+			return &exitError{exitUnhealthy, nil}
+		}
 		return &exitError{exitUnhealthy, fmt.Errorf("%s: %w", path, err)}
 	}
 	defer r.Body.Close()
@@ -153,7 +160,8 @@ func confirm(cmd *cobra.Command, force bool, question string) error {
 	if force {
 		return nil
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "%s [y/N] ", question)
+	// On stderr: stdout may be --json output for a script.
+	fmt.Fprintf(cmd.ErrOrStderr(), "%s [y/N] ", question)
 	line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
 	switch strings.ToLower(strings.TrimSpace(line)) {
 	case "y", "yes":
@@ -265,7 +273,7 @@ resumes. With --at the switchover is scheduled (at most 7 days ahead);
 	cmd.Flags().StringVar(&at, "at", "", "schedule at this RFC 3339 time instead of now")
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "do not ask for confirmation")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the agent's answer as JSON")
-	cmd.Flags().DurationVar(&wait, "wait", 90*time.Second, "how long to wait for the outcome")
+	cmd.Flags().DurationVar(&wait, "wait", 5*time.Minute, "how long to wait for the outcome (the agent bounds the switchover itself by 2 x ha.switchover_timeout)")
 	cmd.Flags().BoolVar(&cancelIt, "cancel", false, "cancel a scheduled switchover")
 	return cmd
 }

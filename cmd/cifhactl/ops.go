@@ -200,9 +200,10 @@ stored; an invalid one is refused with its key named.`,
 }
 
 func showConfigCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "show-config",
-		Short: "Print the cluster-wide settings stored in etcd (JSON)",
+		Short: "Print the cluster-wide settings stored in etcd (always JSON; --json accepted)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cli, cluster, err := g.connect(cmd)
@@ -222,6 +223,8 @@ func showConfigCmd(g *globals) *cobra.Command {
 			return printJSON(cmd, c.Config)
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", true, "print JSON (the only format)")
+	return cmd
 }
 
 func editConfigCmd(g *globals) *cobra.Command {

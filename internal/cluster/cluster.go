@@ -216,6 +216,9 @@ func (c *Cluster) chown(path string) error {
 	return os.Chown(path, int(c.cred.Uid), int(c.cred.Gid))
 }
 
+// ClusterName is the name of the cluster n belongs to.
+func (n *Node) ClusterName() string { return n.c.Opt.Cluster }
+
 // Node returns the node called name.
 func (c *Cluster) Node(name string) *Node {
 	for _, n := range c.Nodes {

@@ -158,7 +158,10 @@ type Agent struct {
 	paramsApplied bool
 	keysConfig    string
 	badConfig     string
+	badLoop       string
 	metrics       *Metrics
+	// promotingSince is when "promoting" was announced.
+	promotingSince time.Time
 }
 
 // New returns an Agent; it does nothing until Run.
@@ -340,6 +343,11 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	}
 	if !o.Running || (o.PG != nil && !o.PG.InRecovery) {
 		a.promoting = false // promoted, or not running: no longer "promoting"
+	}
+	if a.promoting && a.now().Sub(a.promotingSince) > a.opt.SwitchoverTimeout+a.opt.StartTimeout {
+		// Still a standby long after the announcement: the promotion
+		// failed. (An old leader stops waiting after SwitchoverTimeout.)
+		a.promoting = false
 	}
 	o.WritableLease = a.writableLease
 	if a.pending != nil {
@@ -891,7 +899,7 @@ func (a *Agent) publishState(ctx context.Context, o Observation, state string, p
 // a switchover takes its role back only if it never saw this state (see
 // switchover.go), so the promotion must never happen unannounced.
 func (a *Agent) announcePromotion(ctx context.Context, o Observation, p Plan) error {
-	a.promoting = true
+	a.promoting, a.promotingSince = true, a.now()
 	if err := a.publishState(ctx, o, "promoting", p); err != nil {
 		a.promoting = false
 		return fmt.Errorf("announce promotion: %w", err)

@@ -245,7 +245,9 @@ func (a *Agent) postSwitchover(ctx context.Context, body []byte) controlAnswer {
 	if l := c.Leader; l == nil || !l.Valid || l.Name != a.opt.Name {
 		return no(http.StatusConflict, "%s is not the leader", a.opt.Name)
 	}
-	st, err := a.opt.PG.Status(ctx)
+	sctx, cancelSt := context.WithTimeout(ctx, 2*time.Second) // the loop shares the connection
+	st, err := a.opt.PG.Status(sctx)
+	cancelSt()
 	if err != nil || st.InRecovery {
 		return no(http.StatusServiceUnavailable, "cannot read the leader's WAL position: %v", err)
 	}
@@ -338,6 +340,9 @@ func (a *Agent) simpleOp(op Op, done string) func(ctx context.Context, body []by
 			}
 		}
 		if err := a.request(ctx, op, ""); err != nil {
+			if ctx.Err() != nil {
+				return no(http.StatusGatewayTimeout, "%s on %s: no outcome in time: %v", op, a.opt.Name, err)
+			}
 			return no(http.StatusConflict, "%s refused on %s: %v", op, a.opt.Name, err)
 		}
 		return ok(done, a.opt.Name)
@@ -358,6 +363,9 @@ func (a *Agent) postRemove(ctx context.Context, body []byte) controlAnswer {
 		return no(http.StatusBadRequest, "invalid member name %q", req.Name)
 	}
 	if err := a.request(ctx, OpDropSlot, req.Name); err != nil {
+		if ctx.Err() != nil {
+			return no(http.StatusGatewayTimeout, "remove %s: no outcome in time: %v", req.Name, err)
+		}
 		return no(http.StatusConflict, "remove %s refused: %v", req.Name, err)
 	}
 	return ok("member %s removed: its replication slot on the leader is dropped (WAL is no longer kept for it)", req.Name)
@@ -385,7 +393,9 @@ func (a *Agent) postConfig(ctx context.Context, body []byte) controlAnswer {
 	if err != nil {
 		return no(http.StatusServiceUnavailable, "cannot read the cluster: %v", err)
 	}
-	settings, err := a.opt.PG.ReadSettings(ctx)
+	rctx, cancelRd := context.WithTimeout(ctx, 2*time.Second) // the loop shares the connection
+	settings, err := a.opt.PG.ReadSettings(rctx)
+	cancelRd()
 	if err != nil {
 		return no(http.StatusServiceUnavailable, "cannot validate: postgres on %s is not readable (%v); send it to a running member", a.opt.Name, err)
 	}

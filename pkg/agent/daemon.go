@@ -217,6 +217,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		Control:           store,
 		ConfigKey:         store.Keys().Config(),
 		TTL:               ttl,
+		Cluster:           cfg.Cluster,
 		RequireClientCert: cfg.API.ClientCAFile != "",
 		Username:          cfg.API.Username,
 		ProtectReads:      cfg.API.ProtectReads,

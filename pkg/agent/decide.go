@@ -257,7 +257,10 @@ func Decide(o Observation) Plan {
 		// (after fencing, which nothing overrides).
 		return decideOp(o, leader)
 	}
-	if o.DCSErr == nil && o.Cluster.Paused {
+	if o.DCSErr == nil && o.Cluster.Paused && !(o.HoldsLeader && o.Running && o.PG != nil && o.PG.InRecovery) {
+		// (A standby holding the key completes a promotion even when
+		// paused: a switchover handed the key over, and not promoting
+		// would leave the cluster without a primary.)
 		// Maintenance mode: report, but take no automatic action (no
 		// failover, no restart, no rejoin). Fencing above still applies:
 		// a primary that lost its lease must stop accepting writes.

@@ -235,6 +235,8 @@ func TestDecide(t *testing.T) {
 		{"switchover while paused -> wait", obs(holds, runningPrimary, writable, db2lease, switchover("db1", "db2", time.Time{}), func(o *Observation) { o.Cluster.Paused = true }), Wait, ""},
 		{"switchover requested but leader past its fence margin -> fence first", obs(holds, runningPrimary, writable, db2lease, switchover("db1", "db2", time.Time{}), at(2500*time.Millisecond)), Fence, ""},
 		{"standby handed the key by a switchover -> promote", obs(standbyFiles("db9 10.0.1.9:5432"), runningStandby, holds), Promote, ""},
+		{"paused, but a standby holds the key -> promote (else no primary)", obs(standbyFiles("db9 10.0.1.9:5432"), runningStandby, holds, func(o *Observation) { o.Cluster.Paused = true }), Promote, ""},
+		{"paused, stopped primary holding the key -> wait (no automatic restart)", obs(holds, func(o *Observation) { o.Cluster.Paused = true }), Wait, ""},
 		{"leader past its fence margin -> fence", obs(holds, runningPrimary, at(2500*time.Millisecond)), Fence, ""},
 		{"leader exactly at deadline minus margin -> fence", obs(holds, runningPrimary, at(2*time.Second)), Fence, ""},
 		{"leader just inside the margin -> nothing", obs(holds, runningPrimary, at(1999*time.Millisecond)), None, ""},

@@ -37,12 +37,26 @@ var managedParams = map[string]string{
 	"recovery_target_inclusive": "would stop a standby's recovery",
 }
 
-// unsafeValues are values that break replication, rejoin or durability.
-var unsafeValues = map[string]map[string]string{
-	"wal_level":        {"minimal": "replication needs replica or logical"},
-	"fsync":            {"off": "a crash could lose or corrupt committed data", "false": "a crash could lose or corrupt committed data", "no": "a crash could lose or corrupt committed data", "0": "a crash could lose or corrupt committed data"},
-	"full_page_writes": {"off": "a crash could corrupt data, and pg_rewind needs it", "false": "a crash could corrupt data", "no": "a crash could corrupt data", "0": "a crash could corrupt data"},
-	"wal_log_hints":    {"off": "pg_rewind needs it (unless the cluster has data checksums)", "false": "pg_rewind needs it", "no": "pg_rewind needs it", "0": "pg_rewind needs it"},
+// mustBeOn are boolean parameters whose "off" breaks durability or rejoin.
+var mustBeOn = map[string]string{
+	"fsync":            "a crash could lose or corrupt committed data",
+	"full_page_writes": "a crash could corrupt data, and pg_rewind needs it",
+	"wal_log_hints":    "pg_rewind needs it (unless the cluster has data checksums)",
+}
+
+// pgFalse reports whether postgres would read v as boolean false: any
+// unambiguous prefix of "false", "no" or "off" ("of" at least), or "0".
+func pgFalse(v string) bool {
+	v = strings.ToLower(strings.TrimSpace(v))
+	switch {
+	case v == "" || v == "o":
+		return false
+	case v == "0":
+		return true
+	case strings.HasPrefix("false", v), strings.HasPrefix("no", v), strings.HasPrefix("off", v):
+		return true
+	}
+	return false
 }
 
 // minimums are floors for parameters replication depends on.
@@ -170,7 +184,10 @@ func checkParam(name, v string, settings map[string]pgctl.Setting) error {
 	if strings.ContainsAny(v, "\n\r\x00") {
 		return errors.New("value contains a line break or NUL")
 	}
-	if why, bad := unsafeValues[name][strings.ToLower(v)]; bad {
+	if name == "wal_level" && strings.EqualFold(strings.TrimSpace(v), "minimal") {
+		return fmt.Errorf("%q refused: replication needs replica or logical", v)
+	}
+	if why, ok := mustBeOn[name]; ok && pgFalse(v) {
 		return fmt.Errorf("%q refused: %s", v, why)
 	}
 	if floor, has := minimums[name]; has {

@@ -61,6 +61,9 @@ func TestApplySet(t *testing.T) {
 		{map[string]string{"colour": "blue"}, "colour"},
 		{map[string]string{"postgresql.parameters.wal_level": "minimal"}, "postgresql.parameters.wal_level"},
 		{map[string]string{"postgresql.parameters.fsync": "off"}, "postgresql.parameters.fsync"},
+		{map[string]string{"postgresql.parameters.fsync": "of"}, "postgresql.parameters.fsync"},
+		{map[string]string{"postgresql.parameters.full_page_writes": "F"}, "postgresql.parameters.full_page_writes"},
+		{map[string]string{"postgresql.parameters.wal_log_hints": "n"}, "postgresql.parameters.wal_log_hints"},
 		{map[string]string{"postgresql.parameters.max_wal_senders": "0"}, "postgresql.parameters.max_wal_senders"},
 		{map[string]string{"postgresql.parameters.recovery_target_time": "2026-01-01"}, "postgresql.parameters.recovery_target_time"},
 	}

@@ -212,7 +212,7 @@ func (d *fakeDCS) PutLastLeader(_ context.Context, rec election.LastLeader) erro
 	return nil
 }
 
-func (d *fakeDCS) Handoff(_ context.Context, to string, toLease int64, rec election.LastLeader) error {
+func (d *fakeDCS) Handoff(_ context.Context, to string, toLease int64, rec election.LastLeader, _ int64) error {
 	if !d.Holds(d.cluster) {
 		return election.ErrNotLeader
 	}

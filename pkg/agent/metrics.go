@@ -95,8 +95,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if s != nil {
 		leader := s.Cluster.Leader
 		vals["cifha_is_leader"] = b(s.IsLeader && s.Lease.Held(now))
-		vals["cifha_postgres_running"] = b(s.Running)
-		vals["cifha_postgres_primary"] = b(s.Running && s.Member.Role == "primary" && s.Member.State == "running")
+		// Running is also checked live: the snapshot is as old as the loop's
+		// current action (a switchover stops postgres within one).
+		live := c.a.opt.PG.Running()
+		vals["cifha_postgres_running"] = b(s.Running && live)
+		vals["cifha_postgres_primary"] = b(s.Running && live && s.Member.Role == "primary" && s.Member.State == "running")
 		vals["cifha_postgres_streaming"] = b(s.Streaming)
 		vals["cifha_timeline"] = float64(s.Member.Timeline)
 		if s.Lease.Held(now) {

@@ -206,8 +206,11 @@ func (a *Agent) applyLimits(c election.Cluster) {
 	}
 	a.maxLag.Store(lag)
 	loop := a.opt.LoopInterval
-	if d, err := time.ParseDuration(cfg.LoopInterval); err == nil && d >= 100*time.Millisecond {
+	if d, err := time.ParseDuration(cfg.LoopInterval); err == nil && d >= 100*time.Millisecond && (a.opt.TTL == 0 || d <= a.opt.TTL/2) {
 		loop = d
+	} else if cfg.LoopInterval != "" && a.badLoop != cfg.LoopInterval {
+		a.badLoop = cfg.LoopInterval
+		a.log.Warn("cluster loop_interval not valid for this member (at least 100ms, at most ttl/2); keeping the file's", "loop_interval", cfg.LoopInterval, "ttl", a.opt.TTL)
 	}
 	if loop != a.loopInterval {
 		a.log.Info("loop interval changed", "interval", loop)
@@ -255,7 +258,11 @@ func (a *Agent) applyParams(o Observation) {
 // hand is never applied unchecked. An invalid one is logged once and the
 // last applied settings stay.
 func (a *Agent) storedConfigValid(c election.DynamicConfig) bool {
-	err := ValidateDynamic(c, nil, Limits{FenceMargin: a.opt.FenceMargin, LoopInterval: a.opt.LoopInterval, TTL: a.opt.TTL})
+	// Structure only: ttl and loop_interval depend on each member's own
+	// file settings and are checked where they are applied, key by key, so
+	// that one member's limits never make it drop the whole config.
+	c.TTL, c.LoopInterval = "", ""
+	err := ValidateDynamic(c, nil, Limits{})
 	if err == nil {
 		a.badConfig = ""
 		return true

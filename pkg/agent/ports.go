@@ -74,7 +74,7 @@ type DCS interface {
 	PutLastLeader(ctx context.Context, rec election.LastLeader) error
 	AppendHistory(ctx context.Context, rec election.HistoryRecord) error
 	// Handoff gives the leader key to member to (bound to toLease).
-	Handoff(ctx context.Context, to string, toLease int64, rec election.LastLeader) error
+	Handoff(ctx context.Context, to string, toLease int64, rec election.LastLeader, swModRev int64) error
 	ClearSwitchover(ctx context.Context, modRev int64) error
 	ClearFailover(ctx context.Context, modRev int64) error
 }

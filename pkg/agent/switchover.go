@@ -165,7 +165,14 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 	// Before the handoff the key never left this member: a failure starts
 	// postgres again as the primary.
 	rollback := func(why string) error {
-		_ = dcs.ClearSwitchover(ctx, req.ModRev) // never re-run: see lastSwitchover
+		// Clearing the request first guarantees that a handoff transaction
+		// still on its way to etcd can no longer commit (it compares the
+		// request's revision). If the clear's outcome is unknown, so is the
+		// handoff's: stay stopped.
+		if err := dcs.ClearSwitchover(ctx, req.ModRev); err != nil {
+			done(false, "switchover to %s failed (%s), and clearing the request failed (%v); %s stays stopped and the loop decides", p.Target, why, err, a.opt.Name)
+			return err
+		}
 		lease, held := a.stillHolds(ctx, o.Lease.ID)
 		if !held {
 			// The key or the lease is not provably this member's any more
@@ -189,9 +196,11 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 	// A checkpoint while still accepting writes leaves the shutdown
 	// checkpoint little to write: the unavailability shrinks, not the
 	// command's duration.
-	if err := pg.Checkpoint(ctx); err != nil {
+	cctx, cancelCk := context.WithTimeout(ctx, a.opt.StopTimeout)
+	if err := pg.Checkpoint(cctx); err != nil {
 		log.Warn("switchover: checkpoint before shutdown", "error", err)
 	}
+	cancelCk()
 	log.Info("switchover: stopping postgres for a clean shutdown checkpoint")
 	a.publishState(ctx, o, "switching over", p)
 	if err := pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil && pg.Running() {
@@ -233,7 +242,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 	if d, err := time.ParseDuration(o.Cluster.Members[p.Target].TTL); err == nil {
 		rec.TTL = int(d / time.Second) // the candidate's lease ttl: its key expires on that
 	}
-	if err := dcs.Handoff(ctx, p.Target, toLease, rec); err != nil {
+	if err := dcs.Handoff(ctx, p.Target, toLease, rec, req.ModRev); err != nil {
 		// The transaction may have committed although the answer was lost:
 		// read the key again before deciding anything.
 		c, rerr := dcs.Read(ctx)

@@ -28,13 +28,27 @@ func TestHandoff(t *testing.T) {
 	if bLease != int64(b.sess.State().ID) {
 		t.Fatalf("member lease %d, session %d", bLease, b.sess.State().ID)
 	}
-	if err := a.store.Handoff(ctx, "b", bLease+1, LastLeader{Timeline: 1, LSN: "0/10"}); err == nil {
-		t.Fatal("handoff to a wrong lease succeeded")
-	}
 	if _, err := a.store.RequestSwitchover(ctx, SwitchoverRequest{ID: "x", From: "a", To: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.store.Handoff(ctx, "b", bLease, LastLeader{Timeline: 1, LSN: "0/10"}); err != nil {
+	c, _ = a.store.Read(ctx)
+	swRev := c.Switchover.ModRev
+	if err := a.store.Handoff(ctx, "b", bLease+1, LastLeader{Timeline: 1, LSN: "0/10"}, swRev); err == nil {
+		t.Fatal("handoff to a wrong lease succeeded")
+	}
+	if err := a.store.Handoff(ctx, "b", bLease, LastLeader{Timeline: 1, LSN: "0/10"}, swRev+100); err == nil {
+		t.Fatal("handoff for a request that is not the one read succeeded")
+	}
+	if err := a.store.SetPause(ctx, true, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.store.Handoff(ctx, "b", bLease, LastLeader{Timeline: 1, LSN: "0/10"}, swRev); err == nil {
+		t.Fatal("handoff while paused succeeded")
+	}
+	if err := a.store.SetPause(ctx, false, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.store.Handoff(ctx, "b", bLease, LastLeader{Timeline: 1, LSN: "0/10"}, swRev); err != nil {
 		t.Fatal(err)
 	}
 	c, _ = b.store.Read(ctx)
@@ -53,7 +67,7 @@ func TestHandoff(t *testing.T) {
 	if err := a.store.PutLastLeader(ctx, LastLeader{Timeline: 1}); !errors.Is(err, ErrNotLeader) {
 		t.Fatalf("old leader's write: %v", err)
 	}
-	if err := a.store.Handoff(ctx, "b", bLease, LastLeader{}); err == nil {
+	if err := a.store.Handoff(ctx, "b", bLease, LastLeader{}, swRev); err == nil {
 		t.Fatal("a second handoff by the old leader succeeded")
 	}
 	if err := b.store.AppendHistory(ctx, HistoryRecord{NewLeader: "b"}); err != nil {

@@ -125,6 +125,7 @@ func putIfAbsent(ctx context.Context, cli *clientv3.Client, to time.Duration, ke
 }
 
 // ClearRequest deletes a request key if it is still the one read (modRev).
+// Once it returns nil, no transaction guarded by that modRev can commit.
 func (s *Store) ClearRequest(ctx context.Context, key string, modRev int64) error {
 	ctx, cancel := s.rpc(ctx)
 	defer cancel()
@@ -139,9 +140,13 @@ func (s *Store) ClearRequest(ctx context.Context, key string, modRev int64) erro
 // (toLease, the lease its member key was published on), in one transaction
 // that also records to as the last leader at rec's position and removes the
 // switchover request. It succeeds only while this agent holds the key on its
-// current lease and to's member key is still on toLease (so to is alive).
-// After it, this agent holds nothing.
-func (s *Store) Handoff(ctx context.Context, to string, toLease int64, rec LastLeader) error {
+// current lease, to's member key is still on toLease (so to is alive), the
+// switchover request is still the one read at swModRev (not cancelled, and
+// not cleared by a roll back: a transaction that reaches etcd late can then
+// never commit after the old leader resumed), and the cluster is not paused
+// (a paused candidate would not promote). After it, this agent holds
+// nothing.
+func (s *Store) Handoff(ctx context.Context, to string, toLease int64, rec LastLeader, swModRev int64) error {
 	lease := s.sess.State()
 	if lease.ID == 0 {
 		return ErrNoLease
@@ -155,6 +160,8 @@ func (s *Store) Handoff(ctx context.Context, to string, toLease int64, rec LastL
 		clientv3.Compare(clientv3.Value(k), "=", s.name),
 		clientv3.Compare(clientv3.LeaseValue(k), "=", lease.ID),
 		clientv3.Compare(clientv3.LeaseValue(s.keys.Member(to)), "=", toLease),
+		clientv3.Compare(clientv3.ModRevision(s.keys.Switchover()), "=", swModRev),
+		clientv3.Compare(clientv3.CreateRevision(s.keys.Pause()), "=", 0),
 	).Then(
 		clientv3.OpPut(k, to, clientv3.WithLease(clientv3.LeaseID(toLease))),
 		clientv3.OpPut(s.keys.LastLeader(), string(b)),
@@ -168,7 +175,7 @@ func (s *Store) Handoff(ctx context.Context, to string, toLease int64, rec LastL
 		return fmt.Errorf("hand the leader key to %s: %w", to, err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("hand the leader key to %s: this member no longer holds it, or %s's lease changed", to, to)
+		return fmt.Errorf("hand the leader key to %s: refused by etcd (this member no longer holds the key, %s's lease changed, the request was cancelled, or the cluster was paused)", to, to)
 	}
 	s.leaderRev, s.termRev = 0, 0
 	return nil

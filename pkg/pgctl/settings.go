@@ -2,6 +2,7 @@ package pgctl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -43,11 +44,22 @@ func (i *Instance) Settings(ctx context.Context) (map[string]Setting, error) {
 	return out, err
 }
 
-// DropSlot drops a physical replication slot if it exists and is inactive.
+// DropSlot drops a physical replication slot. It is refused while the slot
+// is in use (something still streams through it); a missing slot is fine.
 func (i *Instance) DropSlot(ctx context.Context, name string) error {
 	return i.withConn(ctx, func(c *pgx.Conn) error {
-		_, err := c.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, name)
+		var active bool
+		err := c.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(&active)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
 		if err != nil {
+			return fmt.Errorf("read slot %s: %w", name, err)
+		}
+		if active {
+			return fmt.Errorf("slot %s is in use: a postgres still streams through it (stop it first)", name)
+		}
+		if _, err := c.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, name); err != nil {
 			return fmt.Errorf("drop slot %s: %w", name, err)
 		}
 		return nil
