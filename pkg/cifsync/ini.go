@@ -92,6 +92,14 @@ func SetDBHost(in []byte, host string) (out []byte, changed bool, err error) {
 	dbStart, dbEnd, hostLine := -1, -1, -1
 	cur := ""
 	for i, l := range lines {
+		if t := strings.TrimSpace(l.text); strings.HasPrefix(t, "[") {
+			if _, ok := sectionName(l.text); !ok {
+				// "[db]0" or "[db": another INI reader may take it for a
+				// section header. Adding a [db] section could then make a
+				// duplicate, so the file is left alone.
+				return nil, false, fmt.Errorf("%w: line %d looks like a section header but is malformed: %q", ErrAmbiguous, i+1, truncateLine(t))
+			}
+		}
 		if name, ok := sectionName(l.text); ok {
 			if cur == "db" && dbEnd < 0 {
 				dbEnd = i
@@ -193,4 +201,11 @@ func DBValues(in []byte) map[string]string {
 		}
 	}
 	return out
+}
+
+func truncateLine(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
 }

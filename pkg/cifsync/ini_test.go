@@ -106,6 +106,8 @@ func TestSetDBHostCases(t *testing.T) {
 		{"header with spaces", "[ db ]\nhost = old\n", "[ db ]\nhost = h2\n", false},
 		{"double quotes kept", "[db]\nhost = \"old\"\n", "[db]\nhost = \"h2\"\n", false},
 		{"two [db] sections refused", "[db]\nhost = a\n[db]\nhost = b\n", "", true},
+		{"malformed section header refused (another reader may see [db] in it)", "[db]0\nx = 1\n", "", true},
+		{"unclosed section header refused", "[db\nhost = a\n", "", true},
 		{"two host keys refused", "[db]\nhost = a\nhost = b\n", "", true},
 	}
 	for _, tc := range cases {
