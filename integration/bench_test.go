@@ -280,15 +280,8 @@ func awaitResumed(b *testing.B, ctx context.Context, c *cluster.Cluster, w *clie
 // it, and acknowledged rows missing on the new primary (must be 0). The
 // switchover alternates between two members of one cluster.
 func BenchmarkSwitchover(b *testing.B) {
-	var tok string
-	c, cleanup := benchCluster(b, 3, func(o *cluster.Options) {
-		o.APIToken = "bench-token"
-		tok = o.Root + "/secrets/api.token"
-	})
+	c, cleanup, tok := benchControlCluster(b)
 	defer cleanup()
-	if err := c.Start(); err != nil {
-		b.Fatal(err)
-	}
 	p := waitHealthyB(b, c, 60*time.Second)
 	tt := &testing.T{}
 	var gaps, cmd []float64
@@ -331,15 +324,8 @@ func BenchmarkSwitchover(b *testing.B) {
 // BenchmarkCifhactl: wall time of read and action commands (process start,
 // etcd read, one API call) against a healthy 3-node cluster.
 func BenchmarkCifhactl(b *testing.B) {
-	var tok string
-	c, cleanup := benchCluster(b, 3, func(o *cluster.Options) {
-		o.APIToken = "bench-token"
-		tok = o.Root + "/secrets/api.token"
-	})
+	c, cleanup, tok := benchControlCluster(b)
 	defer cleanup()
-	if err := c.Start(); err != nil {
-		b.Fatal(err)
-	}
 	waitHealthyB(b, c, 60*time.Second)
 	tt := &testing.T{}
 	for _, args := range [][]string{{"history"}, {"show-config"}, {"pause"}, {"resume"}, {"set", "postgresql.parameters.work_mem=8MB"}} {
@@ -355,4 +341,19 @@ func BenchmarkCifhactl(b *testing.B) {
 			report(b, ms, "ms")
 		})
 	}
+}
+
+// benchControlCluster starts 3 nodes with the control API enabled and
+// returns the token file's path.
+func benchControlCluster(b *testing.B) (*cluster.Cluster, func(), string) {
+	var tok string
+	c, cleanup := benchCluster(b, 3, func(o *cluster.Options) {
+		o.APIToken = "bench-token"
+		tok = o.Root + "/secrets/api.token"
+	})
+	if err := c.Start(); err != nil {
+		cleanup()
+		b.Fatal(err)
+	}
+	return c, cleanup, tok
 }

@@ -49,12 +49,7 @@ func TestSwitchover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 10*time.Second, "client writes", func() error {
-		if w.count() < 20 {
-			return fmt.Errorf("%d rows acknowledged", w.count())
-		}
-		return nil
-	})
+	w.waitRows(t, 20)
 	// Metrics before: the leader leads and sees both standbys' lag.
 	testutil.Eventually(t, 10*time.Second, "metrics before the switchover", func() error {
 		if err := wantMetrics(t, p, map[string]float64{"cifha_is_leader": 1, "cifha_postgres_primary": 1, "cifha_cluster_has_leader": 1,
@@ -85,7 +80,7 @@ func TestSwitchover(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(500 * time.Millisecond) // a few more acknowledged rows after the switch
+	w.waitRows(t, w.count()+5) // a few more acknowledged rows after the switch
 	gap := w.finish()
 	t.Logf("write unavailability during switchover: %s", gap.Round(time.Millisecond))
 	if gap > time.Second {
@@ -236,12 +231,7 @@ func TestSwitchoverCandidateKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 10*time.Second, "client writes", func() error {
-		if w.count() < 10 {
-			return fmt.Errorf("%d rows acknowledged", w.count())
-		}
-		return nil
-	})
+	w.waitRows(t, 10)
 	done := make(chan string, 1)
 	go func() {
 		out, code := cifhactl(t, c, "--token-file", tok, "switchover", "--force", "--to", cand.Name)

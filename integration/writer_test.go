@@ -1,8 +1,11 @@
 package integration
 
 import (
+	"testing"
+
 	"context"
 	"fmt"
+	"github.com/cifha/cifha/internal/testutil"
 	"strings"
 	"sync"
 	"time"
@@ -164,4 +167,15 @@ func (w *clientWriter) missing(ctx context.Context, n *cluster.Node) (int, error
 		}
 	}
 	return lost, nil
+}
+
+// waitRows waits until at least n rows were acknowledged.
+func (w *clientWriter) waitRows(t *testing.T, n int) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, "client writes", func() error {
+		if c := w.count(); c < n {
+			return fmt.Errorf("%d rows acknowledged", c)
+		}
+		return nil
+	})
 }

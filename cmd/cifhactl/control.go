@@ -20,12 +20,11 @@ import (
 )
 
 // controller is one action command's connection: the cluster as read from
-// etcd, the API client and the token.
+// etcd and an API client that sends the token.
 type controller struct {
 	g       *globals
 	cmd     *cobra.Command
 	cluster election.Cluster
-	token   string
 	hc      *http.Client
 	asJSON  bool
 }
@@ -33,18 +32,11 @@ type controller struct {
 // newController reads the cluster and the token; it fails with exit 2 on
 // configuration problems.
 func (g *globals) newController(cmd *cobra.Command, asJSON bool) (*controller, error) {
-	cli, cluster, err := g.connect(cmd)
+	c, _, err := g.readNow(cmd)
 	if err != nil {
 		return nil, err
 	}
-	defer cli.Close()
 	tok, err := g.token()
-	if err != nil {
-		return nil, &exitError{exitUsage, err}
-	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-	defer cancel()
-	c, err := readCluster(ctx, cli, cluster)
 	if err != nil {
 		return nil, &exitError{exitUsage, err}
 	}
@@ -52,7 +44,34 @@ func (g *globals) newController(cmd *cobra.Command, asJSON bool) (*controller, e
 	if err != nil {
 		return nil, &exitError{exitUsage, err}
 	}
-	return &controller{g: g, cmd: cmd, cluster: c, token: tok, hc: hc, asJSON: asJSON}, nil
+	return &controller{g: g, cmd: cmd, cluster: c, hc: agent.WithToken(hc, tok), asJSON: asJSON}, nil
+}
+
+// readNow connects to etcd, reads the cluster once and disconnects. It
+// returns the cluster's name too.
+func (g *globals) readNow(cmd *cobra.Command) (election.Cluster, string, error) {
+	cli, name, err := g.connect(cmd)
+	if err != nil {
+		return election.Cluster{}, "", err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+	defer cancel()
+	c, err := readCluster(ctx, cli, name)
+	if err != nil {
+		return election.Cluster{}, "", &exitError{exitUsage, err}
+	}
+	return c, name, nil
+}
+
+// readCluster reads every key of the cluster in one request.
+func readCluster(ctx context.Context, cli *clientv3.Client, cluster string) (election.Cluster, error) {
+	keys := election.KeysFor(cluster)
+	resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return election.Cluster{}, fmt.Errorf("read cluster: %w", err)
+	}
+	return election.ParseCluster(keys, resp.Header.Revision, resp.Kvs), nil
 }
 
 // token reads the API token from --token-file or api.token_file (call
@@ -70,16 +89,6 @@ func (g *globals) token() (string, error) {
 		return "", fmt.Errorf("token file: %w", err)
 	}
 	return strings.TrimRight(string(b), "\r\n"), nil
-}
-
-// readCluster reads every key of the cluster in one request.
-func readCluster(ctx context.Context, cli *clientv3.Client, cluster string) (election.Cluster, error) {
-	keys := election.KeysFor(cluster)
-	resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithPrefix())
-	if err != nil {
-		return election.Cluster{}, fmt.Errorf("read cluster: %w", err)
-	}
-	return election.ParseCluster(keys, resp.Header.Revision, resp.Kvs), nil
 }
 
 // leaderURL is the leader's API address, or "" when there is no leader.
@@ -118,7 +127,6 @@ func (c *controller) post(ctx context.Context, url, path string, body any, timeo
 	if err != nil {
 		return &exitError{exitUsage, err}
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
 	req.Header.Set("Content-Type", "application/json")
 	r, err := c.hc.Do(req)
 	if err != nil {

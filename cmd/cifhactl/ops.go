@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,14 +22,7 @@ func memberNames(g *globals) func(*cobra.Command, []string, string) ([]string, c
 		if len(args) > 0 {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
-		cli, cluster, err := g.connect(cmd)
-		if err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		}
-		defer cli.Close()
-		ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-		defer cancel()
-		c, err := readCluster(ctx, cli, cluster)
+		c, _, err := g.readNow(cmd)
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
@@ -206,16 +198,9 @@ func showConfigCmd(g *globals) *cobra.Command {
 		Short: "Print the cluster-wide settings stored in etcd (always JSON; --json accepted)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cli, cluster, err := g.connect(cmd)
+			c, cluster, err := g.readNow(cmd)
 			if err != nil {
 				return err
-			}
-			defer cli.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			defer cancel()
-			c, err := readCluster(ctx, cli, cluster)
-			if err != nil {
-				return &exitError{exitUsage, err}
 			}
 			if why, bad := c.Invalid[election.KeysFor(cluster).Config()]; bad {
 				return &exitError{exitUnhealthy, fmt.Errorf("the stored cluster config is unreadable: %s", why)}

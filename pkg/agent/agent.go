@@ -157,9 +157,11 @@ type Agent struct {
 	appliedParams map[string]string
 	paramsApplied bool
 	keysConfig    string
-	badConfig     string
-	badLoop       string
-	metrics       *Metrics
+	// checkedRev/checkedOK cache storedConfigValid for one config revision.
+	checkedRev int64
+	checkedOK  bool
+	badLoop    string
+	metrics    *Metrics
 	// promotingSince is when "promoting" was announced.
 	promotingSince time.Time
 }

@@ -122,12 +122,9 @@ type WALResponse struct {
 	Error         string `json:"error,omitempty"`
 }
 
-// HTTPPeers implements Peers over the members' HTTP APIs.
-type HTTPPeers struct {
-	Client *http.Client
-	// Token is sent as a bearer token (for members with api.protect_reads).
-	Token string
-}
+// HTTPPeers implements Peers over the members' HTTP APIs. For members with
+// api.protect_reads, give it a client from WithToken.
+type HTTPPeers struct{ Client *http.Client }
 
 // Candidate implements Peers.
 func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (Candidate, error) {
@@ -137,9 +134,6 @@ func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (Candidate, err
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(apiURL, "/")+"/wal", nil)
 	if err != nil {
 		return Candidate{}, err
-	}
-	if p.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+p.Token)
 	}
 	resp, err := p.Client.Do(req)
 	if err != nil {

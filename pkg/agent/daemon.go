@@ -207,7 +207,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		SwitchoverTimeout: cfg.HA.SwitchoverTimeout.Duration,
 		FenceMargin:       cfg.HA.FenceMargin.Duration, APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
 		AgentVersion: Version, NoFailover: cfg.Tags.NoFailover, FailoverPriority: cfg.Tags.FailoverPriority,
-		Peers:  HTTPPeers{Client: peerClient, Token: cfg.API.Token},
+		Peers:  HTTPPeers{Client: WithToken(peerClient, cfg.API.Token)},
 		MaxLag: cfg.HA.MaxLagBytes, RecentWindow: 2 * ttl, RemoveOnRewindFailure: cfg.HA.RemoveDataDirectoryOnRewindFailure,
 		LastLeaderEvery: cfg.HA.LoopInterval.Duration,
 		TriggerFile:     triggerFile,

@@ -36,7 +36,7 @@ func newMetrics(a *Agent) *Metrics {
 		Name: "cifha_switchovers_total", Help: "Planned switchovers this member carried out as the old leader, by result.",
 		ConstLabels: labels,
 	}, []string{"result"})
-	m.reg.MustRegister(m.loop, m.actions, m.switchovs, &stateCollector{a: a, labels: labels},
+	m.reg.MustRegister(m.loop, m.actions, m.switchovs, newStateCollector(a, labels),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -48,12 +48,19 @@ func (m *Metrics) Handler() http.Handler {
 
 // stateCollector turns the last snapshot into gauges.
 type stateCollector struct {
-	a      *Agent
-	labels prometheus.Labels
+	a        *Agent
+	descs    map[string]*prometheus.Desc // the stateDescs gauges
+	lag, lsn *prometheus.Desc
 }
 
-func (c *stateCollector) desc(name, help string, vars ...string) *prometheus.Desc {
-	return prometheus.NewDesc(name, help, vars, c.labels)
+func newStateCollector(a *Agent, labels prometheus.Labels) *stateCollector {
+	c := &stateCollector{a: a, descs: map[string]*prometheus.Desc{},
+		lag: prometheus.NewDesc("cifha_replication_lag_bytes", "On the leader: its current WAL LSN minus each standby's replay LSN.", []string{"standby"}, labels),
+		lsn: prometheus.NewDesc("cifha_wal_lsn_bytes", "This member's WAL positions as byte offsets.", []string{"kind"}, labels)}
+	for _, d := range stateDescs {
+		c.descs[d.name] = prometheus.NewDesc(d.name, d.help, nil, labels)
+	}
+	return c
 }
 
 var stateDescs = []struct{ name, help string }{
@@ -75,10 +82,10 @@ var stateDescs = []struct{ name, help string }{
 // Describe implements prometheus.Collector.
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range stateDescs {
-		ch <- c.desc(d.name, d.help)
+		ch <- c.descs[d.name]
 	}
-	ch <- c.desc("cifha_replication_lag_bytes", "On the leader: its current WAL LSN minus each standby's replay LSN.", "standby")
-	ch <- c.desc("cifha_wal_lsn_bytes", "This member's WAL positions as byte offsets.", "kind")
+	ch <- c.lag
+	ch <- c.lsn
 }
 
 // Collect implements prometheus.Collector.
@@ -119,24 +126,22 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		if !ok {
 			continue // nothing observed yet: absent, not 0 (unknown is not healthy)
 		}
-		ch <- prometheus.MustNewConstMetric(c.desc(d.name, d.help), prometheus.GaugeValue, v)
+		ch <- prometheus.MustNewConstMetric(c.descs[d.name], prometheus.GaugeValue, v)
 	}
 	if s == nil {
 		return
 	}
-	lagDesc := c.desc("cifha_replication_lag_bytes", "On the leader: its current WAL LSN minus each standby's replay LSN.", "standby")
 	if s.IsLeader {
 		for _, r := range s.Member.Replicas {
-			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(max(r.LagBytes, 0)), r.Name)
+			ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(max(r.LagBytes, 0)), r.Name)
 		}
 	}
-	lsnDesc := c.desc("cifha_wal_lsn_bytes", "This member's WAL positions as byte offsets.", "kind")
 	for kind, v := range map[string]string{"current": s.Member.CurrentLSN, "receive": s.Member.ReceiveLSN, "replay": s.Member.ReplayLSN} {
 		if v == "" {
 			continue
 		}
 		if l, err := pgctl.ParseLSN(v); err == nil {
-			ch <- prometheus.MustNewConstMetric(lsnDesc, prometheus.GaugeValue, float64(l), kind)
+			ch <- prometheus.MustNewConstMetric(c.lsn, prometheus.GaugeValue, float64(l), kind)
 		}
 	}
 }

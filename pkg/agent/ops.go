@@ -197,7 +197,7 @@ func (a *Agent) applyLimits(c election.Cluster) {
 		return
 	}
 	cfg := c.Config
-	if !a.storedConfigValid(cfg) {
+	if !a.storedConfigValid(cfg, c.ConfigRev) {
 		return
 	}
 	lag := a.opt.MaxLag
@@ -233,7 +233,7 @@ func (a *Agent) applyParams(o Observation) {
 	if a.paramsApplied && maps.Equal(want, a.appliedParams) {
 		return
 	}
-	if !a.storedConfigValid(o.Cluster.Config) {
+	if !a.storedConfigValid(o.Cluster.Config, o.Cluster.ConfigRev) {
 		return
 	}
 	a.opt.PG.SetDynamicParams(maps.Clone(want))
@@ -257,19 +257,21 @@ func (a *Agent) applyParams(o Observation) {
 // (names, cifha-managed parameters, line breaks, bounds): a key written by
 // hand is never applied unchecked. An invalid one is logged once and the
 // last applied settings stay.
-func (a *Agent) storedConfigValid(c election.DynamicConfig) bool {
+//
+// The answer is kept per revision of the config key: the loop asks every
+// iteration, the key rarely changes.
+func (a *Agent) storedConfigValid(c election.DynamicConfig, rev int64) bool {
+	if a.checkedRev == rev && rev != 0 {
+		return a.checkedOK
+	}
 	// Structure only: ttl and loop_interval depend on each member's own
 	// file settings and are checked where they are applied, key by key, so
 	// that one member's limits never make it drop the whole config.
 	c.TTL, c.LoopInterval = "", ""
 	err := ValidateDynamic(c, nil, Limits{})
-	if err == nil {
-		a.badConfig = ""
-		return true
+	a.checkedRev, a.checkedOK = rev, err == nil
+	if err != nil {
+		a.log.Error("ignoring the cluster config in etcd: invalid; keeping the settings last applied", "error", err, "revision", rev)
 	}
-	if a.badConfig != err.Error() {
-		a.badConfig = err.Error()
-		a.log.Error("ignoring the cluster config in etcd: invalid; keeping the settings last applied", "error", err)
-	}
-	return false
+	return err == nil
 }

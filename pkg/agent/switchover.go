@@ -76,12 +76,8 @@ func (w *switchWaiters) report(id string, r switchResult) {
 	}
 }
 
-// errCandidate is a candidate check's refusal; its text is shown as is.
-type errCandidate struct{ msg string }
-
-func (e errCandidate) Error() string { return e.msg }
-
-func refuse(format string, args ...any) error { return errCandidate{fmt.Sprintf(format, args...)} }
+// refuse is a candidate check's refusal; its text is shown as is.
+func refuse(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
 // checkCandidate checks name as a switchover target against the leader's
 // WAL position, with the candidate's live state from its API.
