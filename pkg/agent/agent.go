@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/ha"
 	"net"
 	"slices"
 	"strconv"
@@ -75,6 +76,13 @@ type Options struct {
 	// RequireClientCert: the control endpoints also require a verified
 	// TLS client certificate (api.client_ca_file).
 	RequireClientCert bool
+	// WritableBudget bounds a step that makes postgres writable (the etcd
+	// transaction and the start or promotion): it begins only if it can
+	// end before the fence (ha.MayBecomeWritable).
+	WritableBudget time.Duration
+	// PrimaryStartTimeout: the leader releases the key after its postgres
+	// has failed to start as primary for this long (0: never).
+	PrimaryStartTimeout time.Duration
 	// Cluster is the cluster's name (a label of the metrics).
 	Cluster string
 	// TTL is the lease ttl this agent runs with.
@@ -94,7 +102,7 @@ type Snapshot struct {
 	InRecovery bool
 	Streaming  bool
 	DCSErr     string
-	Plan       Plan
+	Plan       ha.Plan
 	ObservedAt time.Time
 	// LoopInterval is the loop interval in effect.
 	LoopInterval time.Duration
@@ -108,11 +116,11 @@ type Agent struct {
 
 	snap atomic.Pointer[Snapshot]
 
-	lastPlan      Plan
+	lastPlan      ha.Plan
 	lastPublished election.Member
 	lastPubAt     time.Time
 	loggedInvalid map[string]string
-	lastObs       Observation
+	lastObs       ha.Observation
 	// writableLease is the lease under which postgres was made writable
 	// (0 when postgres is not a primary started or promoted by this agent).
 	writableLease int64
@@ -164,6 +172,12 @@ type Agent struct {
 	metrics    *Metrics
 	// promotingSince is when "promoting" was announced.
 	promotingSince time.Time
+	// fencedUnder is the lease under which postgres was last fenced (by
+	// the loop or the fencer), 0 once postgres is started again.
+	fencedUnder atomic.Int64
+	// startFailingSince is when starting the leader's primary began to
+	// fail (zero: not failing).
+	startFailingSince time.Time
 }
 
 // New returns an Agent; it does nothing until Run.
@@ -279,10 +293,15 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	started := time.Now()
 	o := a.observe(ctx)
 	a.applyParams(o)
-	p := Decide(o)
+	p := ha.Decide(o)
+	if p.Action == ha.StartPrimary && a.startFailingSince.IsZero() {
+		// Cleared once postgres is seen serving as primary: until then the
+		// start counts as failing (also when postgres starts, then dies).
+		a.startFailingSince = o.Now
+	}
 	if p != a.lastPlan {
 		level := hclog.Info
-		if p.Action == Fence || p.Action == Demote {
+		if p.Action == ha.Fence || p.Action == ha.Demote {
 			level = hclog.Warn
 		}
 		a.log.Log(level, "plan", "action", p.Action.String(), "target", p.Target, "reason", p.Reason)
@@ -292,13 +311,13 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	if err != nil {
 		a.log.Error("action failed", "action", p.Action.String(), "error", err)
 	}
-	if o.Op != OpNone {
+	if o.Op != ha.OpNone {
 		a.finishOp(p, err)
 	}
-	if o.HoldsLeader && o.PG != nil && !o.PG.InRecovery && p.Action == None {
+	if o.HoldsLeader && o.PG != nil && !o.PG.InRecovery && p.Action == ha.None {
 		a.leaderHousekeeping(ctx, o)
 	}
-	if p.Action == Switchover {
+	if p.Action == ha.Switchover {
 		// The role changed under the observation (a leader became a
 		// standby): publishing the old one would keep /primary answering
 		// 200 on a standby for a round.
@@ -314,8 +333,9 @@ func (a *Agent) Iterate(ctx context.Context) error {
 // Metrics returns the agent's Prometheus metrics.
 func (a *Agent) Metrics() *Metrics { return a.metrics }
 
-func (a *Agent) observe(ctx context.Context) Observation {
-	o := Observation{Self: a.opt.Name, FenceMargin: a.opt.FenceMargin}
+func (a *Agent) observe(ctx context.Context) ha.Observation {
+	o := ha.Observation{Self: a.opt.Name, FenceMargin: a.opt.FenceMargin, WritableBudget: a.opt.WritableBudget,
+		PrimaryStartTimeout: a.opt.PrimaryStartTimeout}
 	pg := a.opt.PG
 	o.DataDir, o.DataDirErr = pg.DataDirState()
 	if o.DataDir == pgctl.DataDirValid {
@@ -352,6 +372,11 @@ func (a *Agent) observe(ctx context.Context) Observation {
 		a.promoting = false
 	}
 	o.WritableLease = a.writableLease
+	o.FencedUnder = a.fencedUnder.Load()
+	if o.PG != nil && !o.PG.InRecovery {
+		a.startFailingSince = time.Time{} // serving as primary
+	}
+	o.StartFailingSince = a.startFailingSince
 	if a.pending != nil {
 		o.Op, o.OpArg = a.pending.op, a.pending.arg
 	}
@@ -398,11 +423,17 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	return o
 }
 
-// madeWritable records that postgres now accepts writes under lease and
-// arms the fencer.
-func (a *Agent) madeWritable(lease election.LeaseState) {
+// madeWritable is the last step before postgres is made writable (started
+// as primary or promoted) on every path: it applies the fence rule with a
+// fresh clock (gateNow), then records that postgres accepts writes under
+// lease and arms the fencer. On error nothing must be made writable.
+func (a *Agent) madeWritable(lease election.LeaseState) error {
+	if err := a.gateNow(lease); err != nil {
+		return err
+	}
 	a.writableLease = int64(lease.ID)
 	a.fence.arm(lease.ID)
+	return nil
 }
 
 func splitAddr(addr string) (string, int, error) {
@@ -417,18 +448,18 @@ func splitAddr(addr string) (string, int, error) {
 	return h, port, nil
 }
 
-func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
+func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 	pg, dcs := a.opt.PG, a.opt.DCS
 	switch p.Action {
-	case None, Wait:
+	case ha.None, ha.Wait:
 		return nil
 
-	case StopForeign:
+	case ha.StopForeign:
 		sctx, cancel := context.WithTimeout(ctx, a.opt.StopTimeout)
 		defer cancel()
 		return pg.StopForeign(sctx)
 
-	case Bootstrap:
+	case ha.Bootstrap:
 		if o.Cluster.Initialize == "" {
 			won, err := dcs.ClaimInitialize(ctx)
 			if err != nil {
@@ -456,7 +487,7 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		}
 		return a.acquireAndStart(ctx, o, p.Reason)
 
-	case Clone:
+	case ha.Clone:
 		host, port, err := splitAddr(p.TargetAddr)
 		if err != nil {
 			return err
@@ -471,27 +502,41 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		}
 		return a.start(ctx)
 
-	case StartPrimary:
+	case ha.StartPrimary:
 		if err := pg.Configure(); err != nil {
 			return err
 		}
-		a.madeWritable(o.Lease)
+		if err := a.gateNow(o.Lease); err != nil {
+			return err
+		}
+		if err := a.madeWritable(o.Lease); err != nil {
+			return err
+		}
 		return a.start(ctx)
 
-	case AcquireAndStart:
+	case ha.Resign:
+		a.log.Warn("releasing the leader key", "reason", p.Reason)
+		return dcs.Resign(ctx)
+
+	case ha.ClearLeaderKey:
+		return dcs.ClearUnbound(ctx, o.Cluster.Leader.ModRev)
+
+	case ha.AcquireAndStart:
 		return a.acquireAndStart(ctx, o, p.Reason)
 
-	case Acquire:
+	case ha.Acquire:
 		lease, err := a.acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now})
 		if err != nil {
 			return err
 		}
 		a.log.Info("acquired the leader key")
-		a.madeWritable(lease)
+		if err := a.madeWritable(lease); err != nil {
+			return err
+		}
 		a.roleOK = false
 		return nil
 
-	case StartStandby:
+	case ha.StartStandby:
 		if err := pg.Configure(); err != nil {
 			return err
 		}
@@ -506,7 +551,7 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		}
 		return a.start(ctx)
 
-	case Follow:
+	case ha.Follow:
 		host, port, err := splitAddr(p.TargetAddr)
 		if err != nil {
 			return err
@@ -522,19 +567,24 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		}
 		return a.start(ctx)
 
-	case Promote:
+	case ha.Promote:
 		if ll := o.Cluster.LastLeader; ll != nil && ll.Name == o.Self && ll.From != "" && a.pendingHistory == nil {
 			a.pendingHistory = &election.HistoryRecord{At: o.Now.UTC(), OldLeader: ll.From, NewLeader: o.Self, LSN: ll.LSN,
 				Reason: fmt.Sprintf("planned switchover from %s", ll.From)}
 		}
 		a.roleOK = false
+		if err := a.gateNow(o.Lease); err != nil {
+			return err
+		}
 		if err := a.announcePromotion(ctx, o, p); err != nil {
 			return err
 		}
-		a.madeWritable(o.Lease)
+		if err := a.madeWritable(o.Lease); err != nil {
+			return err
+		}
 		return a.promote(ctx)
 
-	case Switchover:
+	case ha.Switchover:
 		if o.Cluster.Switchover.ID == a.lastSwitchover {
 			// Already carried out (its key could not be cleared then):
 			// never a second outage for one request.
@@ -543,10 +593,10 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		a.lastSwitchover = o.Cluster.Switchover.ID
 		return a.switchover(ctx, o, p)
 
-	case Restart, Reload, Reinit, DropSlot, Refuse:
+	case ha.Restart, ha.Reload, ha.Reinit, ha.DropSlot, ha.Refuse:
 		return a.actOp(ctx, o, p)
 
-	case ClearRequest:
+	case ha.ClearRequest:
 		a.log.Info("clearing request", "reason", p.Reason)
 		if sw := o.Cluster.Switchover; sw != nil {
 			a.switchW.report(sw.ID, switchResult{Message: p.Reason})
@@ -554,26 +604,31 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		}
 		return nil
 
-	case TakeOver:
+	case ha.TakeOver:
 		prev := ""
 		if o.Cluster.LastLeader != nil {
 			prev = o.Cluster.LastLeader.Name
 		}
-		lsn := position(o.PG.ReceiveLSN, o.PG.ReplayLSN)
+		lsn := ha.Position(o.PG.ReceiveLSN, o.PG.ReplayLSN)
 		lease, err := a.acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: lsn.String(), At: o.Now})
 		if err != nil {
 			return err
 		}
 		a.log.Info("took the leader key; promoting", "previous_leader", prev, "received_lsn", lsn.String())
+		if err := a.gateNow(lease); err != nil {
+			return err
+		}
 		if err := a.announcePromotion(ctx, o, p); err != nil {
 			return err
 		}
-		a.madeWritable(lease)
+		if err := a.madeWritable(lease); err != nil {
+			return err
+		}
 		a.roleOK = false
 		a.pendingHistory = &election.HistoryRecord{At: o.Now.UTC(), OldLeader: prev, NewLeader: o.Self, LSN: lsn.String(), Reason: p.Reason}
 		return a.promote(ctx)
 
-	case Rewind:
+	case ha.Rewind:
 		host, port, err := splitAddr(p.TargetAddr)
 		if err != nil {
 			return err
@@ -596,26 +651,34 @@ func (a *Agent) act(ctx context.Context, o Observation, p Plan) error {
 		}
 		return a.start(ctx)
 
-	case Reclone:
+	case ha.Reclone:
 		return a.reclone(ctx, o, p)
 
-	case RepairLeaderKey:
+	case ha.RepairLeaderKey:
 		return dcs.Repair(ctx)
 
-	case ClearStaleLeader:
+	case ha.ClearStaleLeader:
 		return dcs.ClearStale(ctx, o.Cluster.Leader.ModRev)
 
-	case Demote:
+	case ha.Demote:
 		return pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout)
 
-	case Fence:
+	case ha.Fence:
 		// Must finish before the lease can expire: fast, escalating to
 		// immediate and SIGKILL within a fraction of the margin each.
 		step := a.opt.FenceMargin / 3
 		if step <= 0 {
 			step = 100 * time.Millisecond
 		}
-		return pg.StopWithin(ctx, pgctl.Fast, step)
+		fenced := a.writableLease
+		if fenced == 0 {
+			fenced = o.Lease.ID
+		}
+		if err := pg.StopWithin(ctx, pgctl.Fast, step); err != nil {
+			return err
+		}
+		a.fencedUnder.Store(fenced)
+		return nil
 	}
 	return fmt.Errorf("unknown action %v", p.Action)
 }
@@ -627,7 +690,21 @@ func errOr(err error, msg string) error {
 	return errors.New(msg)
 }
 
+// gateNow re-applies the fence rule with a fresh clock right before a
+// step that makes postgres writable: Decide's check used the observation's
+// time, and slow calls may have passed since.
+func (a *Agent) gateNow(lease election.LeaseState) error {
+	if lease.ID != a.opt.DCS.Lease().ID {
+		return errors.New("not making postgres writable: the lease changed since the observation")
+	}
+	if ok, why := ha.MayBecomeWritable(a.now(), a.opt.DCS.Lease(), a.opt.FenceMargin, a.opt.WritableBudget); !ok {
+		return fmt.Errorf("not making postgres writable: %s", why)
+	}
+	return nil
+}
+
 func (a *Agent) start(ctx context.Context) error {
+	a.fencedUnder.Store(0)
 	if a.opt.TriggerFile != "" {
 		// A trigger file left from an interrupted promotion would make this
 		// start promote itself without the key.
@@ -643,7 +720,7 @@ func (a *Agent) start(ctx context.Context) error {
 
 // acquireAndStart takes the leader key and only then starts a primary, so a
 // writable postgres never runs without the key.
-func (a *Agent) acquireAndStart(ctx context.Context, o Observation, reason string) error {
+func (a *Agent) acquireAndStart(ctx context.Context, o ha.Observation, reason string) error {
 	pg := a.opt.PG
 	// Keep the recorded timeline until postgres reports its own: writing 0
 	// would let a stale primary look newer than this one.
@@ -667,7 +744,9 @@ func (a *Agent) acquireAndStart(ctx context.Context, o Observation, reason strin
 	if err := pg.Configure(); err != nil {
 		return err
 	}
-	a.madeWritable(lease)
+	if err := a.madeWritable(lease); err != nil {
+		return err
+	}
 	return a.start(ctx)
 }
 
@@ -680,6 +759,9 @@ func (a *Agent) acquire(ctx context.Context, rec election.LastLeader) (election.
 	if lease.ID == 0 {
 		return lease, election.ErrNoLease
 	}
+	if err := a.gateNow(lease); err != nil {
+		return lease, err
+	}
 	ok, err := a.opt.DCS.Acquire(ctx, rec)
 	if err != nil || !ok {
 		return lease, errOr(err, "leader key taken by another member")
@@ -690,7 +772,7 @@ func (a *Agent) acquire(ctx context.Context, rec election.LastLeader) (election.
 // leaderHousekeeping keeps a replication slot for every other member (made
 // as soon as it registers, so a rejoin finds its WAL) and the last-leader
 // record's timeline current.
-func (a *Agent) leaderHousekeeping(ctx context.Context, o Observation) {
+func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 	if !a.roleOK {
 		if err := a.opt.PG.EnsureReplicationRole(ctx); err != nil {
 			a.log.Error("ensure replication role", "error", err)
@@ -758,8 +840,8 @@ func (a *Agent) promote(ctx context.Context) error {
 }
 
 // candidates asks every other replica's API for its live WAL position.
-func (a *Agent) candidates(ctx context.Context, c election.Cluster) map[string]Candidate {
-	out := map[string]Candidate{}
+func (a *Agent) candidates(ctx context.Context, c election.Cluster) map[string]ha.Candidate {
+	out := map[string]ha.Candidate{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for name, m := range c.Members {
@@ -773,7 +855,7 @@ func (a *Agent) candidates(ctx context.Context, c election.Cluster) map[string]C
 			defer cancel()
 			cand, err := a.opt.Peers.Candidate(cctx, url)
 			if err != nil {
-				cand = Candidate{Err: err.Error()}
+				cand = ha.Candidate{Err: err.Error()}
 			}
 			mu.Lock()
 			out[name] = cand
@@ -785,7 +867,7 @@ func (a *Agent) candidates(ctx context.Context, c election.Cluster) map[string]C
 }
 
 // member builds this member's published state from an observation.
-func (a *Agent) member(o Observation, p Plan) election.Member {
+func (a *Agent) member(o ha.Observation, p ha.Plan) election.Member {
 	m := election.Member{
 		Name: a.opt.Name, APIURL: a.opt.APIURL, ConnAddress: a.opt.ConnAddress,
 		AgentVersion: a.opt.AgentVersion, NoFailover: a.opt.NoFailover, FailoverPriority: a.opt.FailoverPriority,
@@ -801,7 +883,7 @@ func (a *Agent) member(o Observation, p Plan) election.Member {
 		}
 	}
 	switch {
-	case p.Action == Bootstrap:
+	case p.Action == ha.Bootstrap:
 		m.State = "bootstrapping"
 	case o.DataDir == pgctl.DataDirForeign:
 		m.State = "blocked"
@@ -856,7 +938,7 @@ func significant(a, b election.Member) bool {
 		!slices.Equal(a.PendingRestart, b.PendingRestart)
 }
 
-func (a *Agent) publish(ctx context.Context, o Observation, p Plan, actErr error) {
+func (a *Agent) publish(ctx context.Context, o ha.Observation, p ha.Plan, actErr error) {
 	m := a.member(o, p)
 	if actErr != nil {
 		m.Reason = fmt.Sprintf("%s (last action failed: %v)", p.Reason, actErr)
@@ -886,7 +968,7 @@ func (a *Agent) publish(ctx context.Context, o Observation, p Plan, actErr error
 }
 
 // publishState publishes a transient state (cloning) before a long action.
-func (a *Agent) publishState(ctx context.Context, o Observation, state string, p Plan) error {
+func (a *Agent) publishState(ctx context.Context, o ha.Observation, state string, p ha.Plan) error {
 	m := a.member(o, p)
 	m.State = state
 	err := a.opt.DCS.PutMember(ctx, m)
@@ -900,7 +982,7 @@ func (a *Agent) publishState(ctx context.Context, o Observation, state string, p
 // promoted, and refuses to promote if that fails: an old leader waiting on
 // a switchover takes its role back only if it never saw this state (see
 // switchover.go), so the promotion must never happen unannounced.
-func (a *Agent) announcePromotion(ctx context.Context, o Observation, p Plan) error {
+func (a *Agent) announcePromotion(ctx context.Context, o ha.Observation, p ha.Plan) error {
 	a.promoting, a.promotingSince = true, a.now()
 	if err := a.publishState(ctx, o, "promoting", p); err != nil {
 		a.promoting = false

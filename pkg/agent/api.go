@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/ha"
 	"io"
 	"net/http"
 	"sort"
@@ -64,9 +65,9 @@ func Handler(a *Agent) http.Handler {
 	}
 	mux.HandleFunc("/health", check(func(s *Snapshot, _ time.Time) bool { return s.Running && a.opt.PG.Running() }))
 	mux.HandleFunc("/primary", check(func(s *Snapshot, now time.Time) bool {
-		// The lease is checked again now: a snapshot taken before the lease
-		// lapsed must not keep routing writes here.
-		return s.IsLeader && s.Lease.Held(now) && s.Running && !s.InRecovery && s.Member.State == "running" && a.opt.PG.Running()
+		// The fence rule is applied again now: a snapshot taken before the
+		// lease ran low must not keep routing writes here after the fence.
+		return s.IsLeader && ha.MayStayWritable(now, s.Lease, a.opt.FenceMargin) && s.Running && !s.InRecovery && s.Member.State == "running" && a.opt.PG.Running()
 	}))
 	mux.HandleFunc("/replica", check(func(s *Snapshot, _ time.Time) bool { return s.Running && s.Streaming && a.opt.PG.Running() }))
 	// /status and /wal carry the cluster's details; api.protect_reads puts
@@ -127,27 +128,27 @@ type WALResponse struct {
 type HTTPPeers struct{ Client *http.Client }
 
 // Candidate implements Peers.
-func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (Candidate, error) {
+func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (ha.Candidate, error) {
 	if apiURL == "" {
-		return Candidate{}, errors.New("no API URL published")
+		return ha.Candidate{}, errors.New("no API URL published")
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(apiURL, "/")+"/wal", nil)
 	if err != nil {
-		return Candidate{}, err
+		return ha.Candidate{}, err
 	}
 	resp, err := p.Client.Do(req)
 	if err != nil {
-		return Candidate{}, err
+		return ha.Candidate{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusUnauthorized {
-		return Candidate{}, fmt.Errorf("GET %s/wal: 401 (the members' api.token_file differ?)", apiURL)
+		return ha.Candidate{}, fmt.Errorf("GET %s/wal: 401 (the members' api.token_file differ?)", apiURL)
 	}
 	var wr WALResponse
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&wr); err != nil {
-		return Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
+		return ha.Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
 	}
-	c := Candidate{Running: wr.Running, InRecovery: wr.InRecovery, ReplayPaused: wr.ReplayPaused, NoFailover: wr.NoFailover, FailoverPriority: wr.FailoverPriority,
+	c := ha.Candidate{Running: wr.Running, InRecovery: wr.InRecovery, ReplayPaused: wr.ReplayPaused, NoFailover: wr.NoFailover, FailoverPriority: wr.FailoverPriority,
 		Timeline: wr.Timeline, StreamedAgo: -1}
 	if wr.StreamedAgoMS >= 0 {
 		c.StreamedAgo = time.Duration(wr.StreamedAgoMS) * time.Millisecond
@@ -155,16 +156,16 @@ func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (Candidate, err
 	if wr.Error != "" {
 		if wr.Running {
 			// Running but its position could not be read: unknown, not "no candidate".
-			return Candidate{}, fmt.Errorf("%s/wal: postgres running but unreadable: %s", apiURL, wr.Error)
+			return ha.Candidate{}, fmt.Errorf("%s/wal: postgres running but unreadable: %s", apiURL, wr.Error)
 		}
 		// postgres down on that member: it answered, and it is no candidate.
 		return c, nil
 	}
 	if c.ReceiveLSN, err = pgctl.ParseLSN(wr.ReceiveLSN); err != nil {
-		return Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
+		return ha.Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
 	}
 	if c.ReplayLSN, err = pgctl.ParseLSN(wr.ReplayLSN); err != nil {
-		return Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
+		return ha.Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
 	}
 	return c, nil
 }

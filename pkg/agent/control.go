@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/ha"
 	"io"
 	"net/http"
 	"strings"
@@ -80,10 +81,10 @@ func (a *Agent) controlRoutes(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("/switchover", a.control(2*a.opt.SwitchoverTimeout+10*time.Second, a.postSwitchover))
 	opTimeout := 2*a.opt.StopTimeout + a.opt.StartTimeout + 10*time.Second
-	mux.HandleFunc("/restart", a.control(opTimeout, a.simpleOp(OpRestart, "postgres restarted on %s")))
-	mux.HandleFunc("/reload", a.control(opTimeout, a.simpleOp(OpReload, "configuration rewritten and reloaded on %s")))
+	mux.HandleFunc("/restart", a.control(opTimeout, a.simpleOp(ha.OpRestart, "postgres restarted on %s")))
+	mux.HandleFunc("/reload", a.control(opTimeout, a.simpleOp(ha.OpReload, "configuration rewritten and reloaded on %s")))
 	// A clone can take long (the database's size over the network).
-	mux.HandleFunc("/reinit", a.control(time.Hour, a.simpleOp(OpReinit, "%s re-cloned from the leader; it starts as a standby")))
+	mux.HandleFunc("/reinit", a.control(time.Hour, a.simpleOp(ha.OpReinit, "%s re-cloned from the leader; it starts as a standby")))
 	mux.HandleFunc("/remove", a.control(opTimeout, a.postRemove))
 	mux.HandleFunc("/config", a.control(10*time.Second, a.postConfig))
 	mux.HandleFunc("/failover", a.control(a.opt.SwitchoverTimeout+10*time.Second, a.postFailover))
@@ -331,7 +332,7 @@ func (a *Agent) postFailover(ctx context.Context, body []byte) controlAnswer {
 	}
 }
 
-func (a *Agent) simpleOp(op Op, done string) func(ctx context.Context, body []byte) controlAnswer {
+func (a *Agent) simpleOp(op ha.Op, done string) func(ctx context.Context, body []byte) controlAnswer {
 	return func(ctx context.Context, body []byte) controlAnswer {
 		if len(bytes.TrimSpace(body)) > 0 {
 			var none struct{}
@@ -362,7 +363,7 @@ func (a *Agent) postRemove(ctx context.Context, body []byte) controlAnswer {
 	if !election.ValidName(req.Name) {
 		return no(http.StatusBadRequest, "invalid member name %q", req.Name)
 	}
-	if err := a.request(ctx, OpDropSlot, req.Name); err != nil {
+	if err := a.request(ctx, ha.OpDropSlot, req.Name); err != nil {
 		if ctx.Err() != nil {
 			return no(http.StatusGatewayTimeout, "remove %s: no outcome in time: %v", req.Name, err)
 		}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/ha"
 	"net"
 	"net/http"
 	"os"
@@ -179,7 +180,10 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	}
 	defer cli.Close()
 	ttl := clusterTTL(ctx, cli, cfg, log)
-	sess := election.NewSession(cli, ttl, log.Named("lease"))
+	// One clock for every deadline: the session's ValidUntil and the
+	// agent's Now (CLOCK_BOOTTIME, so a suspend counts).
+	clock := election.BootClock()
+	sess := election.NewSession(cli, ttl, log.Named("lease"), clock)
 	store := election.NewStore(cli, cfg.Cluster, cfg.Name, sess, log.Named("etcd"))
 
 	// The lease outlives the loop: a leader releases its key only after
@@ -203,9 +207,13 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 
 	a := New(Options{
 		Name: cfg.Name, PG: pg, DCS: store, Wake: store.Watch(watchCtx), LeaseChanged: sess.Changed(),
-		Log: log.Named("ha"), LoopInterval: cfg.HA.LoopInterval.Duration, StartTimeout: cfg.HA.StartTimeout.Duration,
-		SwitchoverTimeout: cfg.HA.SwitchoverTimeout.Duration,
-		FenceMargin:       cfg.HA.FenceMargin.Duration, APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
+		Log: log.Named("ha"), Now: clock, LoopInterval: cfg.HA.LoopInterval.Duration, StartTimeout: cfg.HA.StartTimeout.Duration,
+		// A writable step is the leader-key transaction plus a start or a
+		// promotion (about 0.1 s here): it must end before the fence.
+		WritableBudget:      ha.Timing{TTL: ttl}.RequestTimeout() + 500*time.Millisecond,
+		PrimaryStartTimeout: cfg.HA.PrimaryStartTimeout.Duration,
+		SwitchoverTimeout:   cfg.HA.SwitchoverTimeout.Duration,
+		FenceMargin:         cfg.HA.FenceMargin.Duration, APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
 		AgentVersion: Version, NoFailover: cfg.Tags.NoFailover, FailoverPriority: cfg.Tags.FailoverPriority,
 		Peers:  HTTPPeers{Client: WithToken(peerClient, cfg.API.Token)},
 		MaxLag: cfg.HA.MaxLagBytes, RecentWindow: 2 * ttl, RemoveOnRewindFailure: cfg.HA.RemoveDataDirectoryOnRewindFailure,
@@ -277,8 +285,11 @@ func clusterTTL(ctx context.Context, cli *clientv3.Client, cfg *config.Config, l
 		return ttl
 	}
 	d, err := time.ParseDuration(dc.TTL)
-	if err != nil || d < 2*time.Second || d < 3*cfg.HA.FenceMargin.Duration || cfg.HA.LoopInterval.Duration > d/2 {
-		log.Warn("ignoring the cluster config's ttl: invalid for this member", "ttl", dc.TTL, "fence_margin", cfg.HA.FenceMargin.Duration)
+	if err == nil {
+		err = cfg.HA.Timing(cfg.Etcd.DialTimeout.Duration).With(d).Validate()
+	}
+	if err != nil {
+		log.Warn("ignoring the cluster config's ttl: invalid for this member", "ttl", dc.TTL, "error", err)
 		return ttl
 	}
 	log.Info("ttl from the cluster config", "ttl", d)

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/ha"
 	"maps"
 	"math"
 	"regexp"
@@ -75,6 +76,7 @@ type Limits struct {
 	FenceMargin  time.Duration
 	LoopInterval time.Duration // the file's, used when the change does not set it
 	TTL          time.Duration // the file's
+	DialTimeout  time.Duration // the file's etcd.dial_timeout (0: not checked)
 }
 
 var paramNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
@@ -134,34 +136,50 @@ func ApplySet(cur election.DynamicConfig, set map[string]string, settings map[st
 
 // ValidateDynamic checks a whole cluster config (edit-config stores one).
 func ValidateDynamic(c election.DynamicConfig, settings map[string]pgctl.Setting, lim Limits) error {
-	ttl, loop := lim.TTL, lim.LoopInterval
+	tm := ha.Timing{TTL: lim.TTL, LoopInterval: lim.LoopInterval, FenceMargin: lim.FenceMargin, DialTimeout: lim.DialTimeout}
 	if c.TTL != "" {
 		d, err := time.ParseDuration(c.TTL)
 		switch {
 		case err != nil:
 			return &ConfigError{"ttl", fmt.Sprintf("%q is not a duration (e.g. \"10s\")", c.TTL)}
-		case d < 2*time.Second || d > 10*time.Minute || d%time.Second != 0:
-			return &ConfigError{"ttl", fmt.Sprintf("%s must be whole seconds between 2s and 10m", d)}
-		case d < 3*lim.FenceMargin:
-			return &ConfigError{"ttl", fmt.Sprintf("%s is less than 3 x fence_margin (%s) of this member", d, lim.FenceMargin)}
+		case d > 10*time.Minute:
+			return &ConfigError{"ttl", fmt.Sprintf("%s is above 10m", d)}
 		}
-		ttl = d
+		tm.TTL = d
 	}
 	if c.LoopInterval != "" {
 		d, err := time.ParseDuration(c.LoopInterval)
 		if err != nil {
 			return &ConfigError{"loop_interval", fmt.Sprintf("%q is not a duration (e.g. \"1s\")", c.LoopInterval)}
 		}
-		if d < 100*time.Millisecond {
-			return &ConfigError{"loop_interval", fmt.Sprintf("%s is below 100ms", d)}
+		tm.LoopInterval = d
+	}
+	if c.TTL != "" || c.LoopInterval != "" {
+		// The one timing rule (ha.Timing), with this member's other
+		// settings; a setting the check has no value for is not judged.
+		if tm.TTL == 0 {
+			tm.TTL = 10 * time.Minute
 		}
-		loop = d
-	}
-	if ttl > 0 && loop > ttl/2 {
-		return &ConfigError{"loop_interval", fmt.Sprintf("%s must be at most ttl/2 (%s)", loop, ttl/2)}
-	}
-	if loop > 0 && ttl == 0 && loop > time.Hour {
-		return &ConfigError{"loop_interval", fmt.Sprintf("%s is too long", loop)}
+		if tm.LoopInterval == 0 {
+			tm.LoopInterval = ha.MinLoopInterval
+		}
+		if tm.FenceMargin == 0 {
+			tm.FenceMargin = max(ha.MinFenceMargin, min(2*time.Second, tm.TTL/3))
+		}
+		if tm.DialTimeout == 0 {
+			tm.DialTimeout = time.Millisecond
+		}
+		if err := tm.Validate(); err != nil {
+			var te *ha.TimingError
+			if errors.As(err, &te) {
+				key := te.Key
+				if key == "fence_margin" || key == "dial_timeout" {
+					key = "ttl" // this member's own setting limits the cluster's ttl
+				}
+				return &ConfigError{key, fmt.Sprintf("%s %s (this member: fence_margin %s)", te.Value, te.Problem, lim.FenceMargin)}
+			}
+			return &ConfigError{"ttl", err.Error()}
+		}
 	}
 	if c.MaximumLagOnFailover != nil && *c.MaximumLagOnFailover <= 0 {
 		return &ConfigError{"maximum_lag_on_failover", "must be positive"}

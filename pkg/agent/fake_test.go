@@ -194,9 +194,10 @@ func (d *fakeDCS) Acquire(_ context.Context, rec election.LastLeader) (bool, err
 	d.cluster.LastLeader = &rec
 	return true, nil
 }
-func (d *fakeDCS) Repair(context.Context) error            { return nil }
-func (d *fakeDCS) ClearStale(context.Context, int64) error { d.cluster.Leader = nil; return nil }
-func (d *fakeDCS) Resign(context.Context) error            { d.cluster.Leader = nil; return nil }
+func (d *fakeDCS) Repair(context.Context) error              { return nil }
+func (d *fakeDCS) ClearStale(context.Context, int64) error   { d.cluster.Leader = nil; return nil }
+func (d *fakeDCS) ClearUnbound(context.Context, int64) error { d.cluster.Leader = nil; return nil }
+func (d *fakeDCS) Resign(context.Context) error              { d.cluster.Leader = nil; return nil }
 func (d *fakeDCS) PutMember(_ context.Context, m election.Member) error {
 	d.puts++
 	d.cluster.Members[m.Name] = m
@@ -229,3 +230,5 @@ func (d *fakeDCS) ClearSwitchover(context.Context, int64) error {
 	return nil
 }
 func (d *fakeDCS) ClearFailover(context.Context, int64) error { d.cluster.Failover = nil; return nil }
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)

@@ -2,11 +2,11 @@ package agent
 
 import (
 	"context"
+	"github.com/cifha/cifha/pkg/ha"
 	"sync"
 	"time"
 
 	"github.com/cifha/cifha/pkg/pgctl"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // fencer enforces the lease deadline outside the acting loop.
@@ -24,12 +24,12 @@ type fencer struct {
 	a *Agent
 
 	mu    sync.Mutex
-	lease clientv3.LeaseID // 0 = disarmed
+	lease int64 // 0 = disarmed
 	// armedCh wakes the fencer when it is armed.
 	armedCh chan struct{}
 }
 
-func (f *fencer) arm(lease clientv3.LeaseID) {
+func (f *fencer) arm(lease int64) {
 	f.mu.Lock()
 	f.lease = lease
 	f.mu.Unlock()
@@ -45,7 +45,7 @@ func (f *fencer) disarm() { f.arm(0) }
 
 // disarmIf disarms only if still armed for lease: the loop may have armed a
 // newer term while the fencer was stopping the old one.
-func (f *fencer) disarmIf(lease clientv3.LeaseID) {
+func (f *fencer) disarmIf(lease int64) {
 	f.mu.Lock()
 	if f.lease == lease {
 		f.lease = 0
@@ -53,7 +53,7 @@ func (f *fencer) disarmIf(lease clientv3.LeaseID) {
 	f.mu.Unlock()
 }
 
-func (f *fencer) armed() clientv3.LeaseID {
+func (f *fencer) armed() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.lease
@@ -91,8 +91,8 @@ func (f *fencer) run(ctx context.Context) {
 		}
 		lease := f.a.opt.DCS.Lease()
 		now := f.a.now()
-		if lease.ID == armed && lease.Held(now.Add(f.a.opt.FenceMargin)) {
-			until := lease.ValidUntil.Add(-f.a.opt.FenceMargin).Sub(now)
+		if lease.ID == armed && ha.MayStayWritable(now, lease, f.a.opt.FenceMargin) {
+			until := ha.FenceAt(lease, f.a.opt.FenceMargin).Sub(now)
 			if wd := f.a.opt.Watchdog; wd != nil {
 				// Feed the external watchdog the time left; it fires if this
 				// process stops feeding it (hung, SIGSTOP).
@@ -116,6 +116,7 @@ func (f *fencer) run(ctx context.Context) {
 			t.Reset(10 * time.Millisecond)
 			continue
 		}
+		f.a.fencedUnder.Store(armed)
 		f.disarmIf(armed)
 		t.Reset(idleCheck)
 	}
@@ -127,8 +128,7 @@ func (a *Agent) fenceDue() <-chan time.Time {
 	if a.writableLease == 0 {
 		return nil
 	}
-	lease := a.opt.DCS.Lease()
-	d := lease.ValidUntil.Add(-a.opt.FenceMargin).Sub(a.now())
+	d := ha.FenceAt(a.opt.DCS.Lease(), a.opt.FenceMargin).Sub(a.now())
 	if d < 0 {
 		d = 0
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/cifha/cifha/pkg/ha"
 	"os/exec"
 	"strings"
 	"time"
@@ -101,7 +102,7 @@ type hookState struct {
 
 // effectiveRole is "primary" for the leader's read-write postgres, "replica"
 // for a standby, "" otherwise.
-func effectiveRole(o Observation) string {
+func effectiveRole(o ha.Observation) string {
 	switch {
 	case o.PG == nil:
 		return ""
@@ -115,7 +116,7 @@ func effectiveRole(o Observation) string {
 
 // hooksAfter fires on_start, on_stop and on_role_change from two
 // consecutive observations' facts.
-func (a *Agent) hooksAfter(o Observation) {
+func (a *Agent) hooksAfter(o ha.Observation) {
 	if a.hooks == nil {
 		return
 	}

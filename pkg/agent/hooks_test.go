@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/cifha/cifha/pkg/ha"
 	"os"
 	"path/filepath"
 	"testing"
@@ -26,11 +27,11 @@ func TestHooksFireOnTransitionsAndNeverBlock(t *testing.T) {
 	go func() { a.hooks.run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	standby := Observation{Running: true, PG: &pgctl.Status{InRecovery: true}}
-	primary := Observation{Running: true, PG: &pgctl.Status{}, HoldsLeader: true}
-	stopped := Observation{}
+	standby := ha.Observation{Running: true, PG: &pgctl.Status{InRecovery: true}}
+	primary := ha.Observation{Running: true, PG: &pgctl.Status{}, HoldsLeader: true}
+	stopped := ha.Observation{}
 	start := time.Now()
-	for _, o := range []Observation{standby, standby, primary, primary, stopped} {
+	for _, o := range []ha.Observation{standby, standby, primary, primary, stopped} {
 		a.hooksAfter(o)
 	}
 	// Each hook outlives its 200 ms timeout (killed, then a 1 s wait delay):

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"github.com/cifha/cifha/pkg/ha"
 	"strings"
 	"testing"
 	"time"
@@ -66,7 +67,7 @@ func TestLoopBootstrapCrashAndFence(t *testing.T) {
 	if !has(pg.calls, "configure", "start") || !pg.running {
 		t.Fatalf("not restarted in place: %v", pg.calls)
 	}
-	if a.lastPlan.Action != StartPrimary {
+	if a.lastPlan.Action != ha.StartPrimary {
 		t.Fatalf("plan %v", a.lastPlan)
 	}
 
@@ -84,7 +85,7 @@ func TestLoopBootstrapCrashAndFence(t *testing.T) {
 	if !has(pg.calls, "stop fast") || pg.running {
 		t.Fatalf("not fenced at the margin: %v", pg.calls)
 	}
-	if a.lastPlan.Action != Fence || !strings.Contains(a.lastPlan.Reason, "lease") {
+	if a.lastPlan.Action != ha.Fence || !strings.Contains(a.lastPlan.Reason, "lease") {
 		t.Fatalf("plan %v", a.lastPlan)
 	}
 }
@@ -160,7 +161,7 @@ func TestLoopTakeOverAndRejoin(t *testing.T) {
 		FenceMargin: time.Second, MaxLag: 1 << 20, RecentWindow: 6 * time.Second, Peers: noPeers{}, LastLeaderEvery: time.Second})
 	pg.calls = nil
 	a.Iterate(ctx) // sees itself streaming: lastStreamed is set
-	if a.lastPlan.Action != TakeOver {
+	if a.lastPlan.Action != ha.TakeOver {
 		t.Fatalf("plan %v", a.lastPlan)
 	}
 	if !has(pg.calls, "promote") || dcs.cluster.Leader == nil || dcs.cluster.Leader.Name != "db2" {
@@ -187,7 +188,7 @@ func TestLoopTakeOverAndRejoin(t *testing.T) {
 	c := New(Options{Name: "db1", PG: old2, DCS: d1, Now: clk.Now, LoopInterval: time.Second, StartTimeout: time.Second, FenceMargin: time.Second})
 	c.Iterate(ctx)
 	c.Iterate(ctx)
-	if c.lastPlan.Action != Wait || !strings.Contains(c.lastPlan.Reason, "remove_data_directory_on_rewind_failure") || has(old2.calls, "move-aside") {
+	if c.lastPlan.Action != ha.Wait || !strings.Contains(c.lastPlan.Reason, "remove_data_directory_on_rewind_failure") || has(old2.calls, "move-aside") {
 		t.Fatalf("plan %v calls %v", c.lastPlan, old2.calls)
 	}
 	// Allowed: the directory is moved aside (never deleted) and re-cloned.
@@ -200,6 +201,6 @@ func TestLoopTakeOverAndRejoin(t *testing.T) {
 
 type noPeers struct{}
 
-func (noPeers) Candidate(context.Context, string) (Candidate, error) {
-	return Candidate{}, errors.New("no peers in this test")
+func (noPeers) Candidate(context.Context, string) (ha.Candidate, error) {
+	return ha.Candidate{}, errors.New("no peers in this test")
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/cifha/cifha/pkg/ha"
 	"net/http"
 	"time"
 
@@ -147,12 +148,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // observeLoop records one iteration's duration and action.
-func (m *Metrics) observeLoop(d time.Duration, p Plan) {
+func (m *Metrics) observeLoop(d time.Duration, p ha.Plan) {
 	if m == nil {
 		return
 	}
 	m.loop.Observe(d.Seconds())
-	if p.Action != None && p.Action != Wait {
+	if p.Action != ha.None && p.Action != ha.Wait {
 		m.actions.WithLabelValues(p.Action.String()).Inc()
 	}
 }

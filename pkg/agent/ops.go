@@ -4,39 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/ha"
 	"maps"
-	"strings"
 	"time"
 
 	"github.com/cifha/cifha/pkg/election"
 	"github.com/cifha/cifha/pkg/pgctl"
 )
 
-// Op is an operator's request carried out by the loop (the only goroutine
-// that acts): the API hands it over and waits for the outcome.
-type Op int
-
-// Operator requests.
-const (
-	OpNone Op = iota
-	OpRestart
-	OpReload
-	OpReinit
-	OpDropSlot
-)
-
-var opNames = [...]string{"none", "restart", "reload", "reinit", "drop-slot"}
-
-func (o Op) String() string { return opNames[o] }
-
 type opRequest struct {
-	op   Op
+	op   ha.Op
 	arg  string
 	done chan error
 }
 
 // request hands op to the loop and waits for its outcome.
-func (a *Agent) request(ctx context.Context, op Op, arg string) error {
+func (a *Agent) request(ctx context.Context, op ha.Op, arg string) error {
 	r := &opRequest{op: op, arg: arg, done: make(chan error, 1)}
 	select {
 	case a.ops <- r:
@@ -51,69 +34,18 @@ func (a *Agent) request(ctx context.Context, op Op, arg string) error {
 	}
 }
 
-// decideOp answers an operator's request; ok is false when the request
-// does not apply (never: every request gets a plan or a refusal).
-func decideOp(o Observation, leader string) Plan {
-	switch o.Op {
-	case OpRestart:
-		if !o.Running {
-			return plan(Refuse, "postgres is not running on %s", o.Self)
-		}
-		if !o.Standby.Standby && !o.HoldsLeader {
-			return plan(Refuse, "%s runs a primary without the leader key", o.Self)
-		}
-		return plan(Restart, "restart requested by the operator")
-	case OpReload:
-		if o.DataDir != pgctl.DataDirValid {
-			// Writing postgresql.conf into an empty directory would make
-			// it look foreign and block the clone for good.
-			return plan(Refuse, "%s has no valid data directory (%s); nothing to reload", o.Self, o.DataDir)
-		}
-		return plan(Reload, "reload requested by the operator")
-	case OpReinit:
-		if o.DataDir == pgctl.DataDirForeign {
-			return plan(Refuse, "the data directory of %s is not a PostgreSQL data directory; cifha does not touch it", o.Self)
-		}
-		if o.HoldsLeader || leader == o.Self {
-			return plan(Refuse, "%s is the leader: reinit would destroy the primary; switch over first", o.Self)
-		}
-		if leader == "" {
-			return plan(Refuse, "no leader to clone from")
-		}
-		addr, serving := o.upstream(leader)
-		if !serving {
-			return plan(Refuse, "leader %s is not serving; cannot clone from it", leader)
-		}
-		return Plan{Action: Reinit, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("reinit requested: re-cloning from %s", leader)}
-	case OpDropSlot:
-		if !o.HoldsLeader || o.PG == nil || o.PG.InRecovery {
-			return plan(Refuse, "%s is not the leader", o.Self)
-		}
-		if _, alive := o.Cluster.Members[o.OpArg]; alive {
-			return plan(Refuse, "member %s is alive (its agent holds a lease); stop it first", o.OpArg)
-		}
-		for k := range o.Cluster.Invalid {
-			if strings.HasSuffix(k, "/members/"+o.OpArg) {
-				return plan(Refuse, "member %s's key exists but cannot be read: it may be alive", o.OpArg)
-			}
-		}
-		return Plan{Action: DropSlot, Target: o.OpArg, Reason: fmt.Sprintf("removing member %s: dropping its replication slot", o.OpArg)}
-	}
-	return plan(Refuse, "unknown request %v", o.Op)
-}
-
 // finishOp reports the outcome of the pending request, if this iteration
 // handled it.
-func (a *Agent) finishOp(p Plan, err error) {
+func (a *Agent) finishOp(p ha.Plan, err error) {
 	r := a.pending
 	if r == nil {
 		return
 	}
 	a.pending = nil
 	switch p.Action {
-	case Restart, Reload, Reinit, DropSlot:
+	case ha.Restart, ha.Reload, ha.Reinit, ha.DropSlot:
 		r.done <- err
-	case Refuse:
+	case ha.Refuse:
 		r.done <- errors.New(p.Reason)
 	default:
 		r.done <- fmt.Errorf("not carried out: %s", p.Reason)
@@ -121,12 +53,12 @@ func (a *Agent) finishOp(p Plan, err error) {
 }
 
 // actOp carries out the operator actions.
-func (a *Agent) actOp(ctx context.Context, o Observation, p Plan) error {
+func (a *Agent) actOp(ctx context.Context, o ha.Observation, p ha.Plan) error {
 	pg := a.opt.PG
 	switch p.Action {
-	case Refuse:
+	case ha.Refuse:
 		return nil
-	case Reload:
+	case ha.Reload:
 		if err := pg.Configure(); err != nil {
 			return err
 		}
@@ -134,7 +66,7 @@ func (a *Agent) actOp(ctx context.Context, o Observation, p Plan) error {
 			return nil
 		}
 		return pg.Reload()
-	case Restart:
+	case ha.Restart:
 		primary := !o.Standby.Standby
 		if err := pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil {
 			return fmt.Errorf("restart: stop: %w", err)
@@ -149,17 +81,19 @@ func (a *Agent) actOp(ctx context.Context, o Observation, p Plan) error {
 			if !held {
 				return errors.New("restart: the leader key or lease changed while postgres was stopped; the loop decides from here")
 			}
-			a.madeWritable(lease)
+			if err := a.madeWritable(lease); err != nil {
+				return err
+			}
 		}
 		return a.start(ctx)
-	case Reinit:
+	case ha.Reinit:
 		if pg.Running() {
 			if err := pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil {
 				return fmt.Errorf("reinit: stop: %w", err)
 			}
 		}
 		return a.reclone(ctx, o, p)
-	case DropSlot:
+	case ha.DropSlot:
 		return pg.DropSlot(ctx, SlotName(p.Target))
 	}
 	return fmt.Errorf("unknown operator action %v", p.Action)
@@ -167,7 +101,7 @@ func (a *Agent) actOp(ctx context.Context, o Observation, p Plan) error {
 
 // reclone moves the data directory aside (never deletes it: it may hold
 // the only copy of some transactions) and clones the leader.
-func (a *Agent) reclone(ctx context.Context, o Observation, p Plan) error {
+func (a *Agent) reclone(ctx context.Context, o ha.Observation, p ha.Plan) error {
 	pg := a.opt.PG
 	host, port, err := splitAddr(p.TargetAddr)
 	if err != nil {
@@ -206,11 +140,18 @@ func (a *Agent) applyLimits(c election.Cluster) {
 	}
 	a.maxLag.Store(lag)
 	loop := a.opt.LoopInterval
-	if d, err := time.ParseDuration(cfg.LoopInterval); err == nil && d >= 100*time.Millisecond && (a.opt.TTL == 0 || d <= a.opt.TTL/2) {
-		loop = d
-	} else if cfg.LoopInterval != "" && a.badLoop != cfg.LoopInterval {
-		a.badLoop = cfg.LoopInterval
-		a.log.Warn("cluster loop_interval not valid for this member (at least 100ms, at most ttl/2); keeping the file's", "loop_interval", cfg.LoopInterval, "ttl", a.opt.TTL)
+	if cfg.LoopInterval != "" {
+		// The one timing rule, with this member's own ttl and margin.
+		d, err := time.ParseDuration(cfg.LoopInterval)
+		if err == nil {
+			err = ValidateDynamic(election.DynamicConfig{LoopInterval: cfg.LoopInterval}, nil, Limits{FenceMargin: a.opt.FenceMargin, TTL: a.opt.TTL})
+		}
+		if err == nil {
+			loop = d
+		} else if a.badLoop != cfg.LoopInterval {
+			a.badLoop = cfg.LoopInterval
+			a.log.Warn("cluster loop_interval not valid for this member; keeping the file's", "loop_interval", cfg.LoopInterval, "ttl", a.opt.TTL, "error", err)
+		}
 	}
 	if loop != a.loopInterval {
 		a.log.Info("loop interval changed", "interval", loop)
@@ -222,7 +163,7 @@ func (a *Agent) applyLimits(c election.Cluster) {
 // applyParams writes the cluster-wide postgres parameters when they
 // changed and reloads postgres; parameters that need a restart show up in
 // pg_settings.pending_restart, published for `cifhactl status`.
-func (a *Agent) applyParams(o Observation) {
+func (a *Agent) applyParams(o ha.Observation) {
 	if o.DCSErr != nil {
 		return
 	}

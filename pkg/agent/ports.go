@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/cifha/cifha/pkg/ha"
 	"time"
 
 	"github.com/cifha/cifha/pkg/election"
@@ -69,6 +70,9 @@ type DCS interface {
 	Acquire(ctx context.Context, rec election.LastLeader) (bool, error)
 	Repair(ctx context.Context) error
 	ClearStale(ctx context.Context, modRev int64) error
+	// ClearUnbound deletes a leader key bound to no lease, if unchanged
+	// since modRev.
+	ClearUnbound(ctx context.Context, modRev int64) error
 	Resign(ctx context.Context) error
 	PutMember(ctx context.Context, m election.Member) error
 	PutLastLeader(ctx context.Context, rec election.LastLeader) error
@@ -82,7 +86,7 @@ type DCS interface {
 // Peers reads other members' live state from their APIs.
 type Peers interface {
 	// Candidate fetches GET <apiURL>/wal within ctx.
-	Candidate(ctx context.Context, apiURL string) (Candidate, error)
+	Candidate(ctx context.Context, apiURL string) (ha.Candidate, error)
 }
 
 var _ DCS = (*election.Store)(nil)

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/ha"
 	"sync"
 	"time"
 
 	"github.com/cifha/cifha/pkg/election"
 	"github.com/cifha/cifha/pkg/pgctl"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // A planned switchover, as the old leader carries it out (one action of
@@ -76,54 +76,27 @@ func (w *switchWaiters) report(id string, r switchResult) {
 	}
 }
 
-// refuse is a candidate check's refusal; its text is shown as is.
-func refuse(format string, args ...any) error { return fmt.Errorf(format, args...) }
-
-// checkCandidate checks name as a switchover target against the leader's
-// WAL position, with the candidate's live state from its API.
+// checkCandidate reads the candidate's live state from its API and applies
+// the one switchover candidate rule (ha.CheckCandidate).
 func (a *Agent) checkCandidate(ctx context.Context, c election.Cluster, name string, leaderLSN pgctl.LSN) error {
-	if c.Paused {
-		return refuse("the cluster is paused (maintenance mode): resume it first")
+	chk := ha.CandidateCheck{Cluster: c, Self: a.opt.Name, Candidate: name, LeaderLSN: leaderLSN,
+		MaxLag: a.maxLag.Load(), RecentWindow: a.opt.RecentWindow}
+	if m, ok := c.Members[name]; ok && name != a.opt.Name && !c.Paused && !m.NoFailover {
+		if a.opt.Peers == nil {
+			chk.LiveErr = errors.New("no API client")
+		} else {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			chk.Live, chk.LiveErr = a.opt.Peers.Candidate(cctx, m.APIURL)
+			cancel()
+		}
 	}
-	if name == a.opt.Name {
-		return refuse("%s is already the leader", name)
-	}
-	m, ok := c.Members[name]
-	if !ok {
-		return refuse("%s is not a member of the cluster", name)
-	}
-	if m.NoFailover {
-		return refuse("%s is tagged nofailover", name)
-	}
-	if a.opt.Peers == nil {
-		return refuse("cannot reach %s's API", name)
-	}
-	cctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	cand, err := a.opt.Peers.Candidate(cctx, m.APIURL)
-	if err != nil {
-		return refuse("cannot read %s's state: %v", name, err)
-	}
-	switch {
-	case !cand.Running || !cand.InRecovery:
-		return refuse("%s is not a running standby", name)
-	case cand.StreamedAgo < 0 || cand.StreamedAgo > a.opt.RecentWindow:
-		return refuse("%s is not streaming from the leader", name)
-	}
-	lag := leaderLSN.Sub(cand.ReplayLSN)
-	if cand.ReplayPaused {
-		return refuse("%s has WAL replay paused (%d bytes behind); resume replay first", name, max(lag, 0))
-	}
-	if maxLag := a.maxLag.Load(); lag > maxLag {
-		return refuse("%s is %d bytes behind the leader, more than maximum_lag_on_failover (%d)", name, lag, maxLag)
-	}
-	return nil
+	return ha.CheckCandidate(chk)
 }
 
 // switchover carries out Plan Switchover (see above). It reports the
 // outcome to the waiting API request and returns nil when the outcome is a
 // clean refusal or roll back.
-func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
+func (a *Agent) switchover(ctx context.Context, o ha.Observation, p ha.Plan) error {
 	pg, dcs := a.opt.PG, a.opt.DCS
 	req := o.Cluster.Switchover
 	log := a.log.With("switchover_to", p.Target)
@@ -180,7 +153,9 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 		if err := pg.Configure(); err != nil {
 			return err
 		}
-		a.madeWritable(lease)
+		if err := a.madeWritable(lease); err != nil {
+			return err
+		}
 		if err := a.start(ctx); err != nil {
 			done(false, "switchover to %s failed (%s), and restarting %s as primary failed: %v", p.Target, why, a.opt.Name, err)
 			return err
@@ -257,7 +232,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, p Plan) error {
 }
 
 // awaitPromotion is step 6: the key is the candidate's now.
-func (a *Agent) awaitPromotion(ctx context.Context, p Plan, cd pgctl.ControlData, leaseID int64, done func(bool, string, ...any)) error {
+func (a *Agent) awaitPromotion(ctx context.Context, p ha.Plan, cd pgctl.ControlData, leaseID int64, done func(bool, string, ...any)) error {
 	pg, dcs := a.opt.PG, a.opt.DCS
 	deadline := a.now().Add(a.opt.SwitchoverTimeout)
 	promoting := false
@@ -306,7 +281,9 @@ func (a *Agent) awaitPromotion(ctx context.Context, p Plan, cd pgctl.ControlData
 				if err := pg.Configure(); err != nil {
 					return err
 				}
-				a.madeWritable(lease)
+				if err := a.madeWritable(lease); err != nil {
+					return err
+				}
 				a.roleOK = false
 				done(false, "switchover to %s failed: it lost the leader key before promoting; %s resumed as primary", p.Target, a.opt.Name)
 				return a.start(ctx)
@@ -329,9 +306,9 @@ func (a *Agent) awaitPromotion(ctx context.Context, p Plan, cd pgctl.ControlData
 // leader key on the lease it held when the action began (and that lease is
 // good past the fence margin): the condition for starting a writable
 // primary after postgres was stopped for a while.
-func (a *Agent) stillHolds(ctx context.Context, leaseID clientv3.LeaseID) (election.LeaseState, bool) {
+func (a *Agent) stillHolds(ctx context.Context, leaseID int64) (election.LeaseState, bool) {
 	lease := a.opt.DCS.Lease()
-	if lease.ID != leaseID || !lease.Held(a.now().Add(a.opt.FenceMargin)) {
+	if lease.ID != leaseID || a.gateNow(lease) != nil {
 		return lease, false
 	}
 	c, err := a.opt.DCS.Read(ctx)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"github.com/cifha/cifha/pkg/ha"
 	"strings"
 	"testing"
 	"time"
@@ -15,8 +16,8 @@ import (
 // checkpoint (1000).
 type caughtUp struct{ replay pgctl.LSN }
 
-func (c caughtUp) Candidate(context.Context, string) (Candidate, error) {
-	return Candidate{Running: true, InRecovery: true, ReceiveLSN: c.replay, ReplayLSN: c.replay}, nil
+func (c caughtUp) Candidate(context.Context, string) (ha.Candidate, error) {
+	return ha.Candidate{Running: true, InRecovery: true, ReceiveLSN: c.replay, ReplayLSN: c.replay}, nil
 }
 
 // switchingLeader is db1 leading a running primary, with db2 a streaming
@@ -53,7 +54,7 @@ func TestLoopSwitchover(t *testing.T) {
 	if err := a.Iterate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if a.lastPlan.Action != Switchover {
+	if a.lastPlan.Action != ha.Switchover {
 		t.Fatalf("plan %v", a.lastPlan)
 	}
 	if !has(pg.calls, "stop fast", "controldata", "configure", "set-standby db2", "start") || has(pg.calls, "rewind 10.0.1.2") {
@@ -179,7 +180,7 @@ func TestLoopSwitchoverRollbackNeedsTheKey(t *testing.T) {
 	a.now = func() time.Time { clk.Advance(100 * time.Millisecond); return clk.Now() }
 	a.opt.SwitchoverTimeout = time.Second
 	calls := 0
-	a.opt.Peers = peerFunc(func() (Candidate, error) {
+	a.opt.Peers = peerFunc(func() (ha.Candidate, error) {
 		calls++
 		if calls > 1 { // after the candidate check: the lease is replaced, the key is on the old one
 			dcs.lease.ID = 99
@@ -196,6 +197,6 @@ func TestLoopSwitchoverRollbackNeedsTheKey(t *testing.T) {
 	}
 }
 
-type peerFunc func() (Candidate, error)
+type peerFunc func() (ha.Candidate, error)
 
-func (f peerFunc) Candidate(context.Context, string) (Candidate, error) { return f() }
+func (f peerFunc) Candidate(context.Context, string) (ha.Candidate, error) { return f() }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/ha"
 	"net"
 	"net/url"
 	"os"
@@ -165,6 +166,11 @@ type HA struct {
 	// ttl/3 (one missed renewal must not demote) and at least 300ms (room for
 	// a fast stop escalated to immediate).
 	FenceMargin Duration `toml:"fence_margin"`
+	// PrimaryStartTimeout: when the leader's postgres has failed to start
+	// as primary for this long, the leader releases the key so that a
+	// qualifying standby takes over (Patroni's master_start_timeout).
+	// Default 300s; 0 disables it (the leader keeps trying forever).
+	PrimaryStartTimeout Duration `toml:"primary_start_timeout"`
 	// MaximumLagOnFailover: a standby whose received WAL is further than
 	// this behind the last position the leader published is not promoted.
 	MaximumLagOnFailover string `toml:"maximum_lag_on_failover"`
@@ -212,14 +218,17 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.Strin
 // Defaults for the HA section.
 const (
 	DefaultTTL          = 10 * time.Second
-	MinTTL              = 2 * time.Second
+	MinTTL              = ha.MinTTL
 	DefaultLoopInterval = time.Second
-	MinLoopInterval     = 50 * time.Millisecond
+	MinLoopInterval     = ha.MinLoopInterval
 	DefaultDialTimeout  = 2 * time.Second
 	DefaultStartTimeout = 30 * time.Second
 	// DefaultSwitchoverTimeout is ha.switchover_timeout's default.
 	DefaultSwitchoverTimeout = 30 * time.Second
-	MinFenceMargin           = 300 * time.Millisecond
+	MinFenceMargin           = ha.MinFenceMargin
+	// DefaultPrimaryStartTimeout is ha.primary_start_timeout's default
+	// (Patroni's master_start_timeout default).
+	DefaultPrimaryStartTimeout = 300 * time.Second
 )
 
 // Default returns a configuration with every optional key at its default.
@@ -238,6 +247,7 @@ func Default() Config {
 			LoopInterval:         Duration{DefaultLoopInterval},
 			StartTimeout:         Duration{DefaultStartTimeout},
 			SwitchoverTimeout:    Duration{DefaultSwitchoverTimeout},
+			PrimaryStartTimeout:  Duration{DefaultPrimaryStartTimeout},
 			MaximumLagOnFailover: "1MB",
 			PromoteMethod:        "pg_ctl",
 		},
@@ -551,39 +561,29 @@ func (c *Config) validate() []*FieldError {
 	}
 
 	// ha
-	ttl := c.HA.TTL.Duration
-	switch {
-	case ttl < MinTTL:
-		bad("ha.ttl", "%s is below the minimum %s", ttl, MinTTL)
-	case ttl%time.Second != 0:
-		bad("ha.ttl", "%s must be whole seconds (etcd leases count seconds)", ttl)
+	// The one timing rule (ttl, loop interval, fence margin, dial
+	// timeout) is ha.Timing.Validate; the cluster-wide settings and the ttl
+	// read at start use the same function.
+	if err := c.HA.Timing(c.Etcd.DialTimeout.Duration).Validate(); err != nil {
+		for _, e := range unjoin(err) {
+			var te *ha.TimingError
+			if errors.As(e, &te) {
+				key := "ha." + te.Key
+				if te.Key == "dial_timeout" {
+					key = "etcd.dial_timeout"
+				}
+				bad(key, "%s %s", te.Value, te.Problem)
+			}
+		}
 	}
-	li := c.HA.LoopInterval.Duration
-	switch {
-	case li < MinLoopInterval:
-		bad("ha.loop_interval", "%s is below the minimum %s", li, MinLoopInterval)
-	case ttl >= MinTTL && li > ttl/3:
-		// The loop is what notices trouble; it must run several times per ttl.
-		bad("ha.loop_interval", "%s must be at most ttl/3 (%s)", li, ttl/3)
-	}
-	if ttl >= MinTTL && c.Etcd.DialTimeout.Duration >= ttl/2 {
-		// A dial that outlasts half the lease leaves no time to renew it.
-		bad("etcd.dial_timeout", "%s must be less than ttl/2 (%s)", c.Etcd.DialTimeout.Duration, ttl/2)
+	if c.HA.PrimaryStartTimeout.Duration < 0 {
+		bad("ha.primary_start_timeout", "%s must not be negative (0 disables it)", c.HA.PrimaryStartTimeout.Duration)
 	}
 	if c.HA.SwitchoverTimeout.Duration <= 0 {
 		bad("ha.switchover_timeout", "%s must be positive", c.HA.SwitchoverTimeout.Duration)
 	}
 	if c.HA.StartTimeout.Duration <= 0 {
 		bad("ha.start_timeout", "%s must be positive", c.HA.StartTimeout.Duration)
-	}
-	if ttl >= MinTTL {
-		m := c.HA.FenceMargin.Duration
-		switch {
-		case m < MinFenceMargin:
-			bad("ha.fence_margin", "%s is below the minimum %s (a fast stop escalated to immediate needs room)", m, MinFenceMargin)
-		case m > ttl/3:
-			bad("ha.fence_margin", "%s must be at most ttl/3 (%s): one missed renewal must not demote", m, ttl/3)
-		}
 	}
 	if n, err := ParseBytes(c.HA.MaximumLagOnFailover); err != nil {
 		bad("ha.maximum_lag_on_failover", "%v", err)
@@ -715,3 +715,15 @@ func newLocator(data []byte) *locator {
 }
 
 func (l *locator) line(key string) int { return l.lines[key] }
+
+// Timing returns the durations the one timing rule (ha.Timing) checks.
+func (h HA) Timing(dial time.Duration) ha.Timing {
+	return ha.Timing{TTL: h.TTL.Duration, LoopInterval: h.LoopInterval.Duration, FenceMargin: h.FenceMargin.Duration, DialTimeout: dial}
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}

@@ -28,7 +28,7 @@ func newNode(t *testing.T, endpoint, name string, ttl time.Duration) *node {
 		t.Fatal(err)
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Warn, Output: testWriter{t}})
-	sess := NewSession(cli, ttl, log)
+	sess := NewSession(cli, ttl, log, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{cli: cli, sess: sess, store: NewStore(cli, "test", name, sess, log), cancel: cancel, done: make(chan struct{})}
 	go func() { sess.Run(ctx); close(n.done) }()

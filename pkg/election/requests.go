@@ -1,7 +1,6 @@
 package election
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,73 +18,6 @@ func (k Keys) Failover() string { return k.Prefix + "failover" }
 
 // Config is the cluster-wide settings key (`cifhactl set`, `edit-config`).
 func (k Keys) Config() string { return k.Prefix + "config" }
-
-// SwitchoverRequest asks the leader From to hand over to To, at At (zero:
-// now). Only the leader named in From acts on it.
-type SwitchoverRequest struct {
-	ID          string    `json:"id"`
-	From        string    `json:"from"`
-	To          string    `json:"to"`
-	At          time.Time `json:"at,omitzero"`
-	RequestedAt time.Time `json:"requested_at"`
-	// ModRev is the key's mod revision as read (not stored).
-	ModRev int64 `json:"-"`
-}
-
-// FailoverRequest asks member To to take over a cluster without a leader,
-// accepting that it may lack the last transactions.
-type FailoverRequest struct {
-	To          string    `json:"to"`
-	RequestedAt time.Time `json:"requested_at"`
-	ModRev      int64     `json:"-"`
-}
-
-// DynamicConfig is the cluster-wide settings kept in etcd. Every agent
-// applies them over its file configuration. Nil or empty fields mean "the
-// file's value".
-type DynamicConfig struct {
-	TTL                  string            `json:"ttl,omitempty"`
-	LoopInterval         string            `json:"loop_interval,omitempty"`
-	MaximumLagOnFailover *int64            `json:"maximum_lag_on_failover,omitempty"`
-	Parameters           map[string]string `json:"parameters,omitempty"`
-}
-
-func parseSwitchover(b []byte) (*SwitchoverRequest, error) {
-	var r SwitchoverRequest
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("switchover request is not valid JSON: %v", err)
-	}
-	if !ValidName(r.From) || !ValidName(r.To) {
-		return nil, errors.New("switchover request lacks valid from/to member names")
-	}
-	return &r, nil
-}
-
-func parseFailover(b []byte) (*FailoverRequest, error) {
-	var r FailoverRequest
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("failover request is not valid JSON: %v", err)
-	}
-	if !ValidName(r.To) {
-		return nil, errors.New("failover request lacks a valid member name")
-	}
-	return &r, nil
-}
-
-// ParseDynamicConfig decodes the config key strictly (unknown fields are an
-// error: a typo must not be silently ignored).
-func ParseDynamicConfig(b []byte) (DynamicConfig, error) {
-	var c DynamicConfig
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return DynamicConfig{}, fmt.Errorf("cluster config is not valid: %v", err)
-	}
-	if dec.More() {
-		return DynamicConfig{}, errors.New("cluster config: trailing data")
-	}
-	return c, nil
-}
 
 // RequestSwitchover stores a switchover request unless one is pending.
 func (s *Store) RequestSwitchover(ctx context.Context, r SwitchoverRequest) (bool, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/ha"
 	"sync"
 	"time"
 
@@ -11,20 +12,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
-
-// LeaseState is the agent's lease as the agent itself knows it.
-type LeaseState struct {
-	ID clientv3.LeaseID
-	// ValidUntil is a lower bound on when etcd can expire the lease: the
-	// monotonic send time of the last successful grant or renewal plus the
-	// TTL. etcd starts the TTL no earlier than it receives the request, and
-	// only ever extends lease timers across its own leader changes, so the
-	// lease cannot expire before ValidUntil. Zero when there is no lease.
-	ValidUntil time.Time
-}
-
-// Held reports whether the lease is known to be alive at now.
-func (l LeaseState) Held(now time.Time) bool { return l.ID != 0 && now.Before(l.ValidUntil) }
 
 // Session owns one etcd lease: it grants it, renews it every TTL/3 from its
 // own goroutine (so a busy agent loop does not let it lapse), and records
@@ -43,10 +30,18 @@ type Session struct {
 	changed chan struct{}
 }
 
-// NewSession returns a session with no lease yet; call Run.
-func NewSession(cli *clientv3.Client, ttl time.Duration, log hclog.Logger) *Session {
-	return &Session{cli: cli, ttl: ttl, log: log, now: time.Now, changed: make(chan struct{}, 1)}
+// NewSession returns a session with no lease yet; call Run. now is the
+// clock deadlines are measured on (BootClock in the daemon; the agent must
+// use the same one); nil means BootClock.
+func NewSession(cli *clientv3.Client, ttl time.Duration, log hclog.Logger, now func() time.Time) *Session {
+	if now == nil {
+		now = BootClock()
+	}
+	return &Session{cli: cli, ttl: ttl, log: log, now: now, changed: make(chan struct{}, 1)}
 }
+
+// TTL is the lease's time to live.
+func (s *Session) TTL() time.Duration { return s.ttl }
 
 // State returns the current lease and its deadline.
 func (s *Session) State() LeaseState {
@@ -65,18 +60,24 @@ func (s *Session) notify() {
 	}
 }
 
-// Interval is the renewal period, TTL/3: one missed renewal still leaves a
-// third of the TTL before the deadline.
-func (s *Session) Interval() time.Duration { return s.ttl / 3 }
+// timing is the one timing rule's view of this session's ttl (renewal
+// interval, attempt timeout, retry delay: ha.Timing).
+func (s *Session) timing() ha.Timing { return ha.Timing{TTL: s.ttl} }
+
+// Interval is the renewal period (ha.Timing.RenewInterval, ttl/4).
+func (s *Session) Interval() time.Duration { return s.timing().RenewInterval() }
 
 // Run grants and renews the lease until ctx ends, then revokes it (unless
 // Abandon was called).
 //
 // Renewals are scheduled from the send time of the last successful one,
-// every TTL/3, and each call is bounded by TTL/6; a failed call is retried
-// after TTL/12. So one hung or lost renewal costs at most TTL/6 and is
-// retried well before the deadline, and a primary is fenced only after
-// renewals have failed for about 2/3 of the TTL minus the fence margin.
+// every RenewInterval (ttl/4); each call is bounded by RenewAttemptTimeout
+// (ttl/8) and carries WithRequireLeader, so a member that lost its quorum
+// leader fails it at once instead of hanging; a failed call is retried
+// after RenewRetryDelay (ttl/20). ha.Timing.Validate guarantees that at
+// least two full attempts fit between the last success and the fence for
+// every allowed ttl and margin: one slow request never demotes a healthy
+// primary.
 func (s *Session) Run(ctx context.Context) {
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -90,7 +91,7 @@ func (s *Session) Run(ctx context.Context) {
 		sent := s.now()
 		wait := s.Interval()
 		if !s.tick(ctx, sent) {
-			wait = s.ttl / 12
+			wait = s.timing().RenewRetryDelay()
 		} else if d := sent.Add(s.Interval()).Sub(s.now()); d < wait {
 			wait = d
 		}
@@ -113,7 +114,7 @@ func (s *Session) Abandon() {
 // tick grants or renews once; it reports success.
 func (s *Session) tick(ctx context.Context, sent time.Time) bool {
 	cur := s.State()
-	rctx, cancel := context.WithTimeout(ctx, s.ttl/6)
+	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.timing().RenewAttemptTimeout())
 	defer cancel()
 	if cur.ID == 0 {
 		resp, err := s.cli.Grant(rctx, int64(s.ttl/time.Second))
@@ -122,13 +123,13 @@ func (s *Session) tick(ctx context.Context, sent time.Time) bool {
 			return false
 		}
 		s.mu.Lock()
-		s.state = LeaseState{ID: resp.ID, ValidUntil: sent.Add(minDur(s.ttl, time.Duration(resp.TTL)*time.Second))}
+		s.state = LeaseState{ID: int64(resp.ID), ValidUntil: sent.Add(minDur(s.ttl, time.Duration(resp.TTL)*time.Second))}
 		s.mu.Unlock()
 		s.log.Debug("lease granted", "lease", fmt.Sprintf("%x", int64(resp.ID)), "ttl", resp.TTL)
 		s.notify()
 		return true
 	}
-	resp, err := s.cli.KeepAliveOnce(rctx, cur.ID)
+	resp, err := s.cli.KeepAliveOnce(rctx, clientv3.LeaseID(cur.ID))
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			s.log.Warn("lease expired", "lease", fmt.Sprintf("%x", int64(cur.ID)))
@@ -159,7 +160,7 @@ func (s *Session) revoke() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if _, err := s.cli.Revoke(ctx, cur.ID); err != nil {
+	if _, err := s.cli.Revoke(ctx, clientv3.LeaseID(cur.ID)); err != nil {
 		s.log.Debug("lease revoke failed", "error", err)
 	}
 	s.mu.Lock()

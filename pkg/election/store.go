@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/cifha/cifha/pkg/ha"
+	"github.com/cifha/cifha/pkg/state"
 	"strings"
 	"time"
 
@@ -54,7 +56,7 @@ type Store struct {
 // NewStore returns the Store of member name in cluster, using sess's lease.
 func NewStore(cli *clientv3.Client, cluster, name string, sess *Session, log hclog.Logger) *Store {
 	return &Store{cli: cli, keys: KeysFor(cluster), name: name, sess: sess, log: log,
-		rpcTO: minDur(sess.Interval(), 2*time.Second)}
+		rpcTO: ha.Timing{TTL: sess.TTL()}.RequestTimeout()}
 }
 
 // Keys returns the cluster's keys.
@@ -64,7 +66,9 @@ func (s *Store) Keys() Keys { return s.keys }
 func (s *Store) Lease() LeaseState { return s.sess.State() }
 
 func (s *Store) rpc(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.rpcTO)
+	// WithRequireLeader: a member cut off from its quorum leader answers
+	// at once with an error instead of letting the request hang.
+	return context.WithTimeout(clientv3.WithRequireLeader(ctx), s.rpcTO)
 }
 
 // Read reads the whole cluster in one request.
@@ -103,7 +107,7 @@ func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
 			// Any value pauses: an unreadable pause key is not "not paused".
 			c.Paused = true
 		case k == keys.Switchover():
-			r, err := parseSwitchover(kv.Value)
+			r, err := state.ParseSwitchover(kv.Value)
 			if err != nil {
 				c.Invalid[k] = err.Error()
 				continue
@@ -111,7 +115,7 @@ func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
 			r.ModRev = kv.ModRevision
 			c.Switchover = r
 		case k == keys.Failover():
-			r, err := parseFailover(kv.Value)
+			r, err := state.ParseFailover(kv.Value)
 			if err != nil {
 				c.Invalid[k] = err.Error()
 				continue
@@ -197,7 +201,7 @@ func (s *Store) Acquire(ctx context.Context, rec LastLeader) (bool, error) {
 	defer cancel()
 	k := s.keys.Leader()
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
-		Then(clientv3.OpPut(k, s.name, clientv3.WithLease(lease.ID)), clientv3.OpPut(s.keys.LastLeader(), string(b))).
+		Then(clientv3.OpPut(k, s.name, clientv3.WithLease(clientv3.LeaseID(lease.ID))), clientv3.OpPut(s.keys.LastLeader(), string(b))).
 		Commit()
 	if err != nil {
 		return false, fmt.Errorf("acquire leader: %w", err)
@@ -241,7 +245,7 @@ func (s *Store) Repair(ctx context.Context) error {
 	defer cancel()
 	k := s.keys.Leader()
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", s.leaderRev)).
-		Then(clientv3.OpPut(k, s.name, clientv3.WithLease(lease.ID))).Commit()
+		Then(clientv3.OpPut(k, s.name, clientv3.WithLease(clientv3.LeaseID(lease.ID)))).Commit()
 	if err != nil {
 		return fmt.Errorf("repair leader key: %w", err)
 	}
@@ -268,6 +272,21 @@ func (s *Store) ClearStale(ctx context.Context, modRev int64) error {
 		Then(clientv3.OpDelete(k)).Commit()
 	if err != nil {
 		return fmt.Errorf("clear stale leader key: %w", err)
+	}
+	return nil
+}
+
+// ClearUnbound deletes a leader key that is bound to no lease (written by
+// hand: it would never expire), if it has not changed since it was read
+// (modRev) and is still lease-less.
+func (s *Store) ClearUnbound(ctx context.Context, modRev int64) error {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Leader()
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", modRev), clientv3.Compare(clientv3.LeaseValue(k), "=", 0)).
+		Then(clientv3.OpDelete(k)).Commit()
+	if err != nil {
+		return fmt.Errorf("clear lease-less leader key: %w", err)
 	}
 	return nil
 }
@@ -303,7 +322,7 @@ func (s *Store) PutMember(ctx context.Context, m Member) error {
 	}
 	ctx, cancel := s.rpc(ctx)
 	defer cancel()
-	if _, err := s.cli.Put(ctx, s.keys.Member(s.name), string(b), clientv3.WithLease(lease.ID)); err != nil {
+	if _, err := s.cli.Put(ctx, s.keys.Member(s.name), string(b), clientv3.WithLease(clientv3.LeaseID(lease.ID))); err != nil {
 		return fmt.Errorf("publish member: %w", err)
 	}
 	return nil

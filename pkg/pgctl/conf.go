@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/state"
 	"net"
 	"os"
 	"path/filepath"
@@ -237,12 +238,7 @@ func ClearStandby(dataDir string, v Version) error {
 }
 
 // StandbyState is what the files in a data directory say about its role.
-type StandbyState struct {
-	// Standby is true when postgres would start in standby mode.
-	Standby bool
-	// Target is the recorded "<leader> <host>:<port>" ("" if unknown).
-	Target string
-}
+type StandbyState = state.StandbyState
 
 // ReadStandby reports whether dataDir is configured as a standby and whom it follows.
 func ReadStandby(dataDir string) (StandbyState, error) {

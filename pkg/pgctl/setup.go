@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/state"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,22 +12,15 @@ import (
 	"strings"
 )
 
-// DataDirState classifies a data directory before cifha touches it.
-type DataDirState int
+// DataDirState classifies a data directory (see state.DataDirState).
+type DataDirState = state.DataDirState
 
 // Data directory states.
 const (
-	// DataDirMissing: absent or empty; cifha may create it.
-	DataDirMissing DataDirState = iota
-	// DataDirValid: has PG_VERSION and global/pg_control.
-	DataDirValid
-	// DataDirForeign: not empty and not a data directory; never touched.
-	DataDirForeign
+	DataDirMissing = state.DataDirMissing
+	DataDirValid   = state.DataDirValid
+	DataDirForeign = state.DataDirForeign
 )
-
-func (s DataDirState) String() string {
-	return [...]string{"missing", "valid", "foreign"}[s]
-}
 
 // InspectDataDir tells whether dataDir is missing/empty, a data directory,
 // or something else that must not be touched.

@@ -4,75 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
+	"github.com/cifha/cifha/pkg/state"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
-// LSN is a WAL position.
-type LSN uint64
+// WAL positions and status values live in pkg/state (pure, no I/O).
+type (
+	LSN     = state.LSN
+	Status  = state.Status
+	Replica = state.Replica
+	Slot    = state.Slot
+)
 
 // ParseLSN parses "16/B374D848".
-func ParseLSN(s string) (LSN, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, fmt.Errorf("parse lsn %q", s)
-	}
-	h, err1 := strconv.ParseUint(hi, 16, 32)
-	l, err2 := strconv.ParseUint(lo, 16, 32)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("parse lsn %q", s)
-	}
-	return LSN(h<<32 | l), nil
-}
-
-func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint64(l)>>32, uint64(l)&0xffffffff) }
-
-// Sub returns l - o in bytes, or 0 when o is ahead.
-func (l LSN) Sub(o LSN) int64 {
-	if o >= l {
-		return 0
-	}
-	return int64(l - o)
-}
-
-// Status is one observation of a running postgres.
-type Status struct {
-	InRecovery bool
-	Timeline   int
-	// CurrentLSN is pg_current_wal_lsn() on a primary, 0 on a standby.
-	CurrentLSN LSN
-	// ReceiveLSN and ReplayLSN are a standby's positions (0 on a primary).
-	ReceiveLSN   LSN
-	ReplayLSN    LSN
-	ReplayPaused bool
-	// WalReceiver is pg_stat_wal_receiver.status ("streaming", ...) or "".
-	WalReceiver string
-	// Replication lists the standbys connected to a primary.
-	Replication []Replica
-	// Slots lists physical replication slots.
-	Slots []Slot
-	// PendingRestart lists parameters changed in the files that take
-	// effect only after a restart (pg_settings.pending_restart, 9.5+).
-	PendingRestart []string
-}
-
-// Replica is one row of pg_stat_replication.
-type Replica struct {
-	Name      string `json:"name"`
-	State     string `json:"state"`
-	SentLSN   LSN    `json:"-"`
-	ReplayLSN LSN    `json:"-"`
-	SyncState string `json:"sync_state"`
-}
-
-// Slot is one physical replication slot.
-type Slot struct {
-	Name   string
-	Active bool
-}
+func ParseLSN(s string) (LSN, error) { return state.ParseLSN(s) }
 
 // Queries is the version-specific SQL cifha reads state with.
 type Queries struct {

@@ -1,13 +1,11 @@
-package agent
+package ha
 
 import (
 	"errors"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/cifha/cifha/pkg/election"
-	"github.com/cifha/cifha/pkg/pgctl"
+	"github.com/cifha/cifha/pkg/state"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -17,9 +15,9 @@ var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 func obs(opts ...func(*Observation)) Observation {
 	o := Observation{
 		Now: t0, Self: "db1", FenceMargin: time.Second,
-		DataDir: pgctl.DataDirValid,
-		Lease:   election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)},
-		Cluster: election.Cluster{Members: map[string]election.Member{}, Invalid: map[string]string{}},
+		DataDir: state.DataDirValid,
+		Lease:   state.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)},
+		Cluster: state.Cluster{Members: map[string]state.Member{}, Invalid: map[string]string{}},
 	}
 	for _, f := range opts {
 		f(&o)
@@ -27,22 +25,22 @@ func obs(opts ...func(*Observation)) Observation {
 	return o
 }
 
-func emptyDir(o *Observation) { o.DataDir = pgctl.DataDirMissing }
+func emptyDir(o *Observation) { o.DataDir = state.DataDirMissing }
 func writable(o *Observation) { o.WritableLease = 7 }
 func standbyFiles(target string) func(*Observation) {
-	return func(o *Observation) { o.Standby = pgctl.StandbyState{Standby: true, Target: target} }
+	return func(o *Observation) { o.Standby = state.StandbyState{Standby: true, Target: target} }
 }
 func runningPrimary(o *Observation) {
 	o.Running = true
-	o.PG = &pgctl.Status{Timeline: 1, CurrentLSN: 100}
+	o.PG = &state.Status{Timeline: 1, CurrentLSN: 100}
 }
 func runningStandby(o *Observation) {
 	o.Running = true
-	o.PG = &pgctl.Status{InRecovery: true, Timeline: 1, WalReceiver: "streaming"}
+	o.PG = &state.Status{InRecovery: true, Timeline: 1, WalReceiver: "streaming"}
 }
 func leaderKey(name string) func(*Observation) {
 	return func(o *Observation) {
-		o.Cluster.Leader = &election.Leader{Name: name, Valid: election.ValidName(name), CreateRev: 5, ModRev: 5, Lease: 9}
+		o.Cluster.Leader = &state.Leader{Name: name, Valid: state.ValidName(name), CreateRev: 5, ModRev: 5, Lease: 9}
 	}
 }
 func holds(o *Observation) {
@@ -50,22 +48,22 @@ func holds(o *Observation) {
 	o.Cluster.Leader.Lease = 7
 	o.HoldsLeader, o.OwnsLeaderKey = true, true
 }
-func member(name, role, state, addr string) func(*Observation) {
+func member(name, role, st, addr string) func(*Observation) {
 	return func(o *Observation) {
-		o.Cluster.Members[name] = election.Member{Name: name, Role: role, State: state, ConnAddress: addr}
+		o.Cluster.Members[name] = state.Member{Name: name, Role: role, State: st, ConnAddress: addr}
 	}
 }
 func initialized(by string) func(*Observation) {
 	return func(o *Observation) { o.Cluster.Initialize = by }
 }
 func lastLeader(name string, tl int) func(*Observation) {
-	return func(o *Observation) { o.Cluster.LastLeader = &election.LastLeader{Name: name, Timeline: tl} }
+	return func(o *Observation) { o.Cluster.LastLeader = &state.LastLeader{Name: name, Timeline: tl} }
 }
 func at(d time.Duration) func(*Observation) { return func(o *Observation) { o.Now = t0.Add(d) } }
 
 // failover builds a running standby of db1 whose leader key is gone: it
 // streamed 1 s ago and has received recv; the last leader published 0/1000.
-func failover(recv pgctl.LSN, opts ...func(*Observation)) Observation {
+func failover(recv state.LSN, opts ...func(*Observation)) Observation {
 	base := []func(*Observation){standbyFiles("db9 10.0.1.9:5432"), runningStandby, lastLeader("db9", 1), func(o *Observation) {
 		o.Cluster.LastLeader.LSN = "0/1000"
 		o.PG.ReceiveLSN, o.PG.ReplayLSN = recv, recv
@@ -76,9 +74,9 @@ func failover(recv pgctl.LSN, opts ...func(*Observation)) Observation {
 }
 
 // peer adds another replica with a live position.
-func peer(name string, recv pgctl.LSN, prio int, tags ...string) func(*Observation) {
+func peer(name string, recv state.LSN, prio int, tags ...string) func(*Observation) {
 	return func(o *Observation) {
-		o.Cluster.Members[name] = election.Member{Name: name, Role: "replica", State: "streaming"}
+		o.Cluster.Members[name] = state.Member{Name: name, Role: "replica", State: "streaming"}
 		c := Candidate{Running: true, InRecovery: true, Timeline: 1, ReceiveLSN: recv, ReplayLSN: recv, FailoverPriority: prio, StreamedAgo: time.Second}
 		for _, t := range tags {
 			switch t {
@@ -98,7 +96,7 @@ func peer(name string, recv pgctl.LSN, prio int, tags ...string) func(*Observati
 
 func switchover(from, to string, at time.Time) func(*Observation) {
 	return func(o *Observation) {
-		o.Cluster.Switchover = &election.SwitchoverRequest{ID: "x", From: from, To: to, At: at}
+		o.Cluster.Switchover = &state.SwitchoverRequest{ID: "x", From: from, To: to, At: at}
 	}
 }
 
@@ -117,10 +115,10 @@ func TestDecideFailover(t *testing.T) {
 		{"leader gone, only candidate, caught up -> take over", failover(0x1000), TakeOver},
 		{"manual failover to this member overrides the lag gate", failover(0x1000, func(o *Observation) {
 			o.Cluster.LastLeader.LSN = "1/0"
-			o.Cluster.Failover = &election.FailoverRequest{To: "db1"}
+			o.Cluster.Failover = &state.FailoverRequest{To: "db1"}
 		}), TakeOver},
-		{"manual failover to this member overrides a better peer", failover(0x900, peer("db2", 0x1000, 0), func(o *Observation) { o.Cluster.Failover = &election.FailoverRequest{To: "db1"} }), TakeOver},
-		{"manual failover to another member -> wait, even when best", failover(0x1000, func(o *Observation) { o.Cluster.Failover = &election.FailoverRequest{To: "db2"} }), Wait},
+		{"manual failover to this member overrides a better peer", failover(0x900, peer("db2", 0x1000, 0), func(o *Observation) { o.Cluster.Failover = &state.FailoverRequest{To: "db1"} }), TakeOver},
+		{"manual failover to another member -> wait, even when best", failover(0x1000, func(o *Observation) { o.Cluster.Failover = &state.FailoverRequest{To: "db2"} }), Wait},
 		{"leader gone, ahead of the other standby -> take over", failover(0x1000, peer("db2", 0x900, 0)), TakeOver},
 		{"leader gone, another standby received more -> wait for it", failover(0x900, peer("db2", 0x1000, 0)), Wait},
 		{"equal received, replay decides", failover(0x1000, peer("db2", 0x1000, 0), func(o *Observation) { o.PG.ReplayLSN = 0x800 }), Wait},
@@ -128,26 +126,33 @@ func TestDecideFailover(t *testing.T) {
 		{"equal positions and priority, name breaks the tie (db1 < db2)", failover(0x1000, peer("db2", 0x1000, 0)), TakeOver},
 		{"better peer is tagged nofailover -> it does not count", failover(0x900, peer("db2", 0x1000, 0, "nofailover")), TakeOver},
 		{"better peer's postgres is down -> it does not count", failover(0x900, peer("db2", 0x1000, 0, "down")), TakeOver},
-		{"better peer has not streamed recently -> not a candidate, no blocker", failover(0x900, peer("db2", 0x1000, 0, "stale")), TakeOver},
+		{"better peer has not streamed recently and lacks WAL -> not a candidate, no blocker", failover(0x900, peer("db2", 0xF00, 0, "stale")), TakeOver},
+		{"hole 6: peer that has all of the last leader's WAL is a candidate though it has not streamed recently", failover(0x900, peer("db2", 0x1000, 0, "stale")), Wait},
 		{"a peer cannot be read -> refuse on incomplete data", failover(0x1000, peer("db2", 0, 0, "unreachable")), Wait},
 		{"this member is tagged nofailover -> wait", failover(0x1000, func(o *Observation) { o.NoFailover = true }), Wait},
 		{"lag beyond maximum_lag_on_failover -> wait", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader.LSN = "0/2000000" }), Wait},
 		{"lag exactly at the limit -> take over", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader.LSN = "0/101000" }), TakeOver},
 		{"every standby lags -> nobody promotes", failover(0x1000, peer("db2", 0x1000, 0), func(o *Observation) { o.Cluster.LastLeader.LSN = "1/0" }), Wait},
 		{"peer beyond the lag limit is not a better candidate", failover(0x1000, peer("db2", 0x5000000, 0), func(o *Observation) { o.Cluster.LastLeader.LSN = "0/5000000"; o.MaxLag = 0x5000000 - 0x1000 }), Wait},
-		{"not streamed recently -> not a safe candidate", failover(0x1000, func(o *Observation) { o.LastStreamed = t0.Add(-time.Minute) }), Wait},
-		{"never streamed -> not a safe candidate", failover(0x1000, func(o *Observation) { o.LastStreamed = time.Time{} }), Wait},
-		{"leader ran a longer ttl (30 s) than this member (window 6 s): streamed 40 s ago still counts", failover(0x1000, func(o *Observation) {
+		{"not streamed recently and lacking WAL -> not a safe candidate", failover(0xF00, func(o *Observation) { o.LastStreamed = t0.Add(-time.Minute) }), Wait},
+		{"never streamed and lacking WAL -> not a safe candidate", failover(0xF00, func(o *Observation) { o.LastStreamed = time.Time{} }), Wait},
+		{"hole 6: agent restarted (never saw itself stream) but has all of the last leader's WAL -> take over", failover(0x1000, func(o *Observation) { o.LastStreamed = time.Time{} }), TakeOver},
+		{"hole 6: rejoined a minute ago, has all of the last leader's WAL -> take over", failover(0x1200, func(o *Observation) { o.LastStreamed = t0.Add(-time.Minute) }), TakeOver},
+		{"hole 2: this standby is on an older timeline than the last leader -> never takes over, whatever its LSN", failover(0x9000, func(o *Observation) { o.Cluster.LastLeader.Timeline = 2 }), Wait},
+		{"hole 2: a peer on an older timeline than the last leader is no candidate and no blocker", failover(0x1000, peer("db2", 0x9000, 0), func(o *Observation) {
+			o.Cluster.LastLeader.Timeline, o.PG.Timeline = 2, 2
+		}), TakeOver},
+		{"leader ran a longer ttl (30 s) than this member (window 6 s): streamed 40 s ago still counts", failover(0xF00, func(o *Observation) {
 			o.LastStreamed, o.Cluster.LastLeader.TTL = t0.Add(-40*time.Second), 30
 		}), TakeOver},
-		{"leader's ttl 30 s: streamed 70 s ago is stale", failover(0x1000, func(o *Observation) {
+		{"leader's ttl 30 s: streamed 70 s ago is stale", failover(0xF00, func(o *Observation) {
 			o.LastStreamed, o.Cluster.LastLeader.TTL = t0.Add(-70*time.Second), 30
 		}), Wait},
 		{"leader's LSN unknown -> refuse", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader.LSN = "" }), Wait},
 		{"no last leader record -> refuse", failover(0x1000, func(o *Observation) { o.Cluster.LastLeader = nil }), Wait},
 		{"old leader's own member entry is ignored", failover(0x1000, peer("db9", 0, 0, "unreachable")), TakeOver},
 		{"a cloning member is no candidate and no blocker", failover(0x1000, func(o *Observation) {
-			o.Cluster.Members["db3"] = election.Member{Name: "db3", Role: "", State: "cloning"}
+			o.Cluster.Members["db3"] = state.Member{Name: "db3", Role: "", State: "cloning"}
 		}), TakeOver},
 		{"peer on a newer timeline wins over more WAL on an older one", failover(0x2000, peer("db2", 0x1000, 0), func(o *Observation) {
 			c := o.Candidates["db2"]
@@ -201,7 +206,7 @@ func TestDecide(t *testing.T) {
 		{"foreign postmaster while etcd is down -> stop it", obs(func(o *Observation) { o.ForeignPID, o.DCSErr = 4242, errors.New("down") }), StopForeign, ""},
 		{"primary writable under an older lease than the current one -> fence", obs(holds, runningPrimary, func(o *Observation) { o.WritableLease = 6 }), Fence, ""},
 		{"primary writable under the current lease -> nothing", obs(holds, runningPrimary, func(o *Observation) { o.WritableLease = 7 }), None, ""},
-		{"foreign data dir -> wait, never touch", obs(func(o *Observation) { o.DataDir = pgctl.DataDirForeign }), Wait, ""},
+		{"foreign data dir -> wait, never touch", obs(func(o *Observation) { o.DataDir = state.DataDirForeign }), Wait, ""},
 
 		// Stopped postgres.
 		{"stopped primary holding the key -> restart in place", obs(holds), StartPrimary, ""},
@@ -240,7 +245,7 @@ func TestDecide(t *testing.T) {
 		{"leader past its fence margin -> fence", obs(holds, runningPrimary, at(2500*time.Millisecond)), Fence, ""},
 		{"leader exactly at deadline minus margin -> fence", obs(holds, runningPrimary, at(2*time.Second)), Fence, ""},
 		{"leader just inside the margin -> nothing", obs(holds, runningPrimary, at(1999*time.Millisecond)), None, ""},
-		{"primary with no lease at all -> fence", obs(runningPrimary, func(o *Observation) { o.Lease = election.LeaseState{} }), Fence, ""},
+		{"primary with no lease at all -> fence", obs(runningPrimary, func(o *Observation) { o.Lease = state.LeaseState{} }), Fence, ""},
 		{"etcd unreachable, lease valid -> keep running", obs(holds, runningPrimary, func(o *Observation) { o.DCSErr = errors.New("timeout") }), Wait, ""},
 		{"etcd unreachable past the margin -> fence", obs(holds, runningPrimary, at(2500*time.Millisecond), func(o *Observation) { o.DCSErr = errors.New("timeout") }), Fence, ""},
 		{"running primary, no leader, eligible -> acquire", obs(runningPrimary, writable, lastLeader("db1", 1)), Acquire, ""},
@@ -255,7 +260,7 @@ func TestDecide(t *testing.T) {
 		{"running primary, garbage key not ours -> keep role", obs(runningPrimary, writable, leaderKey("{garbage")), Wait, ""},
 		{"running primary, key names self on an old lease -> clear it", obs(runningPrimary, writable, leaderKey("db1")), ClearStaleLeader, ""},
 		{"running, state unknown, files say primary -> fence when lease is gone", obs(func(o *Observation) {
-			o.Running, o.PGErr, o.Lease = true, errors.New("timeout"), election.LeaseState{}
+			o.Running, o.PGErr, o.Lease = true, errors.New("timeout"), state.LeaseState{}
 		}), Fence, ""},
 		{"running, state unknown, lease valid -> wait, not healthy", obs(holds, func(o *Observation) { o.Running, o.PGErr = true, errors.New("timeout") }), Wait, ""},
 
@@ -269,7 +274,7 @@ func TestDecide(t *testing.T) {
 		{"standby following an old address -> follow the leader", obs(standbyFiles("db3 10.0.1.3:5432"), runningStandby, leaderKey("db2"), db2), Follow, "db2"},
 
 		{"standby holding the key -> promote", obs(standbyFiles(""), runningStandby, holds), Promote, ""},
-		{"standby is never fenced: it cannot write", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, leaderKey("db2"), db2, func(o *Observation) { o.Lease = election.LeaseState{} }), None, ""},
+		{"standby is never fenced: it cannot write", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, leaderKey("db2"), db2, func(o *Observation) { o.Lease = state.LeaseState{} }), None, ""},
 		{"standby, etcd unreachable -> wait", obs(standbyFiles(""), runningStandby, func(o *Observation) { o.DCSErr = errors.New("x") }), Wait, ""},
 	}
 	for _, tc := range cases {
@@ -289,19 +294,5 @@ func TestDecide(t *testing.T) {
 				t.Error("Decide changed its input")
 			}
 		})
-	}
-}
-
-func TestAPIClientCAFile(t *testing.T) {
-	if c, err := APIClient("", time.Second); err != nil || c.Transport != nil {
-		t.Fatalf("default client: %v", err)
-	}
-	if _, err := APIClient("/nonexistent/ca.crt", time.Second); err == nil {
-		t.Fatal("missing ca_file accepted")
-	}
-	bad := t.TempDir() + "/ca.crt"
-	os.WriteFile(bad, []byte("not a certificate"), 0o600)
-	if _, err := APIClient(bad, time.Second); err == nil {
-		t.Fatal("ca_file without PEM accepted")
 	}
 }

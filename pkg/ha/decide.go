@@ -1,0 +1,394 @@
+package ha
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cifha/cifha/pkg/state"
+)
+
+// Decide maps one observation to one plan. It is pure and deterministic:
+// no I/O, no clock (time is o.Now), no randomness, no map order; it never
+// changes its input.
+func Decide(o Observation) Plan {
+	// Safety first: a postgres that may accept writes must be within its
+	// lease. This comes before everything else, including etcd errors.
+	if o.primaryLike() {
+		if !MayStayWritable(o.Now, o.Lease, o.FenceMargin) {
+			return plan(Fence, "lease expires within the fence margin (%s) and was not renewed: stop accepting writes", o.FenceMargin)
+		}
+		if o.WritableLease != 0 && o.Lease.ID != o.WritableLease {
+			return plan(Fence, "postgres became writable under a lease that is gone: stop accepting writes")
+		}
+	}
+	// A postmaster cifha did not start may be a writable primary without any
+	// lease: it is stopped before anything else, etcd or not.
+	if o.ForeignPID != 0 {
+		return plan(StopForeign, "postmaster %d was not started by cifha; stopping it to take control", o.ForeignPID)
+	}
+	if o.DCSErr != nil {
+		if o.primaryLike() {
+			return plan(Wait, "etcd unreachable (%v); primary keeps running until the fence margin before its lease deadline", o.DCSErr)
+		}
+		return plan(Wait, "etcd unreachable: %v", o.DCSErr)
+	}
+	leader := o.leader()
+	if o.Op != OpNone {
+		// An operator's explicit request, honoured in maintenance mode too
+		// (after fencing, which nothing overrides).
+		return decideOp(o, leader)
+	}
+	if o.Cluster.Paused {
+		return decidePaused(o)
+	}
+	if p, ok := decideUnboundKey(o); ok {
+		return p
+	}
+	switch o.DataDir {
+	case state.DataDirForeign:
+		return plan(Wait, "data directory is not empty and not a PostgreSQL data directory (%v); refusing to touch it", o.DataDirErr)
+	case state.DataDirMissing:
+		return decideEmpty(o, leader)
+	}
+	if o.DataDirErr != nil {
+		// Cannot tell a standby's files from a primary's: do nothing rather
+		// than start a standby's data as a primary.
+		return plan(Wait, "cannot read the data directory's role: %v", o.DataDirErr)
+	}
+	if !o.Running {
+		return decideStopped(o, leader)
+	}
+	if o.PG == nil {
+		return plan(Wait, "postgres is running but its state is unknown: %v", o.PGErr)
+	}
+	if !o.PG.InRecovery {
+		return decidePrimary(o, leader)
+	}
+	return decideStandby(o, leader)
+}
+
+// gate is the fence rule applied to a plan that makes postgres writable:
+// the plan stands only if its step can finish before the fence.
+func gate(o Observation, p Plan) Plan {
+	if ok, why := MayBecomeWritable(o.Now, o.Lease, o.FenceMargin, o.WritableBudget); !ok {
+		return Plan{Action: Wait, Target: p.Target, Reason: fmt.Sprintf("not making postgres writable (%s): %s", p.Action, why)}
+	}
+	return p
+}
+
+// decidePaused: maintenance mode. Report, but take no automatic action (no
+// failover, no rejoin, no restart of a postgres that crashed or that the
+// operator stopped). Fencing (above) still applies. Two exceptions keep a
+// blip from becoming an outage: a standby holding the key completes its
+// promotion (a switchover handed it over), and a leader whose postgres
+// this agent fenced because its lease ran low, and whose lease was renewed
+// in time with the key still its own, restarts postgres in place.
+func decidePaused(o Observation) Plan {
+	if o.HoldsLeader && o.DataDir == state.DataDirValid && o.DataDirErr == nil {
+		switch {
+		case o.Running && o.PG != nil && o.PG.InRecovery:
+			return gate(o, plan(Promote, "this member holds the leader key but postgres is a standby (completing a handover while paused)"))
+		case !o.Running && !o.Standby.Standby && o.ForeignPID == 0 && o.FencedUnder != 0 && o.FencedUnder == o.Lease.ID:
+			return gate(o, plan(StartPrimary, "cluster paused, but this member's primary was fenced while its lease ran low and the lease was renewed with the key still its own: starting it in place"))
+		}
+	}
+	return plan(Wait, "cluster paused (maintenance mode): no automatic action")
+}
+
+// decideUnboundKey handles a leader key that is garbage or bound to no
+// lease (written by hand): it is nobody's term. Its creator restores it;
+// anyone else deletes it (guarded by its revision), but only while no
+// member runs a primary, since a live primary repairs or demotes itself
+// first. So a hand-written key never makes two primaries and never blocks
+// the cluster for longer than a loop or two.
+func decideUnboundKey(o Observation) (Plan, bool) {
+	l := o.Cluster.Leader
+	if l == nil || l.Lease != 0 {
+		// No key, or a key on a lease (even garbage): it expires with
+		// its lease.
+		return Plan{}, false
+	}
+	if o.OwnsLeaderKey && o.primaryLike() {
+		return plan(RepairLeaderKey, "leader key was overwritten (%s); restoring it", garbage(l)), true
+	}
+	if o.primaryLike() {
+		// A primary that does not own the key: the normal rules (demote)
+		// apply below.
+		return Plan{}, false
+	}
+	for _, name := range sortedKeys(o.Cluster.Members) {
+		if m := o.Cluster.Members[name]; m.Role == "primary" && m.State == "running" {
+			return plan(Wait, "leader key %s is bound to no lease; waiting for the running primary %s to settle it", garbage(l), name), true
+		}
+	}
+	return plan(ClearLeaderKey, "leader key %s is bound to no lease (written by hand) and no primary runs: removing it", garbage(l)), true
+}
+
+// eligible reports whether a primary data directory may take a free leader
+// key: it was the last leader, or no leader was ever recorded, or it is on a
+// newer timeline than the last leader. Anything else is a stale primary.
+func (o Observation) eligible() (bool, string) {
+	ll := o.Cluster.LastLeader
+	switch {
+	case ll == nil:
+		return true, "no previous leader recorded"
+	case ll.Name == o.Self:
+		return true, "this member was the last leader"
+	case o.PG != nil && o.PG.Timeline > ll.Timeline:
+		return true, fmt.Sprintf("timeline %d is newer than last leader %s's %d", o.PG.Timeline, ll.Name, ll.Timeline)
+	}
+	return false, fmt.Sprintf("last leader was %s (timeline %d); this primary may be stale", ll.Name, ll.Timeline)
+}
+
+func decideEmpty(o Observation, leader string) Plan {
+	c := o.Cluster
+	switch {
+	case c.LastLeader != nil && (leader == "" || leader == o.Self):
+		// The cluster has had a leader: its data exists somewhere. An empty
+		// member never initialises a second, empty cluster over it.
+		return plan(Wait, "no data directory; the cluster had leader %s: waiting for a leader to clone from", c.LastLeader.Name)
+	case c.Initialize == "" && c.LastLeader == nil:
+		return gate(o, plan(Bootstrap, "new cluster: no member has initialised it"))
+	case c.Initialize == o.Self && c.Leader == nil:
+		return gate(o, plan(Bootstrap, "this member claimed initialisation but has no data directory yet"))
+	case leader == "" || leader == o.Self:
+		return plan(Wait, "no data directory; waiting for a leader to clone from")
+	}
+	addr, ready := o.upstream(leader)
+	if !ready {
+		return plan(Wait, "no data directory; waiting for leader %s to serve", leader)
+	}
+	return Plan{Action: Clone, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("no data directory: cloning leader %s", leader)}
+}
+
+func decideStopped(o Observation, leader string) Plan {
+	if !o.Standby.Standby {
+		switch {
+		case o.HoldsLeader:
+			if s := o.StartFailingSince; !s.IsZero() && o.PrimaryStartTimeout > 0 {
+				if !o.Now.Before(s.Add(o.PrimaryStartTimeout)) {
+					return plan(Resign, "postgres has failed to start as the primary since %s (primary_start_timeout %s): releasing the leader key so a standby can take over",
+						s.UTC().Format(time.RFC3339), o.PrimaryStartTimeout)
+				}
+				p := gate(o, plan(StartPrimary, "this member holds the leader key and postgres is not running: starting it in place (failing since %s)", s.UTC().Format(time.RFC3339)))
+				p.WakeAt = s.Add(o.PrimaryStartTimeout)
+				return p
+			}
+			return gate(o, plan(StartPrimary, "this member holds the leader key and postgres is not running: starting it in place"))
+		case o.Cluster.Leader == nil:
+			if s := o.StartFailingSince; !s.IsZero() && o.PrimaryStartTimeout > 0 && o.Now.Before(s.Add(o.PrimaryStartTimeout+o.RecentWindow)) {
+				// It released the key because postgres would not start:
+				// give the standbys a window to take over first.
+				return plan(Wait, "no leader; this member's postgres failed to start as primary, leaving the standbys time to take over")
+			}
+			if ok, why := o.eligible(); ok {
+				return gate(o, plan(AcquireAndStart, "no leader and this member's data is a primary (%s)", why))
+			} else {
+				return plan(Wait, "no leader, but not taking over: %s", why)
+			}
+		case leader == o.Self:
+			return plan(ClearStaleLeader, "the leader key names this member but belongs to a previous lease")
+		}
+		addr, serving := o.upstream(leader)
+		if !serving {
+			return Plan{Action: Wait, Target: leader, Reason: fmt.Sprintf("former primary waits for leader %s to serve before rejoining", leader)}
+		}
+		if o.RewindFailed != "" {
+			if o.RemoveOnRewindFailure {
+				return Plan{Action: Reclone, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("pg_rewind failed (%s): moving the data directory aside and cloning %s", o.RewindFailed, leader)}
+			}
+			return Plan{Action: Wait, Target: leader, Reason: fmt.Sprintf("pg_rewind from %s failed (%s); set remove_data_directory_on_rewind_failure or reinit this member", leader, o.RewindFailed)}
+		}
+		return Plan{Action: Rewind, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("former primary rejoins leader %s: pg_rewind, then stream", leader)}
+	}
+	if leader != "" && leader != o.Self {
+		if addr, _ := o.upstream(leader); addr != "" {
+			return Plan{Action: StartStandby, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("starting standby of leader %s", leader)}
+		}
+	}
+	// No usable leader: a standby is read-only, so starting it is safe and
+	// keeps its state observable.
+	return Plan{Action: StartStandby, Reason: "starting standby (no leader known; keeping the previous upstream)"}
+}
+
+func decidePrimary(o Observation, leader string) Plan {
+	l := o.Cluster.Leader
+	switch {
+	case o.HoldsLeader:
+		if sw := o.Cluster.Switchover; sw != nil {
+			return decideSwitchover(o, sw)
+		}
+		return plan(None, "leader; postgres is a healthy primary")
+	case o.WritableLease == 0:
+		// A primary this agent did not make writable (it promoted itself,
+		// e.g. from a leftover trigger file) and without the key: stop it
+		// now, whatever the key says.
+		return plan(Fence, "postgres is a primary that this agent did not make writable, without the leader key: stop accepting writes")
+	case l == nil:
+		if ok, why := o.eligible(); ok {
+			return gate(o, plan(Acquire, "running primary and no leader (%s)", why))
+		} else {
+			return plan(Demote, "running primary without the leader key and not eligible: %s", why)
+		}
+	case leader == o.Self:
+		return plan(ClearStaleLeader, "the leader key names this member but belongs to a previous lease")
+	}
+	if !l.Valid || l.Lease == 0 {
+		if o.OwnsLeaderKey {
+			return plan(RepairLeaderKey, "leader key was overwritten (%s); restoring it", garbage(l))
+		}
+		// Garbage this member did not create: nobody else can hold a key
+		// occupied by it; keep serving within the lease until it is
+		// cleared or expires.
+		return plan(Wait, "leader key holds garbage that this member did not create (%s); keeping current role", garbage(l))
+	}
+	return Plan{Action: Demote, Target: leader, Reason: fmt.Sprintf("%s holds the leader key: this primary must stop accepting writes", leader)}
+}
+
+func decideStandby(o Observation, leader string) Plan {
+	if o.HoldsLeader {
+		return gate(o, plan(Promote, "this member holds the leader key but postgres is a standby"))
+	}
+	if o.Cluster.Leader == nil {
+		return decideFailover(o)
+	}
+	if leader == "" || leader == o.Self {
+		return plan(None, "standby; leader key unusable (%s)", garbage(o.Cluster.Leader))
+	}
+	addr, _ := o.upstream(leader)
+	if addr == "" {
+		return plan(None, "standby; leader %s has not published an address", leader)
+	}
+	want := leader + " " + addr
+	if o.Standby.Target != want {
+		return Plan{Action: Follow, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("standby follows %q, leader is %s at %s", o.Standby.Target, leader, addr)}
+	}
+	if lm, ok := o.Cluster.Members[leader]; ok && o.PG.WalReceiver != "streaming" && lm.Timeline > max(o.PG.Timeline, o.StreamedTimeline) &&
+		(o.LastStreamed.IsZero() || o.Now.Sub(o.LastStreamed) > o.RecentWindow) {
+		// It cannot follow the leader's timeline switch: its WAL may go past
+		// the leader's fork point. Never promoted (the timeline gate), and
+		// said plainly rather than "in recovery" forever.
+		return plan(None, "standby on timeline %d cannot stream from leader %s on timeline %d: its history may have diverged; cifhactl reinit %s re-clones it",
+			max(o.PG.Timeline, o.StreamedTimeline), leader, lm.Timeline, o.Self)
+	}
+	return plan(None, "standby of %s (%s)", leader, o.PG.WalReceiver)
+}
+
+// decideFailover: the leader key is gone and this member is a running
+// standby. It takes over only if it qualifies and no healthy candidate
+// ranks before it; otherwise it says why and stays a standby.
+func decideFailover(o Observation) Plan {
+	if f := o.Cluster.Failover; f != nil {
+		// The operator's explicit choice (cifhactl failover --to) replaces
+		// the ranking and the lag gate: they accepted possible data loss.
+		if f.To == o.Self {
+			return gate(o, plan(TakeOver, "manual failover to this member requested by the operator"))
+		}
+		return plan(Wait, "no leader; manual failover to %s requested", f.To)
+	}
+	if o.NoFailover {
+		return plan(Wait, "no leader; this member is tagged nofailover")
+	}
+	ll := o.Cluster.LastLeader
+	if ll == nil || ll.LSN == "" {
+		return plan(Wait, "no leader, and the last leader's WAL position is unknown: refusing to promote on incomplete data")
+	}
+	last, err := state.ParseLSN(ll.LSN)
+	if err != nil {
+		return plan(Wait, "no leader; last leader's LSN %q is unreadable", ll.LSN)
+	}
+	// The window must cover the time the old leader's key took to expire:
+	// with a ttl changing across the cluster, the leader's may be longer
+	// than this member's.
+	window := o.RecentWindow
+	if ll.TTL > 0 {
+		window = max(window, 2*time.Duration(ll.TTL)*time.Second)
+	}
+	me := Rank{Name: o.Self, Timeline: max(o.PG.Timeline, o.StreamedTimeline), Received: Position(o.PG.ReceiveLSN, o.PG.ReplayLSN), Replayed: o.PG.ReplayLSN, Priority: o.FailoverPriority}
+	var streamedAgo time.Duration = -1
+	if !o.LastStreamed.IsZero() {
+		streamedAgo = o.Now.Sub(o.LastStreamed)
+	}
+	if ok, why := qualifies(me, streamedAgo, ll, last, o.MaxLag, window); !ok {
+		return plan(Wait, "no leader; this member is not a candidate: %s", why)
+	}
+	for _, k := range sortedKeys(o.Cluster.Invalid) {
+		if strings.Contains(k, "/members/") {
+			return plan(Wait, "no leader; member key %s cannot be read (%s): refusing to promote on incomplete data", k, o.Cluster.Invalid[k])
+		}
+	}
+	ranks := []Rank{me}
+	for _, name := range sortedKeys(o.Cluster.Members) {
+		m := o.Cluster.Members[name]
+		if name == o.Self || name == ll.Name || m.Role != "replica" {
+			continue
+		}
+		c, ok := o.Candidates[name]
+		if !ok || c.Err != "" {
+			return plan(Wait, "no leader; cannot read member %s's WAL position (%s): refusing to promote on incomplete data", name, c.Err)
+		}
+		r := Rank{Name: name, Timeline: c.Timeline, Received: Position(c.ReceiveLSN, c.ReplayLSN), Replayed: c.ReplayLSN, Priority: c.FailoverPriority}
+		if !c.Running || !c.InRecovery || c.NoFailover {
+			continue // not a candidate itself, so it must not block the ones that are
+		}
+		if ok, _ := qualifies(r, c.StreamedAgo, ll, last, o.MaxLag, window); !ok {
+			continue
+		}
+		ranks = append(ranks, r)
+	}
+	Sort(ranks)
+	if best := ranks[0]; best.Name != o.Self {
+		return plan(Wait, "no leader; %s is a better candidate (timeline %d, received %s; this member: timeline %d, received %s)",
+			best.Name, best.Timeline, best.Received, me.Timeline, me.Received)
+	}
+	return gate(o, plan(TakeOver, "leader %s is gone; this member is the most advanced candidate (timeline %d, received %s, last leader at %s on timeline %d)",
+		ll.Name, me.Timeline, me.Received, ll.LSN, ll.Timeline))
+}
+
+// qualifies is the one candidate rule, applied to this member and to every
+// peer alike:
+//   - its timeline is not older than the last leader's (an older timeline
+//     lacks the leader's history, whatever its LSN);
+//   - it is within maximum_lag_on_failover of the last leader's published
+//     position;
+//   - it streamed recently, unless it already has every byte the last
+//     leader published (then how recently it streamed does not matter: an
+//     agent restart or a rejoin just before the leader died loses nothing).
+func qualifies(r Rank, streamedAgo time.Duration, ll *state.LastLeader, last state.LSN, maxLag int64, window time.Duration) (bool, string) {
+	switch {
+	case r.Timeline < ll.Timeline:
+		return false, fmt.Sprintf("it is on timeline %d, older than the last leader %s's timeline %d", r.Timeline, ll.Name, ll.Timeline)
+	case last.Sub(r.Received) > maxLag:
+		return false, fmt.Sprintf("it is %d bytes behind the last leader's %s, more than maximum_lag_on_failover (%d)", last.Sub(r.Received), ll.LSN, maxLag)
+	case r.Received >= last:
+		return true, ""
+	case streamedAgo < 0 || streamedAgo > window:
+		return false, "it has not streamed from a primary recently and lacks some of the last leader's WAL"
+	}
+	return true, ""
+}
+
+func garbage(l *state.Leader) string {
+	if l == nil {
+		return ""
+	}
+	v := l.Name
+	if len(v) > 40 {
+		v = v[:40] + "..."
+	}
+	if l.Lease == 0 && l.Valid {
+		return fmt.Sprintf("%q, no lease", v)
+	}
+	return fmt.Sprintf("%q", v)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}

@@ -1,0 +1,218 @@
+package state
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Member is the state each agent publishes under members/<name> every loop.
+type Member struct {
+	Name string `json:"name"`
+	// Role is "primary", "replica" or "" (no postgres yet).
+	Role string `json:"role"`
+	// State is postgres' state: "running", "streaming", "starting",
+	// "stopped", "crashed", "cloning", "bootstrapping", "unknown".
+	State    string `json:"state"`
+	Timeline int    `json:"timeline,omitempty"`
+	// LSNs as PostgreSQL prints them ("0/3000148"); empty when unknown.
+	CurrentLSN string `json:"current_lsn,omitempty"`
+	ReceiveLSN string `json:"receive_lsn,omitempty"`
+	ReplayLSN  string `json:"replay_lsn,omitempty"`
+	// ReplayPaused is true when pg_wal_replay_pause() is in effect.
+	ReplayPaused bool `json:"replay_paused,omitempty"`
+	// Replicas is the leader's view of its standbys (pg_stat_replication).
+	Replicas []ReplicaLag `json:"replicas,omitempty"`
+	APIURL   string       `json:"api_url"`
+	// ConnAddress is host:port of this member's postgres.
+	ConnAddress      string `json:"conn_address"`
+	Version          string `json:"version,omitempty"`
+	AgentVersion     string `json:"agent_version,omitempty"`
+	NoFailover       bool   `json:"nofailover,omitempty"`
+	FailoverPriority int    `json:"failover_priority,omitempty"`
+	Reason           string `json:"reason,omitempty"`
+	// PendingRestart lists parameters that take effect only after a
+	// restart of this member's postgres (cifhactl restart).
+	PendingRestart []string `json:"pending_restart,omitempty"`
+	// TTL is the lease ttl this agent runs with (a cluster config change
+	// of ttl applies when the agent next starts).
+	TTL       string    `json:"ttl,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// ReplicaLag is one standby as its primary sees it.
+type ReplicaLag struct {
+	Name      string `json:"name"`
+	State     string `json:"state"`
+	ReplayLSN string `json:"replay_lsn"`
+	// LagBytes is the primary's current LSN minus the standby's replay LSN.
+	LagBytes int64 `json:"lag_bytes"`
+}
+
+// LastLeader is the record of the most recent leadership, kept after the
+// leader key is gone so a returning primary can tell whether it is stale.
+type LastLeader struct {
+	Name     string    `json:"name"`
+	Timeline int       `json:"timeline"`
+	LSN      string    `json:"lsn,omitempty"`
+	At       time.Time `json:"at"`
+	// From is set when the key was handed over by a switchover: the old
+	// leader, which stopped cleanly at LSN.
+	From string `json:"switchover_from,omitempty"`
+	// TTL is the leader's lease ttl in seconds: once it is gone, its key
+	// expires up to this long after its last renewal, and the candidates'
+	// "streamed recently" window must cover that (members may run with
+	// different ttls while a cluster-wide ttl change rolls out).
+	TTL int `json:"ttl_seconds,omitempty"`
+}
+
+// Leader is the leader key as read.
+type Leader struct {
+	// Name is the value; meaningful only when Valid.
+	Name string
+	// Valid is false when the value is not a member name (garbage put by hand).
+	Valid     bool
+	CreateRev int64
+	ModRev    int64
+	Lease     int64
+}
+
+// Cluster is one consistent read of everything under the cluster prefix.
+type Cluster struct {
+	Revision   int64
+	Leader     *Leader // nil when no leader key
+	Initialize string  // "" when not claimed
+	LastLeader *LastLeader
+	Members    map[string]Member
+	// Invalid lists keys whose contents could not be parsed, with why. They
+	// are ignored, never trusted.
+	Invalid map[string]string
+	// Paused is set by `cifhactl pause` (maintenance mode): agents keep
+	// reporting but take no automatic action.
+	Paused bool
+	// MemberLease is the lease each member key is bound to (the member's
+	// session lease): a switchover binds the leader key to the candidate's.
+	MemberLease map[string]int64
+	Switchover  *SwitchoverRequest
+	Failover    *FailoverRequest
+	// Config is the cluster-wide settings; ConfigRev its mod revision (0
+	// when the key is absent).
+	Config    DynamicConfig
+	ConfigRev int64
+}
+
+var memberNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ValidName reports whether s can be a member name.
+func ValidName(s string) bool { return memberNameRE.MatchString(s) }
+
+// ParseMember decodes a member key's value strictly.
+func ParseMember(name string, b []byte) (Member, error) {
+	var m Member
+	if err := json.Unmarshal(b, &m); err != nil {
+		return Member{}, fmt.Errorf("member %q: invalid JSON: %w", name, err)
+	}
+	if m.Name != name {
+		return Member{}, fmt.Errorf("member %q: record names %q", name, m.Name)
+	}
+	return m, nil
+}
+
+// HistoryRecord is one leader change, appended under history/ by the new
+// leader.
+type HistoryRecord struct {
+	At        time.Time `json:"at"`
+	OldLeader string    `json:"old_leader"`
+	NewLeader string    `json:"new_leader"`
+	Timeline  int       `json:"timeline"`
+	LSN       string    `json:"lsn"`
+	Reason    string    `json:"reason"`
+}
+
+// SwitchoverRequest asks the leader From to hand over to To, at At (zero:
+// now). Only the leader named in From acts on it.
+type SwitchoverRequest struct {
+	ID          string    `json:"id"`
+	From        string    `json:"from"`
+	To          string    `json:"to"`
+	At          time.Time `json:"at,omitzero"`
+	RequestedAt time.Time `json:"requested_at"`
+	// ModRev is the key's mod revision as read (not stored).
+	ModRev int64 `json:"-"`
+}
+
+// FailoverRequest asks member To to take over a cluster without a leader,
+// accepting that it may lack the last transactions.
+type FailoverRequest struct {
+	To          string    `json:"to"`
+	RequestedAt time.Time `json:"requested_at"`
+	ModRev      int64     `json:"-"`
+}
+
+// DynamicConfig is the cluster-wide settings kept in etcd. Every agent
+// applies them over its file configuration. Nil or empty fields mean "the
+// file's value".
+type DynamicConfig struct {
+	TTL                  string            `json:"ttl,omitempty"`
+	LoopInterval         string            `json:"loop_interval,omitempty"`
+	MaximumLagOnFailover *int64            `json:"maximum_lag_on_failover,omitempty"`
+	Parameters           map[string]string `json:"parameters,omitempty"`
+}
+
+// ParseSwitchover decodes a switchover request key.
+func ParseSwitchover(b []byte) (*SwitchoverRequest, error) {
+	var r SwitchoverRequest
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("switchover request is not valid JSON: %v", err)
+	}
+	if !ValidName(r.From) || !ValidName(r.To) {
+		return nil, errors.New("switchover request lacks valid from/to member names")
+	}
+	return &r, nil
+}
+
+// ParseFailover decodes a failover request key.
+func ParseFailover(b []byte) (*FailoverRequest, error) {
+	var r FailoverRequest
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("failover request is not valid JSON: %v", err)
+	}
+	if !ValidName(r.To) {
+		return nil, errors.New("failover request lacks a valid member name")
+	}
+	return &r, nil
+}
+
+// ParseDynamicConfig decodes the config key strictly (unknown fields are an
+// error: a typo must not be silently ignored).
+func ParseDynamicConfig(b []byte) (DynamicConfig, error) {
+	var c DynamicConfig
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return DynamicConfig{}, fmt.Errorf("cluster config is not valid: %v", err)
+	}
+	if dec.More() {
+		return DynamicConfig{}, errors.New("cluster config: trailing data")
+	}
+	return c, nil
+}
+
+// LeaseState is the agent's lease as the agent itself knows it.
+type LeaseState struct {
+	// ID is the etcd lease ID (0: no lease).
+	ID int64
+	// ValidUntil is a lower bound on when etcd can expire the lease: the
+	// send time of the last successful grant or renewal plus the TTL, on a
+	// clock that counts suspended time (see pkg/election's Clock). etcd
+	// starts the TTL no earlier than it receives the request, and only ever
+	// extends lease timers across its own leader changes, so the lease
+	// cannot expire before ValidUntil. Zero when there is no lease.
+	ValidUntil time.Time
+}
+
+// Held reports whether the lease is known to be alive at now.
+func (l LeaseState) Held(now time.Time) bool { return l.ID != 0 && now.Before(l.ValidUntil) }
