@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/cifha/cifha/pkg/election"
 	"os"
 	"os/signal"
 	"syscall"
@@ -23,7 +24,7 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "fence-watchdog" {
 		// Started by the agent itself; see pkg/agent/watchdog.go.
-		agent.RunWatchdog(os.Stdin, hclog.New(&hclog.LoggerOptions{Name: "fence-watchdog"}))
+		agent.RunWatchdog(os.Stdin, hclog.New(&hclog.LoggerOptions{Name: "fence-watchdog"}), election.BootNow)
 		os.Exit(0)
 	}
 	os.Exit(run())

@@ -700,6 +700,11 @@ func (a *Agent) gateNow(lease election.LeaseState) error {
 	if ok, why := ha.MayBecomeWritable(a.now(), a.opt.DCS.Lease(), a.opt.FenceMargin, a.opt.WritableBudget); !ok {
 		return fmt.Errorf("not making postgres writable: %s", why)
 	}
+	if wd := a.opt.Watchdog; wd != nil {
+		if e := wd.Err(); e != "" {
+			return fmt.Errorf("not making postgres writable: %s", e)
+		}
+	}
 	return nil
 }
 

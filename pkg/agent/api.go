@@ -32,6 +32,9 @@ type StatusResponse struct {
 	// Effective cluster-wide settings on this member.
 	MaxLagOnFailover int64  `json:"maximum_lag_on_failover"`
 	LoopInterval     string `json:"loop_interval"`
+	// FenceWatchdogError says why the fence watchdog does not work ("":
+	// it does); while it is set no step makes postgres writable.
+	FenceWatchdogError string `json:"fence_watchdog_error,omitempty"`
 }
 
 // Handler serves the agent's read-only API:
@@ -57,6 +60,9 @@ func Handler(a *Agent) http.Handler {
 			}
 			st := statusOf(s, a.now())
 			st.MaxLagOnFailover = a.maxLag.Load()
+			if wd := a.opt.Watchdog; wd != nil {
+				st.FenceWatchdogError = wd.Err()
+			}
 			if s != nil {
 				st.LoopInterval = s.LoopInterval.String()
 			}

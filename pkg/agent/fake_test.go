@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -24,6 +25,8 @@ type fakePostgres struct {
 	rewindErr error
 	recv      pgctl.LSN
 	dynamic   map[string]string
+	// failStart makes Start fail.
+	failStart bool
 }
 
 var _ Postgres = (*fakePostgres)(nil)
@@ -80,6 +83,9 @@ func (f *fakePostgres) SetPrimary() error {
 }
 func (f *fakePostgres) Start(context.Context, time.Duration) error {
 	f.call("start")
+	if f.failStart {
+		return errors.New("postgres exited during start")
+	}
 	f.running, f.inRec, f.exited = true, f.standby.Standby, make(chan struct{})
 	return nil
 }

@@ -94,9 +94,16 @@ func (f *fencer) run(ctx context.Context) {
 		if lease.ID == armed && ha.MayStayWritable(now, lease, f.a.opt.FenceMargin) {
 			until := ha.FenceAt(lease, f.a.opt.FenceMargin).Sub(now)
 			if wd := f.a.opt.Watchdog; wd != nil {
-				// Feed the external watchdog the time left; it fires if this
-				// process stops feeding it (hung, SIGSTOP).
-				wd.Arm(f.a.opt.PG.PID(), until)
+				// Feed the external watchdog the absolute fence time; it
+				// fires if this process stops feeding it (hung, SIGSTOP).
+				if err := wd.Arm(f.a.opt.PG.PID(), ha.FenceAt(lease, f.a.opt.FenceMargin)); err != nil {
+					// The deadline is not enforced outside this process:
+					// a primary must not run on the fencer alone.
+					f.a.log.Error("fencing: the fence watchdog does not work; stopping postgres", "error", err)
+					f.stop(ctx, armed)
+					t.Reset(10 * time.Millisecond)
+					continue
+				}
 				wdArmed = true
 				until = min(until, watchdogFeed)
 			}
@@ -107,19 +114,27 @@ func (f *fencer) run(ctx context.Context) {
 		}
 		f.a.log.Warn("fencing: lease deadline reached without renewal; stopping postgres",
 			"lease_changed", lease.ID != armed)
-		step := f.a.opt.FenceMargin / 3
-		if step <= 0 {
-			step = 100 * time.Millisecond
-		}
-		if err := f.a.opt.PG.StopWithin(ctx, pgctl.Fast, step); err != nil {
-			f.a.log.Error("fencing: stop postgres", "error", err)
+		if !f.stop(ctx, armed) {
 			t.Reset(10 * time.Millisecond)
 			continue
 		}
-		f.a.fencedUnder.Store(armed)
-		f.disarmIf(armed)
 		t.Reset(idleCheck)
 	}
+}
+
+// stop stops postgres within the margin (fast, escalating) and disarms.
+func (f *fencer) stop(ctx context.Context, armed int64) bool {
+	step := f.a.opt.FenceMargin / 3
+	if step <= 0 {
+		step = 100 * time.Millisecond
+	}
+	if err := f.a.opt.PG.StopWithin(ctx, pgctl.Fast, step); err != nil {
+		f.a.log.Error("fencing: stop postgres", "error", err)
+		return false
+	}
+	f.a.fencedUnder.Store(armed)
+	f.disarmIf(armed)
+	return true
 }
 
 // fenceDue returns a channel that fires at this primary's fence time, so the

@@ -78,6 +78,7 @@ var stateDescs = []struct{ name, help string }{
 	{"cifha_cluster_members", "Members publishing their state in etcd."},
 	{"cifha_pending_restart_parameters", "Parameters changed that need a restart of postgres on this member."},
 	{"cifha_observation_age_seconds", "Seconds since the HA loop last observed the cluster (a hung loop grows it)."},
+	{"cifha_fence_watchdog_ok", "1 while the separate fence watchdog process takes deadlines (0: a primary is fenced and none is started)."},
 }
 
 // Describe implements prometheus.Collector.
@@ -100,9 +101,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		return 0
 	}
 	vals := map[string]float64{"cifha_up": 1}
+	if wd := c.a.opt.Watchdog; wd != nil {
+		vals["cifha_fence_watchdog_ok"] = b(wd.Err() == "")
+	}
 	if s != nil {
 		leader := s.Cluster.Leader
-		vals["cifha_is_leader"] = b(s.IsLeader && s.Lease.Held(now))
+		vals["cifha_is_leader"] = b(s.IsLeader && ha.MayStayWritable(now, s.Lease, c.a.opt.FenceMargin))
 		// Running is also checked live: the snapshot is as old as the loop's
 		// current action (a switchover stops postgres within one).
 		live := c.a.opt.PG.Running()

@@ -2,7 +2,7 @@ package agent
 
 import (
 	"bufio"
-	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,35 +13,51 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
 	"github.com/hashicorp/go-hclog"
 )
 
 // The fence watchdog closes the gap the fencer goroutine cannot: an agent
 // process that is alive but not running at all (SIGSTOP, a debugger, a
 // stuck page fault). It is a separate, tiny process (`cifha fence-watchdog`)
-// that the agent feeds over a pipe with "arm <postmaster pid> <ns>" — the
-// time left until this primary must stop accepting writes, measured by the
-// agent when it sends — and "disarm". If the time runs out before a fresh
-// "arm", it stops postgres itself (SIGQUIT: immediate shutdown, then
-// SIGKILL of the process group). The pipe's latency only makes it fire
-// later than the agent would, and the fence margin (≥ 300 ms) covers that.
-// When the agent exits, the pipe closes and the watchdog exits too
-// (postgres has its own parent-death signal).
+// that the agent feeds over a pipe with "arm <postmaster pid> <deadline>"
+// and "disarm". The deadline is absolute, in nanoseconds of the host's
+// CLOCK_BOOTTIME (the same clock the agent measures its lease on, readable
+// by both processes), so the pipe's latency never moves it later. When the
+// deadline passes without a fresh "arm", the watchdog stops postgres
+// itself: an immediate shutdown, then SIGKILL of the postmaster and of
+// every process it had started. When the agent exits, the pipe closes and
+// the watchdog exits too (postgres has its own parent-death signal).
+//
+// A watchdog that stops reading can never block the agent: every write
+// has a short deadline; a write that misses it counts as a dead watchdog,
+// which is killed and restarted. If it cannot be restarted, Arm fails, the
+// fencer stops postgres, and no step makes postgres writable until it
+// works again (status and metrics say why).
 
 // Watchdog is the agent's side of the fence watchdog.
 type Watchdog interface {
-	Arm(pid int, left time.Duration)
+	// Arm sets the deadline at which the watchdog stops postmaster pid.
+	// An error means the deadline is not enforced outside this process.
+	Arm(pid int, deadline time.Time) error
 	Disarm()
+	// Err is the last failure ("" while it works).
+	Err() string
 }
+
+// writeTimeout bounds one write to the watchdog's pipe.
+const writeTimeout = 50 * time.Millisecond
 
 // ProcessWatchdog runs `<exe> fence-watchdog` as a child and writes to it.
 type ProcessWatchdog struct {
 	mu   sync.Mutex
 	exe  string
 	cmd  *exec.Cmd
-	in   io.WriteCloser
+	in   *os.File
 	log  hclog.Logger
-	last string
+	err  string
+	errM sync.Mutex
 }
 
 // NewProcessWatchdog starts the watchdog child.
@@ -55,65 +71,106 @@ func NewProcessWatchdog(log hclog.Logger) (*ProcessWatchdog, error) {
 }
 
 func (w *ProcessWatchdog) start() error {
-	cmd := exec.Command(w.exe, "fence-watchdog")
-	in, err := cmd.StdinPipe()
+	r, wr, err := os.Pipe()
 	if err != nil {
-		return err
+		return fmt.Errorf("start fence watchdog: %w", err)
 	}
+	cmd := exec.Command(w.exe, "fence-watchdog")
+	cmd.Stdin = r
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	// Its own process group: signals meant for the agent do not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
+		r.Close()
+		wr.Close()
 		return fmt.Errorf("start fence watchdog: %w", err)
 	}
-	go cmd.Wait()
-	w.cmd, w.in = cmd, in
+	r.Close()
+	go func() { _ = cmd.Wait() }()
+	w.cmd, w.in = cmd, wr
 	return nil
 }
 
-func (w *ProcessWatchdog) send(line string) {
+func (w *ProcessWatchdog) setErr(s string) {
+	w.errM.Lock()
+	w.err = s
+	w.errM.Unlock()
+}
+
+// Err implements Watchdog.
+func (w *ProcessWatchdog) Err() string {
+	w.errM.Lock()
+	defer w.errM.Unlock()
+	return w.err
+}
+
+func (w *ProcessWatchdog) write(line string) error {
+	if w.in == nil {
+		return errors.New("fence watchdog not running")
+	}
+	_ = w.in.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err := io.WriteString(w.in, line+"\n")
+	return err
+}
+
+// send writes line; on failure it restarts the watchdog (killing the old
+// one by PID: it may be stuck) and writes again.
+func (w *ProcessWatchdog) send(line string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.in == nil {
-		return
+	err := w.write(line)
+	if err == nil {
+		w.setErr("")
+		return nil
 	}
-	if _, err := io.WriteString(w.in, line+"\n"); err != nil {
-		w.log.Error("fence watchdog unreachable; restarting it", "error", err)
+	w.log.Error("fence watchdog unreachable; restarting it", "error", err)
+	if w.in != nil {
 		w.in.Close()
-		if err := w.start(); err != nil {
-			w.log.Error("fence watchdog", "error", err)
-			w.in = nil
-			return
-		}
-		_, _ = io.WriteString(w.in, line+"\n")
+		w.in = nil
 	}
+	if w.cmd != nil && w.cmd.Process != nil {
+		_ = w.cmd.Process.Kill()
+	}
+	if serr := w.start(); serr != nil {
+		msg := fmt.Sprintf("fence watchdog cannot be restarted: %v", serr)
+		w.setErr(msg)
+		return errors.New(msg)
+	}
+	if err := w.write(line); err != nil {
+		msg := fmt.Sprintf("fence watchdog restarted but unreachable: %v", err)
+		w.setErr(msg)
+		return errors.New(msg)
+	}
+	w.setErr("")
+	return nil
 }
 
 // Arm implements Watchdog.
-func (w *ProcessWatchdog) Arm(pid int, left time.Duration) {
-	w.send(fmt.Sprintf("arm %d %d", pid, left.Nanoseconds()))
+func (w *ProcessWatchdog) Arm(pid int, deadline time.Time) error {
+	return w.send(fmt.Sprintf("arm %d %d", pid, election.BootNanos(deadline)))
 }
 
 // Disarm implements Watchdog.
-func (w *ProcessWatchdog) Disarm() { w.send("disarm") }
+func (w *ProcessWatchdog) Disarm() { _ = w.send("disarm") }
 
 // Close stops the watchdog (disarmed first).
 func (w *ProcessWatchdog) Close() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.in != nil {
-		_, _ = io.WriteString(w.in, "disarm\n")
+		_ = w.write("disarm")
 		w.in.Close()
 		w.in = nil
 	}
 }
 
 // RunWatchdog is the body of `cifha fence-watchdog`: it reads commands
-// from r until EOF.
-func RunWatchdog(r io.Reader, log hclog.Logger) {
+// from r until EOF. now returns the current CLOCK_BOOTTIME in nanoseconds
+// (election.BootNow; injected by tests).
+func RunWatchdog(r io.Reader, log hclog.Logger, now func() int64) {
 	type armed struct {
 		pid      int
-		deadline time.Time
+		deadline int64
 	}
 	cmds := make(chan *armed)
 	go func() {
@@ -122,14 +179,13 @@ func RunWatchdog(r io.Reader, log hclog.Logger) {
 			f := strings.Fields(sc.Text())
 			switch {
 			case len(f) == 3 && f[0] == "arm":
-				now := time.Now()
 				pid, err1 := strconv.Atoi(f[1])
 				ns, err2 := strconv.ParseInt(f[2], 10, 64)
 				if err1 != nil || err2 != nil || pid <= 0 {
 					log.Error("bad command", "line", sc.Text())
 					continue
 				}
-				cmds <- &armed{pid: pid, deadline: now.Add(time.Duration(ns))}
+				cmds <- &armed{pid: pid, deadline: ns}
 			case len(f) == 1 && f[0] == "disarm":
 				cmds <- nil
 			default:
@@ -148,11 +204,15 @@ func RunWatchdog(r io.Reader, log hclog.Logger) {
 			}
 			cur = a
 			if cur != nil {
-				timer.Reset(time.Until(cur.deadline))
+				timer.Reset(max(time.Duration(cur.deadline-now()), 0))
 			}
 		case <-timer.C:
-			if cur == nil || time.Now().Before(cur.deadline) {
+			if cur == nil {
 				timer.Reset(time.Hour)
+				continue
+			}
+			if left := time.Duration(cur.deadline - now()); left > 0 {
+				timer.Reset(left)
 				continue
 			}
 			log.Warn("fence watchdog: the agent did not renew in time; stopping postgres", "pid", cur.pid)
@@ -164,19 +224,21 @@ func RunWatchdog(r io.Reader, log hclog.Logger) {
 }
 
 // stopPostmaster sends an immediate shutdown to pid if it is a postgres,
-// then SIGKILL to its process group if it is still there after a second.
+// then SIGKILL to it and to every process it had started (recorded before
+// the signal: backends call setsid() and are reparented once it dies).
 func stopPostmaster(pid int) {
 	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	if err != nil || !bytes.HasPrefix(comm, []byte("postgres")) {
+	if err != nil || !strings.HasPrefix(string(comm), "postgres") {
 		return
 	}
+	pm := pgctl.Self(pid)
+	kids := pgctl.Children(pid)
 	_ = syscall.Kill(pid, syscall.SIGQUIT)
-	for i := 0; i < 20; i++ {
-		if syscall.Kill(pid, 0) != nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond) // bounded wait for a process we do not parent
+	deadline := time.Now().Add(time.Second)
+	for pm.Alive() && time.Now().Before(deadline) {
+		kids = append(kids, pgctl.Children(pid)...)
+		time.Sleep(20 * time.Millisecond) // bounded wait for a process we do not parent
 	}
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	_ = syscall.Kill(pid, syscall.SIGKILL)
+	pgctl.KillAll(append(kids, pm), 2*time.Second)
 }

@@ -53,3 +53,23 @@ func boottime() (time.Duration, bool) {
 	}
 	return time.Duration(ts.Nano()), true
 }
+
+// BootNanos converts a time from BootClock into nanoseconds of
+// CLOCK_BOOTTIME, the form another process on this host can compare with
+// its own reading (the fence watchdog). Without CLOCK_BOOTTIME it is Unix
+// nanoseconds of the wall clock, and BootNow agrees.
+func BootNanos(t time.Time) int64 {
+	BootClock() // initialise
+	if !bootOK {
+		return t.UnixNano()
+	}
+	return int64(t.Sub(bootEpoch))
+}
+
+// BootNow is the current CLOCK_BOOTTIME in nanoseconds (see BootNanos).
+func BootNow() int64 {
+	if d, ok := boottime(); ok {
+		return int64(d)
+	}
+	return time.Now().UnixNano()
+}

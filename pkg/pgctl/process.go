@@ -323,32 +323,50 @@ func (i *Instance) Stop(ctx context.Context, mode StopMode) error {
 }
 
 // StopWithin stops postgres in mode, escalating to immediate and then
-// SIGKILL if it has not exited after timeout each.
+// SIGKILL if it has not exited after timeout each. It returns nil only
+// when the postmaster and every process it started are gone: its children
+// (backends call setsid(), so no process group covers them) are recorded
+// before each step and killed after the postmaster exits, so no backend of
+// a frozen or dead postmaster can commit after the stop returns.
 func (i *Instance) StopWithin(ctx context.Context, mode StopMode, timeout time.Duration) error {
+	i.mu.Lock()
+	proc, exited := i.proc, i.exited
+	i.mu.Unlock()
+	if proc == nil || exited == nil {
+		return nil
+	}
+	var kids []Proc
+	finish := func() error {
+		kids = merge(kids, Children(proc.Pid))
+		if left := KillAll(kids, max(timeout, time.Second)); len(left) > 0 {
+			return fmt.Errorf("stop postgres %d: %d of its processes still run after SIGKILL (first: %d)", proc.Pid, len(left), left[0].PID)
+		}
+		return nil
+	}
 	for m := mode; m <= Immediate; m++ {
+		kids = merge(kids, Children(proc.Pid))
 		c, cancel := context.WithTimeout(ctx, timeout)
 		err := i.Stop(c, m)
 		cancel()
 		if err == nil || errors.Is(err, ErrNotRunning) {
-			return nil
+			return finish()
 		}
 		if ctx.Err() != nil {
+			_ = finish()
 			return err
 		}
 	}
-	// Last resort: SIGKILL the postmaster's whole process group (it was
-	// started with Setpgid), so no backend can finish a commit after it.
-	i.mu.Lock()
-	proc, exited := i.proc, i.exited
-	i.mu.Unlock()
+	// Last resort: SIGKILL the postmaster and every child it had.
+	kids = merge(kids, Children(proc.Pid))
 	_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)
 	_ = proc.Kill()
 	select {
 	case <-exited:
-		return nil
 	case <-time.After(5 * time.Second):
+		_ = finish()
 		return fmt.Errorf("kill postgres %d: still not reaped after SIGKILL", proc.Pid)
 	}
+	return finish()
 }
 
 // Reload sends SIGHUP so postgres re-reads its configuration.

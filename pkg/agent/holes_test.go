@@ -1,0 +1,226 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cifha/cifha/internal/testutil"
+	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/pgctl"
+	"github.com/hashicorp/go-hclog"
+)
+
+// runningLeader returns an agent whose postgres runs as the primary
+// holding the key under lease 7 (valid until t0+3s, fence at t0+2s).
+func runningLeader(t *testing.T) (*Agent, *fakePostgres, *fakeDCS, *fakeClock) {
+	t.Helper()
+	clk := &fakeClock{t: t0}
+	pg := &fakePostgres{dir: pgctl.DataDirMissing}
+	dcs := newFakeDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
+	a := newTestAgent(pg, dcs, clk)
+	ctx := context.Background()
+	if err := a.Iterate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.Iterate(ctx)
+	if s := a.Snapshot(); !s.IsLeader || !pg.running {
+		t.Fatalf("not a running leader: %+v", s.Member)
+	}
+	return a, pg, dcs, clk
+}
+
+// Hole 11: an agent resumed after a pause longer than its ttl fences
+// before doing anything else (its clock counts the suspended time).
+func TestResumedAfterSuspendFencesFirst(t *testing.T) {
+	a, pg, _, clk := runningLeader(t)
+	pg.calls = nil
+	clk.Advance(30 * time.Second) // the VM was paused: the lease is long gone
+	_ = a.Iterate(context.Background())
+	if pg.running || len(pg.calls) == 0 || !strings.HasPrefix(pg.calls[0], "stop") {
+		t.Fatalf("after resume: running=%v calls=%v; want a stop first", pg.running, pg.calls)
+	}
+}
+
+func TestBootClockCountsForward(t *testing.T) {
+	now := election.BootClock()
+	a := now()
+	if d := a.Sub(time.Now()); d > time.Minute || d < -time.Minute {
+		t.Fatalf("boot clock %v is far from the wall clock", a)
+	}
+	b := now()
+	if b.Before(a) {
+		t.Fatal("boot clock went backwards")
+	}
+	if n := election.BootNanos(b); n <= 0 || n > election.BootNow() {
+		t.Fatalf("BootNanos %d, BootNow %d", n, election.BootNow())
+	}
+}
+
+// Hole 7: a paused leader fenced while its lease ran low, whose lease is
+// renewed with the key still its own, restarts postgres in place.
+func TestPausedLeaderRestartsAfterFence(t *testing.T) {
+	a, pg, dcs, clk := runningLeader(t)
+	ctx := context.Background()
+	dcs.cluster.Paused = true
+	clk.Advance(2500 * time.Millisecond) // inside the margin: fenced
+	_ = a.Iterate(ctx)
+	if pg.running {
+		t.Fatal("not fenced inside the margin")
+	}
+	dcs.lease.ValidUntil = clk.t.Add(3 * time.Second) // renewed in time, same lease
+	if err := a.Iterate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !pg.running {
+		t.Fatalf("paused leader with its lease renewed stays down: %s", a.Snapshot().Plan.Reason)
+	}
+}
+
+// Hole 5: a primary that cannot start gives up the key.
+func TestLeaderGivesUpKeyWhenPostgresCannotStart(t *testing.T) {
+	a, pg, dcs, clk := runningLeader(t)
+	a.opt.PrimaryStartTimeout, a.opt.RecentWindow = 10*time.Second, 6*time.Second
+	ctx := context.Background()
+	pg.failStart = true
+	pg.running = false
+	for i := 0; i < 30 && dcs.cluster.Leader != nil; i++ {
+		clk.Advance(500 * time.Millisecond)
+		dcs.lease.ValidUntil = clk.t.Add(3 * time.Second)
+		_ = a.Iterate(ctx)
+	}
+	if dcs.cluster.Leader != nil {
+		t.Fatalf("leader key kept although postgres never started: %s", a.Snapshot().Plan.Reason)
+	}
+	// It does not take the key straight back.
+	clk.Advance(time.Second)
+	dcs.lease.ValidUntil = clk.t.Add(3 * time.Second)
+	_ = a.Iterate(ctx)
+	if dcs.cluster.Leader != nil {
+		t.Fatal("took the key back at once")
+	}
+}
+
+// Hole 4: a watchdog whose deadline cannot be enforced stops every
+// writable step.
+func TestBrokenWatchdogBlocksWritableSteps(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	pg := &fakePostgres{dir: pgctl.DataDirValid}
+	dcs := newFakeDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
+	a := newTestAgent(pg, dcs, clk)
+	a.opt.Watchdog = brokenWatchdog{}
+	if err := a.Iterate(context.Background()); err == nil || pg.running {
+		t.Fatalf("started a primary without a working watchdog (err %v)", err)
+	}
+}
+
+type brokenWatchdog struct{}
+
+func (brokenWatchdog) Arm(int, time.Time) error { return fmt.Errorf("gone") }
+func (brokenWatchdog) Disarm()                  {}
+func (brokenWatchdog) Err() string              { return "fence watchdog cannot be restarted: gone" }
+
+// fakePostmaster starts a process whose name is "postgres" (the watchdog
+// refuses to signal anything else).
+func fakePostmaster(t *testing.T) (*exec.Cmd, <-chan struct{}) {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "postgres")
+	src, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Skip("no /bin/sleep")
+	}
+	if err := os.WriteFile(bin, src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	return cmd, done
+}
+
+// Hole 4: the watchdog takes an absolute deadline on the shared clock. A
+// message that arrives late (the agent was paused after computing it) must
+// not extend the deadline: it fires at the deadline, not "left" after
+// arrival.
+func TestWatchdogAbsoluteDeadline(t *testing.T) {
+	pm, exited := fakePostmaster(t)
+	var now atomic.Int64
+	now.Store(1_000_000_000)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { RunWatchdog(r, hclog.NewNullLogger(), now.Load); close(done) }()
+	defer func() { w.Close(); <-done }()
+	// The deadline was 1 s after "now" when the agent computed it; the
+	// message arrives 5 s later (the agent was frozen).
+	now.Store(6_000_000_000)
+	fmt.Fprintf(w, "arm %d %d\n", pm.Process.Pid, int64(2_000_000_000))
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a deadline already past when it arrived did not fire")
+	}
+}
+
+// Hole 4: a watchdog that stops reading can never block the fencer: each
+// Arm returns promptly (a full pipe is a dead watchdog, restarted).
+func TestStuckWatchdogNeverBlocks(t *testing.T) {
+	dir := testutil.Dir(t, "wd-")
+	script := filepath.Join(dir, "stuck")
+	// Reads nothing, ever.
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w := &ProcessWatchdog{exe: script, log: hclog.NewNullLogger()}
+	if err := w.start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		w.Close()
+		if w.cmd != nil && w.cmd.Process != nil {
+			w.cmd.Process.Kill()
+		}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	failed := 0
+	for i := 0; i < 5000; i++ {
+		start := time.Now()
+		if w.Arm(1, time.Now()) != nil {
+			failed++
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("Arm blocked for %s", d)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("too slow")
+		}
+	}
+	if failed > 0 {
+		t.Fatalf("%d Arms failed although the watchdog could always be restarted (last: %s)", failed, w.Err())
+	}
+	// Make restarts impossible: Arm now fails and says why.
+	os.Remove(script)
+	w.mu.Lock()
+	if w.cmd != nil && w.cmd.Process != nil {
+		w.cmd.Process.Signal(syscall.SIGKILL)
+	}
+	w.in.Close()
+	w.mu.Unlock()
+	if err := w.Arm(1, time.Now()); err == nil || w.Err() == "" {
+		t.Fatalf("Arm with an unrestartable watchdog: %v, Err %q", err, w.Err())
+	}
+}
