@@ -4,7 +4,7 @@
 export PATH := $(PATH):/usr/local/go/bin
 GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/cifha/cifha/pkg/agent.Version=$(VERSION)
+LDFLAGS := -X github.com/cifha/cifha/pkg/version.Version=$(VERSION)
 
 .PHONY: all build deps test unit integration lint demo bench fuzz clean
 

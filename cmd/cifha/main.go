@@ -6,9 +6,12 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/cifha/cifha/pkg/api"
 	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/version"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,16 +21,56 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-func main() {
-	if len(os.Args) > 1 && os.Args[1] == "cif-sync" {
-		os.Exit(runCIFSync(os.Args[2:]))
+const usage = `usage: cifha [run] [--config FILE] [--check-config]
+       cifha cif-sync [--config FILE] [--once]
+       cifha version
+       cifha help
+
+  run (the default)  the HA agent: runs PostgreSQL on this host as part of a
+                     cluster coordinated through etcd (systemd:
+                     deploy/systemd/cifha.service). Run it as the postgres user.
+  cif-sync           on the CIF node: keep ~/.cif's [db] host pointing at the
+                     primary (docs/cif.md).
+  version            print the version.
+  help               print this help.
+
+See docs/operations.md; the operator's tool is cifhactl.
+`
+
+func main() { os.Exit(dispatch(os.Args[1:])) }
+
+// dispatch picks the subcommand. Subcommands are explicit: an unknown word
+// (a typo, or a command of a later version) is an error with the usage on
+// stderr and exit status 2, never a start of the daemon. Arguments that
+// begin with "-" are the agent's flags (the systemd unit's form).
+func dispatch(args []string) int {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		for _, a := range args {
+			if a == "-h" || a == "--help" || a == "-help" {
+				fmt.Print(usage)
+				return 0
+			}
+		}
+		return run(args)
 	}
-	if len(os.Args) > 1 && os.Args[1] == "fence-watchdog" {
+	switch args[0] {
+	case "run":
+		return run(args[1:])
+	case "cif-sync":
+		return runCIFSync(args[1:])
+	case "fence-watchdog":
 		// Started by the agent itself; see pkg/agent/watchdog.go.
 		agent.RunWatchdog(os.Stdin, hclog.New(&hclog.LoggerOptions{Name: "fence-watchdog"}), election.BootNow)
-		os.Exit(0)
+		return 0
+	case "version":
+		fmt.Println("cifha", version.Version)
+		return 0
+	case "help":
+		fmt.Print(usage)
+		return 0
 	}
-	os.Exit(run())
+	fmt.Fprintf(os.Stderr, "cifha: unknown command %q\n\n%s", args[0], usage)
+	return 2
 }
 
 // runCIFSync is `cifha cif-sync`: on the CIF front-end node, keep ~/.cif's
@@ -52,7 +95,7 @@ func runCIFSync(args []string) int {
 	log := hclog.New(&hclog.LoggerOptions{
 		Name: "cif-sync", Level: hclog.LevelFromString(cfg.Log.Level), JSONFormat: cfg.Log.Format == "json",
 	})
-	cli, err := agent.EtcdClient(cfg.Etcd)
+	cli, err := election.NewClient(cfg.Etcd)
 	if err != nil {
 		log.Error("etcd", "error", err)
 		return 1
@@ -60,7 +103,7 @@ func runCIFSync(args []string) int {
 	defer cli.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	hc, err := agent.APIClient(cfg.APICAFile, time.Second)
+	hc, err := api.NewHTTPClient(api.TLS{CAFile: cfg.APICAFile}, "", time.Second)
 	if err != nil {
 		log.Error("api client", "error", err)
 		return 2
@@ -82,22 +125,24 @@ func runCIFSync(args []string) int {
 	return 0
 }
 
-func run() int {
+func run(args []string) int {
 	fs := flag.NewFlagSet("cifha", flag.ContinueOnError)
 	cfgPath := fs.String("config", config.DefaultPath, "configuration file")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
-	version := fs.Bool("version", false, "print the version and exit")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: cifha [--config FILE] [--check-config]\n\n"+
-			"cifha runs PostgreSQL on this host as part of an HA cluster coordinated through etcd.\n"+
-			"Run it as the postgres user (systemd: deploy/systemd/cifha.service).\n\n")
+		fmt.Fprint(fs.Output(), usage+"\nflags of run:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *version {
-		fmt.Println("cifha", agent.Version)
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "cifha: unexpected argument %q\n\n%s", fs.Arg(0), usage)
+		return 2
+	}
+	if *showVersion {
+		fmt.Println("cifha", version.Version)
 		return 0
 	}
 	cfg, err := config.Load(*cfgPath)

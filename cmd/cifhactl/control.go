@@ -2,18 +2,15 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/cifha/cifha/pkg/api"
 	"net/http"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/cifha/cifha/pkg/agent"
 	"github.com/cifha/cifha/pkg/election"
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -40,11 +37,11 @@ func (g *globals) newController(cmd *cobra.Command, asJSON bool) (*controller, e
 	if err != nil {
 		return nil, &exitError{exitUsage, err}
 	}
-	hc, err := agent.APIClientCert(g.api.API.CAFile, g.api.API.ClientCertFile, g.api.API.ClientKeyFile, 0)
+	hc, err := api.NewHTTPClient(g.apiTLS(), tok, 0)
 	if err != nil {
 		return nil, &exitError{exitUsage, err}
 	}
-	return &controller{g: g, cmd: cmd, cluster: c, hc: agent.WithToken(hc, tok), asJSON: asJSON}, nil
+	return &controller{g: g, cmd: cmd, cluster: c, hc: hc, asJSON: asJSON}, nil
 }
 
 // readNow connects to etcd, reads the cluster once and disconnects. It
@@ -113,40 +110,27 @@ func (c *controller) memberURL(name string) (string, error) {
 // post sends one action to one agent and prints the answer as is (or as
 // JSON). A refusal or failure exits 1 with the agent's reason.
 func (c *controller) post(ctx context.Context, url, path string, body any, timeout time.Duration) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(url, "/")+path, rd)
-	if err != nil {
-		return &exitError{exitUsage, err}
-	}
-	req.Header.Set("Content-Type", "application/json")
-	r, err := c.hc.Do(req)
-	if err != nil {
+	var cr api.ControlResponse
+	code, err := api.Post(ctx, c.hc, url, path, body, &cr)
+	if err != nil && code == 0 {
 		if c.asJSON {
 			_ = printJSON(c.cmd, struct {
-				agent.ControlResponse
+				api.ControlResponse
 				Status int `json:"status"`
-			}{agent.ControlResponse{Message: fmt.Sprintf("%s: %v", path, err)}, 0})
+			}{api.ControlResponse{Message: fmt.Sprintf("%s: %v", path, err)}, 0})
 			return &exitError{exitUnhealthy, nil}
 		}
 		return &exitError{exitUnhealthy, fmt.Errorf("%s: %w", path, err)}
 	}
-	defer r.Body.Close()
-	var cr agent.ControlResponse
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&cr); err != nil {
-		return &exitError{exitUnhealthy, fmt.Errorf("%s: HTTP %d with an unreadable answer: %v", path, r.StatusCode, err)}
+	if err != nil {
+		return &exitError{exitUnhealthy, fmt.Errorf("%s: HTTP %d with an unreadable answer: %v", path, code, err)}
 	}
+	r := struct{ StatusCode int }{code}
 	if c.asJSON {
 		if err := printJSON(c.cmd, struct {
-			agent.ControlResponse
+			api.ControlResponse
 			Status int `json:"status"`
 		}{cr, r.StatusCode}); err != nil {
 			return err
@@ -249,7 +233,7 @@ resumes. With --at the switchover is scheduled (at most 7 days ahead);
 						break
 					}
 				}
-				return c.post(cmd.Context(), url, "/switchover", agent.SwitchoverBody{Cancel: true}, g.timeout)
+				return c.post(cmd.Context(), url, "/switchover", api.SwitchoverBody{Cancel: true}, g.timeout)
 			}
 			if !election.ValidName(to) {
 				return &exitError{exitUsage, fmt.Errorf("--to: %q is not a member name", to)}
@@ -274,7 +258,7 @@ resumes. With --at the switchover is scheduled (at most 7 days ahead);
 			if err := confirm(cmd, force, fmt.Sprintf("Switch over from %s to %s %s?", leader, to, when)); err != nil {
 				return err
 			}
-			return c.post(cmd.Context(), url, "/switchover", agent.SwitchoverBody{To: to, At: at}, wait)
+			return c.post(cmd.Context(), url, "/switchover", api.SwitchoverBody{To: to, At: at}, wait)
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the standby to promote (required)")
@@ -316,7 +300,7 @@ not receive are lost. Refused while a leader holds the key: use switchover.`,
 			if err := confirm(cmd, force, fmt.Sprintf("WARNING: %s may lack transactions the old leader acknowledged; they would be lost. Promote %s?", to, to)); err != nil {
 				return err
 			}
-			return c.post(cmd.Context(), url, "/failover", agent.FailoverBody{To: to}, wait)
+			return c.post(cmd.Context(), url, "/failover", api.FailoverBody{To: to}, wait)
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the member to promote (required)")
@@ -325,4 +309,9 @@ not receive are lost. Refused while a leader holds the key: use switchover.`,
 	cmd.Flags().DurationVar(&wait, "wait", 60*time.Second, "how long to wait for the outcome")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
+}
+
+// apiTLS is the client side of the agents' API TLS from the config.
+func (g *globals) apiTLS() api.TLS {
+	return api.TLS{CAFile: g.api.API.CAFile, CertFile: g.api.API.ClientCertFile, KeyFile: g.api.API.ClientKeyFile}
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/api"
+	"github.com/cifha/cifha/pkg/version"
 	"os"
 	"os/signal"
 	"strings"
@@ -13,7 +15,6 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-	"github.com/cifha/cifha/pkg/agent"
 	"github.com/cifha/cifha/pkg/config"
 	"github.com/cifha/cifha/pkg/ctl"
 	"github.com/cifha/cifha/pkg/election"
@@ -144,7 +145,7 @@ Exit status:
   2  bad arguments or configuration, or etcd unreachable`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       agent.Version,
+		Version:       version.Version,
 	}
 	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", config.DefaultPath, "cifha configuration file (for [etcd] and cluster)")
 	root.PersistentFlags().StringSliceVar(&g.endpoints, "endpoints", nil, "etcd endpoints (override the config)")
@@ -167,7 +168,7 @@ func (g *globals) connect(cmd *cobra.Command) (*clientv3.Client, string, error) 
 	if err != nil {
 		return nil, "", &exitError{exitUsage, err}
 	}
-	cli, err := agent.EtcdClient(ec)
+	cli, err := election.NewClient(ec)
 	if err != nil {
 		return nil, "", &exitError{exitUsage, err}
 	}
@@ -225,14 +226,12 @@ func statusCmd(g *globals) *cobra.Command {
 			defer cli.Close()
 			// The same client as every other API caller (honours api.ca_file);
 			// ctl.Status bounds each request itself.
-			hc, err := agent.APIClientCert(g.api.API.CAFile, g.api.API.ClientCertFile, g.api.API.ClientKeyFile, 0)
-			if err != nil {
-				return &exitError{exitUsage, err}
-			}
 			// Members with api.protect_reads answer /status only with the
 			// token; send it when one is configured.
-			if tok, err := g.token(); err == nil {
-				hc = agent.WithToken(hc, tok)
+			tok, _ := g.token()
+			hc, err := api.NewHTTPClient(g.apiTLS(), tok, 0)
+			if err != nil {
+				return &exitError{exitUsage, err}
 			}
 			once := func() error {
 				ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)

@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/api"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/cifha/cifha/pkg/agent"
 	"github.com/cifha/cifha/pkg/election"
 	"github.com/spf13/cobra"
 )
@@ -128,7 +128,7 @@ func removeCmd(g *globals) *cobra.Command {
 			if err := confirm(cmd, force, fmt.Sprintf("Remove member %s (drop its replication slot on %s)?", name, leader)); err != nil {
 				return err
 			}
-			return c.post(cmd.Context(), url, "/remove", agent.RemoveBody{Name: name}, g.timeout+10*time.Second)
+			return c.post(cmd.Context(), url, "/remove", api.RemoveBody{Name: name}, g.timeout+10*time.Second)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the agent's answer as JSON")
@@ -184,7 +184,7 @@ stored; an invalid one is refused with its key named.`,
 			if err != nil {
 				return err
 			}
-			return c.post(cmd.Context(), url, "/config", agent.ConfigBody{Set: set}, g.timeout+10*time.Second)
+			return c.post(cmd.Context(), url, "/config", api.ConfigBody{Set: set}, g.timeout+10*time.Second)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the agent's answer as JSON")
@@ -259,7 +259,7 @@ func editConfigCmd(g *globals) *cobra.Command {
 				return err
 			}
 			rev := c.cluster.ConfigRev
-			return c.post(cmd.Context(), url, "/config", agent.ConfigBody{Replace: &next, ModRev: &rev}, g.timeout+10*time.Second)
+			return c.post(cmd.Context(), url, "/config", api.ConfigBody{Replace: &next, ModRev: &rev}, g.timeout+10*time.Second)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the agent's answer as JSON")

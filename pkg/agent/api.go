@@ -5,37 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/api"
 	"github.com/cifha/cifha/pkg/ha"
-	"io"
 	"net/http"
 	"sort"
-	"strings"
 	"time"
 
-	"github.com/cifha/cifha/pkg/election"
 	"github.com/cifha/cifha/pkg/pgctl"
 )
-
-// StatusResponse is the body of GET /status.
-type StatusResponse struct {
-	Self     election.Member   `json:"self"`
-	IsLeader bool              `json:"is_leader"`
-	Leader   string            `json:"leader"`
-	Members  []election.Member `json:"members"`
-	// Invalid lists keys in etcd the agent ignores, with why.
-	Invalid map[string]string `json:"invalid,omitempty"`
-	DCSErr  string            `json:"dcs_error,omitempty"`
-	// LeaseValidFor is how long this agent's lease is known to be valid.
-	LeaseValidFor string    `json:"lease_valid_for,omitempty"`
-	Plan          string    `json:"plan"`
-	ObservedAt    time.Time `json:"observed_at"`
-	// Effective cluster-wide settings on this member.
-	MaxLagOnFailover int64  `json:"maximum_lag_on_failover"`
-	LoopInterval     string `json:"loop_interval"`
-	// FenceWatchdogError says why the fence watchdog does not work ("":
-	// it does); while it is set no step makes postgres writable.
-	FenceWatchdogError string `json:"fence_watchdog_error,omitempty"`
-}
 
 // Handler serves the agent's read-only API:
 //
@@ -94,7 +71,7 @@ func Handler(a *Agent) http.Handler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
-		resp := WALResponse{NoFailover: a.opt.NoFailover, FailoverPriority: a.opt.FailoverPriority, Running: a.opt.PG.Running(), StreamedAgoMS: -1}
+		resp := api.WALResponse{NoFailover: a.opt.NoFailover, FailoverPriority: a.opt.FailoverPriority, Running: a.opt.PG.Running(), StreamedAgoMS: -1}
 		if at := a.streamedAt.Load(); at != 0 {
 			resp.StreamedAgoMS = a.now().Sub(time.Unix(0, at)).Milliseconds()
 		}
@@ -113,22 +90,6 @@ func Handler(a *Agent) http.Handler {
 	return mux
 }
 
-// WALResponse is the body of GET /wal.
-type WALResponse struct {
-	Running          bool   `json:"running"`
-	InRecovery       bool   `json:"in_recovery"`
-	Timeline         int    `json:"timeline"`
-	ReceiveLSN       string `json:"receive_lsn"`
-	ReplayLSN        string `json:"replay_lsn"`
-	ReplayPaused     bool   `json:"replay_paused"`
-	NoFailover       bool   `json:"nofailover"`
-	FailoverPriority int    `json:"failover_priority"`
-	// StreamedAgoMS is how long ago this standby last streamed from a
-	// primary, in ms (-1: never since the agent started).
-	StreamedAgoMS int64  `json:"streamed_ago_ms"`
-	Error         string `json:"error,omitempty"`
-}
-
 // HTTPPeers implements Peers over the members' HTTP APIs. For members with
 // api.protect_reads, give it a client from WithToken.
 type HTTPPeers struct{ Client *http.Client }
@@ -138,21 +99,10 @@ func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (ha.Candidate, 
 	if apiURL == "" {
 		return ha.Candidate{}, errors.New("no API URL published")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(apiURL, "/")+"/wal", nil)
+	var wr api.WALResponse
+	_, err := api.Get(ctx, p.Client, apiURL, "/wal", &wr)
 	if err != nil {
-		return ha.Candidate{}, err
-	}
-	resp, err := p.Client.Do(req)
-	if err != nil {
-		return ha.Candidate{}, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusUnauthorized {
-		return ha.Candidate{}, fmt.Errorf("GET %s/wal: 401 (the members' api.token_file differ?)", apiURL)
-	}
-	var wr WALResponse
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&wr); err != nil {
-		return ha.Candidate{}, fmt.Errorf("GET %s/wal: %w", apiURL, err)
+		return ha.Candidate{}, fmt.Errorf("%s: %w", apiURL, err)
 	}
 	c := ha.Candidate{Running: wr.Running, InRecovery: wr.InRecovery, ReplayPaused: wr.ReplayPaused, NoFailover: wr.NoFailover, FailoverPriority: wr.FailoverPriority,
 		Timeline: wr.Timeline, StreamedAgo: -1}
@@ -176,11 +126,11 @@ func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (ha.Candidate, 
 	return c, nil
 }
 
-func statusOf(s *Snapshot, now time.Time) StatusResponse {
+func statusOf(s *Snapshot, now time.Time) api.StatusResponse {
 	if s == nil {
-		return StatusResponse{Plan: "starting"}
+		return api.StatusResponse{Plan: "starting"}
 	}
-	r := StatusResponse{Self: s.Member, IsLeader: s.IsLeader, Invalid: s.Cluster.Invalid, DCSErr: s.DCSErr,
+	r := api.StatusResponse{Self: s.Member, IsLeader: s.IsLeader, Invalid: s.Cluster.Invalid, DCSErr: s.DCSErr,
 		Plan: s.Plan.Action.String() + ": " + s.Plan.Reason, ObservedAt: s.ObservedAt}
 	if l := s.Cluster.Leader; l != nil && l.Valid {
 		r.Leader = l.Name
@@ -203,3 +153,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
 }
+
+// StatusResponse is kept as an alias for callers of the agent package.
+type StatusResponse = api.StatusResponse

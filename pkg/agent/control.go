@@ -6,9 +6,8 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/api"
 	"github.com/cifha/cifha/pkg/ha"
 	"io"
 	"net/http"
@@ -25,31 +24,6 @@ type Control interface {
 	CancelSwitchover(ctx context.Context) (bool, error)
 	RequestFailover(ctx context.Context, r election.FailoverRequest, ttl time.Duration) (bool, error)
 	PutConfig(ctx context.Context, c election.DynamicConfig, modRev int64) error
-}
-
-// ControlResponse is the body of every control endpoint's answer. Message
-// is for people; the CLI prints it as is.
-type ControlResponse struct {
-	OK      bool   `json:"ok"`
-	Message string `json:"message"`
-}
-
-// SwitchoverBody is POST /switchover's request.
-type SwitchoverBody struct {
-	// To is the candidate member.
-	To string `json:"to"`
-	// At schedules the switchover (RFC 3339); empty: now.
-	At string `json:"at,omitempty"`
-	// Cancel removes a pending (scheduled) switchover instead.
-	Cancel bool `json:"cancel,omitempty"`
-}
-
-// maxSchedule bounds how far ahead a switchover can be scheduled.
-const maxSchedule = 7 * 24 * time.Hour
-
-// FailoverBody is POST /failover's request.
-type FailoverBody struct {
-	To string `json:"to"`
 }
 
 // controlAnswer is a handler's outcome.
@@ -98,15 +72,15 @@ const maxBody = 1 << 16
 func (a *Agent) control(timeout time.Duration, do func(ctx context.Context, body []byte) controlAnswer) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
-			writeJSON(w, http.StatusMethodNotAllowed, ControlResponse{Message: "use POST"})
+			writeJSON(w, http.StatusMethodNotAllowed, api.ControlResponse{Message: "use POST"})
 			return
 		}
 		if a.opt.Token == "" || a.opt.Control == nil {
-			writeJSON(w, http.StatusForbidden, ControlResponse{Message: "control API disabled: set api.token_file on this member"})
+			writeJSON(w, http.StatusForbidden, api.ControlResponse{Message: "control API disabled: set api.token_file on this member"})
 			return
 		}
 		if a.opt.RequireClientCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
-			writeJSON(w, http.StatusUnauthorized, ControlResponse{Message: "a client certificate signed by api.client_ca_file is required"})
+			writeJSON(w, http.StatusUnauthorized, api.ControlResponse{Message: "a client certificate signed by api.client_ca_file is required"})
 			return
 		}
 		if !a.authorized(r) {
@@ -115,14 +89,14 @@ func (a *Agent) control(timeout time.Duration, do func(ctx context.Context, body
 		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 		if err != nil || len(body) > maxBody {
-			writeJSON(w, http.StatusBadRequest, ControlResponse{Message: fmt.Sprintf("request body unreadable or larger than %d bytes", maxBody)})
+			writeJSON(w, http.StatusBadRequest, api.ControlResponse{Message: fmt.Sprintf("request body unreadable or larger than %d bytes", maxBody)})
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		ans := do(ctx, body)
 		a.log.Info("control", "action", r.URL.Path, "from", r.RemoteAddr, "status", ans.code, "result", ans.msg)
-		writeJSON(w, ans.code, ControlResponse{OK: ans.code < 300, Message: ans.msg})
+		writeJSON(w, ans.code, api.ControlResponse{OK: ans.code < 300, Message: ans.msg})
 	}
 }
 
@@ -153,7 +127,7 @@ func (a *Agent) unauthorized(w http.ResponseWriter) {
 	if a.opt.Username != "" {
 		w.Header().Add("WWW-Authenticate", `Basic realm="cifha"`)
 	}
-	writeJSON(w, http.StatusUnauthorized, ControlResponse{Message: "missing or wrong token"})
+	writeJSON(w, http.StatusUnauthorized, api.ControlResponse{Message: "missing or wrong token"})
 }
 
 // protect wraps a GET endpoint that api.protect_reads puts behind the
@@ -171,23 +145,6 @@ func (a *Agent) protect(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// decodeBody decodes a JSON request strictly: unknown fields are refused,
-// so a misspelt option is never silently ignored.
-func decodeBody(body []byte, v any) error {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return errors.New("empty request body; expected JSON")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("invalid request: %v", err)
-	}
-	if dec.More() {
-		return errors.New("invalid request: trailing data after the JSON object")
-	}
-	return nil
-}
-
 func newID() string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
@@ -195,8 +152,8 @@ func newID() string {
 }
 
 func (a *Agent) postSwitchover(ctx context.Context, body []byte) controlAnswer {
-	var req SwitchoverBody
-	if err := decodeBody(body, &req); err != nil {
+	var req api.SwitchoverBody
+	if err := api.DecodeRequest(body, &req); err != nil {
 		return no(http.StatusBadRequest, "%v", err)
 	}
 	if req.Cancel {
@@ -224,8 +181,8 @@ func (a *Agent) postSwitchover(ctx context.Context, body []byte) controlAnswer {
 		if t.Before(a.now().Add(-time.Minute)) {
 			return no(http.StatusBadRequest, "at: %s is in the past", req.At)
 		}
-		if t.After(a.now().Add(maxSchedule)) {
-			return no(http.StatusBadRequest, "at: %s is more than %s ahead", req.At, maxSchedule)
+		if t.After(a.now().Add(api.MaxSchedule)) {
+			return no(http.StatusBadRequest, "at: %s is more than %s ahead", req.At, api.MaxSchedule)
 		}
 		if t.After(a.now()) {
 			at = t
@@ -284,8 +241,8 @@ func (a *Agent) postSwitchover(ctx context.Context, body []byte) controlAnswer {
 }
 
 func (a *Agent) postFailover(ctx context.Context, body []byte) controlAnswer {
-	var req FailoverBody
-	if err := decodeBody(body, &req); err != nil {
+	var req api.FailoverBody
+	if err := api.DecodeRequest(body, &req); err != nil {
 		return no(http.StatusBadRequest, "%v", err)
 	}
 	if !election.ValidName(req.To) {
@@ -336,7 +293,7 @@ func (a *Agent) simpleOp(op ha.Op, done string) func(ctx context.Context, body [
 	return func(ctx context.Context, body []byte) controlAnswer {
 		if len(bytes.TrimSpace(body)) > 0 {
 			var none struct{}
-			if err := decodeBody(body, &none); err != nil {
+			if err := api.DecodeRequest(body, &none); err != nil {
 				return no(http.StatusBadRequest, "%v", err)
 			}
 		}
@@ -350,14 +307,9 @@ func (a *Agent) simpleOp(op ha.Op, done string) func(ctx context.Context, body [
 	}
 }
 
-// RemoveBody is POST /remove's request.
-type RemoveBody struct {
-	Name string `json:"name"`
-}
-
 func (a *Agent) postRemove(ctx context.Context, body []byte) controlAnswer {
-	var req RemoveBody
-	if err := decodeBody(body, &req); err != nil {
+	var req api.RemoveBody
+	if err := api.DecodeRequest(body, &req); err != nil {
 		return no(http.StatusBadRequest, "%v", err)
 	}
 	if !election.ValidName(req.Name) {
@@ -372,19 +324,9 @@ func (a *Agent) postRemove(ctx context.Context, body []byte) controlAnswer {
 	return ok("member %s removed: its replication slot on the leader is dropped (WAL is no longer kept for it)", req.Name)
 }
 
-// ConfigBody is POST /config's request: Set changes some keys (a value of
-// "" removes one); Replace stores a whole new config (edit-config).
-type ConfigBody struct {
-	Set     map[string]string       `json:"set,omitempty"`
-	Replace *election.DynamicConfig `json:"replace,omitempty"`
-	// ModRev, with Replace, is the revision the edit started from: a
-	// concurrent change makes it fail instead of being overwritten.
-	ModRev *int64 `json:"mod_rev,omitempty"`
-}
-
 func (a *Agent) postConfig(ctx context.Context, body []byte) controlAnswer {
-	var req ConfigBody
-	if err := decodeBody(body, &req); err != nil {
+	var req api.ConfigBody
+	if err := api.DecodeRequest(body, &req); err != nil {
 		return no(http.StatusBadRequest, "%v", err)
 	}
 	if (req.Set == nil) == (req.Replace == nil) {

@@ -3,13 +3,13 @@ package agent
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/api"
 	"github.com/cifha/cifha/pkg/ha"
+	"github.com/cifha/cifha/pkg/version"
 	"net"
 	"net/http"
-	"os"
 	"os/user"
 	"time"
 
@@ -18,104 +18,8 @@ import (
 	"github.com/cifha/cifha/pkg/pgctl"
 	"github.com/cifha/cifha/pkg/tuning"
 	"github.com/hashicorp/go-hclog"
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
-
-// Version is the agent's version, set at build time.
-var Version = "dev"
-
-// EtcdClient connects to etcd as configured (TLS and auth included).
-func EtcdClient(c config.Etcd) (*clientv3.Client, error) {
-	cc := clientv3.Config{
-		Endpoints:   c.Endpoints,
-		DialTimeout: c.DialTimeout.Duration,
-		Username:    c.Username,
-		Password:    c.Password,
-		Logger:      zap.NewNop(),
-		// Keepalive on the gRPC connection notices a dead etcd member quickly.
-		DialKeepAliveTime:    2 * time.Second,
-		DialKeepAliveTimeout: 2 * time.Second,
-	}
-	if c.CAFile != "" || c.CertFile != "" {
-		ti := transport.TLSInfo{TrustedCAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
-		tc, err := ti.ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("etcd TLS: %w", err)
-		}
-		cc.TLS = tc
-	}
-	cli, err := clientv3.New(cc)
-	if err != nil {
-		return nil, fmt.Errorf("etcd client: %w", err)
-	}
-	return cli, nil
-}
-
-// APIClient is an HTTP client for the agents' APIs, trusting caFile (PEM)
-// in addition to nothing else when it is set, else the system's roots.
-func APIClient(caFile string, timeout time.Duration) (*http.Client, error) {
-	return APIClientCert(caFile, "", "", timeout)
-}
-
-// APIClientCert is APIClient presenting a client certificate (for control
-// APIs with api.client_ca_file) when certFile and keyFile are set.
-func APIClientCert(caFile, certFile, keyFile string, timeout time.Duration) (*http.Client, error) {
-	c := &http.Client{Timeout: timeout}
-	if caFile == "" && certFile == "" {
-		return c, nil
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if caFile != "" {
-		pool, err := loadPool(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("api ca_file: %w", err)
-		}
-		tc.RootCAs = pool
-	}
-	if certFile != "" {
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("api client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	c.Transport = &http.Transport{TLSClientConfig: tc}
-	return c, nil
-}
-
-// loadPool reads a PEM CA bundle.
-func loadPool(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s: no PEM certificate found", path)
-	}
-	return pool, nil
-}
-
-// ServerTLS is the API's TLS configuration: the server certificate and,
-// with clientCAFile, verification of client certificates when given (the
-// control endpoints then require one).
-func ServerTLS(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("api TLS: %w", err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if clientCAFile != "" {
-		pool, err := loadPool(clientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("api client_ca_file: %w", err)
-		}
-		tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
-	}
-	return tc, nil
-}
 
 // Run is the whole daemon: it wires etcd, postgres, the loop and the API
 // from cfg and runs until ctx ends, then shuts down cleanly.
@@ -133,7 +37,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		return err
 	}
 	log.Info("starting", "member", cfg.Name, "cluster", cfg.Cluster, "postgres", ver.String(), "bin_dir", binDir,
-		"data_dir", cfg.Postgres.DataDir, "ttl", cfg.HA.TTL.Duration, "version", Version)
+		"data_dir", cfg.Postgres.DataDir, "ttl", cfg.HA.TTL.Duration, "version", version.Version)
 
 	triggerFile := ""
 	if cfg.HA.PromoteMethod == "trigger_file" {
@@ -174,7 +78,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	} else if len(removed) > 0 {
 		log.Info("removed directories of an interrupted initdb or clone", "paths", removed)
 	}
-	cli, err := EtcdClient(cfg.Etcd)
+	cli, err := election.NewClient(cfg.Etcd)
 	if err != nil {
 		return err
 	}
@@ -195,7 +99,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 
-	peerClient, err := APIClient(cfg.API.CAFile, time.Second)
+	peerClient, err := api.NewHTTPClient(api.TLS{CAFile: cfg.API.CAFile}, cfg.API.Token, time.Second)
 	if err != nil {
 		return err
 	}
@@ -214,8 +118,8 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		PrimaryStartTimeout: cfg.HA.PrimaryStartTimeout.Duration,
 		SwitchoverTimeout:   cfg.HA.SwitchoverTimeout.Duration,
 		FenceMargin:         cfg.HA.FenceMargin.Duration, APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,
-		AgentVersion: Version, NoFailover: cfg.Tags.NoFailover, FailoverPriority: cfg.Tags.FailoverPriority,
-		Peers:  HTTPPeers{Client: WithToken(peerClient, cfg.API.Token)},
+		AgentVersion: version.Version, NoFailover: cfg.Tags.NoFailover, FailoverPriority: cfg.Tags.FailoverPriority,
+		Peers:  HTTPPeers{Client: peerClient},
 		MaxLag: cfg.HA.MaxLagBytes, RecentWindow: 2 * ttl, RemoveOnRewindFailure: cfg.HA.RemoveDataDirectoryOnRewindFailure,
 		LastLeaderEvery: cfg.HA.LoopInterval.Duration,
 		TriggerFile:     triggerFile,
@@ -238,7 +142,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	}
 	srv := &http.Server{Handler: Handler(a), ReadHeaderTimeout: 5 * time.Second}
 	if cfg.API.CertFile != "" {
-		tc, err := ServerTLS(cfg.API.CertFile, cfg.API.KeyFile, cfg.API.ClientCAFile)
+		tc, err := api.ServerTLS(cfg.API.CertFile, cfg.API.KeyFile, cfg.API.ClientCAFile)
 		if err != nil {
 			ln.Close()
 			return err
@@ -294,30 +198,4 @@ func clusterTTL(ctx context.Context, cli *clientv3.Client, cfg *config.Config, l
 	}
 	log.Info("ttl from the cluster config", "ttl", d)
 	return d
-}
-
-// WithToken returns a copy of c that sends token as a bearer token on
-// every request (for members with api.protect_reads).
-func WithToken(c *http.Client, token string) *http.Client {
-	if token == "" {
-		return c
-	}
-	cc := *c
-	base := c.Transport
-	if base == nil {
-		base = http.DefaultTransport
-	}
-	cc.Transport = bearer{base: base, token: token}
-	return &cc
-}
-
-type bearer struct {
-	base  http.RoundTripper
-	token string
-}
-
-func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
-	return b.base.RoundTrip(r)
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"github.com/cifha/cifha/pkg/api"
 	"math/big"
 	"net"
 	"net/http"
@@ -80,7 +81,7 @@ func TestControlRequiresClientCert(t *testing.T) {
 	a := New(Options{Name: "db1", PG: &fakePostgres{}, DCS: newFakeDCS("db1", election.LeaseState{}), Control: fakeControl{&paused},
 		Token: "tok", RequireClientCert: true, LoopInterval: time.Second})
 	srv := httptest.NewUnstartedServer(Handler(a))
-	tc, err := ServerTLS(sc, sk, ca)
+	tc, err := api.ServerTLS(sc, sk, ca)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,11 +98,11 @@ func TestControlRequiresClientCert(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	noCert, err := APIClientCert(ca, "", "", 5*time.Second)
+	noCert, err := api.NewHTTPClient(api.TLS{CAFile: ca}, "", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	withCert, err := APIClientCert(ca, cc, ck, 5*time.Second)
+	withCert, err := api.NewHTTPClient(api.TLS{CAFile: ca, CertFile: cc, KeyFile: ck}, "", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +120,7 @@ func TestControlRequiresClientCert(t *testing.T) {
 		t.Fatalf("GET /status without a certificate: %v %v", resp, err)
 	}
 	resp.Body.Close()
-	if _, err := APIClientCert(ca, cc, "/nonexistent", time.Second); err == nil {
+	if _, err := api.NewHTTPClient(api.TLS{CAFile: ca, CertFile: cc, KeyFile: "/nonexistent"}, "", time.Second); err == nil {
 		t.Fatal("missing client key accepted")
 	}
 }
@@ -168,7 +169,7 @@ func TestBasicAuthAndProtectedReads(t *testing.T) {
 			t.Fatalf("GET %s must stay open: 401", p)
 		}
 	}
-	c := WithToken(&http.Client{}, "tok")
+	c := api.WithToken(&http.Client{}, "tok")
 	resp, err := c.Get(srv.URL + "/status")
 	if err != nil || resp.StatusCode == 401 {
 		t.Fatalf("WithToken: %v %v", resp, err)

@@ -2,10 +2,9 @@ package cifsync
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/cifha/cifha/pkg/api"
 	"net"
 	"net/http"
 	"os"
@@ -195,25 +194,15 @@ func (s *Syncer) confirm(ctx context.Context, apiURL, leader string) error {
 	if apiURL == "" {
 		return fmt.Errorf("%w: no API URL", errNotYet)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(apiURL, "/")+"/primary", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := s.hc.Do(req)
-	if err != nil {
+	var body api.StatusResponse
+	code, err := api.Get(ctx, s.hc, apiURL, "/primary", &body)
+	if code == 0 && err != nil {
 		return fmt.Errorf("%w: %v", errNotYet, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%w: /primary answered %d", errNotYet, resp.StatusCode)
+	if code != http.StatusOK {
+		return fmt.Errorf("%w: /primary answered %d", errNotYet, code)
 	}
-	var body struct {
-		Self struct {
-			Name string `json:"name"`
-		} `json:"self"`
-		IsLeader bool `json:"is_leader"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
+	if err != nil {
 		return fmt.Errorf("%w: /primary: %v", errNotYet, err)
 	}
 	if body.Self.Name != leader || !body.IsLeader {

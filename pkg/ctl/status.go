@@ -2,8 +2,8 @@ package ctl
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"github.com/cifha/cifha/pkg/api"
 	"io"
 	"net/http"
 	"sort"
@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/cifha/cifha/pkg/election"
-	"github.com/cifha/cifha/pkg/pgctl"
+	"github.com/cifha/cifha/pkg/state"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -57,11 +57,6 @@ type ClusterStatus struct {
 
 // Healthy reports whether there is a leader and every member answered.
 func (s ClusterStatus) Healthy() bool { return len(s.Problems) == 0 }
-
-// apiStatus is the part of an agent's GET /status that cifhactl reads.
-type apiStatus struct {
-	Self election.Member `json:"self"`
-}
 
 // Status reads the cluster from etcd, then asks every member's API for its
 // current state (concurrently, each bounded by apiTimeout).
@@ -163,8 +158,8 @@ func lag(leader, m election.Member) *int64 {
 			return &v
 		}
 	}
-	cur, err1 := pgctl.ParseLSN(leader.CurrentLSN)
-	rep, err2 := pgctl.ParseLSN(m.ReplayLSN)
+	cur, err1 := state.ParseLSN(leader.CurrentLSN)
+	rep, err2 := state.ParseLSN(m.ReplayLSN)
 	if err1 != nil || err2 != nil {
 		return nil
 	}
@@ -178,18 +173,9 @@ func fetch(ctx context.Context, hc *http.Client, base string, timeout time.Durat
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/status", nil)
-	if err != nil {
+	var s api.StatusResponse
+	if _, err := api.Get(ctx, hc, base, "/status", &s); err != nil {
 		return nil, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var s apiStatus
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&s); err != nil {
-		return nil, fmt.Errorf("GET %s/status: %w", base, err)
 	}
 	return &s.Self, nil
 }

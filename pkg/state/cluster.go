@@ -190,13 +190,8 @@ func ParseFailover(b []byte) (*FailoverRequest, error) {
 // error: a typo must not be silently ignored).
 func ParseDynamicConfig(b []byte) (DynamicConfig, error) {
 	var c DynamicConfig
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	if err := DecodeStrict(b, &c); err != nil {
 		return DynamicConfig{}, fmt.Errorf("cluster config is not valid: %v", err)
-	}
-	if dec.More() {
-		return DynamicConfig{}, errors.New("cluster config: trailing data")
 	}
 	return c, nil
 }
@@ -216,3 +211,22 @@ type LeaseState struct {
 
 // Held reports whether the lease is known to be alive at now.
 func (l LeaseState) Held(now time.Time) bool { return l.ID != 0 && now.Before(l.ValidUntil) }
+
+// DecodeStrict decodes one JSON value into v strictly: unknown fields are
+// refused (a misspelt option is never silently ignored), as are an empty
+// input and trailing data. It is the one strict decoder of cifha's JSON:
+// etcd values, control API requests and answers (pkg/api).
+func DecodeStrict(b []byte, v any) error {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return errors.New("empty; expected JSON")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("invalid JSON: %v", err)
+	}
+	if dec.More() {
+		return errors.New("invalid JSON: trailing data after the value")
+	}
+	return nil
+}

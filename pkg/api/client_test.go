@@ -1,4 +1,4 @@
-package agent
+package api
 
 import (
 	"os"
@@ -7,15 +7,15 @@ import (
 )
 
 func TestAPIClientCAFile(t *testing.T) {
-	if c, err := APIClient("", time.Second); err != nil || c.Transport != nil {
+	if c, err := NewHTTPClient(TLS{}, "", time.Second); err != nil || c.Transport != nil {
 		t.Fatalf("default client: %v", err)
 	}
-	if _, err := APIClient("/nonexistent/ca.crt", time.Second); err == nil {
+	if _, err := NewHTTPClient(TLS{CAFile: "/nonexistent/ca.crt"}, "", time.Second); err == nil {
 		t.Fatal("missing ca_file accepted")
 	}
 	bad := t.TempDir() + "/ca.crt"
 	os.WriteFile(bad, []byte("not a certificate"), 0o600)
-	if _, err := APIClient(bad, time.Second); err == nil {
+	if _, err := NewHTTPClient(TLS{CAFile: bad}, "", time.Second); err == nil {
 		t.Fatal("ca_file without PEM accepted")
 	}
 }
