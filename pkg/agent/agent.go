@@ -151,6 +151,9 @@ type Agent struct {
 	// until postgres is seen as a primary (or stopped), so that an old
 	// leader waiting on a switchover cannot miss it.
 	promoting bool
+	// sw is the switchover this member carries out as the old leader
+	// (nil: none); Decide steps it (ha.SwitchoverProgress).
+	sw *ha.SwitchoverProgress
 	// lastSwitchover is the ID of the switchover request last carried out;
 	// a request whose key could not be cleared is never run twice.
 	lastSwitchover string
@@ -276,6 +279,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.opt.Wake:
 		case <-a.opt.LeaseChanged:
 		case <-a.fenceDue():
+		case <-a.planWake():
 		case <-exited:
 			a.seenExit = exited
 			a.log.Warn("postgres exited")
@@ -285,6 +289,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-time.After(minGap):
 		}
 	}
+}
+
+// planWake fires at the last plan's WakeAt (a switchover step, a
+// scheduled switchover, a start timeout); nil when it has none.
+func (a *Agent) planWake() <-chan time.Time {
+	if a.lastPlan.WakeAt.IsZero() {
+		return nil
+	}
+	return time.After(max(a.lastPlan.WakeAt.Sub(a.now()), 0))
 }
 
 // Iterate runs one observe-decide-act round and returns the action's error.
@@ -299,14 +312,17 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		// start counts as failing (also when postgres starts, then dies).
 		a.startFailingSince = o.Now
 	}
-	if p != a.lastPlan {
+	q, last := p, a.lastPlan
+	q.WakeAt, last.WakeAt = time.Time{}, time.Time{}
+	if q != last {
+		// A change of plan is logged once (the wake-up time alone is no change).
 		level := hclog.Info
 		if p.Action == ha.Fence || p.Action == ha.Demote {
 			level = hclog.Warn
 		}
 		a.log.Log(level, "plan", "action", p.Action.String(), "target", p.Target, "reason", p.Reason)
-		a.lastPlan = p
 	}
+	a.lastPlan = p
 	err := a.act(ctx, o, p)
 	if err != nil {
 		a.log.Error("action failed", "action", p.Action.String(), "error", err)
@@ -372,6 +388,10 @@ func (a *Agent) observe(ctx context.Context) ha.Observation {
 		a.promoting = false
 	}
 	o.WritableLease = a.writableLease
+	if a.sw != nil {
+		sw := *a.sw
+		o.Switchover = &sw
+	}
 	o.FencedUnder = a.fencedUnder.Load()
 	if o.PG != nil && !o.PG.InRecovery {
 		a.startFailingSince = time.Time{} // serving as primary
@@ -410,6 +430,10 @@ func (a *Agent) observe(ctx context.Context) ha.Observation {
 	if l := c.Leader; l != nil && l.Valid && a.rewindFailedFor == l.Name {
 		o.RewindFailed = a.rewindFailed
 	}
+	if to := a.switchoverTarget(o); to != "" {
+		o.SwitchoverTarget, o.SwitchoverTargetErr = a.readTarget(ctx, c, to)
+		o.Now = a.now()
+	}
 	if c.Leader == nil && o.PG != nil && o.PG.InRecovery && a.opt.Peers != nil {
 		o.Candidates = a.candidates(ctx, c)
 		o.Now = a.now()
@@ -421,6 +445,44 @@ func (a *Agent) observe(ctx context.Context) ha.Observation {
 	}
 	a.loggedInvalid = c.Invalid
 	return o
+}
+
+// switchoverTarget names the switchover candidate whose live position this
+// round needs: a request due on this leader, or a switchover awaiting the
+// candidate's replay ("" otherwise).
+func (a *Agent) switchoverTarget(o ha.Observation) string {
+	if a.sw != nil {
+		if a.sw.Phase == ha.PhaseStopped {
+			return a.sw.To
+		}
+		return ""
+	}
+	r := o.Cluster.Switchover
+	if r == nil || r.From != a.opt.Name || r.To == a.opt.Name || !o.HoldsLeader || o.PG == nil || o.PG.InRecovery {
+		return ""
+	}
+	if !r.At.IsZero() && o.Now.Before(r.At) {
+		return ""
+	}
+	return r.To
+}
+
+// readTarget reads member name's live position from its API (bounded).
+func (a *Agent) readTarget(ctx context.Context, c election.Cluster, name string) (*ha.Candidate, error) {
+	m, ok := c.Members[name]
+	if !ok {
+		return nil, fmt.Errorf("%s is not a member", name)
+	}
+	if a.opt.Peers == nil {
+		return nil, errors.New("no API client")
+	}
+	cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	cand, err := a.opt.Peers.Candidate(cctx, m.APIURL)
+	if err != nil {
+		return nil, err
+	}
+	return &cand, nil
 }
 
 // madeWritable is the last step before postgres is made writable (started
@@ -576,6 +638,15 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 		if err := a.gateNow(o.Lease); err != nil {
 			return err
 		}
+		if ll := o.Cluster.LastLeader; ll != nil && ll.Name == o.Self && ll.From != "" {
+			// Handed the key by a switchover: claim the promotion first, in
+			// a transaction that needs the key on this member's lease. The
+			// old leader takes the key back only while no claim exists, so
+			// this promotion can never be undone by a take-back.
+			if err := a.opt.DCS.ClaimPromotion(ctx, ll.SwitchoverID); err != nil {
+				return fmt.Errorf("not promoting: %w", err)
+			}
+		}
 		if err := a.announcePromotion(ctx, o, p); err != nil {
 			return err
 		}
@@ -585,13 +656,21 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 		return a.promote(ctx)
 
 	case ha.Switchover:
-		if o.Cluster.Switchover.ID == a.lastSwitchover {
-			// Already carried out (its key could not be cleared then):
-			// never a second outage for one request.
-			return dcs.ClearSwitchover(ctx, o.Cluster.Switchover.ModRev)
-		}
-		a.lastSwitchover = o.Cluster.Switchover.ID
-		return a.switchover(ctx, o, p)
+		return a.switchoverStop(ctx, o, p)
+	case ha.Handoff:
+		return a.switchoverHandoff(ctx, o, p)
+	case ha.SwitchoverHandedOff:
+		a.sw.Phase, a.sw.Deadline = ha.PhaseHandedOff, a.now().Add(a.opt.SwitchoverTimeout)
+		return nil
+	case ha.SwitchoverRollback:
+		return a.switchoverRollback(ctx, p)
+	case ha.SwitchoverFollow:
+		return a.switchoverFollow(ctx, p)
+	case ha.TakeBack:
+		return a.switchoverTakeBack(ctx, o, p)
+	case ha.SwitchoverAbandon:
+		a.switchDone(a.sw.ID, false, "%s", p.Reason)
+		return nil
 
 	case ha.Restart, ha.Reload, ha.Reinit, ha.DropSlot, ha.Refuse:
 		return a.actOp(ctx, o, p)
@@ -910,6 +989,9 @@ func (a *Agent) member(o ha.Observation, p ha.Plan) election.Member {
 	}
 	if a.promoting && o.Running && (o.PG == nil || o.PG.InRecovery) {
 		m.State = "promoting"
+	}
+	if a.sw != nil && !o.Running {
+		m.State = "switching over"
 	}
 	if st := o.PG; st != nil {
 		m.Timeline = st.Timeline

@@ -380,3 +380,16 @@ func (a *Agent) postConfig(ctx context.Context, body []byte) controlAnswer {
 	}
 	return ok("%s", msg)
 }
+
+// sleepCtx paces the failover request's wait for its outcome (an API
+// handler's wait, off the acting loop).
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

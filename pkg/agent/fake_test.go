@@ -155,6 +155,9 @@ type fakeDCS struct {
 	// onRead, when set, runs before each Read (a test's way to make the
 	// world change while an action polls).
 	onRead    func(d *fakeDCS)
+	// afterRead, when set, runs once after a Read has returned its copy
+	// (a change that lands between a read and the next write).
+	afterRead func(d *fakeDCS)
 	handedOff bool
 }
 
@@ -174,6 +177,10 @@ func (d *fakeDCS) Read(context.Context) (election.Cluster, error) {
 	c.Members = map[string]election.Member{}
 	for k, v := range d.cluster.Members {
 		c.Members[k] = v
+	}
+	if f := d.afterRead; f != nil {
+		d.afterRead = nil
+		f(d)
 	}
 	return c, nil
 }
@@ -238,3 +245,22 @@ func (d *fakeDCS) ClearSwitchover(context.Context, int64) error {
 func (d *fakeDCS) ClearFailover(context.Context, int64) error { d.cluster.Failover = nil; return nil }
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func (d *fakeDCS) ClaimPromotion(_ context.Context, id string) error {
+	if !d.Holds(d.cluster) {
+		return election.ErrNotLeader
+	}
+	d.cluster.Promotion, d.cluster.PromotionRev = &election.PromotionClaim{Name: d.self, Switchover: id}, d.cluster.PromotionRev+1
+	return nil
+}
+
+func (d *fakeDCS) TakeBack(_ context.Context, id string, rec election.LastLeader, rev int64) error {
+	if d.cluster.Leader != nil || d.cluster.PromotionRev != rev {
+		return election.ErrRefused
+	}
+	d.cluster.Leader = &election.Leader{Name: d.self, Valid: true, Lease: d.lease.ID, CreateRev: 100, ModRev: 100}
+	rec.Name = d.self
+	d.cluster.LastLeader = &rec
+	d.cluster.Promotion, d.cluster.PromotionRev = &election.PromotionClaim{Name: d.self, Switchover: id, TakenBack: true}, rev+1
+	return nil
+}

@@ -79,6 +79,12 @@ type DCS interface {
 	AppendHistory(ctx context.Context, rec election.HistoryRecord) error
 	// Handoff gives the leader key to member to (bound to toLease).
 	Handoff(ctx context.Context, to string, toLease int64, rec election.LastLeader, swModRev int64) error
+	// ClaimPromotion records (lease-less) that this member, holding the key
+	// on its lease, is about to promote after switchover switchoverID.
+	ClaimPromotion(ctx context.Context, switchoverID string) error
+	// TakeBack takes the free key back after a failed switchover, only if
+	// the promotion claim is unchanged since promotionRev.
+	TakeBack(ctx context.Context, switchoverID string, rec election.LastLeader, promotionRev int64) error
 	ClearSwitchover(ctx context.Context, modRev int64) error
 	ClearFailover(ctx context.Context, modRev int64) error
 }

@@ -2,34 +2,36 @@ package agent
 
 import (
 	"context"
-	"errors"
-	"github.com/cifha/cifha/pkg/ha"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/ha"
 	"github.com/cifha/cifha/pkg/pgctl"
 )
 
-// caughtUp is a candidate that has replayed past the fake's shutdown
-// checkpoint (1000).
+// The switchover's decisions are table rows in pkg/ha (switchover_test.go);
+// these loop tests drive the real steps with fakes and a fake clock.
+
+// caughtUp is a candidate that has replayed up to replay (the fake's
+// shutdown checkpoint is at 1000).
 type caughtUp struct{ replay pgctl.LSN }
 
 func (c caughtUp) Candidate(context.Context, string) (ha.Candidate, error) {
-	return ha.Candidate{Running: true, InRecovery: true, ReceiveLSN: c.replay, ReplayLSN: c.replay}, nil
+	return ha.Candidate{Running: true, InRecovery: true, ReceiveLSN: c.replay, ReplayLSN: c.replay, StreamedAgo: time.Second}, nil
 }
 
 // switchingLeader is db1 leading a running primary, with db2 a streaming
 // standby on lease 22 and a switchover to it requested.
-func switchingLeader(t *testing.T, peers Peers) (*Agent, *fakePostgres, *fakeDCS) {
+func switchingLeader(t *testing.T, peers Peers) (*Agent, *fakePostgres, *fakeDCS, *fakeClock) {
 	t.Helper()
 	ctx := context.Background()
 	clk := &fakeClock{t: t0}
 	pg := &fakePostgres{dir: pgctl.DataDirValid}
 	dcs := newFakeDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(time.Hour)})
 	a := New(Options{Name: "db1", PG: pg, DCS: dcs, Now: clk.Now, LoopInterval: time.Second, StartTimeout: time.Second,
-		FenceMargin: time.Second, MaxLag: 1 << 20, RecentWindow: 6 * time.Second, Peers: peers, SwitchoverTimeout: time.Hour})
+		FenceMargin: time.Second, MaxLag: 1 << 20, RecentWindow: 6 * time.Second, Peers: peers, SwitchoverTimeout: time.Second})
 	if err := a.Iterate(ctx); err != nil { // acquire and start
 		t.Fatal(err)
 	}
@@ -37,46 +39,60 @@ func switchingLeader(t *testing.T, peers Peers) (*Agent, *fakePostgres, *fakeDCS
 	dcs.cluster.MemberLease = map[string]int64{"db2": 22}
 	dcs.cluster.Switchover = &election.SwitchoverRequest{ID: "r1", From: "db1", To: "db2"}
 	pg.calls = nil
-	return a, pg, dcs
+	return a, pg, dcs, clk
+}
+
+// step runs loop rounds 20 ms apart until done or n rounds.
+func step(a *Agent, clk *fakeClock, n int, done func() bool) {
+	for i := 0; i < n && !done(); i++ {
+		_ = a.Iterate(context.Background())
+		clk.Advance(ha.SwitchoverPoll)
+	}
+}
+
+func result(t *testing.T, ch chan switchResult) switchResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	default:
+		t.Fatal("no switchover result reported")
+	}
+	return switchResult{}
 }
 
 // TestLoopSwitchover: the old leader stops, checks the shutdown checkpoint,
 // hands the key to the candidate's lease, waits for it to run as primary on
-// a newer timeline, then follows it (no rewind).
+// a newer timeline, then follows it (no rewind), one bounded step a round.
 func TestLoopSwitchover(t *testing.T) {
-	a, pg, dcs := switchingLeader(t, caughtUp{2000})
+	a, pg, dcs, clk := switchingLeader(t, caughtUp{2000})
 	wait := a.switchW.add("r1")
 	dcs.onRead = func(d *fakeDCS) {
 		if d.handedOff {
 			d.cluster.Members["db2"] = election.Member{Name: "db2", Role: "primary", State: "running", Timeline: 2, ConnAddress: "10.0.1.2:5432"}
 		}
 	}
-	if err := a.Iterate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if a.lastPlan.Action != ha.Switchover {
-		t.Fatalf("plan %v", a.lastPlan)
-	}
+	step(a, clk, 10, func() bool { return len(wait) > 0 })
 	if !has(pg.calls, "stop fast", "controldata", "configure", "set-standby db2", "start") || has(pg.calls, "rewind 10.0.1.2") {
 		t.Fatalf("calls %v", pg.calls)
 	}
 	l := dcs.cluster.Leader
-	if l.Name != "db2" || l.Lease != 22 || dcs.cluster.LastLeader.From != "db1" || dcs.cluster.Switchover != nil {
+	if l.Name != "db2" || l.Lease != 22 || dcs.cluster.LastLeader.From != "db1" || dcs.cluster.LastLeader.SwitchoverID != "r1" || dcs.cluster.Switchover != nil {
 		t.Fatalf("leader %+v last %+v", l, dcs.cluster.LastLeader)
 	}
-	if r := <-wait; !r.OK || !strings.Contains(r.Message, "switched over to db2") {
+	if r := result(t, wait); !r.OK || !strings.Contains(r.Message, "switched over to db2") {
 		t.Fatalf("result %+v", r)
 	}
-	if !pg.inRec {
-		t.Fatal("old leader did not restart as a standby")
+	if a.sw != nil {
+		t.Fatal("switchover still in progress after it finished")
 	}
 }
 
 // TestLoopSwitchoverCandidateLostBeforePromoting: the candidate's key
-// vanishes (its lease expired) and it never announced "promoting": the old
-// leader takes the key back and resumes as primary.
+// vanishes (its lease expired) and it never claimed its promotion: the old
+// leader takes the key back by the proving transaction and resumes.
 func TestLoopSwitchoverCandidateLostBeforePromoting(t *testing.T) {
-	a, pg, dcs := switchingLeader(t, caughtUp{2000})
+	a, pg, dcs, clk := switchingLeader(t, caughtUp{2000})
 	wait := a.switchW.add("r1")
 	dcs.onRead = func(d *fakeDCS) {
 		if d.handedOff && d.cluster.Leader != nil && d.cluster.Leader.Name == "db2" {
@@ -84,14 +100,17 @@ func TestLoopSwitchoverCandidateLostBeforePromoting(t *testing.T) {
 			delete(d.cluster.Members, "db2")
 		}
 	}
-	a.Iterate(context.Background())
+	step(a, clk, 10, func() bool { return len(wait) > 0 })
 	if l := dcs.cluster.Leader; l == nil || l.Name != "db1" {
 		t.Fatalf("leader %+v", l)
 	}
 	if !has(pg.calls, "stop fast", "controldata", "configure", "start") || pg.inRec || !pg.running {
 		t.Fatalf("calls %v inRec %v", pg.calls, pg.inRec)
 	}
-	if r := <-wait; r.OK || !strings.Contains(r.Message, "db1 resumed as primary") {
+	if c := dcs.cluster.Promotion; c == nil || !c.TakenBack {
+		t.Fatalf("take-back not recorded in the claim key: %+v", c)
+	}
+	if r := result(t, wait); r.OK || !strings.Contains(r.Message, "db1 resumed as primary") {
 		t.Fatalf("result %+v", r)
 	}
 	if a.writableLease != 7 {
@@ -99,12 +118,12 @@ func TestLoopSwitchoverCandidateLostBeforePromoting(t *testing.T) {
 	}
 }
 
-// TestLoopSwitchoverCandidateLostWhilePromoting: the candidate announced
-// "promoting" and then lost its key: it may have accepted writes, so the old
-// leader must not take over by itself; it stays stopped and the normal rules
-// decide.
-func TestLoopSwitchoverCandidateLostWhilePromoting(t *testing.T) {
-	a, pg, dcs := switchingLeader(t, caughtUp{2000})
+// TestLoopSwitchoverCandidateClaimedThenLost: the candidate claimed its
+// promotion and then lost its key: it may have accepted writes, so the old
+// leader never takes the key back by itself.
+func TestLoopSwitchoverCandidateClaimedThenLost(t *testing.T) {
+	a, pg, dcs, clk := switchingLeader(t, caughtUp{2000})
+	wait := a.switchW.add("r1")
 	reads := 0
 	dcs.onRead = func(d *fakeDCS) {
 		if !d.handedOff {
@@ -112,62 +131,59 @@ func TestLoopSwitchoverCandidateLostWhilePromoting(t *testing.T) {
 		}
 		reads++
 		if reads == 1 {
+			d.cluster.Promotion, d.cluster.PromotionRev = &election.PromotionClaim{Name: "db2", Switchover: "r1"}, 50
 			d.cluster.Members["db2"] = election.Member{Name: "db2", Role: "replica", State: "promoting"}
 		} else {
 			d.cluster.Leader = nil
 		}
 	}
-	a.Iterate(context.Background())
+	step(a, clk, 10, func() bool { return len(wait) > 0 })
 	if dcs.cluster.Leader != nil || pg.running {
 		t.Fatalf("leader %+v running %v calls %v", dcs.cluster.Leader, pg.running, pg.calls)
+	}
+	if r := result(t, wait); r.OK || !strings.Contains(r.Message, "claimed its promotion") {
+		t.Fatalf("result %+v", r)
+	}
+}
+
+// TestLoopSwitchoverTakeBackLosesRace: the read showed no claim, but the
+// candidate claimed before the take-back committed: the transaction is
+// refused and postgres stays stopped.
+func TestLoopSwitchoverTakeBackLosesRace(t *testing.T) {
+	a, pg, dcs, clk := switchingLeader(t, caughtUp{2000})
+	wait := a.switchW.add("r1")
+	dcs.onRead = func(d *fakeDCS) {
+		if d.handedOff && d.cluster.Leader != nil && d.cluster.Leader.Name == "db2" {
+			d.cluster.Leader = nil
+			d.afterRead = func(d *fakeDCS) { d.cluster.PromotionRev = 77 } // the claim lands after the read
+		}
+	}
+	step(a, clk, 10, func() bool { return len(wait) > 0 })
+	if dcs.cluster.Leader != nil || pg.running {
+		t.Fatalf("took the key back although the candidate claimed: leader %+v running %v", dcs.cluster.Leader, pg.running)
+	}
+	if r := result(t, wait); r.OK || !strings.Contains(r.Message, "taking it back failed") {
+		t.Fatalf("result %+v", r)
 	}
 }
 
 // TestLoopSwitchoverCandidateBehind: the candidate never replays the
 // shutdown checkpoint: the key never leaves, postgres restarts as primary.
 func TestLoopSwitchoverCandidateBehind(t *testing.T) {
-	a, pg, dcs := switchingLeader(t, caughtUp{500})
-	clk := &fakeClock{t: t0}
-	a.now = func() time.Time { clk.Advance(100 * time.Millisecond); return clk.Now() }
-	a.opt.SwitchoverTimeout = time.Second
+	a, pg, dcs, clk := switchingLeader(t, caughtUp{500})
 	wait := a.switchW.add("r1")
-	a.Iterate(context.Background())
+	step(a, clk, 100, func() bool { return len(wait) > 0 })
 	if l := dcs.cluster.Leader; l == nil || l.Name != "db1" || dcs.handedOff {
 		t.Fatalf("leader %+v handed off %v plan %v calls %v", l, dcs.handedOff, a.lastPlan, pg.calls)
 	}
 	if !has(pg.calls, "stop fast", "controldata", "configure", "start") || pg.inRec {
 		t.Fatalf("calls %v", pg.calls)
 	}
-	if r := <-wait; r.OK || !strings.Contains(r.Message, "did not replay") {
+	if r := result(t, wait); r.OK || !strings.Contains(r.Message, "did not replay") {
 		t.Fatalf("result %+v", r)
 	}
-}
-
-// TestLoopSwitchoverUncertainNoTakeBack: a poll of etcd failed while the
-// old leader waited for the promotion, so it cannot know the candidate
-// never announced "promoting": when the key vanishes it must not take it
-// back by itself.
-func TestLoopSwitchoverUncertainNoTakeBack(t *testing.T) {
-	a, pg, dcs := switchingLeader(t, caughtUp{2000})
-	a.opt.TTL = 3 * time.Second
-	reads := 0
-	dcs.onRead = func(d *fakeDCS) {
-		d.err = nil
-		if !d.handedOff {
-			return
-		}
-		reads++
-		switch reads {
-		case 1:
-			d.err = errors.New("etcd unreachable")
-		default:
-			d.cluster.Leader = nil
-			delete(d.cluster.Members, "db2")
-		}
-	}
-	a.Iterate(context.Background())
-	if dcs.cluster.Leader != nil || pg.running {
-		t.Fatalf("took the key back on incomplete information: leader %+v running %v", dcs.cluster.Leader, pg.running)
+	if dcs.cluster.Switchover != nil {
+		t.Fatal("request not cleared before resuming")
 	}
 }
 
@@ -175,10 +191,7 @@ func TestLoopSwitchoverUncertainNoTakeBack(t *testing.T) {
 // and meanwhile this member's lease was replaced (etcd cut off): it must
 // not restart as a writable primary.
 func TestLoopSwitchoverRollbackNeedsTheKey(t *testing.T) {
-	a, pg, dcs := switchingLeader(t, nil)
-	clk := &fakeClock{t: t0}
-	a.now = func() time.Time { clk.Advance(100 * time.Millisecond); return clk.Now() }
-	a.opt.SwitchoverTimeout = time.Second
+	a, pg, dcs, clk := switchingLeader(t, nil)
 	calls := 0
 	a.opt.Peers = peerFunc(func() (ha.Candidate, error) {
 		calls++
@@ -188,12 +201,31 @@ func TestLoopSwitchoverRollbackNeedsTheKey(t *testing.T) {
 		return caughtUp{500}.Candidate(context.Background(), "")
 	})
 	wait := a.switchW.add("r1")
-	a.Iterate(context.Background())
-	if pg.running {
+	step(a, clk, 100, func() bool { return len(wait) > 0 })
+	if pg.running && !pg.inRec {
 		t.Fatalf("restarted writable without the key: %v", pg.calls)
 	}
-	if r := <-wait; r.OK || !strings.Contains(r.Message, "no longer provably holds") {
+	if r := result(t, wait); r.OK || !strings.Contains(r.Message, "no longer") {
 		t.Fatalf("result %+v", r)
+	}
+}
+
+// TestLoopSwitchoverCandidateClaimsBeforePromoting: on the candidate's
+// side, a promotion after a handoff is claimed in etcd first; without the
+// claim it does not promote.
+func TestLoopSwitchoverCandidateClaimsBeforePromoting(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	pg := &fakePostgres{dir: pgctl.DataDirValid, standby: pgctl.StandbyState{Standby: true, Target: "db1 10.0.1.1:5432"}}
+	dcs := newFakeDCS("db2", election.LeaseState{ID: 22, ValidUntil: t0.Add(time.Hour)})
+	a := newTestAgent(pg, dcs, clk)
+	_ = a.Iterate(context.Background()) // start as standby
+	dcs.cluster.Leader = &election.Leader{Name: "db2", Valid: true, Lease: 22, CreateRev: 5, ModRev: 9}
+	dcs.cluster.LastLeader = &election.LastLeader{Name: "db2", From: "db1", SwitchoverID: "r9", Timeline: 1, LSN: "0/1000"}
+	if err := a.Iterate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if c := dcs.cluster.Promotion; c == nil || c.Name != "db2" || c.Switchover != "r9" || !has(pg.calls, "promote") {
+		t.Fatalf("claim %+v calls %v", c, pg.calls)
 	}
 }
 

@@ -17,7 +17,9 @@ func FuzzParseCluster(f *testing.F) {
 	f.Fuzz(func(t *testing.T, leader, member, last string) {
 		kvs := []*mvccpb.KeyValue{
 			{Key: []byte(keys.Leader()), Value: []byte(leader)},
-			{Key: []byte(keys.Member("db1")), Value: []byte(member)},
+			{Key: []byte(keys.Member("db1")), Value: []byte(member), Lease: 5},
+			{Key: []byte(keys.Member("db2")), Value: []byte(member)}, // no lease: written by hand
+			{Key: []byte(keys.Promotion()), Value: []byte(last)},
 			{Key: []byte(keys.LastLeader()), Value: []byte(last)},
 			{Key: []byte(keys.Initialize()), Value: []byte(leader)},
 		}
@@ -30,6 +32,12 @@ func FuzzParseCluster(f *testing.F) {
 		}
 		if _, ok := c.Members["db1"]; !ok && c.Invalid[keys.Member("db1")] == "" {
 			t.Fatal("rejected member not listed as invalid")
+		}
+		if _, ok := c.Members["db2"]; ok || c.Ignored[keys.Member("db2")] == "" {
+			t.Fatal("a lease-less member key was not ignored")
+		}
+		if c.Promotion == nil {
+			t.Fatal("a present promotion claim (readable or not) read as absent")
 		}
 		if c.LastLeader != nil && !ValidName(c.LastLeader.Name) {
 			t.Fatalf("last-leader with invalid name %q", c.LastLeader.Name)

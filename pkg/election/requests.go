@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/state"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -107,9 +108,72 @@ func (s *Store) Handoff(ctx context.Context, to string, toLease int64, rec LastL
 		return fmt.Errorf("hand the leader key to %s: %w", to, err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("hand the leader key to %s: refused by etcd (this member no longer holds the key, %s's lease changed, the request was cancelled, or the cluster was paused)", to, to)
+		return fmt.Errorf("hand the leader key to %s: %w (this member no longer holds the key, %s's lease changed, the request was cancelled, or the cluster was paused)", to, ErrRefused, to)
 	}
 	s.leaderRev, s.termRev = 0, 0
+	return nil
+}
+
+// ClaimPromotion records, before a member handed the key by a switchover
+// promotes, that it is about to: the transaction succeeds only while this
+// member holds the leader key on its own lease, and the claim (lease-less)
+// outlives it. An old leader takes its key back only by a transaction that
+// sees no claim for the switchover (TakeBack): the two cannot both succeed.
+func (s *Store) ClaimPromotion(ctx context.Context, switchoverID string) error {
+	lease := s.sess.State()
+	if lease.ID == 0 {
+		return ErrNoLease
+	}
+	b, _ := json.Marshal(state.PromotionClaim{Name: s.name, Switchover: switchoverID, At: time.Now().UTC()})
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Leader()
+	resp, err := s.cli.Txn(ctx).If(
+		clientv3.Compare(clientv3.Value(k), "=", s.name),
+		clientv3.Compare(clientv3.LeaseValue(k), "=", lease.ID),
+	).Then(clientv3.OpPut(s.keys.Promotion(), string(b))).Commit()
+	if err != nil {
+		return fmt.Errorf("claim promotion: %w", err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("claim promotion: %w", ErrNotLeader)
+	}
+	return nil
+}
+
+// TakeBack is a switchover's take-back by the old leader: it takes the
+// free leader key on its own lease only if the promotion claim is
+// unchanged since it was read at promotionRev (0: absent), a read that
+// showed no claim by the candidate for this switchover. So the candidate
+// never promoted and can no longer (it does not hold the key). It records
+// the take-back as the claim, and rec as last-leader.
+func (s *Store) TakeBack(ctx context.Context, switchoverID string, rec LastLeader, promotionRev int64) error {
+	lease := s.sess.State()
+	if lease.ID == 0 {
+		return ErrNoLease
+	}
+	rec.Name = s.name
+	rec.TTL = int(s.sess.ttl / time.Second)
+	lb, _ := json.Marshal(rec)
+	cb, _ := json.Marshal(state.PromotionClaim{Name: s.name, Switchover: switchoverID, At: time.Now().UTC(), TakenBack: true})
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Leader()
+	resp, err := s.cli.Txn(ctx).If(
+		clientv3.Compare(clientv3.CreateRevision(k), "=", 0),
+		clientv3.Compare(clientv3.ModRevision(s.keys.Promotion()), "=", promotionRev),
+	).Then(
+		clientv3.OpPut(k, s.name, clientv3.WithLease(clientv3.LeaseID(lease.ID))),
+		clientv3.OpPut(s.keys.LastLeader(), string(lb)),
+		clientv3.OpPut(s.keys.Promotion(), string(cb)),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("take the leader key back: %w", err)
+	}
+	if !resp.Succeeded {
+		return errors.New("take the leader key back: refused by etcd (the key was taken, or the candidate claimed its promotion)")
+	}
+	s.leaderRev, s.termRev = resp.Header.Revision, resp.Header.Revision
 	return nil
 }
 

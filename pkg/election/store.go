@@ -32,6 +32,9 @@ func (k Keys) Pause() string { return k.Prefix + "pause" }
 // LastLeader is the record of the latest leadership.
 func (k Keys) LastLeader() string { return k.Prefix + "last-leader" }
 
+// Promotion is the promotion-claim key (lease-less; see state.PromotionClaim).
+func (k Keys) Promotion() string { return k.Prefix + "promotion" }
+
 // Member is member name's key.
 func (k Keys) Member(name string) string { return k.Prefix + "members/" + name }
 
@@ -85,7 +88,7 @@ func (s *Store) Read(ctx context.Context) (Cluster, error) {
 // ParseCluster turns the keys under the prefix into a Cluster. Unparseable
 // values are listed in Invalid and otherwise ignored.
 func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
-	c := Cluster{Revision: rev, Members: map[string]Member{}, Invalid: map[string]string{}, MemberLease: map[string]int64{}}
+	c := Cluster{Revision: rev, Members: map[string]Member{}, Invalid: map[string]string{}, MemberLease: map[string]int64{}, Ignored: map[string]string{}}
 	for _, kv := range kvs {
 		k := string(kv.Key)
 		switch {
@@ -139,8 +142,29 @@ func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
 				continue
 			}
 			c.LastLeader = &ll
+		case k == keys.Promotion():
+			var pc state.PromotionClaim
+			if err := state.DecodeStrict(kv.Value, &pc); err != nil || !ValidName(pc.Name) {
+				c.Invalid[k] = "promotion claim is not valid"
+				c.Promotion = &state.PromotionClaim{Name: "?", Switchover: "?"} // unknown: never "no claim"
+			} else {
+				c.Promotion = &pc
+			}
+			c.PromotionRev = kv.ModRevision
 		case strings.HasPrefix(k, keys.Prefix+"members/"):
 			name := strings.TrimPrefix(k, keys.Prefix+"members/")
+			// Every agent's member key is on its session lease and under a
+			// valid name: anything else was written by hand and cannot be a
+			// live member. It is ignored (never a candidate, never a
+			// blocker) and `cifhactl remove` deletes it.
+			if !ValidName(name) {
+				c.Ignored[k] = fmt.Sprintf("%q is not a member name", truncate(name))
+				continue
+			}
+			if kv.Lease == 0 {
+				c.Ignored[k] = "member key bound to no lease (written by hand?)"
+				continue
+			}
 			m, err := ParseMember(name, kv.Value)
 			if err != nil {
 				c.Invalid[k] = err.Error()

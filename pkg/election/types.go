@@ -20,6 +20,7 @@ type (
 	FailoverRequest   = state.FailoverRequest
 	DynamicConfig     = state.DynamicConfig
 	LeaseState        = state.LeaseState
+	PromotionClaim    = state.PromotionClaim
 )
 
 // ValidName reports whether s can be a member name.
@@ -39,4 +40,7 @@ var (
 	// ErrNotLeader means a leader-only write was refused because this agent
 	// does not hold the leader key.
 	ErrNotLeader = errors.New("not the leader")
+	// ErrRefused means etcd answered and a guarded transaction's condition
+	// did not hold (as opposed to an unknown outcome).
+	ErrRefused = errors.New("refused by etcd")
 )

@@ -40,6 +40,9 @@ func Decide(o Observation) Plan {
 		// (after fencing, which nothing overrides).
 		return decideOp(o, leader)
 	}
+	if o.Switchover != nil {
+		return decideSwitchoverProgress(o)
+	}
 	if o.Cluster.Paused {
 		return decidePaused(o)
 	}

@@ -104,6 +104,9 @@ func switchover(from, to string, at time.Time) func(*Observation) {
 func db2lease(o *Observation) {
 	member("db2", "replica", "streaming", "10.0.1.2:5432")(o)
 	o.Cluster.MemberLease = map[string]int64{"db2": 22}
+	// Its live position, as the agent reads it when a switchover is due.
+	o.SwitchoverTarget = &Candidate{Running: true, InRecovery: true, ReceiveLSN: 100, ReplayLSN: 100, StreamedAgo: time.Second}
+	o.RecentWindow, o.MaxLag = 6*time.Second, 1<<20
 }
 
 func TestDecideFailover(t *testing.T) {

@@ -57,6 +57,14 @@ type Observation struct {
 	// FencedUnder is the lease under which this agent last fenced its
 	// primary (0: it did not, or postgres was started since).
 	FencedUnder int64
+	// Switchover is the switchover this member is carrying out as the old
+	// leader (nil: none).
+	Switchover *SwitchoverProgress
+	// SwitchoverTarget is the switchover candidate's live state, read from
+	// its API when a request is due or the switchover awaits its replay
+	// (nil, with SwitchoverTargetErr, when it could not be read).
+	SwitchoverTarget    *Candidate
+	SwitchoverTargetErr error
 	// StartFailingSince is when starting postgres as the leader's primary
 	// began to fail (zero: not failing).
 	StartFailingSince time.Time

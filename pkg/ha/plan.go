@@ -45,12 +45,22 @@ const (
 	// ClearLeaderKey deletes a leader key bound to no lease (written by
 	// hand), if unchanged since it was read.
 	ClearLeaderKey
+	// Switchover phases (switchover.go): hand the key over; record that
+	// it was handed over; roll back before the handoff; follow the new
+	// primary; take the key back; give up and let the normal rules apply.
+	Handoff
+	SwitchoverHandedOff
+	SwitchoverRollback
+	SwitchoverFollow
+	TakeBack
+	SwitchoverAbandon
 )
 
 var actionNames = [...]string{"none", "wait", "bootstrap", "clone", "start-primary", "acquire-and-start",
 	"acquire", "start-standby", "follow", "promote", "repair-leader-key", "clear-stale-leader", "demote",
 	"fence", "stop-foreign", "take-over", "rewind", "reclone", "switchover", "clear-request", "restart",
-	"reload", "reinit", "drop-slot", "refuse", "resign", "clear-leader-key"}
+	"reload", "reinit", "drop-slot", "refuse", "resign", "clear-leader-key", "handoff", "handed-off",
+	"switchover-rollback", "switchover-follow", "take-back", "switchover-abandon"}
 
 func (a Action) String() string {
 	if int(a) >= 0 && int(a) < len(actionNames) {
@@ -64,7 +74,7 @@ func (a Action) String() string {
 // agent re-checks the gate (with a fresh clock) right before the step.
 func (a Action) MakesWritable() bool {
 	switch a {
-	case Bootstrap, StartPrimary, AcquireAndStart, Acquire, Promote, TakeOver, Restart:
+	case Bootstrap, StartPrimary, AcquireAndStart, Acquire, Promote, TakeOver, Restart, SwitchoverRollback, TakeBack:
 		return true
 	}
 	return false

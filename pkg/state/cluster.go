@@ -62,6 +62,9 @@ type LastLeader struct {
 	// From is set when the key was handed over by a switchover: the old
 	// leader, which stopped cleanly at LSN.
 	From string `json:"switchover_from,omitempty"`
+	// SwitchoverID is the switchover request that handed the key over
+	// (with From): the candidate claims its promotion under this ID.
+	SwitchoverID string `json:"switchover_id,omitempty"`
 	// TTL is the leader's lease ttl in seconds: once it is gone, its key
 	// expires up to this long after its last renewal, and the candidates'
 	// "streamed recently" window must cover that (members may run with
@@ -98,6 +101,17 @@ type Cluster struct {
 	MemberLease map[string]int64
 	Switchover  *SwitchoverRequest
 	Failover    *FailoverRequest
+	// Promotion is the last promotion claim (a lease-less key): a member
+	// handed the key by a switchover claims its promotion there, in a
+	// transaction that requires it to hold the key on its own lease, before
+	// it promotes. PromotionRev is the key's mod revision (0: absent).
+	Promotion    *PromotionClaim
+	PromotionRev int64
+	// Ignored lists keys that cannot belong to a live member (a member key
+	// bound to no lease, or under a name that is not a member name), with
+	// why: unlike Invalid, they never block a failover; `cifhactl remove`
+	// deletes them.
+	Ignored map[string]string
 	// Config is the cluster-wide settings; ConfigRev its mod revision (0
 	// when the key is absent).
 	Config    DynamicConfig
@@ -194,6 +208,19 @@ func ParseDynamicConfig(b []byte) (DynamicConfig, error) {
 		return DynamicConfig{}, fmt.Errorf("cluster config is not valid: %v", err)
 	}
 	return c, nil
+}
+
+// PromotionClaim records who promoted after which switchover. It is never
+// bound to a lease: it outlives the member that wrote it, so an old leader
+// can prove by transaction that a candidate never promoted before taking
+// its key back.
+type PromotionClaim struct {
+	Name       string    `json:"name"`
+	Switchover string    `json:"switchover"`
+	At         time.Time `json:"at"`
+	// TakenBack: written by the old leader that took the key back (the
+	// candidate never promoted).
+	TakenBack bool `json:"taken_back,omitempty"`
 }
 
 // LeaseState is the agent's lease as the agent itself knows it.
