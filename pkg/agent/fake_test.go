@@ -154,7 +154,7 @@ type fakeDCS struct {
 	history []election.HistoryRecord
 	// onRead, when set, runs before each Read (a test's way to make the
 	// world change while an action polls).
-	onRead    func(d *fakeDCS)
+	onRead func(d *fakeDCS)
 	// afterRead, when set, runs once after a Read has returned its copy
 	// (a change that lands between a read and the next write).
 	afterRead func(d *fakeDCS)
