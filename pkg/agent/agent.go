@@ -438,12 +438,16 @@ func (a *Agent) observe(ctx context.Context) ha.Observation {
 		o.Candidates = a.candidates(ctx, c)
 		o.Now = a.now()
 	}
-	for k, why := range c.Invalid {
-		if a.loggedInvalid[k] != why {
-			a.log.Warn("ignoring invalid key in etcd", "key", k, "problem", why)
+	seen := make(map[string]string, len(c.Invalid)+len(c.Ignored))
+	for _, m := range []map[string]string{c.Invalid, c.Ignored} {
+		for k, why := range m {
+			if a.loggedInvalid[k] != why {
+				a.log.Warn("ignoring invalid key in etcd", "key", k, "problem", why)
+			}
+			seen[k] = why
 		}
 	}
-	a.loggedInvalid = c.Invalid
+	a.loggedInvalid = seen
 	return o
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"github.com/cifha/cifha/pkg/api"
 	"github.com/cifha/cifha/pkg/ha"
+	"github.com/cifha/cifha/pkg/state"
 	"io"
 	"net/http"
 	"strings"
@@ -312,7 +313,7 @@ func (a *Agent) postRemove(ctx context.Context, body []byte) controlAnswer {
 	if err := api.DecodeRequest(body, &req); err != nil {
 		return no(http.StatusBadRequest, "%v", err)
 	}
-	if !election.ValidName(req.Name) {
+	if req.Name == "" || len(req.Name) > 253 || state.Printable(req.Name) != nil || strings.Contains(req.Name, "/") {
 		return no(http.StatusBadRequest, "invalid member name %q", req.Name)
 	}
 	if err := a.request(ctx, ha.OpDropSlot, req.Name); err != nil {

@@ -38,6 +38,18 @@ var managedParams = map[string]string{
 	"recovery_target_inclusive": "would stop a standby's recovery",
 }
 
+// codeParams run commands or load code on every database host: write
+// access to etcd must not become code execution there, so they can be set
+// only in each host's own file (root's decision), never cluster-wide.
+var codeParams = map[string]bool{
+	"archive_command": true, "archive_library": true, "restore_command": true, "archive_cleanup_command": true,
+	"recovery_end_command": true, "ssl_passphrase_command": true, "shared_preload_libraries": true,
+	"local_preload_libraries": true, "session_preload_libraries": true, "dynamic_library_path": true,
+	"jit_provider": true, "ssl_passphrase_command_supports_reload": true, "log_directory": true,
+	"external_pid_file": true, "ssl_cert_file": true, "ssl_key_file": true, "ssl_ca_file": true, "ssl_crl_file": true,
+	"ssl_crl_dir": true, "krb_server_keyfile": true, "event_source": true,
+}
+
 // mustBeOn are boolean parameters whose "off" breaks durability or rejoin.
 var mustBeOn = map[string]string{
 	"fsync":            "a crash could lose or corrupt committed data",
@@ -198,6 +210,9 @@ func checkParam(name, v string, settings map[string]pgctl.Setting) error {
 	}
 	if why, ok := managedParams[name]; ok {
 		return fmt.Errorf("cannot be set cluster-wide (%s)", why)
+	}
+	if codeParams[name] {
+		return errors.New("cannot be set cluster-wide: it runs commands, loads code or names host files; set it in each host's [postgres.parameters]")
 	}
 	if strings.ContainsAny(v, "\n\r\x00") {
 		return errors.New("value contains a line break or NUL")

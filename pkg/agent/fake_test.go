@@ -264,3 +264,5 @@ func (d *fakeDCS) TakeBack(_ context.Context, id string, rec election.LastLeader
 	d.cluster.Promotion, d.cluster.PromotionRev = &election.PromotionClaim{Name: d.self, Switchover: id, TakenBack: true}, rev+1
 	return nil
 }
+
+func (d *fakeDCS) DeleteUnboundMember(context.Context, string) error { return nil }

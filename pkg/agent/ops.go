@@ -94,7 +94,18 @@ func (a *Agent) actOp(ctx context.Context, o ha.Observation, p ha.Plan) error {
 		}
 		return a.reclone(ctx, o, p)
 	case ha.DropSlot:
-		return pg.DropSlot(ctx, SlotName(p.Target))
+		if election.ValidName(p.Target) {
+			if err := pg.DropSlot(ctx, SlotName(p.Target)); err != nil {
+				return err
+			}
+		}
+		// A member key written by hand (no lease, or under a name no
+		// member can have) is deleted too; a live member's key is never
+		// touched (the transaction requires it to be lease-less).
+		if _, ign := o.Cluster.Ignored[election.KeysFor(a.opt.Cluster).Member(p.Target)]; ign {
+			return a.opt.DCS.DeleteUnboundMember(ctx, p.Target)
+		}
+		return nil
 	}
 	return fmt.Errorf("unknown operator action %v", p.Action)
 }

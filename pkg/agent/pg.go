@@ -2,8 +2,8 @@ package agent
 
 import (
 	"context"
+	"github.com/cifha/cifha/pkg/state"
 	"sort"
-	"strings"
 
 	"github.com/cifha/cifha/pkg/pgctl"
 	"github.com/cifha/cifha/pkg/tuning"
@@ -136,9 +136,7 @@ func (p *PG) Rewind(ctx context.Context, host string, port int) error {
 }
 
 // SlotName is the replication slot the leader keeps for member name.
-func SlotName(name string) string {
-	return strings.ReplaceAll(strings.ToLower(name), "-", "_")
-}
+func SlotName(name string) string { return state.SlotName(name) }
 
 // ReadSettings implements Postgres.
 func (p *PG) ReadSettings(ctx context.Context) (map[string]pgctl.Setting, error) {

@@ -73,6 +73,9 @@ type DCS interface {
 	// ClearUnbound deletes a leader key bound to no lease, if unchanged
 	// since modRev.
 	ClearUnbound(ctx context.Context, modRev int64) error
+	// DeleteUnboundMember deletes member name's key if it is bound to no
+	// lease (written by hand).
+	DeleteUnboundMember(ctx context.Context, name string) error
 	Resign(ctx context.Context) error
 	PutMember(ctx context.Context, m election.Member) error
 	PutLastLeader(ctx context.Context, rec election.LastLeader) error

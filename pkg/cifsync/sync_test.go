@@ -28,6 +28,7 @@ type env struct {
 	orig    []byte
 	primary *httptest.Server
 	s       *Syncer
+	lease   clientv3.LeaseID
 }
 
 func newEnv(t *testing.T, command []string, timeout time.Duration) *env {
@@ -70,10 +71,17 @@ func (e *env) lead(t *testing.T, name, addr string) {
 	t.Helper()
 	ctx := context.Background()
 	m, _ := json.Marshal(election.Member{Name: name, Role: "primary", State: "running", ConnAddress: addr, APIURL: e.primary.URL + "/" + name})
-	if _, err := e.cli.Put(ctx, e.keys.Member(name), string(m)); err != nil {
+	// As an agent does: both keys on its session lease (a lease-less
+	// member key is ignored as hand-written).
+	g, err := e.cli.Grant(ctx, 60)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.cli.Put(ctx, e.keys.Leader(), name); err != nil {
+	e.lease = g.ID
+	if _, err := e.cli.Put(ctx, e.keys.Member(name), string(m), clientv3.WithLease(g.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cli.Put(ctx, e.keys.Leader(), name, clientv3.WithLease(g.ID)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -98,7 +106,7 @@ func TestLeaderWithoutAddressLeavesFileAlone(t *testing.T) {
 	}
 	// An agent answering /primary for another member does not confirm.
 	m, _ := json.Marshal(election.Member{Name: "db1", Role: "primary", State: "running", ConnAddress: "127.0.0.11:5432", APIURL: e.primary.URL + "/db9"})
-	e.cli.Put(context.Background(), e.keys.Member("db1"), string(m))
+	e.cli.Put(context.Background(), e.keys.Member("db1"), string(m), clientv3.WithLease(e.lease))
 	if err := e.s.Reconcile(context.Background()); !errors.Is(err, errNotYet) {
 		t.Fatalf("wrong agent confirmed: %v", err)
 	}

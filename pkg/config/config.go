@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/cifha/cifha/pkg/ha"
+	"github.com/cifha/cifha/pkg/state"
 	"net"
 	"net/url"
 	"os"
@@ -500,8 +501,8 @@ func (c *Config) validate() []*FieldError {
 	}
 	if c.Postgres.ConnectAddress == "" {
 		bad("postgres.connect_address", "required when postgres.listen (%q) is not a single routable address", c.Postgres.Listen)
-	} else if _, _, err := net.SplitHostPort(c.Postgres.ConnectAddress); err != nil {
-		bad("postgres.connect_address", "%q is not host:port", c.Postgres.ConnectAddress)
+	} else if err := state.ValidConnAddress(c.Postgres.ConnectAddress); err != nil {
+		bad("postgres.connect_address", "%v", err)
 	}
 	if !filepath.IsAbs(c.Postgres.SocketDir) {
 		bad("postgres.socket_dir", "%q must be an absolute path", c.Postgres.SocketDir)

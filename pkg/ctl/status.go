@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"github.com/cifha/cifha/pkg/api"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -49,6 +51,9 @@ type ClusterStatus struct {
 	Problems []string `json:"problems,omitempty"`
 	// Invalid are keys in etcd that hold garbage.
 	Invalid map[string]string `json:"invalid_keys,omitempty"`
+	// Ignored are keys that cannot belong to a live member (no lease, or a
+	// name no member can have).
+	Ignored map[string]string `json:"ignored_keys,omitempty"`
 	// Paused is maintenance mode: no automatic action.
 	Paused bool `json:"paused"`
 	// Switchover describes a pending (scheduled) switchover, if any.
@@ -67,7 +72,7 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 		return ClusterStatus{}, fmt.Errorf("read cluster %q from etcd: %w", cluster, err)
 	}
 	c := election.ParseCluster(keys, resp.Header.Revision, resp.Kvs)
-	out := ClusterStatus{Cluster: cluster, Invalid: c.Invalid, Paused: c.Paused}
+	out := ClusterStatus{Cluster: cluster, Invalid: c.Invalid, Ignored: c.Ignored, Paused: c.Paused}
 	if sw := c.Switchover; sw != nil {
 		out.Switchover = fmt.Sprintf("from %s to %s", sw.From, sw.To)
 		if !sw.At.IsZero() {
@@ -265,8 +270,11 @@ func RenderTable(w io.Writer, s ClusterStatus) {
 	for _, p := range s.Problems {
 		fmt.Fprintf(w, "problem: %s\n", p)
 	}
-	for k, v := range s.Invalid {
-		fmt.Fprintf(w, "ignored key %s: %s\n", k, v)
+	for _, k := range slices.Sorted(maps.Keys(s.Invalid)) {
+		fmt.Fprintf(w, "ignored key %s: %s\n", k, s.Invalid[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.Ignored)) {
+		fmt.Fprintf(w, "ignored key %s: %s (cifhactl remove deletes it)\n", k, s.Ignored[k])
 	}
 }
 

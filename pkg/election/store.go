@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"github.com/cifha/cifha/pkg/ha"
 	"github.com/cifha/cifha/pkg/state"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -174,6 +176,19 @@ func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
 			c.MemberLease[name] = kv.Lease
 		}
 	}
+	// Two members whose names map to one replication slot ("db-1" and
+	// "db_1") would share it: the second by name order is ignored.
+	slots := map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(c.Members)) {
+		slot := state.SlotName(name)
+		if other, dup := slots[slot]; dup {
+			c.Ignored[keys.Member(name)] = fmt.Sprintf("its replication slot %q is also member %s's; rename one of them", slot, other)
+			delete(c.Members, name)
+			delete(c.MemberLease, name)
+			continue
+		}
+		slots[slot] = name
+	}
 	return c
 }
 
@@ -311,6 +326,19 @@ func (s *Store) ClearUnbound(ctx context.Context, modRev int64) error {
 		Then(clientv3.OpDelete(k)).Commit()
 	if err != nil {
 		return fmt.Errorf("clear lease-less leader key: %w", err)
+	}
+	return nil
+}
+
+// DeleteUnboundMember deletes member name's key if it is bound to no lease
+// (a live agent's key always is: it is never touched).
+func (s *Store) DeleteUnboundMember(ctx context.Context, name string) error {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	k := s.keys.Member(name)
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(k), "=", 0)).Then(clientv3.OpDelete(k)).Commit()
+	if err != nil {
+		return fmt.Errorf("delete member key %s: %w", name, err)
 	}
 	return nil
 }

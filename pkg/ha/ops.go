@@ -53,6 +53,9 @@ func decideOp(o Observation, leader string) Plan {
 		if !o.HoldsLeader || o.PG == nil || o.PG.InRecovery {
 			return plan(Refuse, "%s is not the leader", o.Self)
 		}
+		if !state.ValidName(o.OpArg) && !o.ignoredMember(o.OpArg) {
+			return plan(Refuse, "%q is not a member name", o.OpArg)
+		}
 		if _, alive := o.Cluster.Members[o.OpArg]; alive {
 			return plan(Refuse, "member %s is alive (its agent holds a lease); stop it first", o.OpArg)
 		}
@@ -64,4 +67,15 @@ func decideOp(o Observation, leader string) Plan {
 		return Plan{Action: DropSlot, Target: o.OpArg, Reason: fmt.Sprintf("removing member %s: dropping its replication slot", o.OpArg)}
 	}
 	return plan(Refuse, "unknown request %v", o.Op)
+}
+
+// ignoredMember reports whether a member key for name is among the keys
+// ignored as hand-written.
+func (o Observation) ignoredMember(name string) bool {
+	for k := range o.Cluster.Ignored {
+		if strings.HasSuffix(k, "/members/"+name) {
+			return true
+		}
+	}
+	return false
 }

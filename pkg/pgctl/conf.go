@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,6 +45,33 @@ type Settings struct {
 	Params []tuning.Param
 	// HBA lines appended after cifha's own.
 	HBA []string
+}
+
+var paramNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
+
+// check refuses what could add a line to a configuration file or a
+// keyword to a connection string: every value is quoted when written, and
+// none may hold a control character.
+func (s Settings) check() error {
+	for _, v := range []string{s.Listen, s.SocketDir, s.ClusterName, s.OSUser, s.Superuser, s.ReplicationUser} {
+		if err := state.Printable(v); err != nil {
+			return fmt.Errorf("postgres settings: %q %w", v, err)
+		}
+	}
+	for _, p := range s.Params {
+		if !paramNameRE.MatchString(p.Name) {
+			return fmt.Errorf("postgres parameter %q: not a parameter name", p.Name)
+		}
+		if err := state.Printable(p.Value); err != nil {
+			return fmt.Errorf("postgres parameter %s: value %w", p.Name, err)
+		}
+	}
+	for i, l := range s.HBA {
+		if err := state.Printable(l); err != nil {
+			return fmt.Errorf("pg_hba entry %d %w", i+1, err)
+		}
+	}
+	return nil
 }
 
 // RenderConf renders postgresql.conf.
@@ -112,6 +140,9 @@ func RenderIdent(s Settings) string {
 // dataDir. The first time, initdb's postgresql.conf is kept as
 // postgresql.base.conf.
 func WriteConfig(dataDir string, s Settings) error {
+	if err := s.check(); err != nil {
+		return err
+	}
 	conf := filepath.Join(dataDir, "postgresql.conf")
 	base := filepath.Join(dataDir, BaseConfFile)
 	if _, err := os.Stat(base); errors.Is(err, os.ErrNotExist) {
@@ -214,6 +245,12 @@ func RenderRecoveryConf(s Standby) string {
 // WriteStandby makes dataDir start as a standby of s (standby.signal and
 // the include file, or recovery.conf before 12).
 func WriteStandby(dataDir string, v Version, s Standby) error {
+	for what, val := range map[string]string{"leader": s.Leader, "host": s.Host, "user": s.User, "passfile": s.PassFile,
+		"application_name": s.AppName, "slot": s.SlotName, "trigger file": s.TriggerFile} {
+		if err := state.Printable(val); err != nil {
+			return fmt.Errorf("standby settings: %s %w", what, err)
+		}
+	}
 	if v.UsesRecoveryConf() {
 		return writeFileAtomic(filepath.Join(dataDir, recoveryConf), []byte(RenderRecoveryConf(s)), 0o600)
 	}

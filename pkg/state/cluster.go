@@ -132,6 +132,18 @@ func ParseMember(name string, b []byte) (Member, error) {
 	if m.Name != name {
 		return Member{}, fmt.Errorf("member %q: record names %q", name, m.Name)
 	}
+	// Its addresses go into other members' primary_conninfo and API
+	// calls: a hostile value is refused here, where it enters.
+	if m.ConnAddress != "" {
+		if err := ValidConnAddress(m.ConnAddress); err != nil {
+			return Member{}, fmt.Errorf("member %q: conn_address %v", name, err)
+		}
+	}
+	if m.APIURL != "" {
+		if err := ValidAPIURL(m.APIURL); err != nil {
+			return Member{}, fmt.Errorf("member %q: api_url %v", name, err)
+		}
+	}
 	return m, nil
 }
 
