@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/cifha/cifha/pkg/ha"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -332,6 +333,8 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	}
 	if o.HoldsLeader && o.PG != nil && !o.PG.InRecovery && p.Action == ha.None {
 		a.leaderHousekeeping(ctx, o)
+	} else if o.DCSErr == nil && o.PG != nil && o.PG.InRecovery && p.Action == ha.None {
+		a.ensureSlots(ctx, o)
 	}
 	if p.Action == ha.Switchover {
 		// The role changed under the observation (a leader became a
@@ -873,20 +876,7 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 		// would promote a later standby start by itself).
 		a.opt.PG.RemoveTriggerFile(a.opt.TriggerFile)
 	}
-	have := map[string]bool{}
-	for _, s := range o.PG.Slots {
-		have[s.Name] = true
-	}
-	for name := range o.Cluster.Members {
-		if name == o.Self || have[SlotName(name)] {
-			continue
-		}
-		if err := a.opt.PG.CreateSlot(ctx, SlotName(name)); err != nil {
-			a.log.Error("create replication slot", "member", name, "error", err)
-		} else {
-			a.log.Info("created replication slot", "member", name)
-		}
-	}
+	a.ensureSlots(ctx, o)
 	if h := a.pendingHistory; h != nil {
 		// After a promotion: checkpoint (so pg_rewind on the old primary sees
 		// the new timeline), then record the change.
@@ -914,6 +904,37 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 			a.log.Warn("update last-leader", "error", err)
 		} else {
 			a.lastLeaderAt = o.Now
+		}
+	}
+}
+
+// ensureSlots keeps a replication slot for every known member (every
+// member key, and the last leader, whose key is gone while it is down) on
+// this member's postgres, leader or standby. Slots made on a standby
+// survive its promotion, so when a member rejoins a new leader its slot is
+// already there: no walreceiver waits on a missing slot (the new leader
+// used to create it only when the member's key reappeared, racing its
+// first connection). WAL kept for them is bounded by
+// max_slot_wal_keep_size. Nothing is queried unless a slot is missing.
+func (a *Agent) ensureSlots(ctx context.Context, o ha.Observation) {
+	have := make(map[string]bool, len(o.PG.Slots))
+	for _, s := range o.PG.Slots {
+		have[s.Name] = true
+	}
+	names := slices.Sorted(maps.Keys(o.Cluster.Members))
+	if ll := o.Cluster.LastLeader; ll != nil {
+		names = append(names, ll.Name)
+	}
+	for _, name := range names {
+		slot := SlotName(name)
+		if name == o.Self || have[slot] || !election.ValidName(name) {
+			continue
+		}
+		have[slot] = true
+		if err := a.opt.PG.CreateSlot(ctx, slot); err != nil {
+			a.log.Error("create replication slot", "member", name, "error", err)
+		} else {
+			a.log.Info("created replication slot", "member", name)
 		}
 	}
 }

@@ -224,3 +224,28 @@ func TestStuckWatchdogNeverBlocks(t *testing.T) {
 		t.Fatalf("Arm with an unrestartable watchdog: %v, Err %q", err, w.Err())
 	}
 }
+
+// Hole 14: a standby keeps a slot for every known member (including the
+// leader, and the last leader whose key is gone), so after its promotion a
+// returning member's slot already exists.
+func TestStandbyKeepsSlotsForKnownMembers(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	pg := &fakePostgres{dir: pgctl.DataDirValid, standby: pgctl.StandbyState{Standby: true, Target: "db1 10.0.1.1:5432"}}
+	dcs := newFakeDCS("db2", election.LeaseState{ID: 22, ValidUntil: t0.Add(time.Hour)})
+	dcs.cluster.Leader = &election.Leader{Name: "db1", Valid: true, Lease: 7, CreateRev: 5, ModRev: 5}
+	dcs.cluster.Members["db1"] = election.Member{Name: "db1", Role: "primary", State: "running", ConnAddress: "10.0.1.1:5432"}
+	dcs.cluster.Members["db3"] = election.Member{Name: "db3", Role: "replica", State: "streaming", ConnAddress: "10.0.1.3:5432"}
+	dcs.cluster.LastLeader = &election.LastLeader{Name: "db0", Timeline: 1}
+	a := newTestAgent(pg, dcs, clk)
+	for i := 0; i < 3; i++ {
+		_ = a.Iterate(context.Background())
+	}
+	for _, want := range []string{"create-slot db1", "create-slot db3", "create-slot db0"} {
+		if !has(pg.calls, want) {
+			t.Fatalf("no %q: %v", want, pg.calls)
+		}
+	}
+	if has(pg.calls, "create-slot db2") {
+		t.Fatal("a slot for itself")
+	}
+}

@@ -2,9 +2,8 @@ package agent
 
 import (
 	"context"
+	"github.com/cifha/cifha/pkg/command"
 	"github.com/cifha/cifha/pkg/ha"
-	"os/exec"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -74,22 +73,11 @@ func (r *hookRunner) run(ctx context.Context) {
 				return
 			}
 		}
-		{
-			timeout := r.h.Timeout
-			if timeout <= 0 {
-				timeout = 30 * time.Second
-			}
-			cctx, cancel := context.WithTimeout(context.Background(), timeout)
-			args := append(append([]string{}, ev.argv[1:]...), ev.action, ev.role, r.h.Cluster)
-			cmd := exec.CommandContext(cctx, ev.argv[0], args...)
-			cmd.WaitDelay = time.Second
-			out, err := cmd.CombinedOutput()
-			cancel()
-			if err != nil {
-				r.log.Error("hook failed", "action", ev.action, "role", ev.role, "error", err, "output", strings.TrimSpace(string(out)))
-			} else {
-				r.log.Info("hook done", "action", ev.action, "role", ev.role, "output", strings.TrimSpace(string(out)))
-			}
+		out, err := command.Run(context.Background(), command.Spec{Argv: ev.argv, Args: []string{ev.action, ev.role, r.h.Cluster}, Timeout: r.h.Timeout})
+		if err != nil {
+			r.log.Error("hook failed", "action", ev.action, "role", ev.role, "error", err, "output", out)
+		} else {
+			r.log.Info("hook done", "action", ev.action, "role", ev.role, "output", out)
 		}
 	}
 }

@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"github.com/cifha/cifha/pkg/api"
+	"github.com/cifha/cifha/pkg/command"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"strings"
 	"sync"
 	"time"
 
@@ -241,16 +239,12 @@ func (s *Syncer) runCommand(ctx context.Context, ch change) {
 	if len(s.cfg.PostChange.Command) == 0 {
 		return
 	}
-	cctx, cancel := context.WithTimeout(ctx, s.cfg.PostChange.Timeout.Duration)
-	defer cancel()
-	cmd := exec.CommandContext(cctx, s.cfg.PostChange.Command[0], s.cfg.PostChange.Command[1:]...)
-	cmd.Env = append(os.Environ(), "CIFHA_DB_HOST="+ch.host, "CIFHA_LEADER="+ch.leader, "CIFHA_CLUSTER="+s.cfg.Cluster)
-	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
+	out, err := command.Run(ctx, command.Spec{Argv: s.cfg.PostChange.Command, Timeout: s.cfg.PostChange.Timeout.Duration,
+		Env: []string{"CIFHA_DB_HOST=" + ch.host, "CIFHA_LEADER=" + ch.leader, "CIFHA_CLUSTER=" + s.cfg.Cluster}})
 	if err != nil {
 		s.log.Error("post-change command failed; it runs again on the next change", "command", s.cfg.PostChange.Command,
-			"error", err, "output", strings.TrimSpace(string(out)))
+			"error", err, "output", out)
 		return
 	}
-	s.log.Info("post-change command done", "command", s.cfg.PostChange.Command, "output", strings.TrimSpace(string(out)))
+	s.log.Info("post-change command done", "command", s.cfg.PostChange.Command, "output", out)
 }
