@@ -39,6 +39,8 @@ fuzz:
 	$(GO) test ./pkg/agent -run '^$$' -fuzz FuzzParseDynamicConfig -fuzztime 30s
 	$(GO) test ./pkg/agent -run '^$$' -fuzz FuzzParseControlData -fuzztime 30s
 	$(GO) test ./pkg/cifsync -run '^$$' -fuzz FuzzSetDBHost -fuzztime 30s
+	$(GO) test ./pkg/election -run '^$$' -fuzz FuzzServerVersion -fuzztime 30s
+	$(GO) test ./pkg/state -run '^$$' -fuzz FuzzValidators -fuzztime 30s
 
 demo: deps build
 	$(GO) build -o bin/ ./cmd/cifha-demo

@@ -1050,6 +1050,13 @@ func significant(a, b election.Member) bool {
 		!slices.Equal(a.PendingRestart, b.PendingRestart)
 }
 
+// publishEvery is how often an unchanged member state is republished (its
+// WAL positions): what others react to is published at once; positions are
+// for people and cifhactl status, which asks each agent's API anyway, and
+// the key lives on the session lease, not on refreshes. An idle cluster
+// then writes (and wakes other agents) rarely.
+func publishEvery(loop time.Duration) time.Duration { return max(loop*9/10, 10*time.Second) }
+
 func (a *Agent) publish(ctx context.Context, o ha.Observation, p ha.Plan, actErr error) {
 	m := a.member(o, p)
 	if actErr != nil {
@@ -1067,7 +1074,7 @@ func (a *Agent) publish(ctx context.Context, o ha.Observation, p ha.Plan, actErr
 	a.snap.Store(snap)
 	// Publish when something others react to changed, else once per loop
 	// interval: every put wakes every other agent.
-	if o.DCSErr != nil || (!significant(m, a.lastPublished) && o.Now.Sub(a.lastPubAt) < a.opt.LoopInterval*9/10) {
+	if o.DCSErr != nil || (!significant(m, a.lastPublished) && o.Now.Sub(a.lastPubAt) < publishEvery(a.loopInterval)) {
 		return
 	}
 	if err := a.opt.DCS.PutMember(ctx, m); err != nil {

@@ -83,6 +83,15 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		return err
 	}
 	defer cli.Close()
+	vctx, cancelV := context.WithTimeout(ctx, cfg.Etcd.DialTimeout.Duration+time.Second)
+	verr := election.CheckServers(vctx, cli)
+	cancelV()
+	if verr != nil {
+		if !cfg.Etcd.AllowUnsafeServer {
+			return fmt.Errorf("etcd server check: %w (etcd.allow_unsafe_server overrides this for tests only)", verr)
+		}
+		log.Warn("etcd server check failed; running anyway (etcd.allow_unsafe_server)", "error", verr)
+	}
 	ttl := clusterTTL(ctx, cli, cfg, log)
 	// One clock for every deadline: the session's ValidUntil and the
 	// agent's Now (CLOCK_BOOTTIME, so a suspend counts).

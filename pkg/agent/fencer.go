@@ -62,13 +62,23 @@ func (f *fencer) armed() int64 {
 // idleCheck is how often a disarmed fencer looks again (arming wakes it at once).
 const idleCheck = time.Second
 
-// watchdogFeed is how often the external watchdog gets a fresh deadline.
-const watchdogFeed = 250 * time.Millisecond
+// feedEvery is how often the fencer looks for a renewal to pass on to the
+// external watchdog: ttl/8, half the renewal interval (ha.Timing), so a
+// renewal reaches the watchdog within ttl/8. The deadline it replaces is
+// then still at least 5/12 ttl - ttl/8 away (renewals every ttl/4, margin
+// at most ttl/3), so a healthy primary is never stopped by a stale one.
+func (f *fencer) feedEvery() time.Duration {
+	if f.a.opt.TTL <= 0 {
+		return 250 * time.Millisecond
+	}
+	return max(f.a.opt.TTL/8, 50*time.Millisecond)
+}
 
 func (f *fencer) run(ctx context.Context) {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	wdArmed := false
+	var wdDeadline time.Time // what the watchdog holds
 	disarmWatchdog := func() {
 		if wdArmed && f.a.opt.Watchdog != nil {
 			f.a.opt.Watchdog.Disarm()
@@ -86,6 +96,7 @@ func (f *fencer) run(ctx context.Context) {
 		armed := f.armed()
 		if armed == 0 || !f.a.opt.PG.Running() {
 			disarmWatchdog()
+			wdDeadline = time.Time{}
 			t.Reset(idleCheck)
 			continue
 		}
@@ -94,9 +105,18 @@ func (f *fencer) run(ctx context.Context) {
 		if lease.ID == armed && ha.MayStayWritable(now, lease, f.a.opt.FenceMargin) {
 			until := ha.FenceAt(lease, f.a.opt.FenceMargin).Sub(now)
 			if wd := f.a.opt.Watchdog; wd != nil {
-				// Feed the external watchdog the absolute fence time; it
-				// fires if this process stops feeding it (hung, SIGSTOP).
-				if err := wd.Arm(f.a.opt.PG.PID(), ha.FenceAt(lease, f.a.opt.FenceMargin)); err != nil {
+				// Feed the external watchdog the absolute fence time when it
+				// moved (a renewal); it fires if this process stops feeding
+				// it (hung, SIGSTOP). The check runs often enough that a
+				// renewal reaches it long before the old deadline
+				// (watchdogFeed).
+				at := ha.FenceAt(lease, f.a.opt.FenceMargin)
+				var err error
+				if !wdArmed || !at.Equal(wdDeadline) {
+					err = wd.Arm(f.a.opt.PG.PID(), at)
+					wdDeadline = at
+				}
+				if err != nil {
 					// The deadline is not enforced outside this process:
 					// a primary must not run on the fencer alone.
 					f.a.log.Error("fencing: the fence watchdog does not work; stopping postgres", "error", err)
@@ -105,7 +125,7 @@ func (f *fencer) run(ctx context.Context) {
 					continue
 				}
 				wdArmed = true
-				until = min(until, watchdogFeed)
+				until = min(until, f.feedEvery())
 			}
 			// Sleep until this lease's fence time (or the next feed); a
 			// renewal moves it later and the fencer looks again then.

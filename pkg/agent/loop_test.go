@@ -141,6 +141,11 @@ func TestPublishIsRateLimited(t *testing.T) {
 	}
 	clk.Advance(time.Second)
 	a.Iterate(ctx)
+	if dcs.puts != n {
+		t.Fatalf("positions republished after a second: an idle cluster should write rarely")
+	}
+	clk.Advance(publishEvery(time.Second))
+	a.Iterate(ctx)
 	if dcs.puts != n+1 {
 		t.Fatalf("no periodic publish")
 	}

@@ -442,7 +442,25 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 }
 
 func (s *Store) relevant(ev *clientv3.Event) bool {
-	if !strings.HasPrefix(string(ev.Kv.Key), s.keys.Prefix+"members/") {
+	k := string(ev.Kv.Key)
+	if k == s.keys.LastLeader() && ev.Type != clientv3.EventTypeDelete && ev.PrevKv != nil {
+		// The leader republishes its WAL position every loop: only a new
+		// name or timeline is news (the lag gate reads the position when
+		// it needs it, on its own round).
+		var a, b struct {
+			Name     string
+			Timeline int
+			From     string `json:"switchover_from"`
+		}
+		if json.Unmarshal(ev.Kv.Value, &a) == nil && json.Unmarshal(ev.PrevKv.Value, &b) == nil && a == b {
+			return false
+		}
+		return true
+	}
+	if strings.HasPrefix(k, s.keys.History()) {
+		return false // for people (cifhactl history), never for a decision
+	}
+	if !strings.HasPrefix(k, s.keys.Prefix+"members/") {
 		return true
 	}
 	if ev.Type == clientv3.EventTypeDelete || ev.PrevKv == nil || ev.Kv.Version == 1 {
