@@ -336,10 +336,11 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	} else if o.DCSErr == nil && o.PG != nil && o.PG.InRecovery && p.Action == ha.None {
 		a.ensureSlots(ctx, o)
 	}
-	if p.Action == ha.Switchover {
-		// The role changed under the observation (a leader became a
-		// standby): publishing the old one would keep /primary answering
-		// 200 on a standby for a round.
+	switch p.Action {
+	case ha.Switchover, ha.SwitchoverRollback, ha.SwitchoverFollow, ha.TakeBack:
+		// The role changed under the observation (a leader stopped, or
+		// resumed): publishing the old one would keep /primary answering
+		// wrongly for a round.
 		o = a.observe(ctx)
 	}
 	a.publish(ctx, o, p, err)

@@ -100,7 +100,10 @@ func (p HTTPPeers) Candidate(ctx context.Context, apiURL string) (ha.Candidate, 
 		return ha.Candidate{}, errors.New("no API URL published")
 	}
 	var wr api.WALResponse
-	_, err := api.Get(ctx, p.Client, apiURL, "/wal", &wr)
+	code, err := api.Get(ctx, p.Client, apiURL, "/wal", &wr)
+	if code == http.StatusUnauthorized {
+		return ha.Candidate{}, fmt.Errorf("%s/wal: %w", apiURL, api.ErrUnauthorized)
+	}
 	if err != nil {
 		return ha.Candidate{}, fmt.Errorf("%s: %w", apiURL, err)
 	}

@@ -117,8 +117,10 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 var ErrUnauthorized = errors.New("401 unauthorized (the members' api.token_file differ, or no token was given)")
 
 // Get fetches base+path and decodes the JSON answer into out, whatever the
-// status code (load-balancer endpoints answer 503 with a body). It returns
-// the status code.
+// status code (load-balancer endpoints answer 503 with a body, the control
+// endpoints explain a 401 or a 409 in theirs). It returns the status code;
+// the caller judges it. An error means no usable answer (code 0: no answer
+// at all).
 func Get(ctx context.Context, c *http.Client, base, path string, out any) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+path, nil)
 	if err != nil {
@@ -147,9 +149,6 @@ func do(c *http.Client, req *http.Request, out any) (int, error) {
 		return 0, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusUnauthorized {
-		return resp.StatusCode, fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, ErrUnauthorized)
-	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponse+1))
 	if err != nil {
 		return resp.StatusCode, fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, err)
@@ -161,6 +160,9 @@ func do(c *http.Client, req *http.Request, out any) (int, error) {
 		return resp.StatusCode, nil
 	}
 	if err := json.Unmarshal(b, out); err != nil {
+		if resp.StatusCode == http.StatusUnauthorized {
+			return resp.StatusCode, fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, ErrUnauthorized)
+		}
 		return resp.StatusCode, fmt.Errorf("%s %s: %d, %w", req.Method, req.URL.Path, resp.StatusCode, err)
 	}
 	return resp.StatusCode, nil

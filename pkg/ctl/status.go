@@ -179,8 +179,14 @@ func fetch(ctx context.Context, hc *http.Client, base string, timeout time.Durat
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var s api.StatusResponse
-	if _, err := api.Get(ctx, hc, base, "/status", &s); err != nil {
+	code, err := api.Get(ctx, hc, base, "/status", &s)
+	switch {
+	case code == http.StatusUnauthorized:
+		return nil, api.ErrUnauthorized
+	case err != nil:
 		return nil, err
+	case s.Self.Name == "":
+		return nil, fmt.Errorf("GET %s/status: %d without a member state", base, code)
 	}
 	return &s.Self, nil
 }

@@ -205,6 +205,9 @@ func decideSwitchoverProgress(o Observation) Plan {
 			// and with it every committed transaction.
 			return Plan{Action: Handoff, Target: sw.To, Reason: fmt.Sprintf("switchover to %s: it replayed the shutdown checkpoint %s; handing it the leader key", sw.To, sw.Checkpoint)}
 		}
+		if _, alive := o.Cluster.Members[sw.To]; !alive {
+			return gate(o, Plan{Action: SwitchoverRollback, Target: sw.To, Reason: fmt.Sprintf("switchover to %s failed (its member key is gone: its agent died): resuming as primary", sw.To)})
+		}
 		if !o.Now.Before(sw.Deadline) {
 			why := fmt.Sprintf("it did not replay up to %s in time", sw.Checkpoint)
 			if o.SwitchoverTargetErr != nil {
