@@ -18,15 +18,6 @@ import (
 	"github.com/cifha/cifha/pkg/election"
 )
 
-// Control is what the control API changes in etcd.
-type Control interface {
-	SetPause(ctx context.Context, on bool, by string) error
-	RequestSwitchover(ctx context.Context, r election.SwitchoverRequest) (bool, error)
-	CancelSwitchover(ctx context.Context) (bool, error)
-	RequestFailover(ctx context.Context, r election.FailoverRequest, ttl time.Duration) (bool, error)
-	PutConfig(ctx context.Context, c election.DynamicConfig, modRev int64) error
-}
-
 // controlAnswer is a handler's outcome.
 type controlAnswer struct {
 	code int

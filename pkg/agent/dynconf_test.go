@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"github.com/cifha/cifha/pkg/agent/agenttest"
 	"strings"
 	"testing"
 	"time"
@@ -12,15 +13,7 @@ import (
 
 func f(v float64) *float64 { return &v }
 
-var testSettings = map[string]pgctl.Setting{
-	"work_mem":                   {Name: "work_mem", Vartype: "integer", Context: "user", Unit: "kB", Min: f(64), Max: f(2147483647)},
-	"shared_buffers":             {Name: "shared_buffers", Vartype: "integer", Context: "postmaster", Unit: "8kB", Min: f(16), Max: f(1073741823)},
-	"log_min_duration_statement": {Name: "log_min_duration_statement", Vartype: "integer", Context: "superuser", Unit: "ms", Min: f(-1), Max: f(2147483647)},
-	"synchronous_commit":         {Name: "synchronous_commit", Vartype: "enum", Context: "user", EnumVals: []string{"local", "remote_write", "remote_apply", "on", "off"}},
-	"log_connections":            {Name: "log_connections", Vartype: "bool", Context: "superuser-backend"},
-	"random_page_cost":           {Name: "random_page_cost", Vartype: "real", Context: "user", Min: f(0), Max: f(1.79769e+308)},
-	"listen_addresses":           {Name: "listen_addresses", Vartype: "string", Context: "postmaster"},
-}
+var testSettings = agenttest.Settings
 
 func TestApplySet(t *testing.T) {
 	lim := Limits{FenceMargin: time.Second, LoopInterval: time.Second, TTL: 10 * time.Second}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/cifha/cifha/pkg/agent/agenttest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,18 +21,18 @@ import (
 
 // runningLeader returns an agent whose postgres runs as the primary
 // holding the key under lease 7 (valid until t0+3s, fence at t0+2s).
-func runningLeader(t *testing.T) (*Agent, *fakePostgres, *fakeDCS, *fakeClock) {
+func runningLeader(t *testing.T) (*Agent, *agenttest.Postgres, *agenttest.DCS, *agenttest.Clock) {
 	t.Helper()
-	clk := &fakeClock{t: t0}
-	pg := &fakePostgres{dir: pgctl.DataDirMissing}
-	dcs := newFakeDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirMissing}
+	dcs := agenttest.NewDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
 	a := newTestAgent(pg, dcs, clk)
 	ctx := context.Background()
 	if err := a.Iterate(ctx); err != nil {
 		t.Fatal(err)
 	}
 	a.Iterate(ctx)
-	if s := a.Snapshot(); !s.IsLeader || !pg.running {
+	if s := a.Snapshot(); !s.IsLeader || !pg.Up {
 		t.Fatalf("not a running leader: %+v", s.Member)
 	}
 	return a, pg, dcs, clk
@@ -41,11 +42,11 @@ func runningLeader(t *testing.T) (*Agent, *fakePostgres, *fakeDCS, *fakeClock) {
 // before doing anything else (its clock counts the suspended time).
 func TestResumedAfterSuspendFencesFirst(t *testing.T) {
 	a, pg, _, clk := runningLeader(t)
-	pg.calls = nil
+	pg.Calls = nil
 	clk.Advance(30 * time.Second) // the VM was paused: the lease is long gone
 	_ = a.Iterate(context.Background())
-	if pg.running || len(pg.calls) == 0 || !strings.HasPrefix(pg.calls[0], "stop") {
-		t.Fatalf("after resume: running=%v calls=%v; want a stop first", pg.running, pg.calls)
+	if pg.Up || len(pg.Calls) == 0 || !strings.HasPrefix(pg.Calls[0], "stop") {
+		t.Fatalf("after resume: running=%v calls=%v; want a stop first", pg.Up, pg.Calls)
 	}
 }
 
@@ -69,17 +70,17 @@ func TestBootClockCountsForward(t *testing.T) {
 func TestPausedLeaderRestartsAfterFence(t *testing.T) {
 	a, pg, dcs, clk := runningLeader(t)
 	ctx := context.Background()
-	dcs.cluster.Paused = true
+	dcs.Cluster.Paused = true
 	clk.Advance(2500 * time.Millisecond) // inside the margin: fenced
 	_ = a.Iterate(ctx)
-	if pg.running {
+	if pg.Up {
 		t.Fatal("not fenced inside the margin")
 	}
-	dcs.lease.ValidUntil = clk.t.Add(3 * time.Second) // renewed in time, same lease
+	dcs.LeaseNow.ValidUntil = clk.T.Add(3 * time.Second) // renewed in time, same lease
 	if err := a.Iterate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if !pg.running {
+	if !pg.Up {
 		t.Fatalf("paused leader with its lease renewed stays down: %s", a.Snapshot().Plan.Reason)
 	}
 }
@@ -89,21 +90,21 @@ func TestLeaderGivesUpKeyWhenPostgresCannotStart(t *testing.T) {
 	a, pg, dcs, clk := runningLeader(t)
 	a.opt.PrimaryStartTimeout, a.opt.RecentWindow = 10*time.Second, 6*time.Second
 	ctx := context.Background()
-	pg.failStart = true
-	pg.running = false
-	for i := 0; i < 30 && dcs.cluster.Leader != nil; i++ {
+	pg.FailStart = true
+	pg.Up = false
+	for i := 0; i < 30 && dcs.Cluster.Leader != nil; i++ {
 		clk.Advance(500 * time.Millisecond)
-		dcs.lease.ValidUntil = clk.t.Add(3 * time.Second)
+		dcs.LeaseNow.ValidUntil = clk.T.Add(3 * time.Second)
 		_ = a.Iterate(ctx)
 	}
-	if dcs.cluster.Leader != nil {
+	if dcs.Cluster.Leader != nil {
 		t.Fatalf("leader key kept although postgres never started: %s", a.Snapshot().Plan.Reason)
 	}
 	// It does not take the key straight back.
 	clk.Advance(time.Second)
-	dcs.lease.ValidUntil = clk.t.Add(3 * time.Second)
+	dcs.LeaseNow.ValidUntil = clk.T.Add(3 * time.Second)
 	_ = a.Iterate(ctx)
-	if dcs.cluster.Leader != nil {
+	if dcs.Cluster.Leader != nil {
 		t.Fatal("took the key back at once")
 	}
 }
@@ -111,12 +112,12 @@ func TestLeaderGivesUpKeyWhenPostgresCannotStart(t *testing.T) {
 // Hole 4: a watchdog whose deadline cannot be enforced stops every
 // writable step.
 func TestBrokenWatchdogBlocksWritableSteps(t *testing.T) {
-	clk := &fakeClock{t: t0}
-	pg := &fakePostgres{dir: pgctl.DataDirValid}
-	dcs := newFakeDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirValid}
+	dcs := agenttest.NewDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
 	a := newTestAgent(pg, dcs, clk)
 	a.opt.Watchdog = brokenWatchdog{}
-	if err := a.Iterate(context.Background()); err == nil || pg.running {
+	if err := a.Iterate(context.Background()); err == nil || pg.Up {
 		t.Fatalf("started a primary without a working watchdog (err %v)", err)
 	}
 }
@@ -229,23 +230,23 @@ func TestStuckWatchdogNeverBlocks(t *testing.T) {
 // leader, and the last leader whose key is gone), so after its promotion a
 // returning member's slot already exists.
 func TestStandbyKeepsSlotsForKnownMembers(t *testing.T) {
-	clk := &fakeClock{t: t0}
-	pg := &fakePostgres{dir: pgctl.DataDirValid, standby: pgctl.StandbyState{Standby: true, Target: "db1 10.0.1.1:5432"}}
-	dcs := newFakeDCS("db2", election.LeaseState{ID: 22, ValidUntil: t0.Add(time.Hour)})
-	dcs.cluster.Leader = &election.Leader{Name: "db1", Valid: true, Lease: 7, CreateRev: 5, ModRev: 5}
-	dcs.cluster.Members["db1"] = election.Member{Name: "db1", Role: "primary", State: "running", ConnAddress: "10.0.1.1:5432"}
-	dcs.cluster.Members["db3"] = election.Member{Name: "db3", Role: "replica", State: "streaming", ConnAddress: "10.0.1.3:5432"}
-	dcs.cluster.LastLeader = &election.LastLeader{Name: "db0", Timeline: 1}
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirValid, Standby: pgctl.StandbyState{Standby: true, Target: "db1 10.0.1.1:5432"}}
+	dcs := agenttest.NewDCS("db2", election.LeaseState{ID: 22, ValidUntil: t0.Add(time.Hour)})
+	dcs.Cluster.Leader = &election.Leader{Name: "db1", Valid: true, Lease: 7, CreateRev: 5, ModRev: 5}
+	dcs.Cluster.Members["db1"] = election.Member{Name: "db1", Role: "primary", State: "running", ConnAddress: "10.0.1.1:5432"}
+	dcs.Cluster.Members["db3"] = election.Member{Name: "db3", Role: "replica", State: "streaming", ConnAddress: "10.0.1.3:5432"}
+	dcs.Cluster.LastLeader = &election.LastLeader{Name: "db0", Timeline: 1}
 	a := newTestAgent(pg, dcs, clk)
 	for i := 0; i < 3; i++ {
 		_ = a.Iterate(context.Background())
 	}
 	for _, want := range []string{"create-slot db1", "create-slot db3", "create-slot db0"} {
-		if !has(pg.calls, want) {
-			t.Fatalf("no %q: %v", want, pg.calls)
+		if !has(pg.Calls, want) {
+			t.Fatalf("no %q: %v", want, pg.Calls)
 		}
 	}
-	if has(pg.calls, "create-slot db2") {
+	if has(pg.Calls, "create-slot db2") {
 		t.Fatal("a slot for itself")
 	}
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"github.com/cifha/cifha/pkg/agent/agenttest"
 	"github.com/cifha/cifha/pkg/ha"
 	"strings"
 	"testing"
@@ -12,13 +13,10 @@ import (
 	"github.com/cifha/cifha/pkg/pgctl"
 )
 
-type fakeClock struct{ t time.Time }
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
-func (c *fakeClock) Now() time.Time          { return c.t }
-func (c *fakeClock) Advance(d time.Duration) { c.t = c.t.Add(d) }
-
-func newTestAgent(pg *fakePostgres, dcs *fakeDCS, clk *fakeClock) *Agent {
-	return New(Options{Name: dcs.self, PG: pg, DCS: dcs, Now: clk.Now, LoopInterval: time.Second,
+func newTestAgent(pg *agenttest.Postgres, dcs *agenttest.DCS, clk *agenttest.Clock) *Agent {
+	return New(Options{Name: dcs.Self, PG: pg, DCS: dcs, Now: clk.Now, LoopInterval: time.Second,
 		StartTimeout: time.Second, FenceMargin: time.Second, ConnAddress: "10.0.1.1:5432", APIURL: "http://10.0.1.1:8008"})
 }
 
@@ -37,16 +35,16 @@ func has(calls []string, want ...string) bool {
 // and fencing when the lease is not renewed.
 func TestLoopBootstrapCrashAndFence(t *testing.T) {
 	ctx := context.Background()
-	clk := &fakeClock{t: t0}
-	pg := &fakePostgres{dir: pgctl.DataDirMissing}
-	dcs := newFakeDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirMissing}
+	dcs := agenttest.NewDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
 	a := newTestAgent(pg, dcs, clk)
 
 	if err := a.Iterate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if !has(pg.calls, "initdb", "configure", "set-primary", "configure", "start") || dcs.cluster.Leader == nil {
-		t.Fatalf("bootstrap calls %v, leader %+v", pg.calls, dcs.cluster.Leader)
+	if !has(pg.Calls, "initdb", "configure", "set-primary", "configure", "start") || dcs.Cluster.Leader == nil {
+		t.Fatalf("bootstrap calls %v, leader %+v", pg.Calls, dcs.Cluster.Leader)
 	}
 	a.Iterate(ctx)
 	if s := a.Snapshot(); !s.IsLeader || s.Member.State != "running" || s.Member.Role != "primary" {
@@ -54,18 +52,18 @@ func TestLoopBootstrapCrashAndFence(t *testing.T) {
 	}
 
 	// A new member registers: the leader makes its slot at once.
-	dcs.cluster.Members["db2"] = election.Member{Name: "db2", State: "uninitialized"}
+	dcs.Cluster.Members["db2"] = election.Member{Name: "db2", State: "uninitialized"}
 	a.Iterate(ctx)
-	if !has(pg.calls, "create-slot db2") {
-		t.Fatalf("no slot for db2: %v", pg.calls)
+	if !has(pg.Calls, "create-slot db2") {
+		t.Fatalf("no slot for db2: %v", pg.Calls)
 	}
 
 	// The postmaster crashes; the agent restarts it in place.
-	pg.crash()
-	pg.calls = nil
+	pg.Crash()
+	pg.Calls = nil
 	a.Iterate(ctx)
-	if !has(pg.calls, "configure", "start") || !pg.running {
-		t.Fatalf("not restarted in place: %v", pg.calls)
+	if !has(pg.Calls, "configure", "start") || !pg.Up {
+		t.Fatalf("not restarted in place: %v", pg.Calls)
 	}
 	if a.lastPlan.Action != ha.StartPrimary {
 		t.Fatalf("plan %v", a.lastPlan)
@@ -73,17 +71,17 @@ func TestLoopBootstrapCrashAndFence(t *testing.T) {
 
 	// etcd goes away and the lease is not renewed: at deadline - margin the
 	// primary is stopped, before the lease can expire.
-	dcs.err = errors.New("etcd: connection refused")
+	dcs.Err = errors.New("etcd: connection refused")
 	clk.Advance(1500 * time.Millisecond)
-	pg.calls = nil
+	pg.Calls = nil
 	a.Iterate(ctx)
-	if pg.calls != nil || !pg.running {
-		t.Fatalf("fenced too early: %v", pg.calls)
+	if pg.Calls != nil || !pg.Up {
+		t.Fatalf("fenced too early: %v", pg.Calls)
 	}
 	clk.Advance(600 * time.Millisecond) // 2.1 s: past 3 s - 1 s margin
 	a.Iterate(ctx)
-	if !has(pg.calls, "stop fast") || pg.running {
-		t.Fatalf("not fenced at the margin: %v", pg.calls)
+	if !has(pg.Calls, "stop fast") || pg.Up {
+		t.Fatalf("not fenced at the margin: %v", pg.Calls)
 	}
 	if a.lastPlan.Action != ha.Fence || !strings.Contains(a.lastPlan.Reason, "lease") {
 		t.Fatalf("plan %v", a.lastPlan)
@@ -94,30 +92,30 @@ func TestLoopBootstrapCrashAndFence(t *testing.T) {
 // starts as its standby, and publishes itself as a streaming replica.
 func TestLoopClonesAndFollows(t *testing.T) {
 	ctx := context.Background()
-	clk := &fakeClock{t: t0}
-	pg := &fakePostgres{dir: pgctl.DataDirMissing}
-	dcs := newFakeDCS("db2", election.LeaseState{ID: 8, ValidUntil: t0.Add(3 * time.Second)})
-	dcs.cluster.Initialize = "db1"
-	dcs.cluster.Leader = &election.Leader{Name: "db1", Valid: true, CreateRev: 1, Lease: 7}
-	dcs.cluster.Members["db1"] = election.Member{Name: "db1", Role: "primary", State: "running", ConnAddress: "10.0.1.1:5432"}
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirMissing}
+	dcs := agenttest.NewDCS("db2", election.LeaseState{ID: 8, ValidUntil: t0.Add(3 * time.Second)})
+	dcs.Cluster.Initialize = "db1"
+	dcs.Cluster.Leader = &election.Leader{Name: "db1", Valid: true, CreateRev: 1, Lease: 7}
+	dcs.Cluster.Members["db1"] = election.Member{Name: "db1", Role: "primary", State: "running", ConnAddress: "10.0.1.1:5432"}
 	a := newTestAgent(pg, dcs, clk)
 	if err := a.Iterate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if !has(pg.calls, "clone 10.0.1.1", "configure", "start") || !pg.standby.Standby {
-		t.Fatalf("calls %v", pg.calls)
+	if !has(pg.Calls, "clone 10.0.1.1", "configure", "start") || !pg.Standby.Standby {
+		t.Fatalf("calls %v", pg.Calls)
 	}
 	a.Iterate(ctx)
-	if m := dcs.cluster.Members["db2"]; m.Role != "replica" {
+	if m := dcs.Cluster.Members["db2"]; m.Role != "replica" {
 		t.Fatalf("published %+v", m)
 	}
 	// The leader moves: the standby re-points (reload on 13+).
-	dcs.cluster.Leader = &election.Leader{Name: "db3", Valid: true, CreateRev: 2, Lease: 9}
-	dcs.cluster.Members["db3"] = election.Member{Name: "db3", Role: "primary", State: "running", ConnAddress: "10.0.1.3:5432"}
-	pg.calls = nil
+	dcs.Cluster.Leader = &election.Leader{Name: "db3", Valid: true, CreateRev: 2, Lease: 9}
+	dcs.Cluster.Members["db3"] = election.Member{Name: "db3", Role: "primary", State: "running", ConnAddress: "10.0.1.3:5432"}
+	pg.Calls = nil
 	a.Iterate(ctx)
-	if !has(pg.calls, "set-standby db3", "reload") {
-		t.Fatalf("calls %v", pg.calls)
+	if !has(pg.Calls, "set-standby db3", "reload") {
+		t.Fatalf("calls %v", pg.Calls)
 	}
 }
 
@@ -125,28 +123,28 @@ func TestLoopClonesAndFollows(t *testing.T) {
 // interval, not on every iteration (each put wakes every other agent).
 func TestPublishIsRateLimited(t *testing.T) {
 	ctx := context.Background()
-	clk := &fakeClock{t: t0}
-	pg := &fakePostgres{dir: pgctl.DataDirMissing}
-	dcs := newFakeDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(time.Hour)})
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirMissing}
+	dcs := agenttest.NewDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(time.Hour)})
 	a := newTestAgent(pg, dcs, clk)
 	a.Iterate(ctx)
 	a.Iterate(ctx)
-	n := dcs.puts
+	n := dcs.Puts
 	for i := 0; i < 10; i++ {
 		clk.Advance(10 * time.Millisecond)
 		a.Iterate(ctx)
 	}
-	if dcs.puts != n {
-		t.Fatalf("%d puts in 100 ms of unchanged state", dcs.puts-n)
+	if dcs.Puts != n {
+		t.Fatalf("%d puts in 100 ms of unchanged state", dcs.Puts-n)
 	}
 	clk.Advance(time.Second)
 	a.Iterate(ctx)
-	if dcs.puts != n {
+	if dcs.Puts != n {
 		t.Fatalf("positions republished after a second: an idle cluster should write rarely")
 	}
 	clk.Advance(publishEvery(time.Second))
 	a.Iterate(ctx)
-	if dcs.puts != n+1 {
+	if dcs.Puts != n+1 {
 		t.Fatalf("no periodic publish")
 	}
 }
@@ -157,50 +155,50 @@ func TestPublishIsRateLimited(t *testing.T) {
 // fails it re-clones only if allowed, moving its data aside.
 func TestLoopTakeOverAndRejoin(t *testing.T) {
 	ctx := context.Background()
-	clk := &fakeClock{t: t0}
-	pg := &fakePostgres{dir: pgctl.DataDirValid, standby: pgctl.StandbyState{Standby: true, Target: "db1 10.0.1.1:5432"}, recv: 0x5000}
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirValid, Standby: pgctl.StandbyState{Standby: true, Target: "db1 10.0.1.1:5432"}, Recv: 0x5000}
 	pg.Start(ctx, 0)
-	dcs := newFakeDCS("db2", election.LeaseState{ID: 8, ValidUntil: t0.Add(3 * time.Second)})
-	dcs.cluster.LastLeader = &election.LastLeader{Name: "db1", Timeline: 1, LSN: "0/5000"}
+	dcs := agenttest.NewDCS("db2", election.LeaseState{ID: 8, ValidUntil: t0.Add(3 * time.Second)})
+	dcs.Cluster.LastLeader = &election.LastLeader{Name: "db1", Timeline: 1, LSN: "0/5000"}
 	a := New(Options{Name: "db2", PG: pg, DCS: dcs, Now: clk.Now, LoopInterval: time.Second, StartTimeout: time.Second,
 		FenceMargin: time.Second, MaxLag: 1 << 20, RecentWindow: 6 * time.Second, Peers: noPeers{}, LastLeaderEvery: time.Second})
-	pg.calls = nil
+	pg.Calls = nil
 	a.Iterate(ctx) // sees itself streaming: lastStreamed is set
 	if a.lastPlan.Action != ha.TakeOver {
 		t.Fatalf("plan %v", a.lastPlan)
 	}
-	if !has(pg.calls, "promote") || dcs.cluster.Leader == nil || dcs.cluster.Leader.Name != "db2" {
-		t.Fatalf("calls %v leader %+v", pg.calls, dcs.cluster.Leader)
+	if !has(pg.Calls, "promote") || dcs.Cluster.Leader == nil || dcs.Cluster.Leader.Name != "db2" {
+		t.Fatalf("calls %v leader %+v", pg.Calls, dcs.Cluster.Leader)
 	}
 	a.Iterate(ctx)
-	if !has(pg.calls, "promote", "checkpoint") || len(dcs.history) != 1 || dcs.history[0].OldLeader != "db1" || dcs.history[0].NewLeader != "db2" {
-		t.Fatalf("calls %v history %+v", pg.calls, dcs.history)
+	if !has(pg.Calls, "promote", "checkpoint") || len(dcs.History) != 1 || dcs.History[0].OldLeader != "db1" || dcs.History[0].NewLeader != "db2" {
+		t.Fatalf("calls %v history %+v", pg.Calls, dcs.History)
 	}
 
 	// The former primary db1, stopped, rewinds from db2.
-	old := &fakePostgres{dir: pgctl.DataDirValid}
-	d1 := newFakeDCS("db1", election.LeaseState{ID: 9, ValidUntil: t0.Add(3 * time.Second)})
-	d1.cluster.Leader = &election.Leader{Name: "db2", Valid: true, CreateRev: 3, Lease: 8}
-	d1.cluster.Members["db2"] = election.Member{Name: "db2", Role: "primary", State: "running", ConnAddress: "10.0.1.2:5432"}
+	old := &agenttest.Postgres{Dir: pgctl.DataDirValid}
+	d1 := agenttest.NewDCS("db1", election.LeaseState{ID: 9, ValidUntil: t0.Add(3 * time.Second)})
+	d1.Cluster.Leader = &election.Leader{Name: "db2", Valid: true, CreateRev: 3, Lease: 8}
+	d1.Cluster.Members["db2"] = election.Member{Name: "db2", Role: "primary", State: "running", ConnAddress: "10.0.1.2:5432"}
 	b := New(Options{Name: "db1", PG: old, DCS: d1, Now: clk.Now, LoopInterval: time.Second, StartTimeout: time.Second, FenceMargin: time.Second})
 	b.Iterate(ctx)
-	if !has(old.calls, "configure", "rewind 10.0.1.2", "configure", "set-standby db2", "start") {
-		t.Fatalf("rejoin calls %v", old.calls)
+	if !has(old.Calls, "configure", "rewind 10.0.1.2", "configure", "set-standby db2", "start") {
+		t.Fatalf("rejoin calls %v", old.Calls)
 	}
 
 	// A failed rewind without permission to re-clone: wait, say why, keep the data.
-	old2 := &fakePostgres{dir: pgctl.DataDirValid, rewindErr: errors.New("pg_rewind failed: no common ancestor")}
+	old2 := &agenttest.Postgres{Dir: pgctl.DataDirValid, RewindErr: errors.New("pg_rewind failed: no common ancestor")}
 	c := New(Options{Name: "db1", PG: old2, DCS: d1, Now: clk.Now, LoopInterval: time.Second, StartTimeout: time.Second, FenceMargin: time.Second})
 	c.Iterate(ctx)
 	c.Iterate(ctx)
-	if c.lastPlan.Action != ha.Wait || !strings.Contains(c.lastPlan.Reason, "remove_data_directory_on_rewind_failure") || has(old2.calls, "move-aside") {
-		t.Fatalf("plan %v calls %v", c.lastPlan, old2.calls)
+	if c.lastPlan.Action != ha.Wait || !strings.Contains(c.lastPlan.Reason, "remove_data_directory_on_rewind_failure") || has(old2.Calls, "move-aside") {
+		t.Fatalf("plan %v calls %v", c.lastPlan, old2.Calls)
 	}
 	// Allowed: the directory is moved aside (never deleted) and re-cloned.
 	c.opt.RemoveOnRewindFailure = true
 	c.Iterate(ctx)
-	if !has(old2.calls, "move-aside", "clone 10.0.1.2", "configure", "start") {
-		t.Fatalf("reclone calls %v", old2.calls)
+	if !has(old2.Calls, "move-aside", "clone 10.0.1.2", "configure", "start") {
+		t.Fatalf("reclone calls %v", old2.Calls)
 	}
 }
 

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/cifha/cifha/pkg/agent/agenttest"
 	"os"
 	"regexp"
 	"strings"
@@ -18,7 +19,7 @@ func TestAlertRulesUseExistingMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := New(Options{Name: "db1", Cluster: "c", PG: &fakePostgres{}, DCS: newFakeDCS("db1", election.LeaseState{}), LoopInterval: time.Second})
+	a := New(Options{Name: "db1", Cluster: "c", PG: &agenttest.Postgres{}, DCS: agenttest.NewDCS("db1", election.LeaseState{}), LoopInterval: time.Second})
 	have := map[string]bool{"cifha_replication_lag_bytes": true, "cifha_wal_lsn_bytes": true,
 		"cifha_loop_duration_seconds": true, "cifha_actions_total": true, "cifha_switchovers_total": true}
 	for _, d := range stateDescs {

@@ -1,103 +1,25 @@
 package agent
 
 import (
-	"context"
-	"github.com/cifha/cifha/pkg/ha"
-	"time"
-
+	"github.com/cifha/cifha/pkg/agent/port"
 	"github.com/cifha/cifha/pkg/election"
-	"github.com/cifha/cifha/pkg/pgctl"
 )
 
-// Postgres is the local instance as the agent uses it. *PG implements it
-// over pgctl; fakePostgres in the tests implements it in memory.
-type Postgres interface {
-	Version() pgctl.Version
-	DataDirState() (pgctl.DataDirState, error)
-	StandbyState() (pgctl.StandbyState, error)
-	Running() bool
-	// PID is the postmaster's PID (0 when not running).
-	PID() int
-	Exited() <-chan struct{}
-	ForeignPID() int
-	StopForeign(ctx context.Context) error
-	Status(ctx context.Context) (pgctl.Status, error)
+// The agent's boundaries are defined in pkg/agent/port (fakes in
+// pkg/agent/agenttest); these aliases keep the agent's code short.
+type (
+	Postgres = port.Postgres
+	DCS      = port.DCS
+	Peers    = port.Peers
+	Control  = port.Control
+	Watchdog = port.Watchdog
+)
 
-	InitDB(ctx context.Context) error
-	// Clone copies the leader and makes the copy its standby before moving
-	// it into place.
-	Clone(ctx context.Context, host string, port int, slot string, standby pgctl.Standby) error
-	// Configure writes postgresql.conf, pg_hba.conf, pg_ident.conf and the passfile.
-	Configure() error
-	SetStandby(s pgctl.Standby) error
-	SetPrimary() error
-	Start(ctx context.Context, wait time.Duration) error
-	StopWithin(ctx context.Context, mode pgctl.StopMode, timeout time.Duration) error
-	Reload() error
-	Promote(ctx context.Context) error
-	CreateSlot(ctx context.Context, name string) error
-	EnsureReplicationRole(ctx context.Context) error
-	// StandbyFor returns the standby settings to follow leader at addr.
-	StandbyFor(leader, host string, port int) pgctl.Standby
-	// Rewind runs pg_rewind against the leader at host:port.
-	Rewind(ctx context.Context, host string, port int) error
-	// MoveAside renames the data directory out of the way (never deletes it).
-	MoveAside(now time.Time) (string, error)
-	Checkpoint(ctx context.Context) error
-	// PromoteByTriggerFile creates the trigger file (the seed's method).
-	PromoteByTriggerFile(path string) error
-	// RemoveTriggerFile removes it (before a start, after a promotion).
-	RemoveTriggerFile(path string)
-	// ControlData reads pg_controldata (postgres stopped).
-	ControlData(ctx context.Context) (pgctl.ControlData, error)
-	// Settings reads pg_settings (postgres running).
-	ReadSettings(ctx context.Context) (map[string]pgctl.Setting, error)
-	// SetDynamicParams sets the cluster-wide parameters the next Configure
-	// writes after the file's.
-	SetDynamicParams(params map[string]string)
-	DropSlot(ctx context.Context, name string) error
-}
-
-// DCS is the cluster's state in etcd as the agent uses it. *election.Store
-// implements it; fakeDCS in the tests implements it in memory.
-type DCS interface {
-	Read(ctx context.Context) (election.Cluster, error)
-	Lease() election.LeaseState
-	Holds(c election.Cluster) bool
-	OwnsKey(c election.Cluster) bool
-	ClaimInitialize(ctx context.Context) (bool, error)
-	ReleaseInitialize(ctx context.Context) error
-	Acquire(ctx context.Context, rec election.LastLeader) (bool, error)
-	Repair(ctx context.Context) error
-	ClearStale(ctx context.Context, modRev int64) error
-	// ClearUnbound deletes a leader key bound to no lease, if unchanged
-	// since modRev.
-	ClearUnbound(ctx context.Context, modRev int64) error
-	// DeleteUnboundMember deletes member name's key if it is bound to no
-	// lease (written by hand).
-	DeleteUnboundMember(ctx context.Context, name string) error
-	Resign(ctx context.Context) error
-	PutMember(ctx context.Context, m election.Member) error
-	PutLastLeader(ctx context.Context, rec election.LastLeader) error
-	AppendHistory(ctx context.Context, rec election.HistoryRecord) error
-	// Handoff gives the leader key to member to (bound to toLease).
-	Handoff(ctx context.Context, to string, toLease int64, rec election.LastLeader, swModRev int64) error
-	// ClaimPromotion records (lease-less) that this member, holding the key
-	// on its lease, is about to promote after switchover switchoverID.
-	ClaimPromotion(ctx context.Context, switchoverID string) error
-	// TakeBack takes the free key back after a failed switchover, only if
-	// the promotion claim is unchanged since promotionRev.
-	TakeBack(ctx context.Context, switchoverID string, rec election.LastLeader, promotionRev int64) error
-	ClearSwitchover(ctx context.Context, modRev int64) error
-	ClearFailover(ctx context.Context, modRev int64) error
-}
-
-// Peers reads other members' live state from their APIs.
-type Peers interface {
-	// Candidate fetches GET <apiURL>/wal within ctx.
-	Candidate(ctx context.Context, apiURL string) (ha.Candidate, error)
-}
-
-var _ DCS = (*election.Store)(nil)
-var _ Control = (*election.Store)(nil)
-var _ Postgres = (*PG)(nil)
+// The real types satisfy the boundaries.
+var (
+	_ port.DCS      = (*election.Store)(nil)
+	_ port.Control  = (*election.Store)(nil)
+	_ port.Postgres = (*PG)(nil)
+	_ port.Peers    = HTTPPeers{}
+	_ port.Watchdog = (*ProcessWatchdog)(nil)
+)

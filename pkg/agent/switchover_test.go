@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/cifha/cifha/pkg/agent/agenttest"
 	"strings"
 	"testing"
 	"time"
@@ -24,26 +25,26 @@ func (c caughtUp) Candidate(context.Context, string) (ha.Candidate, error) {
 
 // switchingLeader is db1 leading a running primary, with db2 a streaming
 // standby on lease 22 and a switchover to it requested.
-func switchingLeader(t *testing.T, peers Peers) (*Agent, *fakePostgres, *fakeDCS, *fakeClock) {
+func switchingLeader(t *testing.T, peers Peers) (*Agent, *agenttest.Postgres, *agenttest.DCS, *agenttest.Clock) {
 	t.Helper()
 	ctx := context.Background()
-	clk := &fakeClock{t: t0}
-	pg := &fakePostgres{dir: pgctl.DataDirValid}
-	dcs := newFakeDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(time.Hour)})
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirValid}
+	dcs := agenttest.NewDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(time.Hour)})
 	a := New(Options{Name: "db1", PG: pg, DCS: dcs, Now: clk.Now, LoopInterval: time.Second, StartTimeout: time.Second,
 		FenceMargin: time.Second, MaxLag: 1 << 20, RecentWindow: 6 * time.Second, Peers: peers, SwitchoverTimeout: time.Second})
 	if err := a.Iterate(ctx); err != nil { // acquire and start
 		t.Fatal(err)
 	}
-	dcs.cluster.Members["db2"] = election.Member{Name: "db2", Role: "replica", State: "streaming", ConnAddress: "10.0.1.2:5432", APIURL: "http://db2"}
-	dcs.cluster.MemberLease = map[string]int64{"db2": 22}
-	dcs.cluster.Switchover = &election.SwitchoverRequest{ID: "r1", From: "db1", To: "db2"}
-	pg.calls = nil
+	dcs.Cluster.Members["db2"] = election.Member{Name: "db2", Role: "replica", State: "streaming", ConnAddress: "10.0.1.2:5432", APIURL: "http://db2"}
+	dcs.Cluster.MemberLease = map[string]int64{"db2": 22}
+	dcs.Cluster.Switchover = &election.SwitchoverRequest{ID: "r1", From: "db1", To: "db2"}
+	pg.Calls = nil
 	return a, pg, dcs, clk
 }
 
 // step runs loop rounds 20 ms apart until done or n rounds.
-func step(a *Agent, clk *fakeClock, n int, done func() bool) {
+func step(a *Agent, clk *agenttest.Clock, n int, done func() bool) {
 	for i := 0; i < n && !done(); i++ {
 		_ = a.Iterate(context.Background())
 		clk.Advance(ha.SwitchoverPoll)
@@ -67,18 +68,18 @@ func result(t *testing.T, ch chan switchResult) switchResult {
 func TestLoopSwitchover(t *testing.T) {
 	a, pg, dcs, clk := switchingLeader(t, caughtUp{2000})
 	wait := a.switchW.add("r1")
-	dcs.onRead = func(d *fakeDCS) {
-		if d.handedOff {
-			d.cluster.Members["db2"] = election.Member{Name: "db2", Role: "primary", State: "running", Timeline: 2, ConnAddress: "10.0.1.2:5432"}
+	dcs.OnRead = func(d *agenttest.DCS) {
+		if d.HandedOff {
+			d.Cluster.Members["db2"] = election.Member{Name: "db2", Role: "primary", State: "running", Timeline: 2, ConnAddress: "10.0.1.2:5432"}
 		}
 	}
 	step(a, clk, 10, func() bool { return len(wait) > 0 })
-	if !has(pg.calls, "stop fast", "controldata", "configure", "set-standby db2", "start") || has(pg.calls, "rewind 10.0.1.2") {
-		t.Fatalf("calls %v", pg.calls)
+	if !has(pg.Calls, "stop fast", "controldata", "configure", "set-standby db2", "start") || has(pg.Calls, "rewind 10.0.1.2") {
+		t.Fatalf("calls %v", pg.Calls)
 	}
-	l := dcs.cluster.Leader
-	if l.Name != "db2" || l.Lease != 22 || dcs.cluster.LastLeader.From != "db1" || dcs.cluster.LastLeader.SwitchoverID != "r1" || dcs.cluster.Switchover != nil {
-		t.Fatalf("leader %+v last %+v", l, dcs.cluster.LastLeader)
+	l := dcs.Cluster.Leader
+	if l.Name != "db2" || l.Lease != 22 || dcs.Cluster.LastLeader.From != "db1" || dcs.Cluster.LastLeader.SwitchoverID != "r1" || dcs.Cluster.Switchover != nil {
+		t.Fatalf("leader %+v last %+v", l, dcs.Cluster.LastLeader)
 	}
 	if r := result(t, wait); !r.OK || !strings.Contains(r.Message, "switched over to db2") {
 		t.Fatalf("result %+v", r)
@@ -94,20 +95,20 @@ func TestLoopSwitchover(t *testing.T) {
 func TestLoopSwitchoverCandidateLostBeforePromoting(t *testing.T) {
 	a, pg, dcs, clk := switchingLeader(t, caughtUp{2000})
 	wait := a.switchW.add("r1")
-	dcs.onRead = func(d *fakeDCS) {
-		if d.handedOff && d.cluster.Leader != nil && d.cluster.Leader.Name == "db2" {
-			d.cluster.Leader = nil
-			delete(d.cluster.Members, "db2")
+	dcs.OnRead = func(d *agenttest.DCS) {
+		if d.HandedOff && d.Cluster.Leader != nil && d.Cluster.Leader.Name == "db2" {
+			d.Cluster.Leader = nil
+			delete(d.Cluster.Members, "db2")
 		}
 	}
 	step(a, clk, 10, func() bool { return len(wait) > 0 })
-	if l := dcs.cluster.Leader; l == nil || l.Name != "db1" {
+	if l := dcs.Cluster.Leader; l == nil || l.Name != "db1" {
 		t.Fatalf("leader %+v", l)
 	}
-	if !has(pg.calls, "stop fast", "controldata", "configure", "start") || pg.inRec || !pg.running {
-		t.Fatalf("calls %v inRec %v", pg.calls, pg.inRec)
+	if !has(pg.Calls, "stop fast", "controldata", "configure", "start") || pg.InRecovery || !pg.Up {
+		t.Fatalf("calls %v inRec %v", pg.Calls, pg.InRecovery)
 	}
-	if c := dcs.cluster.Promotion; c == nil || !c.TakenBack {
+	if c := dcs.Cluster.Promotion; c == nil || !c.TakenBack {
 		t.Fatalf("take-back not recorded in the claim key: %+v", c)
 	}
 	if r := result(t, wait); r.OK || !strings.Contains(r.Message, "db1 resumed as primary") {
@@ -125,21 +126,21 @@ func TestLoopSwitchoverCandidateClaimedThenLost(t *testing.T) {
 	a, pg, dcs, clk := switchingLeader(t, caughtUp{2000})
 	wait := a.switchW.add("r1")
 	reads := 0
-	dcs.onRead = func(d *fakeDCS) {
-		if !d.handedOff {
+	dcs.OnRead = func(d *agenttest.DCS) {
+		if !d.HandedOff {
 			return
 		}
 		reads++
 		if reads == 1 {
-			d.cluster.Promotion, d.cluster.PromotionRev = &election.PromotionClaim{Name: "db2", Switchover: "r1"}, 50
-			d.cluster.Members["db2"] = election.Member{Name: "db2", Role: "replica", State: "promoting"}
+			d.Cluster.Promotion, d.Cluster.PromotionRev = &election.PromotionClaim{Name: "db2", Switchover: "r1"}, 50
+			d.Cluster.Members["db2"] = election.Member{Name: "db2", Role: "replica", State: "promoting"}
 		} else {
-			d.cluster.Leader = nil
+			d.Cluster.Leader = nil
 		}
 	}
 	step(a, clk, 10, func() bool { return len(wait) > 0 })
-	if dcs.cluster.Leader != nil || pg.running {
-		t.Fatalf("leader %+v running %v calls %v", dcs.cluster.Leader, pg.running, pg.calls)
+	if dcs.Cluster.Leader != nil || pg.Up {
+		t.Fatalf("leader %+v running %v calls %v", dcs.Cluster.Leader, pg.Up, pg.Calls)
 	}
 	if r := result(t, wait); r.OK || !strings.Contains(r.Message, "claimed its promotion") {
 		t.Fatalf("result %+v", r)
@@ -152,15 +153,15 @@ func TestLoopSwitchoverCandidateClaimedThenLost(t *testing.T) {
 func TestLoopSwitchoverTakeBackLosesRace(t *testing.T) {
 	a, pg, dcs, clk := switchingLeader(t, caughtUp{2000})
 	wait := a.switchW.add("r1")
-	dcs.onRead = func(d *fakeDCS) {
-		if d.handedOff && d.cluster.Leader != nil && d.cluster.Leader.Name == "db2" {
-			d.cluster.Leader = nil
-			d.afterRead = func(d *fakeDCS) { d.cluster.PromotionRev = 77 } // the claim lands after the read
+	dcs.OnRead = func(d *agenttest.DCS) {
+		if d.HandedOff && d.Cluster.Leader != nil && d.Cluster.Leader.Name == "db2" {
+			d.Cluster.Leader = nil
+			d.AfterRead = func(d *agenttest.DCS) { d.Cluster.PromotionRev = 77 } // the claim lands after the read
 		}
 	}
 	step(a, clk, 10, func() bool { return len(wait) > 0 })
-	if dcs.cluster.Leader != nil || pg.running {
-		t.Fatalf("took the key back although the candidate claimed: leader %+v running %v", dcs.cluster.Leader, pg.running)
+	if dcs.Cluster.Leader != nil || pg.Up {
+		t.Fatalf("took the key back although the candidate claimed: leader %+v running %v", dcs.Cluster.Leader, pg.Up)
 	}
 	if r := result(t, wait); r.OK || !strings.Contains(r.Message, "taking it back failed") {
 		t.Fatalf("result %+v", r)
@@ -173,16 +174,16 @@ func TestLoopSwitchoverCandidateBehind(t *testing.T) {
 	a, pg, dcs, clk := switchingLeader(t, caughtUp{500})
 	wait := a.switchW.add("r1")
 	step(a, clk, 100, func() bool { return len(wait) > 0 })
-	if l := dcs.cluster.Leader; l == nil || l.Name != "db1" || dcs.handedOff {
-		t.Fatalf("leader %+v handed off %v plan %v calls %v", l, dcs.handedOff, a.lastPlan, pg.calls)
+	if l := dcs.Cluster.Leader; l == nil || l.Name != "db1" || dcs.HandedOff {
+		t.Fatalf("leader %+v handed off %v plan %v calls %v", l, dcs.HandedOff, a.lastPlan, pg.Calls)
 	}
-	if !has(pg.calls, "stop fast", "controldata", "configure", "start") || pg.inRec {
-		t.Fatalf("calls %v", pg.calls)
+	if !has(pg.Calls, "stop fast", "controldata", "configure", "start") || pg.InRecovery {
+		t.Fatalf("calls %v", pg.Calls)
 	}
 	if r := result(t, wait); r.OK || !strings.Contains(r.Message, "did not replay") {
 		t.Fatalf("result %+v", r)
 	}
-	if dcs.cluster.Switchover != nil {
+	if dcs.Cluster.Switchover != nil {
 		t.Fatal("request not cleared before resuming")
 	}
 }
@@ -196,14 +197,14 @@ func TestLoopSwitchoverRollbackNeedsTheKey(t *testing.T) {
 	a.opt.Peers = peerFunc(func() (ha.Candidate, error) {
 		calls++
 		if calls > 1 { // after the candidate check: the lease is replaced, the key is on the old one
-			dcs.lease.ID = 99
+			dcs.LeaseNow.ID = 99
 		}
 		return caughtUp{500}.Candidate(context.Background(), "")
 	})
 	wait := a.switchW.add("r1")
 	step(a, clk, 100, func() bool { return len(wait) > 0 })
-	if pg.running && !pg.inRec {
-		t.Fatalf("restarted writable without the key: %v", pg.calls)
+	if pg.Up && !pg.InRecovery {
+		t.Fatalf("restarted writable without the key: %v", pg.Calls)
 	}
 	if r := result(t, wait); r.OK || !strings.Contains(r.Message, "no longer") {
 		t.Fatalf("result %+v", r)
@@ -214,18 +215,18 @@ func TestLoopSwitchoverRollbackNeedsTheKey(t *testing.T) {
 // side, a promotion after a handoff is claimed in etcd first; without the
 // claim it does not promote.
 func TestLoopSwitchoverCandidateClaimsBeforePromoting(t *testing.T) {
-	clk := &fakeClock{t: t0}
-	pg := &fakePostgres{dir: pgctl.DataDirValid, standby: pgctl.StandbyState{Standby: true, Target: "db1 10.0.1.1:5432"}}
-	dcs := newFakeDCS("db2", election.LeaseState{ID: 22, ValidUntil: t0.Add(time.Hour)})
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirValid, Standby: pgctl.StandbyState{Standby: true, Target: "db1 10.0.1.1:5432"}}
+	dcs := agenttest.NewDCS("db2", election.LeaseState{ID: 22, ValidUntil: t0.Add(time.Hour)})
 	a := newTestAgent(pg, dcs, clk)
 	_ = a.Iterate(context.Background()) // start as standby
-	dcs.cluster.Leader = &election.Leader{Name: "db2", Valid: true, Lease: 22, CreateRev: 5, ModRev: 9}
-	dcs.cluster.LastLeader = &election.LastLeader{Name: "db2", From: "db1", SwitchoverID: "r9", Timeline: 1, LSN: "0/1000"}
+	dcs.Cluster.Leader = &election.Leader{Name: "db2", Valid: true, Lease: 22, CreateRev: 5, ModRev: 9}
+	dcs.Cluster.LastLeader = &election.LastLeader{Name: "db2", From: "db1", SwitchoverID: "r9", Timeline: 1, LSN: "0/1000"}
 	if err := a.Iterate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if c := dcs.cluster.Promotion; c == nil || c.Name != "db2" || c.Switchover != "r9" || !has(pg.calls, "promote") {
-		t.Fatalf("claim %+v calls %v", c, pg.calls)
+	if c := dcs.Cluster.Promotion; c == nil || c.Name != "db2" || c.Switchover != "r9" || !has(pg.Calls, "promote") {
+		t.Fatalf("claim %+v calls %v", c, pg.Calls)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"github.com/cifha/cifha/pkg/agent/agenttest"
 	"github.com/cifha/cifha/pkg/api"
 	"math/big"
 	"net"
@@ -78,7 +79,7 @@ func pki(t *testing.T, dir string) (ca, srvCert, srvKey, cliCert, cliKey string)
 func TestControlRequiresClientCert(t *testing.T) {
 	ca, sc, sk, cc, ck := pki(t, t.TempDir())
 	paused := false
-	a := New(Options{Name: "db1", PG: &fakePostgres{}, DCS: newFakeDCS("db1", election.LeaseState{}), Control: fakeControl{&paused},
+	a := New(Options{Name: "db1", PG: &agenttest.Postgres{}, DCS: agenttest.NewDCS("db1", election.LeaseState{}), Control: fakeControl{&paused},
 		Token: "tok", RequireClientCert: true, LoopInterval: time.Second})
 	srv := httptest.NewUnstartedServer(Handler(a))
 	tc, err := api.ServerTLS(sc, sk, ca)
@@ -130,7 +131,7 @@ func TestControlRequiresClientCert(t *testing.T) {
 // /wal behind them while /health, /primary and /replica stay open.
 func TestBasicAuthAndProtectedReads(t *testing.T) {
 	paused := false
-	a := New(Options{Name: "db1", PG: &fakePostgres{}, DCS: newFakeDCS("db1", election.LeaseState{}), Control: fakeControl{&paused},
+	a := New(Options{Name: "db1", PG: &agenttest.Postgres{}, DCS: agenttest.NewDCS("db1", election.LeaseState{}), Control: fakeControl{&paused},
 		Token: "tok", Username: "ops", ProtectReads: true, LoopInterval: time.Second})
 	srv := httptest.NewServer(Handler(a))
 	defer srv.Close()

@@ -36,16 +36,6 @@ import (
 // fencer stops postgres, and no step makes postgres writable until it
 // works again (status and metrics say why).
 
-// Watchdog is the agent's side of the fence watchdog.
-type Watchdog interface {
-	// Arm sets the deadline at which the watchdog stops postmaster pid.
-	// An error means the deadline is not enforced outside this process.
-	Arm(pid int, deadline time.Time) error
-	Disarm()
-	// Err is the last failure ("" while it works).
-	Err() string
-}
-
 // writeTimeout bounds one write to the watchdog's pipe.
 const writeTimeout = 50 * time.Millisecond
 
