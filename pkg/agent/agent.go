@@ -589,7 +589,7 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 		return dcs.Resign(ctx)
 
 	case ha.ClearLeaderKey:
-		return dcs.ClearUnbound(ctx, o.Cluster.Leader.ModRev)
+		return dcs.ClearUnbound(ctx, o.Cluster.Leader.ModRev, o.Cluster.Leader.Lease)
 
 	case ha.AcquireAndStart:
 		return a.acquireAndStart(ctx, o, p.Reason)

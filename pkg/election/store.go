@@ -315,17 +315,17 @@ func (s *Store) ClearStale(ctx context.Context, modRev int64) error {
 	return nil
 }
 
-// ClearUnbound deletes a leader key that is bound to no lease (written by
-// hand: it would never expire), if it has not changed since it was read
-// (modRev) and is still lease-less.
-func (s *Store) ClearUnbound(ctx context.Context, modRev int64) error {
+// ClearUnbound deletes a leader key that is nobody's term (bound to no
+// lease, or to another lease than the member it names), if it is unchanged
+// since it was read: same mod revision, same lease.
+func (s *Store) ClearUnbound(ctx context.Context, modRev, lease int64) error {
 	ctx, cancel := s.rpc(ctx)
 	defer cancel()
 	k := s.keys.Leader()
-	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", modRev), clientv3.Compare(clientv3.LeaseValue(k), "=", 0)).
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", modRev), clientv3.Compare(clientv3.LeaseValue(k), "=", lease)).
 		Then(clientv3.OpDelete(k)).Commit()
 	if err != nil {
-		return fmt.Errorf("clear lease-less leader key: %w", err)
+		return fmt.Errorf("clear leader key: %w", err)
 	}
 	return nil
 }

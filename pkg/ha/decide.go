@@ -100,17 +100,24 @@ func decidePaused(o Observation) Plan {
 	return plan(Wait, "cluster paused (maintenance mode): no automatic action")
 }
 
-// decideUnboundKey handles a leader key that is garbage or bound to no
-// lease (written by hand): it is nobody's term. Its creator restores it;
-// anyone else deletes it (guarded by its revision), but only while no
-// member runs a primary, since a live primary repairs or demotes itself
-// first. So a hand-written key never makes two primaries and never blocks
-// the cluster for longer than a loop or two.
+// decideUnboundKey handles a leader key that is nobody's term: bound to no
+// lease (written by hand: it would never expire), or naming a member while
+// bound to another lease than that member's own (its member key's). Its
+// creator restores it; anyone else deletes it (guarded by its revision and
+// lease), but only while no member runs a primary, since a live primary
+// repairs or demotes itself first. So a hand-written key never makes two
+// primaries and never blocks the cluster for longer than a loop or two.
+// (Garbage on a lease expires with that lease.)
 func decideUnboundKey(o Observation) (Plan, bool) {
 	l := o.Cluster.Leader
-	if l == nil || l.Lease != 0 {
-		// No key, or a key on a lease (even garbage): it expires with
-		// its lease.
+	if l == nil {
+		return Plan{}, false
+	}
+	unbound := l.Lease == 0
+	if ml := o.Cluster.MemberLease[l.Name]; l.Valid && l.Lease != 0 && ml != 0 && ml != l.Lease && l.Name != o.Self {
+		unbound = true // names a live member, on someone else's lease
+	}
+	if !unbound {
 		return Plan{}, false
 	}
 	if o.OwnsLeaderKey && o.primaryLike() {
@@ -123,10 +130,10 @@ func decideUnboundKey(o Observation) (Plan, bool) {
 	}
 	for _, name := range sortedKeys(o.Cluster.Members) {
 		if m := o.Cluster.Members[name]; m.Role == "primary" && m.State == "running" {
-			return plan(Wait, "leader key %s is bound to no lease; waiting for the running primary %s to settle it", garbage(l), name), true
+			return plan(Wait, "leader key %s is nobody's term; waiting for the running primary %s to settle it", garbage(l), name), true
 		}
 	}
-	return plan(ClearLeaderKey, "leader key %s is bound to no lease (written by hand) and no primary runs: removing it", garbage(l)), true
+	return plan(ClearLeaderKey, "leader key %s is bound to no lease of the member it names (written by hand) and no primary runs: removing it", garbage(l)), true
 }
 
 // eligible reports whether a primary data directory may take a free leader

@@ -131,6 +131,14 @@ func TestUnboundLeaderKey(t *testing.T) {
 		{"our key overwritten without a lease -> repair", obs(runningPrimary, writable, unbound("db1"), func(o *Observation) { o.OwnsLeaderKey = true }), RepairLeaderKey},
 		{"garbage key on a lease -> wait for it to expire, never clear", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, leaderKey("{x")), None},
 		{"empty member with a lease-less key -> clear, never clone from it", obs(emptyDir, initialized("db2"), unbound("db2")), ClearLeaderKey},
+		{"key naming db3 on db2's lease -> nobody's term: clear it", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, leaderKey("db3"), func(o *Observation) {
+			o.Cluster.Leader.Lease = 22
+			o.Cluster.MemberLease = map[string]int64{"db2": 22, "db3": 33}
+		}), ClearLeaderKey},
+		{"key naming db3 on db3's own lease -> a real leader", obs(standbyFiles("db3 10.0.1.3:5432"), runningStandby, leaderKey("db3"), member("db3", "primary", "running", "10.0.1.3:5432"), func(o *Observation) {
+			o.Cluster.Leader.Lease = 33
+			o.Cluster.MemberLease = map[string]int64{"db3": 33}
+		}), None},
 	}
 	for _, tc := range cases {
 		got := Decide(tc.o)

@@ -141,12 +141,17 @@ func (o Observation) primaryLike() bool {
 }
 
 // leader returns the usable leader key's holder, or "" (none, garbage, or
-// a key bound to no lease: hand-written, so nobody's term).
+// a key bound to no lease or to another lease than the named member's:
+// hand-written, so nobody's term).
 func (o Observation) leader() string {
-	if l := o.Cluster.Leader; l != nil && l.Valid && l.Lease != 0 {
-		return l.Name
+	l := o.Cluster.Leader
+	if l == nil || !l.Valid || l.Lease == 0 {
+		return ""
 	}
-	return ""
+	if ml := o.Cluster.MemberLease[l.Name]; ml != 0 && ml != l.Lease && l.Name != o.Self {
+		return ""
+	}
+	return l.Name
 }
 
 // upstream returns the member's postgres address and whether it is serving

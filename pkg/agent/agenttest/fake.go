@@ -218,10 +218,10 @@ func (d *DCS) Acquire(_ context.Context, rec election.LastLeader) (bool, error) 
 	d.Cluster.LastLeader = &rec
 	return true, nil
 }
-func (d *DCS) Repair(context.Context) error              { return nil }
-func (d *DCS) ClearStale(context.Context, int64) error   { d.Cluster.Leader = nil; return nil }
-func (d *DCS) ClearUnbound(context.Context, int64) error { d.Cluster.Leader = nil; return nil }
-func (d *DCS) Resign(context.Context) error              { d.Cluster.Leader = nil; return nil }
+func (d *DCS) Repair(context.Context) error                     { return nil }
+func (d *DCS) ClearStale(context.Context, int64) error          { d.Cluster.Leader = nil; return nil }
+func (d *DCS) ClearUnbound(context.Context, int64, int64) error { d.Cluster.Leader = nil; return nil }
+func (d *DCS) Resign(context.Context) error                     { d.Cluster.Leader = nil; return nil }
 func (d *DCS) PutMember(_ context.Context, m election.Member) error {
 	d.Puts++
 	d.Cluster.Members[m.Name] = m

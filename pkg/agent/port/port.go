@@ -76,9 +76,10 @@ type DCS interface {
 	Acquire(ctx context.Context, rec election.LastLeader) (bool, error)
 	Repair(ctx context.Context) error
 	ClearStale(ctx context.Context, modRev int64) error
-	// ClearUnbound deletes a leader key bound to no lease, if unchanged
+	// ClearUnbound deletes a leader key that is nobody's term (no lease, or
+	// another lease than the named member's), if unchanged
 	// since modRev.
-	ClearUnbound(ctx context.Context, modRev int64) error
+	ClearUnbound(ctx context.Context, modRev, lease int64) error
 	// DeleteUnboundMember deletes member name's key if it is bound to no
 	// lease (written by hand).
 	DeleteUnboundMember(ctx context.Context, name string) error
