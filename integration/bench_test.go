@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -197,20 +198,27 @@ func BenchmarkFailover(b *testing.B) {
 	}
 	for _, sc := range scenarios {
 		b.Run(sc.name, func(b *testing.B) {
-			var gaps []float64
+			var gaps, rejoins []float64
 			lost := 0
 			for i := 0; i < benchRuns; i++ {
-				gap, l := failoverRun(b, sc.ttl, sc.event)
+				gap, l, rejoin := failoverRun(b, sc.ttl, sc.event)
 				gaps = append(gaps, gap.Seconds())
+				if rejoin > 0 {
+					rejoins = append(rejoins, rejoin.Seconds())
+				}
 				lost += l
 			}
 			report(b, gaps, "s-unavailable")
 			b.ReportMetric(float64(lost), "acked-rows-lost-total")
+			if len(rejoins) > 0 {
+				report(b, rejoins, "s-rejoin")
+				b.ReportMetric(slices.Max(rejoins), "s-rejoin-max")
+			}
 		})
 	}
 }
 
-func failoverRun(b *testing.B, ttl time.Duration, event func(*cluster.Node)) (time.Duration, int) {
+func failoverRun(b *testing.B, ttl time.Duration, event func(*cluster.Node)) (time.Duration, int, time.Duration) {
 	loop := time.Second
 	if ttl < 6*time.Second {
 		loop = 500 * time.Millisecond
@@ -227,7 +235,27 @@ func failoverRun(b *testing.B, ttl time.Duration, event func(*cluster.Node)) (ti
 	event(p)
 	gap, lost, q := awaitResumed(b, ctx, c, w, time.Now(), 3*ttl+20*time.Second)
 	b.Logf("unavailable %s, %d acknowledged rows lost, new primary %s", gap.Round(time.Millisecond), lost, q.Name)
-	return gap, lost
+	// Rejoin: the lost host comes back (its agent starts again); the time
+	// until it streams from the new primary (pg_rewind included).
+	var rejoin time.Duration
+	if !p.Running() {
+		start := time.Now()
+		if err := p.Start(); err != nil {
+			b.Fatal(err)
+		}
+		for time.Since(start) < 60*time.Second {
+			if code, body, err := p.API(ctx, "/replica"); err == nil && code == 200 && len(body) > 0 {
+				rejoin = time.Since(start)
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // poll interval within the deadline
+		}
+		if rejoin == 0 {
+			b.Fatalf("%s did not rejoin within 60 s:\n%s", p.Name, p.Log())
+		}
+		b.Logf("old primary %s streams again after %s", p.Name, rejoin.Round(time.Millisecond))
+	}
+	return gap, lost, rejoin
 }
 
 // benchWriter starts a client writer and waits for 20 acknowledged rows.

@@ -252,7 +252,7 @@ func (a *Agent) stillHolds(ctx context.Context, leaseID int64) (election.LeaseSt
 	if lease.ID != leaseID || a.gateNow(lease) != nil {
 		return lease, false
 	}
-	c, err := a.opt.DCS.Read(ctx)
+	c, err := a.opt.DCS.ReadFresh(ctx)
 	if err != nil || !a.opt.DCS.Holds(c) || a.opt.DCS.Lease().ID != leaseID {
 		return lease, false
 	}

@@ -271,3 +271,66 @@ func TestWatchIgnoresPositionUpdates(t *testing.T) {
 		t.Fatal("role change did not wake")
 	}
 }
+
+// TestWatchedView: with the watch running, Read answers from the view the
+// watch keeps (every change, deletions included, visible after its event),
+// and a stale view is refreshed by one read without ever going back in time.
+func TestWatchedView(t *testing.T) {
+	ep := testutil.Etcd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := newNode(t, ep, "a", 3*time.Second)
+	b := newNode(t, ep, "b", 3*time.Second)
+	wake := a.store.Watch(ctx)
+	testutil.Eventually(t, 5*time.Second, "view synced", func() error {
+		a.store.view.mu.Lock()
+		defer a.store.view.mu.Unlock()
+		if !a.store.view.synced {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	if ok, err := b.store.Acquire(ctx, LastLeader{}); !ok || err != nil {
+		t.Fatalf("acquire: %v %v", ok, err)
+	}
+	<-wake
+	testutil.Eventually(t, 5*time.Second, "leader in the view", func() error {
+		c, err := a.store.Read(ctx)
+		if err != nil || c.Leader == nil || c.Leader.Name != "b" {
+			return fmt.Errorf("leader %+v (%v)", c.Leader, err)
+		}
+		return nil
+	})
+	if err := b.store.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "deletion in the view", func() error {
+		c, err := a.store.Read(ctx)
+		if err != nil || c.Leader != nil {
+			return fmt.Errorf("leader %+v (%v)", c.Leader, err)
+		}
+		return nil
+	})
+	// A stale view is refreshed by a read, and keeps what it has newer.
+	a.store.view.mu.Lock()
+	a.store.view.loadedAt = time.Now().Add(-2 * resyncEvery)
+	a.store.view.mu.Unlock()
+	if c, err := a.store.Read(ctx); err != nil || c.Leader != nil {
+		t.Fatalf("resync: leader %+v (%v)", c.Leader, err)
+	}
+	a.store.view.mu.Lock()
+	fresh := time.Since(a.store.view.loadedAt) < resyncEvery
+	a.store.view.mu.Unlock()
+	if !fresh {
+		t.Fatal("view not refreshed")
+	}
+	cancel()
+	testutil.Eventually(t, 5*time.Second, "view dropped with the watch", func() error {
+		a.store.view.mu.Lock()
+		defer a.store.view.mu.Unlock()
+		if a.store.view.synced {
+			return fmt.Errorf("still synced")
+		}
+		return nil
+	})
+}

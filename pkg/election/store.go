@@ -9,6 +9,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -56,7 +57,26 @@ type Store struct {
 	// termRev is the revision at which this agent became the holder; it
 	// names this term's history record.
 	termRev int64
+
+	// view is the cluster's keys as the watch keeps them (see Watch).
+	view view
 }
+
+// view is a copy of the cluster's keys kept current by the watch: an
+// idle loop round reads it instead of asking etcd, so an idle agent does
+// no work the watch already did. It is used only while the watch runs and
+// is caught up (synced); any watch error drops it and Read asks etcd again.
+// A full read every resyncEvery guards against anything the watch missed.
+type view struct {
+	mu       sync.Mutex
+	synced   bool
+	kvs      map[string]*mvccpb.KeyValue
+	rev      int64
+	loadedAt time.Time
+}
+
+// resyncEvery bounds how long the watched view is trusted without a full read.
+const resyncEvery = 30 * time.Second
 
 // NewStore returns the Store of member name in cluster, using sess's lease.
 func NewStore(cli *clientv3.Client, cluster, name string, sess *Session, log hclog.Logger) *Store {
@@ -76,8 +96,62 @@ func (s *Store) rpc(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(clientv3.WithRequireLeader(ctx), s.rpcTO)
 }
 
-// Read reads the whole cluster in one request.
+// Read returns the cluster: from the watched view when the watch is caught
+// up (no request), else by one request to etcd (ReadFresh).
 func (s *Store) Read(ctx context.Context) (Cluster, error) {
+	s.view.mu.Lock()
+	if s.view.synced && time.Since(s.view.loadedAt) >= resyncEvery {
+		s.view.mu.Unlock()
+		return s.resync(ctx)
+	}
+	if s.view.synced {
+		kvs := make([]*mvccpb.KeyValue, 0, len(s.view.kvs))
+		for _, kv := range s.view.kvs {
+			kvs = append(kvs, kv)
+		}
+		rev := s.view.rev
+		s.view.mu.Unlock()
+		return ParseCluster(s.keys, rev, kvs), nil
+	}
+	s.view.mu.Unlock()
+	return s.ReadFresh(ctx)
+}
+
+// resync reads the cluster from etcd and replaces the watched view with it
+// (key by key, never with an older version than the view holds).
+func (s *Store) resync(ctx context.Context) (Cluster, error) {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.keys.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return Cluster{}, fmt.Errorf("read cluster: %w", err)
+	}
+	s.view.mu.Lock()
+	switch {
+	case !s.view.synced:
+	case s.view.rev > resp.Header.Revision:
+		// The watch already applied newer events: the view is fresher
+		// than this read; keep it.
+		s.view.loadedAt = time.Now()
+	default:
+		// This read includes everything the view applied; events still on
+		// their way are applied on top, key by key, only when newer.
+		fresh := make(map[string]*mvccpb.KeyValue, len(resp.Kvs))
+		for _, kv := range resp.Kvs {
+			if !strings.HasPrefix(string(kv.Key), s.keys.History()) {
+				fresh[string(kv.Key)] = kv
+			}
+		}
+		s.view.kvs, s.view.rev, s.view.loadedAt = fresh, resp.Header.Revision, time.Now()
+	}
+	s.view.mu.Unlock()
+	return ParseCluster(s.keys, resp.Header.Revision, resp.Kvs), nil
+}
+
+// ReadFresh reads the whole cluster in one linearizable request (for a
+// decision that must not rest on the watch's view, such as resuming as
+// primary after a stop).
+func (s *Store) ReadFresh(ctx context.Context) (Cluster, error) {
 	ctx, cancel := s.rpc(ctx)
 	defer cancel()
 	resp, err := s.cli.Get(ctx, s.keys.Prefix, clientv3.WithPrefix())
@@ -411,27 +485,18 @@ func (s *Store) PutLastLeader(ctx context.Context, rec LastLeader) error {
 // The watch is re-established after errors.
 func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 	out := make(chan struct{}, 1)
+	wake := func() {
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
 	go func() {
+		defer s.dropView()
 		for ctx.Err() == nil {
-			wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.Prefix, clientv3.WithPrefix(), clientv3.WithPrevKV())
-			for wr := range wch {
-				if err := wr.Err(); err != nil {
-					s.log.Debug("watch error", "error", err)
-					break
-				}
-				wake := false
-				for _, ev := range wr.Events {
-					if s.relevant(ev) {
-						wake = true
-					}
-				}
-				if wake {
-					select {
-					case out <- struct{}{}:
-					default:
-					}
-				}
-			}
+			s.watchOnce(ctx, wake)
+			s.dropView()
+			wake() // the view is gone: the loop reads etcd (and sees an error) now
 			select {
 			case <-ctx.Done():
 			case <-time.After(200 * time.Millisecond): // back off before re-watching
@@ -439,6 +504,72 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 		}
 	}()
 	return out
+}
+
+// watchOnce loads the view with one read, then applies the watch's events
+// from that revision on until the watch ends. Every change reaches the
+// view; only relevant ones wake the loop.
+func (s *Store) watchOnce(ctx context.Context, wake func()) {
+	gctx, cancel := s.rpc(ctx)
+	resp, err := s.cli.Get(gctx, s.keys.Prefix, clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		s.log.Debug("watch: initial read failed", "error", err)
+		return
+	}
+	kvs := make(map[string]*mvccpb.KeyValue, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		if !strings.HasPrefix(string(kv.Key), s.keys.History()) {
+			kvs[string(kv.Key)] = kv
+		}
+	}
+	rev := resp.Header.Revision
+	s.view.mu.Lock()
+	s.view.kvs, s.view.rev, s.view.synced, s.view.loadedAt = kvs, rev, true, time.Now()
+	s.view.mu.Unlock()
+	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer stop()
+	wch := s.cli.Watch(wctx, s.keys.Prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(rev+1))
+	for wr := range wch {
+		if err := wr.Err(); err != nil {
+			s.log.Debug("watch error", "error", err)
+			return
+		}
+		if wr.Canceled || wr.CompactRevision != 0 {
+			return
+		}
+		relevant := false
+		s.view.mu.Lock()
+		for _, ev := range wr.Events {
+			k := string(ev.Kv.Key)
+			if strings.HasPrefix(k, s.keys.History()) {
+				continue
+			}
+			if cur, ok := s.view.kvs[k]; ok && cur.ModRevision >= ev.Kv.ModRevision {
+				// Already newer in the view (a resync read it first).
+			} else if ev.Type == clientv3.EventTypeDelete {
+				delete(s.view.kvs, k)
+			} else {
+				s.view.kvs[k] = ev.Kv
+			}
+			if s.relevant(ev) {
+				relevant = true
+			}
+		}
+		if wr.Header.Revision > s.view.rev {
+			s.view.rev = wr.Header.Revision
+		}
+		s.view.mu.Unlock()
+		if relevant {
+			wake()
+		}
+	}
+}
+
+func (s *Store) dropView() {
+	s.view.mu.Lock()
+	s.view.synced, s.view.kvs = false, nil
+	s.view.mu.Unlock()
 }
 
 func (s *Store) relevant(ev *clientv3.Event) bool {

@@ -132,9 +132,20 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 	var st Status
 	q := QueriesFor(i.version)
 	err := i.withConn(ctx, func(c *pgx.Conn) error {
+		// One round trip for every query of an observation (the loop runs
+		// this every round).
+		b := &pgx.Batch{}
+		b.Queue(q.Status)
+		b.Queue(q.Replication)
+		b.Queue(q.Slots)
+		if i.version >= 90500 {
+			b.Queue(`SELECT name FROM pg_settings WHERE pending_restart ORDER BY name`)
+		}
+		br := c.SendBatch(ctx, b)
+		defer br.Close()
 		var cur, rcv, rpl, wrStatus *string
 		var curTLI, ckptTLI, rcvTLI *int32
-		if err := c.QueryRow(ctx, q.Status).Scan(&st.InRecovery, &cur, &curTLI, &rcv, &rpl, &st.ReplayPaused, &ckptTLI, &wrStatus, &rcvTLI); err != nil {
+		if err := br.QueryRow().Scan(&st.InRecovery, &cur, &curTLI, &rcv, &rpl, &st.ReplayPaused, &ckptTLI, &wrStatus, &rcvTLI); err != nil {
 			return fmt.Errorf("query status: %w", err)
 		}
 		var err error
@@ -158,28 +169,28 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		case ckptTLI != nil:
 			st.Timeline = int(*ckptTLI)
 		}
-		if !st.InRecovery {
-			rows, err := c.Query(ctx, q.Replication)
-			if err != nil {
-				return fmt.Errorf("query pg_stat_replication: %w", err)
+		rows, err := br.Query()
+		if err != nil {
+			return fmt.Errorf("query pg_stat_replication: %w", err)
+		}
+		for rows.Next() {
+			var r Replica
+			var sent, replay string
+			if err := rows.Scan(&r.Name, &r.State, &sent, &replay, &r.SyncState); err != nil {
+				rows.Close()
+				return err
 			}
-			for rows.Next() {
-				var r Replica
-				var sent, replay string
-				if err := rows.Scan(&r.Name, &r.State, &sent, &replay, &r.SyncState); err != nil {
-					rows.Close()
-					return err
-				}
-				r.SentLSN, _ = ParseLSN(sent)
-				r.ReplayLSN, _ = ParseLSN(replay)
+			r.SentLSN, _ = ParseLSN(sent)
+			r.ReplayLSN, _ = ParseLSN(replay)
+			if !st.InRecovery { // a standby's cascading walsenders are not its replicas
 				st.Replication = append(st.Replication, r)
 			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return fmt.Errorf("query pg_stat_replication: %w", err)
-			}
 		}
-		rows, err := c.Query(ctx, q.Slots)
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("query pg_stat_replication: %w", err)
+		}
+		rows, err = br.Query()
 		if err != nil {
 			return fmt.Errorf("query slots: %w", err)
 		}
@@ -198,7 +209,7 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		if i.version < 90500 {
 			return nil
 		}
-		rows, err = c.Query(ctx, `SELECT name FROM pg_settings WHERE pending_restart ORDER BY name`)
+		rows, err = br.Query()
 		if err != nil {
 			return fmt.Errorf("query pending restart: %w", err)
 		}

@@ -300,3 +300,6 @@ var Settings = map[string]pgctl.Setting{
 }
 
 func fp(v float64) *float64 { return &v }
+
+// ReadFresh is Read (the fake has no view).
+func (d *DCS) ReadFresh(ctx context.Context) (election.Cluster, error) { return d.Read(ctx) }

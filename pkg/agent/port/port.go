@@ -67,7 +67,9 @@ type Postgres interface {
 // DCS is the cluster's state in etcd as the agent uses it. *election.Store
 // implements it; agenttest.DCS implements it in memory.
 type DCS interface {
+	// Read may answer from the watch-fed view; ReadFresh always asks etcd.
 	Read(ctx context.Context) (election.Cluster, error)
+	ReadFresh(ctx context.Context) (election.Cluster, error)
 	Lease() election.LeaseState
 	Holds(c election.Cluster) bool
 	OwnsKey(c election.Cluster) bool
