@@ -176,6 +176,10 @@ type Agent struct {
 	metrics    *Metrics
 	// promotingSince is when "promoting" was announced.
 	promotingSince time.Time
+	// quiet counts consecutive rounds in which nothing changed (see
+	// idleInterval); wasIdle is whether the last wait was an idle one.
+	quiet   int
+	wasIdle bool
 	// fencedUnder is the lease under which postgres was last fenced (by
 	// the loop or the fencer), 0 once postgres is started again.
 	fencedUnder atomic.Int64
@@ -265,6 +269,22 @@ func (a *Agent) Run(ctx context.Context) error {
 			ticker.Reset(a.loopInterval)
 			a.loopChanged = false
 		}
+		// An idle agent (nothing changed for a few rounds) looks less
+		// often: every event (etcd, lease, postgres exit, an operator, the
+		// fence time, the plan's wake-up) still wakes it at once, so only
+		// the periodic safety net slows down. See idleInterval.
+		tick := ticker.C
+		if a.quiet >= quietRounds {
+			// Stopped, not just ignored: a ticker nobody reads still wakes
+			// the runtime every interval.
+			if a.quiet == quietRounds {
+				ticker.Stop()
+			}
+			tick = nil
+		} else if a.quiet == 0 && a.wasIdle {
+			ticker.Reset(a.loopInterval)
+		}
+		a.wasIdle = a.quiet >= quietRounds
 		exited := a.opt.PG.Exited()
 		if exited == a.seenExit {
 			exited = nil // already handled; a closed channel would spin the loop
@@ -276,13 +296,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		case r := <-a.ops:
 			a.pending = r
 			continue // at once, without the minimum gap
-		case <-ticker.C:
+		case <-tick:
+		case <-a.idleTick():
 		case <-a.opt.Wake:
+			a.quiet = 0
 		case <-a.opt.LeaseChanged:
+			a.quiet = 0
 		case <-a.fenceDue():
 		case <-a.planWake():
 		case <-exited:
 			a.seenExit = exited
+			a.quiet = 0
 			a.log.Warn("postgres exited")
 		}
 		select {
@@ -290,6 +314,28 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-time.After(minGap):
 		}
 	}
+}
+
+// quietRounds is how many unchanged rounds make the agent idle.
+const quietRounds = 3
+
+// idleInterval is the loop interval of an idle agent: ttl/3 (Patroni's
+// default loop_wait is 10 s), never less than loop_interval. Between idle
+// rounds nothing is missed that matters for safety or failover: the fence
+// has its own timer, leader loss and every relevant etcd change arrive by
+// the watch, a postgres exit by its channel; what waits is the periodic
+// refresh of positions (the leader's last-leader record, a standby's
+// "streamed recently", both well within their windows).
+func (a *Agent) idleInterval() time.Duration {
+	return max(a.loopInterval, a.opt.TTL/3)
+}
+
+// idleTick is the idle agent's tick (nil while it is not idle).
+func (a *Agent) idleTick() <-chan time.Time {
+	if a.quiet < quietRounds {
+		return nil
+	}
+	return time.After(a.idleInterval())
 }
 
 // planWake fires at the last plan's WakeAt (a switchover step, a
@@ -343,7 +389,13 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		// wrongly for a round.
 		o = a.observe(ctx)
 	}
+	prev := a.lastPublished
 	a.publish(ctx, o, p, err)
+	if m := a.member(o, p); err == nil && o.DCSErr == nil && q == last && (p.Action == ha.None || p.Action == ha.Wait) && !significant(m, prev) && o.Op == ha.OpNone {
+		a.quiet++
+	} else {
+		a.quiet = 0
+	}
 	a.hooksAfter(o)
 	a.lastObs = o
 	a.metrics.observeLoop(time.Since(started), p)
