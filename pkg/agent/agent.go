@@ -27,6 +27,9 @@ type Options struct {
 	Wake <-chan struct{}
 	// LeaseChanged signals that the lease was granted or lost.
 	LeaseChanged <-chan struct{}
+	// LeaseRenewed signals each successful renewal (the fencer passes the
+	// new deadline to the fence watchdog at once).
+	LeaseRenewed <-chan struct{}
 	Log          hclog.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time

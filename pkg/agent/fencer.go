@@ -62,12 +62,15 @@ func (f *fencer) armed() int64 {
 // idleCheck is how often a disarmed fencer looks again (arming wakes it at once).
 const idleCheck = time.Second
 
-// feedEvery is how often the fencer looks for a renewal to pass on to the
-// external watchdog: ttl/8, half the renewal interval (ha.Timing), so a
-// renewal reaches the watchdog within ttl/8. The deadline it replaces is
-// then still at least 5/12 ttl - ttl/8 away (renewals every ttl/4, margin
-// at most ttl/3), so a healthy primary is never stopped by a stale one.
+// feedEvery is how often the fencer looks at the lease when no renewal
+// signal woke it (a session without one, the tests' fakes): ttl/8. A
+// renewal normally wakes it at once (Options.LeaseRenewed), long before
+// the deadline it replaces (at least 5/12 ttl after the renewal was sent:
+// renewals every ttl/4, margin at most ttl/3).
 func (f *fencer) feedEvery() time.Duration {
+	if f.a.opt.LeaseRenewed != nil && f.a.opt.TTL > 0 {
+		return f.a.opt.TTL / 3 // a fallback only
+	}
 	if f.a.opt.TTL <= 0 {
 		return 250 * time.Millisecond
 	}
@@ -92,6 +95,7 @@ func (f *fencer) run(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-f.armedCh:
+		case <-f.a.opt.LeaseRenewed:
 		}
 		armed := f.armed()
 		if armed == 0 || !f.a.opt.PG.Running() {
@@ -106,10 +110,8 @@ func (f *fencer) run(ctx context.Context) {
 			until := ha.FenceAt(lease, f.a.opt.FenceMargin).Sub(now)
 			if wd := f.a.opt.Watchdog; wd != nil {
 				// Feed the external watchdog the absolute fence time when it
-				// moved (a renewal); it fires if this process stops feeding
-				// it (hung, SIGSTOP). The check runs often enough that a
-				// renewal reaches it long before the old deadline
-				// (watchdogFeed).
+				// moved (a renewal wakes the fencer at once); it fires if
+				// this process stops feeding it (hung, SIGSTOP).
 				at := ha.FenceAt(lease, f.a.opt.FenceMargin)
 				var err error
 				if !wdArmed || !at.Equal(wdDeadline) {

@@ -26,8 +26,10 @@ type Session struct {
 	mu        sync.Mutex
 	state     LeaseState
 	abandoned bool
-	// changed is signalled when a lease is granted or lost.
+	// changed is signalled when a lease is granted or lost; renewed on
+	// every successful renewal.
 	changed chan struct{}
+	renewed chan struct{}
 }
 
 // NewSession returns a session with no lease yet; call Run. now is the
@@ -37,7 +39,7 @@ func NewSession(cli *clientv3.Client, ttl time.Duration, log hclog.Logger, now f
 	if now == nil {
 		now = BootClock()
 	}
-	return &Session{cli: cli, ttl: ttl, log: log, now: now, changed: make(chan struct{}, 1)}
+	return &Session{cli: cli, ttl: ttl, log: log, now: now, changed: make(chan struct{}, 1), renewed: make(chan struct{}, 1)}
 }
 
 // TTL is the lease's time to live.
@@ -52,6 +54,10 @@ func (s *Session) State() LeaseState {
 
 // Changed is signalled (coalesced) when a lease is granted or lost.
 func (s *Session) Changed() <-chan struct{} { return s.changed }
+
+// Renewed is signalled (coalesced) after every successful renewal: the
+// fencer passes the new deadline to the fence watchdog at once.
+func (s *Session) Renewed() <-chan struct{} { return s.renewed }
 
 func (s *Session) notify() {
 	select {
@@ -147,6 +153,10 @@ func (s *Session) tick(ctx context.Context, sent time.Time) bool {
 		s.state.ValidUntil = sent.Add(minDur(s.ttl, time.Duration(resp.TTL)*time.Second))
 	}
 	s.mu.Unlock()
+	select {
+	case s.renewed <- struct{}{}:
+	default:
+	}
 	return true
 }
 
