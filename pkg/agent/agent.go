@@ -189,6 +189,9 @@ type Agent struct {
 	// startFailingSince is when starting the leader's primary began to
 	// fail (zero: not failing).
 	startFailingSince time.Time
+	// resignedAt is when this leader last released the key because its
+	// postgres would not start.
+	resignedAt time.Time
 }
 
 // New returns an Agent; it does nothing until Run.
@@ -255,7 +258,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			// A failed action is retried on the next tick, not on the next
 			// wake-up: retrying on every change would spin the loop (and, by
-			// publishing, every other member's loop too).
+			// publishing, every other member's loop too). An idle agent's
+			// ticker is stopped: restart it first.
+			if a.wasIdle {
+				ticker.Reset(a.loopInterval)
+				a.wasIdle = false
+			}
+			a.quiet = 0
 			select {
 			case <-ctx.Done():
 				a.shutdown()
@@ -357,9 +366,13 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	o := a.observe(ctx)
 	a.applyParams(o)
 	p := ha.Decide(o)
-	if p.Action == ha.StartPrimary && a.startFailingSince.IsZero() {
+	switch {
+	case p.Action == ha.StartPrimary && a.startFailingSince.IsZero():
 		// Cleared once postgres is seen serving as primary: until then the
 		// start counts as failing (also when postgres starts, then dies).
+		a.startFailingSince = o.Now
+	case p.Action == ha.AcquireAndStart:
+		// A new term: it gets a full primary_start_timeout.
 		a.startFailingSince = o.Now
 	}
 	q, last := p, a.lastPlan
@@ -456,6 +469,7 @@ func (a *Agent) observe(ctx context.Context) ha.Observation {
 		a.startFailingSince = time.Time{} // serving as primary
 	}
 	o.StartFailingSince = a.startFailingSince
+	o.ResignedAt = a.resignedAt
 	if a.pending != nil {
 		o.Op, o.OpArg = a.pending.op, a.pending.arg
 	}
@@ -641,7 +655,11 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 
 	case ha.Resign:
 		a.log.Warn("releasing the leader key", "reason", p.Reason)
-		return dcs.Resign(ctx)
+		if err := dcs.Resign(ctx); err != nil {
+			return err
+		}
+		a.resignedAt = o.Now
+		return nil
 
 	case ha.ClearLeaderKey:
 		return dcs.ClearUnbound(ctx, o.Cluster.Leader.ModRev, o.Cluster.Leader.Lease)
@@ -973,8 +991,22 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 // first connection). WAL kept for them is bounded by
 // max_slot_wal_keep_size. Nothing is queried unless a slot is missing.
 func (a *Agent) ensureSlots(ctx context.Context, o ha.Observation) {
+	if o.PG.InRecovery && a.opt.PG.Version() < 130000 {
+		// Before 13 nothing bounds what a slot keeps (no
+		// max_slot_wal_keep_size): no slots on standbys there.
+		return
+	}
 	have := make(map[string]bool, len(o.PG.Slots))
 	for _, s := range o.PG.Slots {
+		if s.Lost && !s.Active {
+			// Past max_slot_wal_keep_size: it can no longer serve. Make it
+			// again (a member that needs older WAL is re-cloned anyway).
+			if err := a.opt.PG.DropSlot(ctx, s.Name); err != nil {
+				a.log.Warn("drop a lost replication slot", "slot", s.Name, "error", err)
+				have[s.Name] = true
+			}
+			continue
+		}
 		have[s.Name] = true
 	}
 	names := slices.Sorted(maps.Keys(o.Cluster.Members))
@@ -1054,6 +1086,10 @@ func (a *Agent) member(o ha.Observation, p ha.Plan) election.Member {
 		m.State = "blocked"
 	case o.DataDir == pgctl.DataDirMissing:
 		m.State = "uninitialized"
+	case !o.Running && o.ForeignPID != 0:
+		// Not ours, maybe writable: never "stopped" (others would take it
+		// for a safe, stopped primary).
+		m.State = "foreign postmaster"
 	case !o.Running:
 		m.State = "stopped"
 	case o.PG == nil:

@@ -82,6 +82,7 @@ func (f *fencer) run(ctx context.Context) {
 	defer t.Stop()
 	wdArmed := false
 	var wdDeadline time.Time // what the watchdog holds
+	wdPID := 0
 	disarmWatchdog := func() {
 		if wdArmed && f.a.opt.Watchdog != nil {
 			f.a.opt.Watchdog.Disarm()
@@ -101,7 +102,13 @@ func (f *fencer) run(ctx context.Context) {
 		if armed == 0 || !f.a.opt.PG.Running() {
 			disarmWatchdog()
 			wdDeadline = time.Time{}
-			t.Reset(idleCheck)
+			if armed != 0 {
+				// Armed for a postgres that is starting: look again soon,
+				// so the watchdog covers it from its first moments.
+				t.Reset(10 * time.Millisecond)
+			} else {
+				t.Reset(idleCheck)
+			}
 			continue
 		}
 		lease := f.a.opt.DCS.Lease()
@@ -114,9 +121,11 @@ func (f *fencer) run(ctx context.Context) {
 				// this process stops feeding it (hung, SIGSTOP).
 				at := ha.FenceAt(lease, f.a.opt.FenceMargin)
 				var err error
-				if !wdArmed || !at.Equal(wdDeadline) {
-					err = wd.Arm(f.a.opt.PG.PID(), at)
-					wdDeadline = at
+				// Re-armed when the deadline moved or postgres was restarted
+				// (a new postmaster PID).
+				if pid := f.a.opt.PG.PID(); !wdArmed || !at.Equal(wdDeadline) || pid != wdPID {
+					err = wd.Arm(pid, at)
+					wdDeadline, wdPID = at, pid
 				}
 				if err != nil {
 					// The deadline is not enforced outside this process:

@@ -228,7 +228,7 @@ func (a *Agent) switchoverTakeBack(ctx context.Context, o ha.Observation, p ha.P
 		return err
 	}
 	rec := election.LastLeader{Timeline: sw.Timeline, LSN: sw.Checkpoint.String(), At: a.now().UTC()}
-	if err := a.opt.DCS.TakeBack(ctx, sw.ID, rec, o.Cluster.PromotionRev); err != nil {
+	if err := a.opt.DCS.TakeBack(ctx, sw.ID, rec, o.Cluster.PromotionRev, o.Cluster.LastLeaderRev); err != nil {
 		a.switchDone(sw.ID, false, "switchover to %s failed: it lost the leader key before promoting, and taking it back failed (%v); the cluster elects a leader", p.Target, err)
 		return nil
 	}

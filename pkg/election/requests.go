@@ -145,9 +145,11 @@ func (s *Store) ClaimPromotion(ctx context.Context, switchoverID string) error {
 // free leader key on its own lease only if the promotion claim is
 // unchanged since it was read at promotionRev (0: absent), a read that
 // showed no claim by the candidate for this switchover. So the candidate
-// never promoted and can no longer (it does not hold the key). It records
+// never promoted and can no longer (it does not hold the key), and the
+// last-leader record is unchanged since that read (no other member took
+// over meanwhile). It records
 // the take-back as the claim, and rec as last-leader.
-func (s *Store) TakeBack(ctx context.Context, switchoverID string, rec LastLeader, promotionRev int64) error {
+func (s *Store) TakeBack(ctx context.Context, switchoverID string, rec LastLeader, promotionRev, lastLeaderRev int64) error {
 	lease := s.sess.State()
 	if lease.ID == 0 {
 		return ErrNoLease
@@ -162,6 +164,9 @@ func (s *Store) TakeBack(ctx context.Context, switchoverID string, rec LastLeade
 	resp, err := s.cli.Txn(ctx).If(
 		clientv3.Compare(clientv3.CreateRevision(k), "=", 0),
 		clientv3.Compare(clientv3.ModRevision(s.keys.Promotion()), "=", promotionRev),
+		// Nobody else led since the read that showed the handoff as the
+		// last leadership (every Acquire and Handoff writes last-leader).
+		clientv3.Compare(clientv3.ModRevision(s.keys.LastLeader()), "=", lastLeaderRev),
 	).Then(
 		clientv3.OpPut(k, s.name, clientv3.WithLease(clientv3.LeaseID(lease.ID))),
 		clientv3.OpPut(s.keys.LastLeader(), string(lb)),

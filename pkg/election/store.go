@@ -73,6 +73,10 @@ type view struct {
 	kvs      map[string]*mvccpb.KeyValue
 	rev      int64
 	loadedAt time.Time
+	// floor is the revision of the last full read that replaced the view:
+	// events at or below it are already in it and are ignored (applying a
+	// late one could bring back a key deleted since).
+	floor int64
 }
 
 // resyncEvery bounds how long the watched view is trusted without a full read.
@@ -142,7 +146,7 @@ func (s *Store) resync(ctx context.Context) (Cluster, error) {
 				fresh[string(kv.Key)] = kv
 			}
 		}
-		s.view.kvs, s.view.rev, s.view.loadedAt = fresh, resp.Header.Revision, time.Now()
+		s.view.kvs, s.view.rev, s.view.loadedAt, s.view.floor = fresh, resp.Header.Revision, time.Now(), resp.Header.Revision
 	}
 	s.view.mu.Unlock()
 	return ParseCluster(s.keys, resp.Header.Revision, resp.Kvs), nil
@@ -212,12 +216,14 @@ func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
 			}
 			c.ConfigRev = kv.ModRevision
 		case k == keys.LastLeader():
+			c.LastLeaderRev = kv.ModRevision
 			var ll LastLeader
 			if err := json.Unmarshal(kv.Value, &ll); err != nil || !ValidName(ll.Name) {
 				c.Invalid[k] = "last-leader record is not valid JSON"
 				continue
 			}
 			c.LastLeader = &ll
+			c.LastLeaderRev = kv.ModRevision
 		case k == keys.Promotion():
 			var pc state.PromotionClaim
 			if err := state.DecodeStrict(kv.Value, &pc); err != nil || !ValidName(pc.Name) {
@@ -525,7 +531,7 @@ func (s *Store) watchOnce(ctx context.Context, wake func()) {
 	}
 	rev := resp.Header.Revision
 	s.view.mu.Lock()
-	s.view.kvs, s.view.rev, s.view.synced, s.view.loadedAt = kvs, rev, true, time.Now()
+	s.view.kvs, s.view.rev, s.view.synced, s.view.loadedAt, s.view.floor = kvs, rev, true, time.Now(), rev
 	s.view.mu.Unlock()
 	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer stop()
@@ -545,8 +551,10 @@ func (s *Store) watchOnce(ctx context.Context, wake func()) {
 			if strings.HasPrefix(k, s.keys.History()) {
 				continue
 			}
-			if cur, ok := s.view.kvs[k]; ok && cur.ModRevision >= ev.Kv.ModRevision {
-				// Already newer in the view (a resync read it first).
+			if ev.Kv.ModRevision <= s.view.floor {
+				// Already in the view (a resync read it).
+			} else if cur, ok := s.view.kvs[k]; ok && cur.ModRevision >= ev.Kv.ModRevision {
+				// Already newer in the view.
 			} else if ev.Type == clientv3.EventTypeDelete {
 				delete(s.view.kvs, k)
 			} else {

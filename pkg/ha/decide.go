@@ -128,12 +128,31 @@ func decideUnboundKey(o Observation) (Plan, bool) {
 		// apply below.
 		return Plan{}, false
 	}
+	for _, k := range sortedKeys(o.Cluster.Invalid) {
+		if strings.Contains(k, "/members/") {
+			return plan(Wait, "leader key %s is nobody's term, but member key %s cannot be read: not removing it", garbage(l), k), true
+		}
+	}
 	for _, name := range sortedKeys(o.Cluster.Members) {
-		if m := o.Cluster.Members[name]; m.Role == "primary" && m.State == "running" {
-			return plan(Wait, "leader key %s is nobody's term; waiting for the running primary %s to settle it", garbage(l), name), true
+		if m := o.Cluster.Members[name]; mayBeWritable(m) {
+			return plan(Wait, "leader key %s is nobody's term; waiting for %s (%s %s) to settle it", garbage(l), name, m.Role, m.State), true
 		}
 	}
 	return plan(ClearLeaderKey, "leader key %s is bound to no lease of the member it names (written by hand) and no primary runs: removing it", garbage(l)), true
+}
+
+// mayBeWritable reports whether a member, by what it published, may be
+// running a writable postgres: a primary that is not stopped (running,
+// unknown, a foreign postmaster, ...) or a member that is promoting.
+// Unknown is never safe.
+func mayBeWritable(m state.Member) bool {
+	switch {
+	case m.State == "promoting" || m.State == "unknown" || m.State == "foreign postmaster":
+		return true
+	case m.Role == "primary":
+		return m.State != "stopped" && m.State != "uninitialized" && m.State != "switching over"
+	}
+	return false
 }
 
 // eligible reports whether a primary data directory may take a free leader
@@ -188,7 +207,7 @@ func decideStopped(o Observation, leader string) Plan {
 			}
 			return gate(o, plan(StartPrimary, "this member holds the leader key and postgres is not running: starting it in place"))
 		case o.Cluster.Leader == nil:
-			if s := o.StartFailingSince; !s.IsZero() && o.PrimaryStartTimeout > 0 && o.Now.Before(s.Add(o.PrimaryStartTimeout+o.RecentWindow)) {
+			if r := o.ResignedAt; !r.IsZero() && o.Now.Before(r.Add(max(o.RecentWindow, time.Second))) {
 				// It released the key because postgres would not start:
 				// give the standbys a window to take over first.
 				return plan(Wait, "no leader; this member's postgres failed to start as primary, leaving the standbys time to take over")

@@ -80,8 +80,8 @@ func TestPrimaryStartTimeout(t *testing.T) {
 		{"failing for less than primary_start_timeout -> keep trying", obs(holds, failing(30*time.Second)), StartPrimary},
 		{"failing for primary_start_timeout -> release the key", obs(holds, failing(time.Minute)), Resign},
 		{"timeout 0 -> never release", obs(holds, func(o *Observation) { o.StartFailingSince = t0.Add(-time.Hour) }), StartPrimary},
-		{"released, no leader yet, inside the standbys' window -> wait", obs(lastLeader("db1", 1), failing(time.Minute+time.Second)), Wait},
-		{"released, nobody took over after the window -> try again", obs(lastLeader("db1", 1), failing(time.Minute+7*time.Second)), AcquireAndStart},
+		{"released, no leader yet, inside the standbys' window -> wait", obs(lastLeader("db1", 1), failing(time.Minute+time.Second), func(o *Observation) { o.ResignedAt = t0.Add(-time.Second) }), Wait},
+		{"released, nobody took over after the window -> try again", obs(lastLeader("db1", 1), failing(time.Minute+7*time.Second), func(o *Observation) { o.ResignedAt = t0.Add(-7 * time.Second) }), AcquireAndStart},
 	}
 	for _, tc := range cases {
 		if got := Decide(tc.o); got.Action != tc.want {
@@ -128,6 +128,11 @@ func TestUnboundLeaderKey(t *testing.T) {
 		{"lease-less key naming a stopped member, no primary runs -> clear it", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, unbound("db2")), ClearLeaderKey},
 		{"lease-less key naming this standby -> never promote on it", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, unbound("db1")), ClearLeaderKey},
 		{"lease-less key while a primary runs -> wait for it", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, unbound("db3"), db2), Wait},
+		{"lease-less key while a member's state is unknown -> wait (unknown is not stopped)", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, unbound("db3"), member("db3", "primary", "unknown", "10.0.1.3:5432")), Wait},
+		{"lease-less key while a foreign postmaster runs -> wait", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, unbound("db3"), member("db3", "primary", "foreign postmaster", "10.0.1.3:5432")), Wait},
+		{"lease-less key while a member promotes -> wait", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, unbound("db3"), member("db4", "replica", "promoting", "10.0.1.4:5432")), Wait},
+		{"lease-less key while a member key is unreadable -> wait", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, unbound("db3"), func(o *Observation) { o.Cluster.Invalid["/cifha/c/members/db5"] = "bad" }), Wait},
+		{"lease-less key, the named primary stopped -> clear", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, unbound("db3"), member("db3", "primary", "stopped", "10.0.1.3:5432")), ClearLeaderKey},
 		{"our key overwritten without a lease -> repair", obs(runningPrimary, writable, unbound("db1"), func(o *Observation) { o.OwnsLeaderKey = true }), RepairLeaderKey},
 		{"garbage key on a lease -> wait for it to expire, never clear", obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, leaderKey("{x")), None},
 		{"empty member with a lease-less key -> clear, never clone from it", obs(emptyDir, initialized("db2"), unbound("db2")), ClearLeaderKey},

@@ -65,6 +65,9 @@ type Observation struct {
 	// (nil, with SwitchoverTargetErr, when it could not be read).
 	SwitchoverTarget    *Candidate
 	SwitchoverTargetErr error
+	// ResignedAt is when this member last released the key because its
+	// postgres would not start (zero: never).
+	ResignedAt time.Time
 	// StartFailingSince is when starting postgres as the leader's primary
 	// began to fail (zero: not failing).
 	StartFailingSince time.Time

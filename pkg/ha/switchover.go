@@ -224,7 +224,14 @@ func decideSwitchoverProgress(o Observation) Plan {
 		case toHolds && ok && m.Role == "primary" && m.State == "running" && m.Timeline > sw.Timeline:
 			return Plan{Action: SwitchoverFollow, Target: sw.To, TargetAddr: m.ConnAddress,
 				Reason: fmt.Sprintf("switched over to %s (timeline %d); following it as a standby", sw.To, m.Timeline)}
+		case l == nil && !o.Now.Before(sw.Deadline):
+			return abandon("the leader key is free and the switchover's time is up; the normal rules apply")
 		case l == nil:
+			if ll := o.Cluster.LastLeader; ll == nil || ll.Name != sw.To || ll.SwitchoverID != sw.ID {
+				// Someone else led since the handoff: its writes must not
+				// be undone by a take-back.
+				return abandon("another leadership was recorded since the handoff; the normal rules apply")
+			}
 			if c := o.Cluster.Promotion; c != nil && c.Switchover == sw.ID && !c.TakenBack {
 				return abandon("it claimed its promotion and then lost the leader key; it may have accepted writes, so the normal rules apply")
 			}

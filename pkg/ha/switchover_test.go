@@ -24,6 +24,8 @@ func stopped(opts ...func(*Observation)) Observation {
 func handedOff(opts ...func(*Observation)) Observation {
 	base := []func(*Observation){func(o *Observation) {
 		o.Switchover.Phase = PhaseHandedOff
+		o.Cluster.LastLeader = &state.LastLeader{Name: "db2", Timeline: 1, LSN: "0/1000", From: "db1", SwitchoverID: "r1"}
+		o.Cluster.LastLeaderRev = 41
 		leaderKey("db2")(o)
 		o.Cluster.Leader.Lease = 22
 		o.HoldsLeader, o.OwnsLeaderKey = false, false
@@ -93,6 +95,14 @@ func TestDecideSwitchoverPhases(t *testing.T) {
 			o.Cluster.Leader = nil
 			o.Cluster.Promotion, o.Cluster.PromotionRev = &state.PromotionClaim{Name: "db3", Switchover: "r0"}, 12
 		}), TakeBack},
+		{"candidate died, another member took over (and lost the key) since -> never take back", handedOff(func(o *Observation) {
+			o.Cluster.Leader = nil
+			o.Cluster.LastLeader = &state.LastLeader{Name: "db3", Timeline: 2, LSN: "0/2000"}
+		}), SwitchoverAbandon},
+		{"key free past the deadline -> abandon, never wait forever", handedOff(at(31*time.Second), func(o *Observation) {
+			o.Cluster.Leader = nil
+			o.Lease.ValidUntil = t0.Add(time.Hour)
+		}), SwitchoverAbandon},
 		{"unreadable claim -> no take-back on a guess", handedOff(func(o *Observation) {
 			o.Cluster.Leader = nil
 			o.Cluster.Promotion = &state.PromotionClaim{Name: "?", Switchover: "?"}

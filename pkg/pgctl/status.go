@@ -31,6 +31,14 @@ type Queries struct {
 
 // QueriesFor returns the SQL for version v (xlog/location before 10).
 func QueriesFor(v Version) Queries {
+	q := queriesFor(v)
+	if v >= 130000 {
+		q.Slots = `SELECT slot_name, active, coalesce(wal_status, '') = 'lost' FROM pg_replication_slots WHERE slot_type = 'physical'`
+	}
+	return q
+}
+
+func queriesFor(v Version) Queries {
 	if v >= 100000 {
 		return Queries{
 			Status: `SELECT pg_is_in_recovery(),
@@ -43,7 +51,7 @@ func QueriesFor(v Version) Queries {
   (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)`,
 			Replication: `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_lsn::text, ''),
   coalesce(replay_lsn::text, ''), coalesce(sync_state, '') FROM pg_stat_replication`,
-			Slots: `SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'`,
+			Slots: `SELECT slot_name, active, false FROM pg_replication_slots WHERE slot_type = 'physical'`,
 		}
 	}
 	return Queries{
@@ -57,7 +65,7 @@ func QueriesFor(v Version) Queries {
   (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)`,
 		Replication: `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_location::text, ''),
   coalesce(replay_location::text, ''), coalesce(sync_state, '') FROM pg_stat_replication`,
-		Slots: `SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'`,
+		Slots: `SELECT slot_name, active, false FROM pg_replication_slots WHERE slot_type = 'physical'`,
 	}
 }
 
@@ -196,7 +204,7 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		}
 		for rows.Next() {
 			var s Slot
-			if err := rows.Scan(&s.Name, &s.Active); err != nil {
+			if err := rows.Scan(&s.Name, &s.Active, &s.Lost); err != nil {
 				rows.Close()
 				return err
 			}

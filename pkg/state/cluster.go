@@ -107,6 +107,9 @@ type Cluster struct {
 	// it promotes. PromotionRev is the key's mod revision (0: absent).
 	Promotion    *PromotionClaim
 	PromotionRev int64
+	// LastLeaderRev is the last-leader key's mod revision (every Acquire
+	// and Handoff writes it): a take-back is guarded by it.
+	LastLeaderRev int64
 	// Ignored lists keys that cannot belong to a live member (a member key
 	// bound to no lease, or under a name that is not a member name), with
 	// why: unlike Invalid, they never block a failover; `cifhactl remove`

@@ -67,6 +67,9 @@ type Replica struct {
 type Slot struct {
 	Name   string
 	Active bool
+	// Lost: its WAL was removed past max_slot_wal_keep_size (13+); it can
+	// no longer serve and is made again.
+	Lost bool
 }
 
 // DataDirState classifies a data directory before cifha touches it.

@@ -263,8 +263,8 @@ func (d *DCS) ClaimPromotion(_ context.Context, id string) error {
 	return nil
 }
 
-func (d *DCS) TakeBack(_ context.Context, id string, rec election.LastLeader, rev int64) error {
-	if d.Cluster.Leader != nil || d.Cluster.PromotionRev != rev {
+func (d *DCS) TakeBack(_ context.Context, id string, rec election.LastLeader, rev, llRev int64) error {
+	if d.Cluster.Leader != nil || d.Cluster.PromotionRev != rev || d.Cluster.LastLeaderRev != llRev {
 		return election.ErrRefused
 	}
 	d.Cluster.Leader = &election.Leader{Name: d.Self, Valid: true, Lease: d.LeaseNow.ID, CreateRev: 100, ModRev: 100}

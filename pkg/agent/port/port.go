@@ -95,8 +95,9 @@ type DCS interface {
 	// on its lease, is about to promote after switchover switchoverID.
 	ClaimPromotion(ctx context.Context, switchoverID string) error
 	// TakeBack takes the free key back after a failed switchover, only if
-	// the promotion claim is unchanged since promotionRev.
-	TakeBack(ctx context.Context, switchoverID string, rec election.LastLeader, promotionRev int64) error
+	// the promotion claim and the last-leader record are unchanged since
+	// they were read.
+	TakeBack(ctx context.Context, switchoverID string, rec election.LastLeader, promotionRev, lastLeaderRev int64) error
 	ClearSwitchover(ctx context.Context, modRev int64) error
 	ClearFailover(ctx context.Context, modRev int64) error
 }
