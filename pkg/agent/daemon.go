@@ -121,9 +121,9 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	a := New(Options{
 		Name: cfg.Name, PG: pg, DCS: store, Wake: store.Watch(watchCtx), LeaseChanged: sess.Changed(), LeaseRenewed: sess.Renewed(),
 		Log: log.Named("ha"), Now: clock, LoopInterval: cfg.HA.LoopInterval.Duration, StartTimeout: cfg.HA.StartTimeout.Duration,
-		// A writable step is the leader-key transaction plus a start or a
-		// promotion (about 0.1 s here): it must end before the fence.
-		WritableBudget:      ha.Timing{TTL: ttl}.RequestTimeout() + 500*time.Millisecond,
+		// A writable step (the leader-key transaction plus a start or a
+		// promotion, about 0.1 s here) must be able to end before the fence.
+		WritableBudget:      ha.Timing{TTL: ttl}.WritableBudget(),
 		PrimaryStartTimeout: cfg.HA.PrimaryStartTimeout.Duration,
 		SwitchoverTimeout:   cfg.HA.SwitchoverTimeout.Duration,
 		FenceMargin:         cfg.HA.FenceMargin.Duration, APIURL: cfg.API.AdvertiseURL, ConnAddress: pc.ConnectAddress,

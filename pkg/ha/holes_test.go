@@ -279,6 +279,15 @@ func TestTimingRule(t *testing.T) {
 			t.Errorf("%s: Validate = %v; want an error naming %s", b.name, err, b.key)
 		}
 	}
+	// The writable budget never blocks a healthy member: after one renewal
+	// interval and one failed attempt, more than margin + budget is left.
+	for ttl := MinTTL; ttl <= 120*time.Second; ttl += time.Second {
+		tm := Timing{TTL: ttl, FenceMargin: ttl / 3}
+		left := ttl - tm.RenewInterval() - tm.RenewAttemptTimeout() - tm.RenewRetryDelay()
+		if left <= tm.FenceMargin+tm.WritableBudget() {
+			t.Fatalf("ttl %s: %s left, margin+budget %s", ttl, left, tm.FenceMargin+tm.WritableBudget())
+		}
+	}
 	// Hole 9: for every allowed ttl and margin, two full renewal attempts
 	// fit between the last success and the fence.
 	for ttl := MinTTL; ttl <= 120*time.Second; ttl += time.Second {

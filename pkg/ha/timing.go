@@ -55,6 +55,15 @@ func (t Timing) RenewAttemptTimeout() time.Duration { return t.TTL / 8 }
 // transactions): at most a renewal interval, and 2 s.
 func (t Timing) RequestTimeout() time.Duration { return min(t.RenewInterval(), 2*time.Second) }
 
+// WritableBudget bounds a step that makes postgres writable (the
+// leader-key transaction and a start or promotion) for the fence rule
+// (MayBecomeWritable): ttl/6. A step that overruns it is still safe (the
+// fencer stops postgres at FenceAt); the budget only keeps a doomed step
+// from starting. It never blocks a healthy member: after a renewal cycle,
+// even with one failed attempt, more than ttl/2 >= margin + budget of the
+// lease is left.
+func (t Timing) WritableBudget() time.Duration { return t.TTL / 6 }
+
 // RenewRetryDelay is the pause after a failed renewal before the next try.
 func (t Timing) RenewRetryDelay() time.Duration { return t.TTL / 20 }
 
