@@ -316,6 +316,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.quiet = 0
 		case <-a.fenceDue():
 		case <-a.planWake():
+			continue // the plan asked for this moment: no extra gap
 		case <-exited:
 			a.seenExit = exited
 			a.quiet = 0
