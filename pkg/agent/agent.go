@@ -974,7 +974,9 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 	// Republish the WAL position regularly: the failover lag gate compares
 	// candidates with the last position the leader published.
 	ll := o.Cluster.LastLeader
-	if ll == nil || ll.Name != o.Self || ll.Timeline < o.PG.Timeline || o.Now.Sub(a.lastLeaderAt) >= a.opt.LastLeaderEvery {
+	// (Only when it moved: an idle primary writes nothing.)
+	if ll == nil || ll.Name != o.Self || ll.Timeline < o.PG.Timeline ||
+		(o.Now.Sub(a.lastLeaderAt) >= a.opt.LastLeaderEvery && ll.LSN != o.PG.CurrentLSN.String()) {
 		if err := a.opt.DCS.PutLastLeader(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now.UTC()}); err != nil {
 			a.log.Warn("update last-leader", "error", err)
 		} else {
