@@ -285,18 +285,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		// often: every event (etcd, lease, postgres exit, an operator, the
 		// fence time, the plan's wake-up) still wakes it at once, so only
 		// the periodic safety net slows down. See idleInterval.
-		tick := ticker.C
-		if a.quiet >= quietRounds {
+		idle := a.quiet >= quietRounds
+		switch {
+		case idle && !a.wasIdle:
 			// Stopped, not just ignored: a ticker nobody reads still wakes
 			// the runtime every interval.
-			if a.quiet == quietRounds {
-				ticker.Stop()
-			}
-			tick = nil
-		} else if a.quiet == 0 && a.wasIdle {
+			ticker.Stop()
+		case !idle && a.wasIdle:
 			ticker.Reset(a.loopInterval)
 		}
-		a.wasIdle = a.quiet >= quietRounds
+		a.wasIdle = idle
+		tick := ticker.C
+		if idle {
+			tick = nil
+		}
 		exited := a.opt.PG.Exited()
 		if exited == a.seenExit {
 			exited = nil // already handled; a closed channel would spin the loop

@@ -250,3 +250,37 @@ func TestStandbyKeepsSlotsForKnownMembers(t *testing.T) {
 		t.Fatal("a slot for itself")
 	}
 }
+
+// An idle agent woken by an event goes back to its normal tick: it must
+// never end up waiting on a stopped ticker (found in review: a standby
+// stayed "in recovery" for a minute).
+func TestIdleLoopWokenKeepsTicking(t *testing.T) {
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirValid, Standby: pgctl.StandbyState{Standby: true, Target: "db1 10.0.1.1:5432"}}
+	dcs := agenttest.NewDCS("db2", election.LeaseState{ID: 22, ValidUntil: time.Now().Add(time.Hour)})
+	dcs.Cluster.Leader = &election.Leader{Name: "db1", Valid: true, Lease: 7, CreateRev: 5, ModRev: 5}
+	dcs.Cluster.Members["db1"] = election.Member{Name: "db1", Role: "primary", State: "running", ConnAddress: "10.0.1.1:5432"}
+	var reads atomic.Int64
+	dcs.OnRead = func(*agenttest.DCS) { reads.Add(1) }
+	wake := make(chan struct{}, 1)
+	a := New(Options{Name: "db2", PG: pg, DCS: dcs, Wake: wake, LoopInterval: 30 * time.Millisecond, TTL: 30 * time.Second,
+		StartTimeout: time.Second, FenceMargin: time.Second, ConnAddress: "10.0.1.2:5432", APIURL: "http://10.0.1.2:8008"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	// Idle after a few quiet rounds (idle interval: ttl/3 = 10 s).
+	testutil.Eventually(t, 5*time.Second, "idle", func() error {
+		if n := reads.Load(); n < 5 {
+			return fmt.Errorf("%d rounds", n)
+		}
+		return nil
+	})
+	wake <- struct{}{}
+	base := reads.Load()
+	testutil.Eventually(t, 5*time.Second, "ticking again after the wake-up", func() error {
+		if n := reads.Load() - base; n < 3 {
+			return fmt.Errorf("%d rounds since the wake-up", n)
+		}
+		return nil
+	})
+}
