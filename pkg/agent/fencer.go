@@ -62,6 +62,17 @@ func (f *fencer) armed() int64 {
 // idleCheck is how often a disarmed fencer looks again (arming wakes it at once).
 const idleCheck = time.Second
 
+// lag is how long after FenceAt the fencer acts: the loop's Decide fences
+// at FenceAt itself and the fencer is its backup, so it gives the loop the
+// first moment (and the log its "action=fence"). It is at most a tenth of
+// the margin (and 100 ms): a fast stop escalated to immediate (margin/3
+// each) still ends well before the lease can expire. The fence watchdog,
+// the backup of both, fires at FenceAt + margin/4 and escalates to
+// SIGKILL after margin/2: it too ends before ValidUntil.
+func (f *fencer) lag() time.Duration {
+	return min(f.a.opt.FenceMargin/10, 100*time.Millisecond)
+}
+
 // feedEvery is how often the fencer looks at the lease when no renewal
 // signal woke it (a session without one, the tests' fakes): ttl/8. A
 // renewal normally wakes it at once (Options.LeaseRenewed), long before
@@ -113,19 +124,20 @@ func (f *fencer) run(ctx context.Context) {
 		}
 		lease := f.a.opt.DCS.Lease()
 		now := f.a.now()
-		if lease.ID == armed && ha.MayStayWritable(now, lease, f.a.opt.FenceMargin) {
-			until := ha.FenceAt(lease, f.a.opt.FenceMargin).Sub(now)
+		if lease.ID == armed && ha.MayStayWritable(now.Add(-f.lag()), lease, f.a.opt.FenceMargin) {
+			until := ha.FenceAt(lease, f.a.opt.FenceMargin).Add(f.lag()).Sub(now)
 			if wd := f.a.opt.Watchdog; wd != nil {
 				// Feed the external watchdog the absolute fence time when it
 				// moved (a renewal wakes the fencer at once); it fires if
 				// this process stops feeding it (hung, SIGSTOP).
 				at := ha.FenceAt(lease, f.a.opt.FenceMargin)
+				wdAt := at.Add(f.a.opt.FenceMargin / 4)
 				var err error
 				// Re-armed when the deadline moved or postgres was restarted
 				// (a new postmaster PID).
-				if pid := f.a.opt.PG.PID(); !wdArmed || !at.Equal(wdDeadline) || pid != wdPID {
-					err = wd.Arm(pid, at)
-					wdDeadline, wdPID = at, pid
+				if pid := f.a.opt.PG.PID(); !wdArmed || !wdAt.Equal(wdDeadline) || pid != wdPID {
+					err = wd.Arm(pid, wdAt, f.a.opt.FenceMargin/2)
+					wdDeadline, wdPID = wdAt, pid
 				}
 				if err != nil {
 					// The deadline is not enforced outside this process:

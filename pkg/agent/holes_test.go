@@ -124,7 +124,7 @@ func TestBrokenWatchdogBlocksWritableSteps(t *testing.T) {
 
 type brokenWatchdog struct{}
 
-func (brokenWatchdog) Arm(int, time.Time) error { return fmt.Errorf("gone") }
+func (brokenWatchdog) Arm(int, time.Time, time.Duration) error { return fmt.Errorf("gone") }
 func (brokenWatchdog) Disarm()                  {}
 func (brokenWatchdog) Err() string              { return "fence watchdog cannot be restarted: gone" }
 
@@ -200,7 +200,7 @@ func TestStuckWatchdogNeverBlocks(t *testing.T) {
 	failed := 0
 	for i := 0; i < 5000; i++ {
 		start := time.Now()
-		if w.Arm(1, time.Now()) != nil {
+		if w.Arm(1, time.Now(), time.Second) != nil {
 			failed++
 		}
 		if d := time.Since(start); d > 2*time.Second {
@@ -221,7 +221,7 @@ func TestStuckWatchdogNeverBlocks(t *testing.T) {
 	}
 	w.in.Close()
 	w.mu.Unlock()
-	if err := w.Arm(1, time.Now()); err == nil || w.Err() == "" {
+	if err := w.Arm(1, time.Now(), time.Second); err == nil || w.Err() == "" {
 		t.Fatalf("Arm with an unrestartable watchdog: %v, Err %q", err, w.Err())
 	}
 }

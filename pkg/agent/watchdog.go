@@ -136,8 +136,8 @@ func (w *ProcessWatchdog) send(line string) error {
 }
 
 // Arm implements Watchdog.
-func (w *ProcessWatchdog) Arm(pid int, deadline time.Time) error {
-	return w.send(fmt.Sprintf("arm %d %d", pid, election.BootNanos(deadline)))
+func (w *ProcessWatchdog) Arm(pid int, deadline time.Time, grace time.Duration) error {
+	return w.send(fmt.Sprintf("arm %d %d %d", pid, election.BootNanos(deadline), grace.Nanoseconds()))
 }
 
 // Disarm implements Watchdog.
@@ -161,6 +161,7 @@ func RunWatchdog(r io.Reader, log hclog.Logger, now func() int64) {
 	type armed struct {
 		pid      int
 		deadline int64
+		grace    time.Duration
 	}
 	cmds := make(chan *armed)
 	go func() {
@@ -168,14 +169,19 @@ func RunWatchdog(r io.Reader, log hclog.Logger, now func() int64) {
 		for sc.Scan() {
 			f := strings.Fields(sc.Text())
 			switch {
-			case len(f) == 3 && f[0] == "arm":
+			case (len(f) == 3 || len(f) == 4) && f[0] == "arm":
 				pid, err1 := strconv.Atoi(f[1])
 				ns, err2 := strconv.ParseInt(f[2], 10, 64)
-				if err1 != nil || err2 != nil || pid <= 0 {
+				grace := int64(time.Second)
+				var err3 error
+				if len(f) == 4 {
+					grace, err3 = strconv.ParseInt(f[3], 10, 64)
+				}
+				if err1 != nil || err2 != nil || err3 != nil || pid <= 0 || grace <= 0 {
 					log.Error("bad command", "line", sc.Text())
 					continue
 				}
-				cmds <- &armed{pid: pid, deadline: ns}
+				cmds <- &armed{pid: pid, deadline: ns, grace: time.Duration(grace)}
 			case len(f) == 1 && f[0] == "disarm":
 				cmds <- nil
 			default:
@@ -206,7 +212,7 @@ func RunWatchdog(r io.Reader, log hclog.Logger, now func() int64) {
 				continue
 			}
 			log.Warn("fence watchdog: the agent did not renew in time; stopping postgres", "pid", cur.pid)
-			stopPostmaster(cur.pid)
+			stopPostmaster(cur.pid, cur.grace)
 			cur = nil
 			timer.Reset(time.Hour)
 		}
@@ -214,9 +220,10 @@ func RunWatchdog(r io.Reader, log hclog.Logger, now func() int64) {
 }
 
 // stopPostmaster sends an immediate shutdown to pid if it is a postgres,
-// then SIGKILL to it and to every process it had started (recorded before
-// the signal: backends call setsid() and are reparented once it dies).
-func stopPostmaster(pid int) {
+// then, after grace, SIGKILL to it and to every process it had started
+// (recorded before the signal: backends call setsid() and are reparented
+// once it dies).
+func stopPostmaster(pid int, grace time.Duration) {
 	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	if err != nil || !strings.HasPrefix(string(comm), "postgres") {
 		return
@@ -224,7 +231,7 @@ func stopPostmaster(pid int) {
 	pm := pgctl.Self(pid)
 	kids := pgctl.Children(pid)
 	_ = syscall.Kill(pid, syscall.SIGQUIT)
-	deadline := time.Now().Add(time.Second)
+	deadline := time.Now().Add(grace)
 	for pm.Alive() && time.Now().Before(deadline) {
 		kids = append(kids, pgctl.Children(pid)...)
 		time.Sleep(20 * time.Millisecond) // bounded wait for a process we do not parent

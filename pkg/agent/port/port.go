@@ -119,9 +119,10 @@ type Control interface {
 
 // Watchdog is the agent's side of the fence watchdog.
 type Watchdog interface {
-	// Arm sets the deadline at which the watchdog stops postmaster pid.
-	// An error means the deadline is not enforced outside this process.
-	Arm(pid int, deadline time.Time) error
+	// Arm sets the deadline at which the watchdog stops postmaster pid,
+	// escalating to SIGKILL after grace. An error means the deadline is
+	// not enforced outside this process.
+	Arm(pid int, deadline time.Time, grace time.Duration) error
 	Disarm()
 	// Err is the last failure ("" while it works).
 	Err() string
