@@ -125,8 +125,8 @@ func TestBrokenWatchdogBlocksWritableSteps(t *testing.T) {
 type brokenWatchdog struct{}
 
 func (brokenWatchdog) Arm(int, time.Time, time.Duration) error { return fmt.Errorf("gone") }
-func (brokenWatchdog) Disarm()                  {}
-func (brokenWatchdog) Err() string              { return "fence watchdog cannot be restarted: gone" }
+func (brokenWatchdog) Disarm()                                 {}
+func (brokenWatchdog) Err() string                             { return "fence watchdog cannot be restarted: gone" }
 
 // fakePostmaster starts a process whose name is "postgres" (the watchdog
 // refuses to signal anything else).
