@@ -172,6 +172,9 @@ type Agent struct {
 	appliedParams map[string]string
 	paramsApplied bool
 	keysConfig    string
+	// limitsRev is the config revision applyLimits last applied.
+	limitsRev     int64
+	limitsApplied bool
 	// checkedRev/checkedOK cache storedConfigValid for one config revision.
 	checkedRev int64
 	checkedOK  bool
@@ -409,8 +412,7 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		o = a.observe(ctx)
 	}
 	prev := a.lastPublished
-	a.publish(ctx, o, p, err)
-	if m := a.member(o, p); err == nil && o.DCSErr == nil && q == last && (p.Action == ha.None || p.Action == ha.Wait) && !significant(m, prev) && o.Op == ha.OpNone {
+	if m := a.publish(ctx, o, p, err); err == nil && o.DCSErr == nil && q == last && (p.Action == ha.None || p.Action == ha.Wait) && !significant(m, prev) && o.Op == ha.OpNone {
 		a.quiet++
 	} else {
 		a.quiet = 0
@@ -1154,7 +1156,9 @@ func significant(a, b election.Member) bool {
 // then writes (and wakes other agents) rarely.
 func publishEvery(loop time.Duration) time.Duration { return max(loop*9/10, 10*time.Second) }
 
-func (a *Agent) publish(ctx context.Context, o ha.Observation, p ha.Plan, actErr error) {
+// publish stores the snapshot and puts the member state when needed; it
+// returns the state it built.
+func (a *Agent) publish(ctx context.Context, o ha.Observation, p ha.Plan, actErr error) election.Member {
 	m := a.member(o, p)
 	if actErr != nil {
 		m.Reason = fmt.Sprintf("%s (last action failed: %v)", p.Reason, actErr)
@@ -1172,15 +1176,16 @@ func (a *Agent) publish(ctx context.Context, o ha.Observation, p ha.Plan, actErr
 	// Publish when something others react to changed, else once per loop
 	// interval: every put wakes every other agent.
 	if o.DCSErr != nil || (!significant(m, a.lastPublished) && o.Now.Sub(a.lastPubAt) < publishEvery(a.loopInterval)) {
-		return
+		return m
 	}
 	if err := a.opt.DCS.PutMember(ctx, m); err != nil {
 		if !errors.Is(err, election.ErrNoLease) {
 			a.log.Warn("publish member state", "error", err)
 		}
-		return
+		return m
 	}
 	a.lastPublished, a.lastPubAt = m, o.Now
+	return m
 }
 
 // publishState publishes a transient state (cloning) before a long action.

@@ -142,9 +142,13 @@ func (a *Agent) applyLimits(c election.Cluster) {
 		return
 	}
 	cfg := c.Config
+	if a.limitsApplied && c.ConfigRev == a.limitsRev {
+		return // unchanged since it was applied: nothing to redo each round
+	}
 	if !a.storedConfigValid(cfg, c.ConfigRev) {
 		return
 	}
+	a.limitsApplied, a.limitsRev = true, c.ConfigRev
 	lag := a.opt.MaxLag
 	if cfg.MaximumLagOnFailover != nil {
 		lag = *cfg.MaximumLagOnFailover

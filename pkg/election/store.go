@@ -124,11 +124,9 @@ func (s *Store) Read(ctx context.Context) (Cluster, error) {
 // resync reads the cluster from etcd and replaces the watched view with it
 // (key by key, never with an older version than the view holds).
 func (s *Store) resync(ctx context.Context) (Cluster, error) {
-	ctx, cancel := s.rpc(ctx)
-	defer cancel()
-	resp, err := s.cli.Get(ctx, s.keys.Prefix, clientv3.WithPrefix())
+	resp, err := s.getAll(ctx)
 	if err != nil {
-		return Cluster{}, fmt.Errorf("read cluster: %w", err)
+		return Cluster{}, err
 	}
 	s.view.mu.Lock()
 	switch {
@@ -140,13 +138,7 @@ func (s *Store) resync(ctx context.Context) (Cluster, error) {
 	default:
 		// This read includes everything the view applied; events still on
 		// their way are applied on top, key by key, only when newer.
-		fresh := make(map[string]*mvccpb.KeyValue, len(resp.Kvs))
-		for _, kv := range resp.Kvs {
-			if !strings.HasPrefix(string(kv.Key), s.keys.History()) {
-				fresh[string(kv.Key)] = kv
-			}
-		}
-		s.view.kvs, s.view.rev, s.view.loadedAt, s.view.floor = fresh, resp.Header.Revision, time.Now(), resp.Header.Revision
+		s.view.kvs, s.view.rev, s.view.loadedAt, s.view.floor = s.viewOf(resp.Kvs), resp.Header.Revision, time.Now(), resp.Header.Revision
 	}
 	s.view.mu.Unlock()
 	return ParseCluster(s.keys, resp.Header.Revision, resp.Kvs), nil
@@ -156,13 +148,34 @@ func (s *Store) resync(ctx context.Context) (Cluster, error) {
 // decision that must not rest on the watch's view, such as resuming as
 // primary after a stop).
 func (s *Store) ReadFresh(ctx context.Context) (Cluster, error) {
+	resp, err := s.getAll(ctx)
+	if err != nil {
+		return Cluster{}, err
+	}
+	return ParseCluster(s.keys, resp.Header.Revision, resp.Kvs), nil
+}
+
+// getAll reads every key under the cluster prefix in one request.
+func (s *Store) getAll(ctx context.Context) (*clientv3.GetResponse, error) {
 	ctx, cancel := s.rpc(ctx)
 	defer cancel()
 	resp, err := s.cli.Get(ctx, s.keys.Prefix, clientv3.WithPrefix())
 	if err != nil {
-		return Cluster{}, fmt.Errorf("read cluster: %w", err)
+		return nil, fmt.Errorf("read cluster: %w", err)
 	}
-	return ParseCluster(s.keys, resp.Header.Revision, resp.Kvs), nil
+	return resp, nil
+}
+
+// viewOf keeps the keys of a full read that the view holds (all but the
+// history records, which no decision reads).
+func (s *Store) viewOf(kvs []*mvccpb.KeyValue) map[string]*mvccpb.KeyValue {
+	out := make(map[string]*mvccpb.KeyValue, len(kvs))
+	for _, kv := range kvs {
+		if !strings.HasPrefix(string(kv.Key), s.keys.History()) {
+			out[string(kv.Key)] = kv
+		}
+	}
+	return out
 }
 
 // ParseCluster turns the keys under the prefix into a Cluster. Unparseable
@@ -516,19 +529,12 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 // from that revision on until the watch ends. Every change reaches the
 // view; only relevant ones wake the loop.
 func (s *Store) watchOnce(ctx context.Context, wake func()) {
-	gctx, cancel := s.rpc(ctx)
-	resp, err := s.cli.Get(gctx, s.keys.Prefix, clientv3.WithPrefix())
-	cancel()
+	resp, err := s.getAll(ctx)
 	if err != nil {
 		s.log.Debug("watch: initial read failed", "error", err)
 		return
 	}
-	kvs := make(map[string]*mvccpb.KeyValue, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		if !strings.HasPrefix(string(kv.Key), s.keys.History()) {
-			kvs[string(kv.Key)] = kv
-		}
-	}
+	kvs := s.viewOf(resp.Kvs)
 	rev := resp.Header.Revision
 	s.view.mu.Lock()
 	s.view.kvs, s.view.rev, s.view.synced, s.view.loadedAt, s.view.floor = kvs, rev, true, time.Now(), rev

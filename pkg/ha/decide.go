@@ -2,6 +2,7 @@ package ha
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -128,12 +129,12 @@ func decideUnboundKey(o Observation) (Plan, bool) {
 		// apply below.
 		return Plan{}, false
 	}
-	for _, k := range sortedKeys(o.Cluster.Invalid) {
+	for _, k := range slices.Sorted(maps.Keys(o.Cluster.Invalid)) {
 		if strings.Contains(k, "/members/") {
 			return plan(Wait, "leader key %s is nobody's term, but member key %s cannot be read: not removing it", garbage(l), k), true
 		}
 	}
-	for _, name := range sortedKeys(o.Cluster.Members) {
+	for _, name := range slices.Sorted(maps.Keys(o.Cluster.Members)) {
 		if m := o.Cluster.Members[name]; mayBeWritable(m) {
 			return plan(Wait, "leader key %s is nobody's term; waiting for %s (%s %s) to settle it", garbage(l), name, m.Role, m.State), true
 		}
@@ -343,13 +344,13 @@ func decideFailover(o Observation) Plan {
 	if ok, why := qualifies(me, streamedAgo, ll, last, o.MaxLag, window); !ok {
 		return plan(Wait, "no leader; this member is not a candidate: %s", why)
 	}
-	for _, k := range sortedKeys(o.Cluster.Invalid) {
+	for _, k := range slices.Sorted(maps.Keys(o.Cluster.Invalid)) {
 		if strings.Contains(k, "/members/") {
 			return plan(Wait, "no leader; member key %s cannot be read (%s): refusing to promote on incomplete data", k, o.Cluster.Invalid[k])
 		}
 	}
 	ranks := []Rank{me}
-	for _, name := range sortedKeys(o.Cluster.Members) {
+	for _, name := range slices.Sorted(maps.Keys(o.Cluster.Members)) {
 		m := o.Cluster.Members[name]
 		if name == o.Self || name == ll.Name || m.Role != "replica" {
 			continue
@@ -411,13 +412,4 @@ func garbage(l *state.Leader) string {
 		return fmt.Sprintf("%q, no lease", v)
 	}
 	return fmt.Sprintf("%q", v)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	slices.Sort(ks)
-	return ks
 }

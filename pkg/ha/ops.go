@@ -2,6 +2,8 @@ package ha
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/cifha/cifha/pkg/state"
@@ -59,7 +61,7 @@ func decideOp(o Observation, leader string) Plan {
 		if _, alive := o.Cluster.Members[o.OpArg]; alive {
 			return plan(Refuse, "member %s is alive (its agent holds a lease); stop it first", o.OpArg)
 		}
-		for _, k := range sortedKeys(o.Cluster.Invalid) {
+		for _, k := range slices.Sorted(maps.Keys(o.Cluster.Invalid)) {
 			if strings.HasSuffix(k, "/members/"+o.OpArg) {
 				return plan(Refuse, "member %s's key exists but cannot be read: it may be alive", o.OpArg)
 			}

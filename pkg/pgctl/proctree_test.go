@@ -3,6 +3,7 @@ package pgctl
 import (
 	"context"
 	"os"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -64,7 +65,7 @@ func TestStopKillsEveryBackendOfAFrozenPostmaster(t *testing.T) {
 	if err := p.StopWithin(ctx, Fast, 200*time.Millisecond); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	if _, err := os.Stat("/proc/" + itoa(backend)); err == nil {
+	if _, err := os.Stat("/proc/" + strconv.Itoa(backend)); err == nil {
 		if Self(backend).Alive() {
 			t.Fatalf("backend %d still runs after the stop returned", backend)
 		}
@@ -74,15 +75,6 @@ func TestStopKillsEveryBackendOfAFrozenPostmaster(t *testing.T) {
 	if err := tx.Commit(cctx); err == nil {
 		t.Fatal("a transaction committed after the stop returned")
 	}
-}
-
-func itoa(n int) string {
-	b := []byte{}
-	for n > 0 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-		n /= 10
-	}
-	return string(b)
 }
 
 func TestProcStat(t *testing.T) {
