@@ -151,6 +151,9 @@ type Agent struct {
 	hookSt         hookState
 	// switchW are the API requests waiting for a switchover's outcome.
 	switchW switchWaiters
+	// replies are this round's switchover outcomes, sent once the round's
+	// snapshot is stored (sendReplies).
+	replies []pendingReply
 	// promoting is set once "promoting" was announced and stays published
 	// until postgres is seen as a primary (or stopped), so that an old
 	// leader waiting on a switchover cannot miss it.
@@ -417,6 +420,7 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	} else {
 		a.quiet = 0
 	}
+	a.sendReplies()
 	a.hooksAfter(o)
 	a.lastObs = o
 	a.metrics.observeLoop(time.Since(started), p)
@@ -764,7 +768,7 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 	case ha.ClearRequest:
 		a.log.Info("clearing request", "reason", p.Reason)
 		if sw := o.Cluster.Switchover; sw != nil {
-			a.switchW.report(sw.ID, switchResult{Message: p.Reason})
+			a.reply(sw.ID, switchResult{Message: p.Reason})
 			return dcs.ClearSwitchover(ctx, sw.ModRev)
 		}
 		return nil

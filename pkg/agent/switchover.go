@@ -87,8 +87,29 @@ func (a *Agent) switchDone(id string, ok bool, format string, args ...any) {
 		a.log.Warn("switchover did not happen", "result", msg)
 	}
 	a.metrics.switchovs.WithLabelValues(result).Inc()
-	a.switchW.report(id, switchResult{OK: ok, Message: msg})
+	a.reply(id, switchResult{OK: ok, Message: msg})
 	a.sw = nil
+}
+
+// reply queues a switchover's outcome for the waiting API request. It is
+// sent at the end of the round, after the snapshot is stored: an operator
+// told "resumed as primary" (or "done") then finds /primary and /status
+// already saying so, instead of a round of the old state.
+func (a *Agent) reply(id string, r switchResult) {
+	a.replies = append(a.replies, pendingReply{id: id, r: r})
+}
+
+type pendingReply struct {
+	id string
+	r  switchResult
+}
+
+// sendReplies sends the round's queued outcomes.
+func (a *Agent) sendReplies() {
+	for _, p := range a.replies {
+		a.switchW.report(p.id, p.r)
+	}
+	a.replies = a.replies[:0]
 }
 
 // switchoverStop is the first step: checkpoint, clean fast stop, and the

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"github.com/cifha/cifha/pkg/agent/agenttest"
 	"strings"
 	"testing"
@@ -95,13 +96,23 @@ func TestLoopSwitchover(t *testing.T) {
 func TestLoopSwitchoverCandidateLostBeforePromoting(t *testing.T) {
 	a, pg, dcs, clk := switchingLeader(t, caughtUp{2000})
 	wait := a.switchW.add("r1")
+	early := ""
 	dcs.OnRead = func(d *agenttest.DCS) {
 		if d.HandedOff && d.Cluster.Leader != nil && d.Cluster.Leader.Name == "db2" {
 			d.Cluster.Leader = nil
 			delete(d.Cluster.Members, "db2")
 		}
+		// The operator is told "resumed" only once /primary says so: a
+		// reply sent before the round's snapshot is a round of 503s for
+		// the one primary the operator was just told about.
+		if s := a.Snapshot(); len(wait) > 0 && early == "" && (s == nil || !s.IsLeader || !s.Running || s.InRecovery || s.Member.State != "running") {
+			early = fmt.Sprintf("result sent while the snapshot says %+v", s.Member)
+		}
 	}
 	step(a, clk, 10, func() bool { return len(wait) > 0 })
+	if early != "" {
+		t.Fatal(early)
+	}
 	if l := dcs.Cluster.Leader; l == nil || l.Name != "db1" {
 		t.Fatalf("leader %+v", l)
 	}
