@@ -1,5 +1,13 @@
 // Command cifha is the high-availability agent that runs on each
 // PostgreSQL host of a CIF deployment. See docs/ and `cifha --help`.
+//
+// updatemaxprocs=0: since Go 1.25 the runtime re-reads the cgroup CPU limit
+// every second to adjust GOMAXPROCS, which wakes an otherwise idle agent
+// (and its fence watchdog) sixty times a minute. cifha is never CPU-bound;
+// GOMAXPROCS is set once at start (still from the cgroup limit), and the
+// GOMAXPROCS environment variable overrides it as usual.
+//
+//go:debug updatemaxprocs=0
 package main
 
 import (

@@ -59,8 +59,11 @@ func (f *fencer) armed() int64 {
 	return f.lease
 }
 
-// idleCheck is how often a disarmed fencer looks again (arming wakes it at once).
-const idleCheck = time.Second
+// idleCheck is how often a disarmed fencer looks again without being woken.
+// Arming wakes it at once (armedCh), and so does every lease renewal: this
+// is a fallback only, long enough not to cost an idle standby a wake-up a
+// second.
+const idleCheck = 30 * time.Second
 
 // lag is how long after FenceAt the fencer acts: the loop's Decide fences
 // at FenceAt itself and the fencer is its backup, so it gives the loop the

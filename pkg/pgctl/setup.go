@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/cifha/cifha/pkg/state"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,15 +26,22 @@ const (
 // InspectDataDir tells whether dataDir is missing/empty, a data directory,
 // or something else that must not be touched.
 func InspectDataDir(dataDir string) (DataDirState, error) {
-	entries, err := os.ReadDir(dataDir)
+	d, err := os.Open(dataDir)
 	if errors.Is(err, os.ErrNotExist) {
 		return DataDirMissing, nil
 	}
 	if err != nil {
 		return DataDirForeign, fmt.Errorf("inspect data dir: %w", err)
 	}
-	if len(entries) == 0 {
+	// One name tells "empty" from "not empty"; the agent looks every
+	// round, so the full listing would be work for nothing.
+	_, err = d.Readdirnames(1)
+	d.Close()
+	if errors.Is(err, io.EOF) {
 		return DataDirMissing, nil
+	}
+	if err != nil {
+		return DataDirForeign, fmt.Errorf("inspect data dir: %w", err)
 	}
 	if _, err := os.Stat(filepath.Join(dataDir, "PG_VERSION")); err != nil {
 		return DataDirForeign, nil
