@@ -38,6 +38,9 @@ func (k Keys) LastLeader() string { return k.Prefix + "last-leader" }
 // Promotion is the promotion-claim key (lease-less; see state.PromotionClaim).
 func (k Keys) Promotion() string { return k.Prefix + "promotion" }
 
+// Sync is the synchronous-replication record (state.SyncState).
+func (k Keys) Sync() string { return k.Prefix + "sync" }
+
 // Member is member name's key.
 func (k Keys) Member(name string) string { return k.Prefix + "members/" + name }
 
@@ -237,6 +240,15 @@ func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
 			}
 			c.LastLeader = &ll
 			c.LastLeaderRev = kv.ModRevision
+		case k == keys.Sync():
+			sy, err := state.ParseSync(kv.Value)
+			if err != nil {
+				// Unknown is not "asynchronous": Invalid blocks failovers.
+				c.Invalid[k] = err.Error()
+				continue
+			}
+			sy.ModRev = kv.ModRevision
+			c.Sync = sy
 		case k == keys.Promotion():
 			var pc state.PromotionClaim
 			if err := state.DecodeStrict(kv.Value, &pc); err != nil || !ValidName(pc.Name) {
@@ -488,6 +500,41 @@ func (s *Store) PutLastLeader(ctx context.Context, rec LastLeader) error {
 		Then(clientv3.OpPut(s.keys.LastLeader(), string(b))).Commit()
 	if err != nil {
 		return fmt.Errorf("write last-leader: %w", err)
+	}
+	if !resp.Succeeded {
+		return ErrNotLeader
+	}
+	return nil
+}
+
+// PutSync writes the synchronous-replication record naming this member as
+// leader, only while it holds the key it acquired (compared by create
+// revision, like PutLastLeader).
+func (s *Store) PutSync(ctx context.Context, members []string, strict bool) error {
+	if s.leaderRev == 0 {
+		return ErrNotLeader
+	}
+	b, _ := json.Marshal(SyncState{Leader: s.name, Members: append([]string{}, members...), Strict: strict})
+	return s.leaderTxn(ctx, "write sync record", clientv3.OpPut(s.keys.Sync(), string(b)))
+}
+
+// DeleteSync removes the synchronous-replication record (synchronous mode
+// turned off), only while this member holds the leader key.
+func (s *Store) DeleteSync(ctx context.Context) error {
+	if s.leaderRev == 0 {
+		return ErrNotLeader
+	}
+	return s.leaderTxn(ctx, "delete sync record", clientv3.OpDelete(s.keys.Sync()))
+}
+
+// leaderTxn runs op if this agent still holds the leader key it acquired.
+func (s *Store) leaderTxn(ctx context.Context, what string, op clientv3.Op) error {
+	ctx, cancel := s.rpc(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(s.keys.Leader()), "=", s.leaderRev)).
+		Then(op).Commit()
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if !resp.Succeeded {
 		return ErrNotLeader

@@ -21,6 +21,7 @@ type (
 	DynamicConfig     = state.DynamicConfig
 	LeaseState        = state.LeaseState
 	PromotionClaim    = state.PromotionClaim
+	SyncState         = state.SyncState
 )
 
 // ValidName reports whether s can be a member name.

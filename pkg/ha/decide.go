@@ -341,7 +341,29 @@ func decideFailover(o Observation) Plan {
 	if !o.LastStreamed.IsZero() {
 		streamedAgo = o.Now.Sub(o.LastStreamed)
 	}
-	if ok, why := qualifies(me, streamedAgo, ll, last, o.MaxLag, window); !ok {
+	for _, k := range slices.Sorted(maps.Keys(o.Cluster.Invalid)) {
+		if strings.HasSuffix(k, "/sync") {
+			return plan(Wait, "no leader; the sync record %s cannot be read (%s): refusing to promote without knowing who has every acknowledged commit", k, o.Cluster.Invalid[k])
+		}
+	}
+	// Synchronous mode: only a standby recorded under the last leader's
+	// term has every commit it acknowledged (sync.go); the lag gate does
+	// not apply to it (it lacks nothing acknowledged), the timeline gate
+	// still does.
+	sy := o.Cluster.Sync
+	if sy != nil {
+		switch {
+		case sy.Leader != ll.Name:
+			return plan(Wait, "no leader; synchronous mode: the sync record is %s's, not the last leader %s's: no standby provably has every acknowledged commit", sy.Leader, ll.Name)
+		case !sy.Has(o.Self):
+			recorded := "none"
+			if len(sy.Members) > 0 {
+				recorded = strings.Join(sy.Members, ", ")
+			}
+			return plan(Wait, "no leader; synchronous mode: this member is not a recorded synchronous standby of %s (recorded: %s)", ll.Name, recorded)
+		}
+	}
+	if ok, why := qualifies(me, streamedAgo, ll, last, o.MaxLag, window, sy != nil); !ok {
 		return plan(Wait, "no leader; this member is not a candidate: %s", why)
 	}
 	for _, k := range slices.Sorted(maps.Keys(o.Cluster.Invalid)) {
@@ -352,7 +374,7 @@ func decideFailover(o Observation) Plan {
 	ranks := []Rank{me}
 	for _, name := range slices.Sorted(maps.Keys(o.Cluster.Members)) {
 		m := o.Cluster.Members[name]
-		if name == o.Self || name == ll.Name || m.Role != "replica" {
+		if name == o.Self || name == ll.Name || m.Role != "replica" || (sy != nil && !sy.Has(name)) {
 			continue
 		}
 		c, ok := o.Candidates[name]
@@ -363,7 +385,7 @@ func decideFailover(o Observation) Plan {
 		if !c.Running || !c.InRecovery || c.NoFailover {
 			continue // not a candidate itself, so it must not block the ones that are
 		}
-		if ok, _ := qualifies(r, c.StreamedAgo, ll, last, o.MaxLag, window); !ok {
+		if ok, _ := qualifies(r, c.StreamedAgo, ll, last, o.MaxLag, window, sy != nil); !ok {
 			continue
 		}
 		ranks = append(ranks, r)
@@ -386,10 +408,15 @@ func decideFailover(o Observation) Plan {
 //   - it streamed recently, unless it already has every byte the last
 //     leader published (then how recently it streamed does not matter: an
 //     agent restart or a rejoin just before the leader died loses nothing).
-func qualifies(r Rank, streamedAgo time.Duration, ll *state.LastLeader, last state.LSN, maxLag int64, window time.Duration) (bool, string) {
+//
+// A recorded synchronous standby (sync) passes the last two: it has every
+// acknowledged commit whatever its lag.
+func qualifies(r Rank, streamedAgo time.Duration, ll *state.LastLeader, last state.LSN, maxLag int64, window time.Duration, sync bool) (bool, string) {
 	switch {
 	case r.Timeline < ll.Timeline:
 		return false, fmt.Sprintf("it is on timeline %d, older than the last leader %s's timeline %d", r.Timeline, ll.Name, ll.Timeline)
+	case sync:
+		return true, ""
 	case last.Sub(r.Received) > maxLag:
 		return false, fmt.Sprintf("it is %d bytes behind the last leader's %s, more than maximum_lag_on_failover (%d)", last.Sub(r.Received), ll.LSN, maxLag)
 	case r.Received >= last:

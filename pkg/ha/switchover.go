@@ -2,6 +2,7 @@ package ha
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cifha/cifha/pkg/state"
@@ -84,6 +85,13 @@ func CheckCandidate(c CandidateCheck) error {
 	}
 	if m.NoFailover {
 		return fmt.Errorf("%s is tagged nofailover", name)
+	}
+	if sy := c.Cluster.Sync; sy != nil && (sy.Leader != c.Self || !sy.Has(name)) {
+		recorded := "none yet"
+		if sy.Leader == c.Self && len(sy.Members) > 0 {
+			recorded = strings.Join(sy.Members, ", ")
+		}
+		return fmt.Errorf("%s is not a recorded synchronous standby (synchronous mode; recorded: %s)", name, recorded)
 	}
 	if c.LiveErr != nil {
 		return fmt.Errorf("cannot read %s's state: %v", name, c.LiveErr)

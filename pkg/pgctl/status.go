@@ -48,9 +48,10 @@ func queriesFor(v Version) Queries {
   CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END,
   (SELECT timeline_id FROM pg_control_checkpoint()),
   (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
-  (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)`,
+  (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1),
+  current_setting('synchronous_standby_names')`,
 			Replication: `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_lsn::text, ''),
-  coalesce(replay_lsn::text, ''), coalesce(sync_state, '') FROM pg_stat_replication`,
+  coalesce(replay_lsn::text, ''), coalesce(sync_state, ''), coalesce(flush_lsn::text, '') FROM pg_stat_replication`,
 			Slots: `SELECT slot_name, active, false FROM pg_replication_slots WHERE slot_type = 'physical'`,
 		}
 	}
@@ -62,9 +63,10 @@ func queriesFor(v Version) Queries {
   CASE WHEN pg_is_in_recovery() THEN pg_is_xlog_replay_paused() ELSE false END,
   (SELECT timeline_id FROM pg_control_checkpoint()),
   (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
-  (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)`,
+  (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1),
+  current_setting('synchronous_standby_names')`,
 		Replication: `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_location::text, ''),
-  coalesce(replay_location::text, ''), coalesce(sync_state, '') FROM pg_stat_replication`,
+  coalesce(replay_location::text, ''), coalesce(sync_state, ''), coalesce(flush_location::text, '') FROM pg_stat_replication`,
 		Slots: `SELECT slot_name, active, false FROM pg_replication_slots WHERE slot_type = 'physical'`,
 	}
 }
@@ -153,7 +155,7 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		defer br.Close()
 		var cur, rcv, rpl, wrStatus *string
 		var curTLI, ckptTLI, rcvTLI *int32
-		if err := br.QueryRow().Scan(&st.InRecovery, &cur, &curTLI, &rcv, &rpl, &st.ReplayPaused, &ckptTLI, &wrStatus, &rcvTLI); err != nil {
+		if err := br.QueryRow().Scan(&st.InRecovery, &cur, &curTLI, &rcv, &rpl, &st.ReplayPaused, &ckptTLI, &wrStatus, &rcvTLI, &st.SyncNames); err != nil {
 			return fmt.Errorf("query status: %w", err)
 		}
 		var err error
@@ -183,13 +185,14 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		}
 		for rows.Next() {
 			var r Replica
-			var sent, replay string
-			if err := rows.Scan(&r.Name, &r.State, &sent, &replay, &r.SyncState); err != nil {
+			var sent, replay, flush string
+			if err := rows.Scan(&r.Name, &r.State, &sent, &replay, &r.SyncState, &flush); err != nil {
 				rows.Close()
 				return err
 			}
 			r.SentLSN, _ = ParseLSN(sent)
 			r.ReplayLSN, _ = ParseLSN(replay)
+			r.FlushLSN, _ = ParseLSN(flush)
 			if !st.InRecovery { // a standby's cascading walsenders are not its replicas
 				st.Replication = append(st.Replication, r)
 			}

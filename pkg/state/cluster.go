@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 )
 
@@ -119,6 +120,10 @@ type Cluster struct {
 	// when the key is absent).
 	Config    DynamicConfig
 	ConfigRev int64
+	// Sync is the synchronous-replication record (nil: absent, the
+	// cluster replicates asynchronously). An unreadable sync key is in
+	// Invalid and blocks every failover.
+	Sync *SyncState
 }
 
 var memberNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -185,10 +190,15 @@ type FailoverRequest struct {
 // applies them over its file configuration. Nil or empty fields mean "the
 // file's value".
 type DynamicConfig struct {
-	TTL                  string            `json:"ttl,omitempty"`
-	LoopInterval         string            `json:"loop_interval,omitempty"`
-	MaximumLagOnFailover *int64            `json:"maximum_lag_on_failover,omitempty"`
-	Parameters           map[string]string `json:"parameters,omitempty"`
+	TTL                  string `json:"ttl,omitempty"`
+	LoopInterval         string `json:"loop_interval,omitempty"`
+	MaximumLagOnFailover *int64 `json:"maximum_lag_on_failover,omitempty"`
+	// Synchronous replication, cluster-wide (override each member's
+	// [ha] settings of the same names).
+	SynchronousMode       *bool             `json:"synchronous_mode,omitempty"`
+	SynchronousModeStrict *bool             `json:"synchronous_mode_strict,omitempty"`
+	SynchronousNodeCount  *int              `json:"synchronous_node_count,omitempty"`
+	Parameters            map[string]string `json:"parameters,omitempty"`
 }
 
 // ParseSwitchover decodes a switchover request key.
@@ -271,4 +281,58 @@ func DecodeStrict(b []byte, v any) error {
 		return errors.New("invalid JSON: trailing data after the value")
 	}
 	return nil
+}
+
+// SyncState is the synchronous-replication record (the sync key), written
+// only by the leader it names, guarded like the other leader-only keys.
+// In synchronous mode it lists the standbys that have every commit the
+// leader acknowledged: each was in synchronous_standby_names (which names
+// exactly these and waits for all of them) and had flushed past the
+// leader's position after that setting took effect before it was added;
+// it is removed from here before it is removed from the setting. Only a
+// member listed under the last leader's name may be promoted by a
+// failover or a switchover. An empty list means no standby provably has
+// everything: no automatic failover until one has.
+type SyncState struct {
+	Leader  string   `json:"leader"`
+	Members []string `json:"members"`
+	// Strict: the leader keeps writes blocked rather than acknowledge
+	// them without a synchronous standby (synchronous_mode_strict).
+	Strict bool `json:"strict,omitempty"`
+	// ModRev is the key's mod revision (not stored).
+	ModRev int64 `json:"-"`
+}
+
+// Has reports whether name is listed.
+func (s *SyncState) Has(name string) bool {
+	return s != nil && slices.Contains(s.Members, name)
+}
+
+// ParseSync decodes the sync key strictly: unknown fields, a bad leader
+// or member name, or a name listed twice are refused (the record decides
+// who may be promoted; a guess here could promote a member that lacks
+// acknowledged commits).
+func ParseSync(b []byte) (*SyncState, error) {
+	var s SyncState
+	if err := DecodeStrict(b, &s); err != nil {
+		return nil, fmt.Errorf("sync record: %w", err)
+	}
+	if !ValidName(s.Leader) {
+		return nil, fmt.Errorf("sync record: leader %q is not a member name", truncateName(s.Leader))
+	}
+	seen := map[string]bool{}
+	for _, m := range s.Members {
+		if !ValidName(m) || m == s.Leader || seen[m] {
+			return nil, fmt.Errorf("sync record: member %q is not a valid, distinct standby name", truncateName(m))
+		}
+		seen[m] = true
+	}
+	return &s, nil
+}
+
+func truncateName(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
 }

@@ -52,6 +52,9 @@ type Status struct {
 	// PendingRestart lists parameters changed in the files that take
 	// effect only after a restart (pg_settings.pending_restart, 9.5+).
 	PendingRestart []string
+	// SyncNames is synchronous_standby_names as postgres applies it now
+	// (after the last reload).
+	SyncNames string
 }
 
 // Replica is one row of pg_stat_replication.
@@ -60,6 +63,9 @@ type Replica struct {
 	State     string `json:"state"`
 	SentLSN   LSN    `json:"-"`
 	ReplayLSN LSN    `json:"-"`
+	// FlushLSN is how far the standby has flushed WAL to its disk (what a
+	// synchronous commit with synchronous_commit = on waits for).
+	FlushLSN  LSN    `json:"-"`
 	SyncState string `json:"sync_state"`
 }
 

@@ -170,6 +170,8 @@ type DCS struct {
 	// (a change that lands between a read and the next write).
 	AfterRead func(d *DCS)
 	HandedOff bool
+	// SyncWrites records each PutSync (its members) and DeleteSync (nil).
+	SyncWrites [][]string
 }
 
 var _ port.DCS = (*DCS)(nil)
@@ -234,6 +236,25 @@ func (d *DCS) AppendHistory(_ context.Context, rec election.HistoryRecord) error
 func (d *DCS) PutLastLeader(_ context.Context, rec election.LastLeader) error {
 	rec.Name = d.Self
 	d.Cluster.LastLeader = &rec
+	return nil
+}
+
+func (d *DCS) PutSync(_ context.Context, members []string, strict bool) error {
+	if !d.Holds(d.Cluster) {
+		return election.ErrNotLeader
+	}
+	d.Rev++
+	d.Cluster.Sync = &election.SyncState{Leader: d.Self, Members: append([]string{}, members...), Strict: strict, ModRev: d.Rev}
+	d.SyncWrites = append(d.SyncWrites, append([]string{}, members...))
+	return nil
+}
+
+func (d *DCS) DeleteSync(_ context.Context) error {
+	if !d.Holds(d.Cluster) {
+		return election.ErrNotLeader
+	}
+	d.Cluster.Sync = nil
+	d.SyncWrites = append(d.SyncWrites, nil)
 	return nil
 }
 

@@ -88,6 +88,10 @@ type DCS interface {
 	Resign(ctx context.Context) error
 	PutMember(ctx context.Context, m election.Member) error
 	PutLastLeader(ctx context.Context, rec election.LastLeader) error
+	// PutSync and DeleteSync write the synchronous-replication record
+	// (leader only).
+	PutSync(ctx context.Context, members []string, strict bool) error
+	DeleteSync(ctx context.Context) error
 	AppendHistory(ctx context.Context, rec election.HistoryRecord) error
 	// Handoff gives the leader key to member to (bound to toLease).
 	Handoff(ctx context.Context, to string, toLease int64, rec election.LastLeader, swModRev int64) error
