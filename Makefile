@@ -41,6 +41,8 @@ fuzz:
 	$(GO) test ./pkg/cifsync -run '^$$' -fuzz FuzzSetDBHost -fuzztime 30s
 	$(GO) test ./pkg/election -run '^$$' -fuzz FuzzServerVersion -fuzztime 30s
 	$(GO) test ./pkg/state -run '^$$' -fuzz FuzzValidators -fuzztime 30s
+	$(GO) test ./pkg/state -run '^$$' -fuzz FuzzParseSyncStandbyNames -fuzztime 30s
+	$(GO) test ./pkg/election -run '^$$' -fuzz '^FuzzParseSync$$' -fuzztime 30s
 
 demo: deps build
 	$(GO) build -o bin/ ./cmd/cifha-demo

@@ -188,6 +188,17 @@ type HA struct {
 	// RemoveDataDirectoryOnRewindFailure lets a member whose pg_rewind failed
 	// re-clone; its old data directory is moved aside, never deleted.
 	RemoveDataDirectoryOnRewindFailure bool `toml:"remove_data_directory_on_rewind_failure"`
+	// SynchronousMode: the leader makes commits wait for a standby
+	// (synchronous_standby_names, managed) and records in etcd which
+	// standbys have every acknowledged commit; only those are promoted.
+	// The cluster-wide setting of the same name (cifhactl set) wins.
+	SynchronousMode bool `toml:"synchronous_mode"`
+	// SynchronousModeStrict: with no synchronous standby available,
+	// commits wait instead of falling back to asynchronous replication.
+	SynchronousModeStrict bool `toml:"synchronous_mode_strict"`
+	// SynchronousNodeCount is how many standbys each commit waits for when
+	// that many are healthy (default 1).
+	SynchronousNodeCount int `toml:"synchronous_node_count"`
 
 	// MaxLagBytes is MaximumLagOnFailover parsed.
 	MaxLagBytes int64 `toml:"-"`
@@ -256,6 +267,7 @@ func Default() Config {
 			PrimaryStartTimeout:  Duration{DefaultPrimaryStartTimeout},
 			MaximumLagOnFailover: "1MB",
 			PromoteMethod:        "pg_ctl",
+			SynchronousNodeCount: 1,
 		},
 		Log:       Log{Level: "info", Format: "text"},
 		Callbacks: Callbacks{Timeout: Duration{30 * time.Second}},
@@ -390,21 +402,22 @@ var paramRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
 // managedParams are written by cifha itself; setting them in
 // [postgres.parameters] would break replication or the agent's control.
 var managedParams = map[string]string{
-	"listen_addresses":        "postgres.listen",
-	"port":                    "postgres.port",
-	"unix_socket_directories": "postgres.socket_dir",
-	"hba_file":                "postgres.hba",
-	"ident_file":              "postgres.hba",
-	"primary_conninfo":        "(managed by cifha)",
-	"primary_slot_name":       "(managed by cifha)",
-	"archive_command":         "postgres.archive_command",
-	"archive_mode":            "postgres.archive_command",
-	"wal_level":               "(managed by cifha)",
-	"hot_standby":             "(managed by cifha)",
-	"data_directory":          "postgres.data_dir",
-	"config_file":             "(managed by cifha)",
-	"wal_log_hints":           "(managed by cifha)",
-	"cluster_name":            "name",
+	"listen_addresses":          "postgres.listen",
+	"port":                      "postgres.port",
+	"unix_socket_directories":   "postgres.socket_dir",
+	"hba_file":                  "postgres.hba",
+	"ident_file":                "postgres.hba",
+	"primary_conninfo":          "(managed by cifha)",
+	"primary_slot_name":         "(managed by cifha)",
+	"archive_command":           "postgres.archive_command",
+	"archive_mode":              "postgres.archive_command",
+	"wal_level":                 "(managed by cifha)",
+	"hot_standby":               "(managed by cifha)",
+	"data_directory":            "postgres.data_dir",
+	"config_file":               "(managed by cifha)",
+	"wal_log_hints":             "(managed by cifha)",
+	"cluster_name":              "name",
+	"synchronous_standby_names": "ha.synchronous_mode (managed by cifha)",
 }
 
 func (c *Config) validate() []*FieldError {
@@ -590,6 +603,12 @@ func (c *Config) validate() []*FieldError {
 	}
 	if c.HA.StartTimeout.Duration <= 0 {
 		bad("ha.start_timeout", "%s must be positive", c.HA.StartTimeout.Duration)
+	}
+	if c.HA.SynchronousNodeCount < 1 || c.HA.SynchronousNodeCount > 64 {
+		bad("ha.synchronous_node_count", "%d must be between 1 and 64", c.HA.SynchronousNodeCount)
+	}
+	if c.HA.SynchronousModeStrict && !c.HA.SynchronousMode {
+		bad("ha.synchronous_mode_strict", "needs synchronous_mode = true")
 	}
 	if n, err := ParseBytes(c.HA.MaximumLagOnFailover); err != nil {
 		bad("ha.maximum_lag_on_failover", "%v", err)

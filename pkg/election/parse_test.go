@@ -79,3 +79,33 @@ func FuzzParseRequests(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseSync: whatever sits in the sync key, it is either a record with
+// a valid leader and distinct valid standby names, or listed as invalid
+// (which blocks failovers): never silently "asynchronous".
+func FuzzParseSync(f *testing.F) {
+	f.Add(`{"leader":"db1","members":["db2"]}`)
+	f.Add(`{"leader":"db1","members":["db2","db2"]}`)
+	f.Add(`{"leader":"db1","members":["db1"],"strict":true}`)
+	f.Add(`{"leader":"db1","members":null,"extra":1}`)
+	keys := KeysFor("c")
+	f.Fuzz(func(t *testing.T, v string) {
+		c := ParseCluster(keys, 1, []*mvccpb.KeyValue{{Key: []byte(keys.Sync()), Value: []byte(v), ModRevision: 4}})
+		if c.Sync == nil {
+			if c.Invalid[keys.Sync()] == "" {
+				t.Fatal("rejected sync record not listed as invalid")
+			}
+			return
+		}
+		if !ValidName(c.Sync.Leader) || c.Sync.ModRev != 4 {
+			t.Fatalf("bad record accepted: %+v", c.Sync)
+		}
+		seen := map[string]bool{}
+		for _, m := range c.Sync.Members {
+			if !ValidName(m) || m == c.Sync.Leader || seen[m] {
+				t.Fatalf("bad member accepted: %+v", c.Sync)
+			}
+			seen[m] = true
+		}
+	})
+}
