@@ -52,6 +52,9 @@ type Options struct {
 	Peers Peers
 	// MaxLag is maximum_lag_on_failover in bytes.
 	MaxLag int64
+	// Sync is this member's file setting of synchronous mode; the
+	// cluster-wide setting wins where set.
+	Sync ha.SyncConfig
 	// RecentWindow: a candidate must have streamed within this (2 x ttl).
 	RecentWindow time.Duration
 	// TriggerFile, when set, promotes by creating it instead of pg_ctl promote.
@@ -110,6 +113,8 @@ type Snapshot struct {
 	ObservedAt time.Time
 	// LoopInterval is the loop interval in effect.
 	LoopInterval time.Duration
+	// Sync is the synchronous mode in effect.
+	Sync ha.SyncConfig
 }
 
 // Agent is the per-host daemon's core. Run is its only acting goroutine.
@@ -170,6 +175,15 @@ type Agent struct {
 	pending *opRequest
 	// Cluster-wide settings as applied: maxLag is read by the API too.
 	maxLag        atomic.Int64
+	// syncCfg is the effective synchronous mode (loop goroutine only);
+	// syncMark what DecideSync needs remembered (ha.SyncMark).
+	syncCfg  ha.SyncConfig
+	syncMark ha.SyncMark
+	// lastSyncReason, lastSyncRaw: what was last logged and applied.
+	lastSyncReason, lastSyncRaw string
+	// standbySyncNames is the value a standby last configured.
+	standbySyncNames string
+	standbySyncSet   bool
 	loopInterval  time.Duration
 	loopChanged   bool
 	appliedParams map[string]string
@@ -217,6 +231,7 @@ func New(opt Options) *Agent {
 	a := &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}, ops: make(chan *opRequest),
 		loopInterval: opt.LoopInterval, keysConfig: opt.ConfigKey}
 	a.maxLag.Store(opt.MaxLag)
+	a.syncCfg = opt.Sync
 	a.metrics = newMetrics(a)
 	a.fence = &fencer{a: a, armedCh: make(chan struct{}, 1)}
 	if len(opt.Hooks.OnStart)+len(opt.Hooks.OnStop)+len(opt.Hooks.OnRoleChange) > 0 {
@@ -395,6 +410,9 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		a.log.Log(level, "plan", "action", p.Action.String(), "target", p.Target, "reason", p.Reason)
 	}
 	a.lastPlan = p
+	if !o.Running && o.DCSErr == nil {
+		a.primeSyncNames(o.Cluster)
+	}
 	err := a.act(ctx, o, p)
 	if err != nil {
 		a.log.Error("action failed", "action", p.Action.String(), "error", err)
@@ -406,6 +424,7 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		a.leaderHousekeeping(ctx, o)
 	} else if o.DCSErr == nil && o.PG != nil && o.PG.InRecovery && p.Action == ha.None {
 		a.ensureSlots(ctx, o)
+		a.standbySync()
 	}
 	switch p.Action {
 	case ha.Switchover, ha.SwitchoverRollback, ha.SwitchoverFollow, ha.TakeBack:
@@ -960,6 +979,9 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 		a.opt.PG.RemoveTriggerFile(a.opt.TriggerFile)
 	}
 	a.ensureSlots(ctx, o)
+	if a.syncStep(ctx, o) {
+		a.quiet = 0 // the next step is due at the next loop interval, not the idle one
+	}
 	if h := a.pendingHistory; h != nil {
 		// After a promotion: checkpoint (so pg_rewind on the old primary sees
 		// the new timeline), then record the change.
@@ -1168,7 +1190,7 @@ func (a *Agent) publish(ctx context.Context, o ha.Observation, p ha.Plan, actErr
 		m.Reason = fmt.Sprintf("%s (last action failed: %v)", p.Reason, actErr)
 	}
 	snap := &Snapshot{Member: m, Cluster: o.Cluster, IsLeader: o.HoldsLeader, Lease: o.Lease,
-		Running: o.Running, Plan: p, ObservedAt: o.Now, LoopInterval: a.loopInterval}
+		Running: o.Running, Plan: p, ObservedAt: o.Now, LoopInterval: a.loopInterval, Sync: a.syncCfg}
 	if o.PG != nil {
 		snap.InRecovery = o.PG.InRecovery
 		snap.Streaming = o.PG.InRecovery && o.PG.WalReceiver == "streaming"

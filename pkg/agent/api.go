@@ -42,6 +42,14 @@ func Handler(a *Agent) http.Handler {
 			}
 			if s != nil {
 				st.LoopInterval = s.LoopInterval.String()
+				st.SynchronousMode = "off"
+				if s.Sync.On {
+					st.SynchronousMode = "on"
+					if s.Sync.Strict {
+						st.SynchronousMode = "strict"
+					}
+				}
+				st.Sync = s.Cluster.Sync
 			}
 			writeJSON(w, code, st)
 		}

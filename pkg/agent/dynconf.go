@@ -36,6 +36,7 @@ var managedParams = map[string]string{
 	"recovery_target_time": "would stop a standby's recovery", "recovery_target_xid": "would stop a standby's recovery",
 	"recovery_target_action": "would stop a standby's recovery", "recovery_target_timeline": "managed by cifha",
 	"recovery_target_inclusive": "would stop a standby's recovery",
+	"synchronous_standby_names": "managed by cifha: set synchronous_mode",
 }
 
 // codeParams run commands or load code on every database host: write
@@ -123,6 +124,34 @@ func ApplySet(cur election.DynamicConfig, set map[string]string, settings map[st
 				return cur, &ConfigError{k, err.Error()}
 			}
 			out.MaximumLagOnFailover = &n
+		case k == "synchronous_mode" || k == "synchronous_mode_strict":
+			if v == "" {
+				if k == "synchronous_mode" {
+					out.SynchronousMode = nil
+				} else {
+					out.SynchronousModeStrict = nil
+				}
+				continue
+			}
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return cur, &ConfigError{k, fmt.Sprintf("%q is not true or false", v)}
+			}
+			if k == "synchronous_mode" {
+				out.SynchronousMode = &b
+			} else {
+				out.SynchronousModeStrict = &b
+			}
+		case k == "synchronous_node_count":
+			if v == "" {
+				out.SynchronousNodeCount = nil
+				continue
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return cur, &ConfigError{k, fmt.Sprintf("%q is not a whole number", v)}
+			}
+			out.SynchronousNodeCount = &n
 		case strings.HasPrefix(k, "postgresql.parameters.") || strings.HasPrefix(k, "parameters."):
 			name := k[strings.LastIndex(k, "parameters.")+len("parameters."):]
 			if v == "" {
@@ -134,7 +163,7 @@ func ApplySet(cur election.DynamicConfig, set map[string]string, settings map[st
 			}
 			out.Parameters[name] = v
 		default:
-			return cur, &ConfigError{k, "unknown setting (known: ttl, loop_interval, maximum_lag_on_failover, postgresql.parameters.NAME)"}
+			return cur, &ConfigError{k, "unknown setting (known: ttl, loop_interval, maximum_lag_on_failover, synchronous_mode, synchronous_mode_strict, synchronous_node_count, postgresql.parameters.NAME)"}
 		}
 	}
 	if len(out.Parameters) == 0 {
@@ -195,6 +224,9 @@ func ValidateDynamic(c election.DynamicConfig, settings map[string]pgctl.Setting
 	}
 	if c.MaximumLagOnFailover != nil && *c.MaximumLagOnFailover <= 0 {
 		return &ConfigError{"maximum_lag_on_failover", "must be positive"}
+	}
+	if n := c.SynchronousNodeCount; n != nil && (*n < 1 || *n > 64) {
+		return &ConfigError{"synchronous_node_count", fmt.Sprintf("%d must be between 1 and 64", *n)}
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Parameters)) {
 		if err := checkParam(name, c.Parameters[name], settings); err != nil {

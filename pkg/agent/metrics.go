@@ -78,6 +78,9 @@ var stateDescs = []struct{ name, help string }{
 	{"cifha_cluster_members", "Members publishing their state in etcd."},
 	{"cifha_pending_restart_parameters", "Parameters changed that need a restart of postgres on this member."},
 	{"cifha_observation_age_seconds", "Seconds since the HA loop last observed the cluster (a hung loop grows it)."},
+	{"cifha_synchronous_mode", "1 when synchronous mode is in effect on this member (2: strict), 0 when off."},
+	{"cifha_synchronous_standbys", "On the leader in synchronous mode: standbys recorded as synchronous (every acknowledged commit is on each; 0 means no automatic failover)."},
+	{"cifha_is_synchronous_standby", "1 when this member is recorded as a synchronous standby of the current leader."},
 	{"cifha_fence_watchdog_ok", "1 while the separate fence watchdog process takes deadlines (0: a primary is fenced and none is started)."},
 }
 
@@ -125,6 +128,22 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		vals["cifha_cluster_members"] = float64(len(s.Cluster.Members))
 		vals["cifha_pending_restart_parameters"] = float64(len(s.Member.PendingRestart))
 		vals["cifha_observation_age_seconds"] = now.Sub(s.ObservedAt).Seconds()
+		vals["cifha_synchronous_mode"] = 0
+		if s.Sync.On {
+			vals["cifha_synchronous_mode"] = 1
+			if s.Sync.Strict {
+				vals["cifha_synchronous_mode"] = 2
+			}
+		}
+		sy := s.Cluster.Sync
+		if s.IsLeader && s.Sync.On {
+			n := 0
+			if sy != nil && sy.Leader == s.Member.Name {
+				n = len(sy.Members)
+			}
+			vals["cifha_synchronous_standbys"] = float64(n)
+		}
+		vals["cifha_is_synchronous_standby"] = b(sy != nil && leader != nil && leader.Valid && sy.Leader == leader.Name && sy.Has(s.Member.Name))
 	}
 	for _, d := range stateDescs {
 		v, ok := vals[d.name]

@@ -154,6 +154,20 @@ func (a *Agent) applyLimits(c election.Cluster) {
 		lag = *cfg.MaximumLagOnFailover
 	}
 	a.maxLag.Store(lag)
+	sc := a.opt.Sync
+	if v := cfg.SynchronousMode; v != nil {
+		sc.On = *v
+	}
+	if v := cfg.SynchronousModeStrict; v != nil {
+		sc.Strict = *v
+	}
+	if v := cfg.SynchronousNodeCount; v != nil {
+		sc.Count = *v
+	}
+	if sc != a.syncCfg {
+		a.log.Info("synchronous mode changed", "on", sc.On, "strict", sc.Strict, "count", sc.Count)
+		a.syncCfg = sc
+	}
 	loop := a.opt.LoopInterval
 	if cfg.LoopInterval != "" {
 		// The one timing rule, with this member's own ttl and margin.

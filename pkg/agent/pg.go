@@ -22,7 +22,12 @@ type PG struct {
 	// dynamic are the cluster-wide parameters from etcd, written after the
 	// file's (they win). Only the loop goroutine sets them.
 	dynamic map[string]string
+	// syncNames is synchronous_standby_names as the loop last chose it.
+	syncNames string
 }
+
+// SetSyncNames implements Postgres.
+func (p *PG) SetSyncNames(v string) { p.syncNames = v }
 
 // SetDynamicParams implements Postgres.
 func (p *PG) SetDynamicParams(params map[string]string) { p.dynamic = params }
@@ -30,6 +35,10 @@ func (p *PG) SetDynamicParams(params map[string]string) { p.dynamic = params }
 // settings is the node's settings with the cluster-wide parameters last.
 func (p *PG) settings() pgctl.Settings {
 	s := p.Settings
+	// Always written, empty included: a value left from an earlier term
+	// must not survive in the file.
+	s.Params = append(append([]tuning.Param{}, s.Params...), tuning.Param{Name: "synchronous_standby_names",
+		Value: tuning.Quote(p.syncNames), Comment: "managed by cifha (synchronous_mode)"})
 	if len(p.dynamic) == 0 {
 		return s
 	}

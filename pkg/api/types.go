@@ -26,6 +26,11 @@ type StatusResponse struct {
 	// FenceWatchdogError says why the fence watchdog does not work ("":
 	// it does); while it is set no step makes postgres writable.
 	FenceWatchdogError string `json:"fence_watchdog_error,omitempty"`
+	// SynchronousMode is this member's effective setting: "off", "on" or
+	// "strict"; Sync the leader's record (who has every acknowledged
+	// commit), nil when absent.
+	SynchronousMode string           `json:"synchronous_mode"`
+	Sync            *state.SyncState `json:"sync,omitempty"`
 }
 
 // WALResponse is the body of GET /wal.

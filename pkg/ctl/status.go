@@ -29,7 +29,10 @@ type MemberStatus struct {
 	// LSN; nil when it cannot be known (shown as "unknown").
 	LagBytes     *int64 `json:"lag_bytes,omitempty"`
 	ReplayPaused bool   `json:"replay_paused,omitempty"`
-	Reachable    bool   `json:"reachable"`
+	// Synchronous: recorded by the leader as a synchronous standby (it has
+	// every acknowledged commit; only such a member is promoted).
+	Synchronous bool `json:"synchronous,omitempty"`
+	Reachable   bool `json:"reachable"`
 	APIURL       string `json:"api_url"`
 	Reason       string `json:"reason,omitempty"`
 	Error        string `json:"error,omitempty"`
@@ -58,6 +61,9 @@ type ClusterStatus struct {
 	Paused bool `json:"paused"`
 	// Switchover describes a pending (scheduled) switchover, if any.
 	Switchover string `json:"switchover,omitempty"`
+	// Sync is the leader's synchronous-replication record (nil:
+	// asynchronous replication).
+	Sync *state.SyncState `json:"sync,omitempty"`
 }
 
 // Healthy reports whether there is a leader and every member answered.
@@ -72,7 +78,7 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 		return ClusterStatus{}, fmt.Errorf("read cluster %q from etcd: %w", cluster, err)
 	}
 	c := election.ParseCluster(keys, resp.Header.Revision, resp.Kvs)
-	out := ClusterStatus{Cluster: cluster, Invalid: c.Invalid, Ignored: c.Ignored, Paused: c.Paused}
+	out := ClusterStatus{Cluster: cluster, Invalid: c.Invalid, Ignored: c.Ignored, Paused: c.Paused, Sync: c.Sync}
 	if sw := c.Switchover; sw != nil {
 		out.Switchover = fmt.Sprintf("from %s to %s", sw.From, sw.To)
 		if !sw.At.IsZero() {
@@ -119,6 +125,8 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 		switch {
 		case n == out.Leader:
 			row.Role = "Leader"
+		case c.Sync != nil && c.Sync.Leader == out.Leader && c.Sync.Has(n):
+			row.Role, row.Synchronous = "Sync Standby", true
 		case m.Role == "replica":
 			row.Role = "Replica"
 		case m.Role == "primary":

@@ -32,6 +32,11 @@ type Postgres struct {
 	Dynamic   map[string]string
 	// failStart makes Start fail.
 	FailStart bool
+	// Replication is what a primary's pg_stat_replication shows.
+	Replication []pgctl.Replica
+	// SyncNames is synchronous_standby_names as written to the config
+	// (SetSyncNames); SyncEffective as postgres applies it (Reload, Start).
+	SyncNames, SyncEffective string
 }
 
 var _ port.Postgres = (*Postgres)(nil)
@@ -58,7 +63,10 @@ func (f *Postgres) Status(context.Context) (pgctl.Status, error) {
 	if !f.Up {
 		return pgctl.Status{}, pgctl.ErrNotRunning
 	}
-	st := pgctl.Status{InRecovery: f.InRecovery, Timeline: 1, CurrentLSN: 1000, Slots: f.Slots}
+	st := pgctl.Status{InRecovery: f.InRecovery, Timeline: 1, CurrentLSN: 1000, Slots: f.Slots, SyncNames: f.SyncEffective}
+	if !f.InRecovery {
+		st.Replication = append([]pgctl.Replica{}, f.Replication...)
+	}
 	if f.InRecovery {
 		st.CurrentLSN, st.ReceiveLSN, st.ReplayLSN, st.WalReceiver = 0, f.Recv, f.Recv, "streaming"
 	}
@@ -107,7 +115,15 @@ func (f *Postgres) Crash() {
 		close(f.exited)
 	}
 }
-func (f *Postgres) Reload() error { f.call("reload"); return nil }
+func (f *Postgres) Reload() error {
+	f.call("reload")
+	f.SyncEffective = f.SyncNames
+	return nil
+}
+func (f *Postgres) SetSyncNames(v string) {
+	f.call("sync-names " + v)
+	f.SyncNames = v
+}
 func (f *Postgres) Promote(context.Context) error {
 	f.call("promote")
 	f.InRecovery = false

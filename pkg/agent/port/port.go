@@ -61,6 +61,9 @@ type Postgres interface {
 	// SetDynamicParams sets the cluster-wide parameters the next Configure
 	// writes after the file's.
 	SetDynamicParams(params map[string]string)
+	// SetSyncNames sets the synchronous_standby_names the next Configure
+	// writes (state.SyncStandbyNames; "" for none).
+	SetSyncNames(value string)
 	DropSlot(ctx context.Context, name string) error
 }
 
