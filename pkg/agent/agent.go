@@ -174,7 +174,7 @@ type Agent struct {
 	ops     chan *opRequest
 	pending *opRequest
 	// Cluster-wide settings as applied: maxLag is read by the API too.
-	maxLag        atomic.Int64
+	maxLag atomic.Int64
 	// syncCfg is the effective synchronous mode (loop goroutine only);
 	// syncMark what DecideSync needs remembered (ha.SyncMark).
 	syncCfg  ha.SyncConfig
@@ -184,11 +184,11 @@ type Agent struct {
 	// standbySyncNames is the value a standby last configured.
 	standbySyncNames string
 	standbySyncSet   bool
-	loopInterval  time.Duration
-	loopChanged   bool
-	appliedParams map[string]string
-	paramsApplied bool
-	keysConfig    string
+	loopInterval     time.Duration
+	loopChanged      bool
+	appliedParams    map[string]string
+	paramsApplied    bool
+	keysConfig       string
 	// limitsRev is the config revision applyLimits last applied.
 	limitsRev     int64
 	limitsApplied bool

@@ -31,11 +31,11 @@ type MemberStatus struct {
 	ReplayPaused bool   `json:"replay_paused,omitempty"`
 	// Synchronous: recorded by the leader as a synchronous standby (it has
 	// every acknowledged commit; only such a member is promoted).
-	Synchronous bool `json:"synchronous,omitempty"`
-	Reachable   bool `json:"reachable"`
-	APIURL       string `json:"api_url"`
-	Reason       string `json:"reason,omitempty"`
-	Error        string `json:"error,omitempty"`
+	Synchronous bool   `json:"synchronous,omitempty"`
+	Reachable   bool   `json:"reachable"`
+	APIURL      string `json:"api_url"`
+	Reason      string `json:"reason,omitempty"`
+	Error       string `json:"error,omitempty"`
 	// PendingRestart lists parameters waiting for `cifhactl restart`.
 	PendingRestart []string `json:"pending_restart,omitempty"`
 	// TTL is the lease ttl the member's agent runs with; AgentRestartPending

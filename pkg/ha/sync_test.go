@@ -112,7 +112,10 @@ func TestSyncInvariantRandomWalk(t *testing.T) {
 
 func walk(t *testing.T, seed uint64) {
 	rnd := seed
-	next := func(n int) int { rnd = rnd*6364136223846793005 + 1442695040888963407; return int((rnd >> 33) % uint64(n)) }
+	next := func(n int) int {
+		rnd = rnd*6364136223846793005 + 1442695040888963407
+		return int((rnd >> 33) % uint64(n))
+	}
 	names := []string{"db2", "db3", "db4"}
 	cfg := SyncConfig{On: true, Strict: seed%2 == 0, Count: 1 + int(seed%3)%2}
 	up := map[string]bool{}
@@ -227,7 +230,7 @@ func TestFailoverSynchronous(t *testing.T) {
 // synchronous standby of this leader.
 func TestCheckCandidateSynchronous(t *testing.T) {
 	base := CandidateCheck{Self: "db1", Candidate: "db2", LeaderLSN: 0x1000, MaxLag: 1 << 20, RecentWindow: 6e9,
-		Live: Candidate{Running: true, InRecovery: true, ReceiveLSN: 0x1000, ReplayLSN: 0x1000, StreamedAgo: 1e9},
+		Live:    Candidate{Running: true, InRecovery: true, ReceiveLSN: 0x1000, ReplayLSN: 0x1000, StreamedAgo: 1e9},
 		Cluster: state.Cluster{Members: members("db2")}}
 	for _, tc := range []struct {
 		sync *state.SyncState
