@@ -426,11 +426,11 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		a.ensureSlots(ctx, o)
 		a.standbySync()
 	}
-	switch p.Action {
-	case ha.Switchover, ha.SwitchoverRollback, ha.SwitchoverFollow, ha.TakeBack:
-		// The role changed under the observation (a leader stopped, or
-		// resumed): publishing the old one would keep /primary answering
-		// wrongly for a round.
+	if (p.Action.MakesWritable() || p.Action == ha.Demote || p.Action == ha.Fence || p.Action == ha.Switchover ||
+		p.Action == ha.SwitchoverFollow) {
+		// The role changed under the observation (a standby promoted, a
+		// leader stopped or resumed): publishing the old one would keep
+		// /primary answering wrongly for a round.
 		o = a.observe(ctx)
 	}
 	prev := a.lastPublished

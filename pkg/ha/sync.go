@@ -180,6 +180,8 @@ func DecideSync(in SyncInput) SyncStep {
 		}
 	}
 	switch {
+	case len(want) == 0 && len(recorded) > 0 && cfg.Strict:
+		return SyncStep{Reason: "synchronous mode (strict): synchronous standby " + strings.Join(recorded, ", ") + " is not healthy and no other is; commits wait"}
 	case len(recorded) == 0 && len(want) == 0 && cfg.Strict:
 		return SyncStep{Reason: "synchronous mode (strict): no healthy standby; commits wait"}
 	case len(recorded) == 0 && len(want) == 0:

@@ -73,7 +73,7 @@ func TestDecideSync(t *testing.T) {
 		{"strict, nobody ever: the placeholder blocks commits", SyncInput{Config: strict, Record: rec("db1", true), Effective: eff()},
 			SyncStep{Kind: SyncSetNames, Block: true}, "commits wait"},
 		{"strict, recorded standby gone, none other: kept (commits wait)", SyncInput{Config: strict, Record: rec("db1", true, "db2"), Effective: eff("db2"), Members: members()},
-			SyncStep{Kind: SyncNone}, "db2"},
+			SyncStep{Kind: SyncNone}, "db2 is not healthy and no other is; commits wait"},
 		{"strict, another standby comes: the dead one leaves the record first", SyncInput{Config: strict, Record: rec("db1", true, "db2"), Effective: eff("db2"), Replicas: []state.Replica{rep("db3", 100, "async")}, Members: members("db3")},
 			SyncStep{Kind: SyncRecord, Members: []string{}}, "removed"},
 		{"strict, then the setting names the new one", SyncInput{Config: strict, Record: rec("db1", true), Effective: eff("db2"), Replicas: []state.Replica{rep("db3", 100, "async")}, Members: members("db3")},
