@@ -426,8 +426,8 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		a.ensureSlots(ctx, o)
 		a.standbySync()
 	}
-	if (p.Action.MakesWritable() || p.Action == ha.Demote || p.Action == ha.Fence || p.Action == ha.Switchover ||
-		p.Action == ha.SwitchoverFollow) {
+	if p.Action.MakesWritable() || p.Action == ha.Demote || p.Action == ha.Fence || p.Action == ha.Switchover ||
+		p.Action == ha.SwitchoverFollow {
 		// The role changed under the observation (a standby promoted, a
 		// leader stopped or resumed): publishing the old one would keep
 		// /primary answering wrongly for a round.
