@@ -28,6 +28,8 @@ func TestApplySet(t *testing.T) {
 		{"postgresql.parameters.random_page_cost": "1.1"},
 		{"postgresql.parameters.pg_stat_statements.max": "1000"},
 		{"ttl": "6s", "loop_interval": "500ms"},
+		{"synchronous_mode": "true", "synchronous_mode_strict": "false", "synchronous_node_count": "2"},
+		{"synchronous_mode": ""},
 	}
 	for _, set := range good {
 		if _, err := ApplySet(election.DynamicConfig{}, set, testSettings, lim); err != nil {
@@ -52,6 +54,11 @@ func TestApplySet(t *testing.T) {
 		{map[string]string{"ttl": "soon"}, "ttl"},
 		{map[string]string{"loop_interval": "8s"}, "loop_interval"},
 		{map[string]string{"colour": "blue"}, "colour"},
+		{map[string]string{"synchronous_mode": "yes please"}, "synchronous_mode"},
+		{map[string]string{"synchronous_mode_strict": "2"}, "synchronous_mode_strict"},
+		{map[string]string{"synchronous_node_count": "0"}, "synchronous_node_count"},
+		{map[string]string{"synchronous_node_count": "many"}, "synchronous_node_count"},
+		{map[string]string{"postgresql.parameters.synchronous_standby_names": "*"}, "postgresql.parameters.synchronous_standby_names"},
 		{map[string]string{"postgresql.parameters.wal_level": "minimal"}, "postgresql.parameters.wal_level"},
 		{map[string]string{"postgresql.parameters.fsync": "off"}, "postgresql.parameters.fsync"},
 		{map[string]string{"postgresql.parameters.fsync": "of"}, "postgresql.parameters.fsync"},

@@ -132,3 +132,31 @@ func TestLoopSyncStandbyStrictPlaceholder(t *testing.T) {
 		t.Fatalf("standby in strict mode: setting %q, calls %v", pg.SyncEffective, pg.Calls)
 	}
 }
+
+// TestLoopSyncClusterWideSwitch: `cifhactl set synchronous_mode true` turns
+// it on for a leader whose file says off; turning it off again empties the
+// setting first, then deletes the record.
+func TestLoopSyncClusterWideSwitch(t *testing.T) {
+	a, pg, dcs := syncLeader(t, false)
+	a.opt.Sync, a.syncCfg = ha.SyncConfig{Count: 1}, ha.SyncConfig{Count: 1}
+	rounds(a, 3)
+	if dcs.Cluster.Sync != nil || pg.SyncEffective != "" {
+		t.Fatalf("file says off: record %+v setting %q", dcs.Cluster.Sync, pg.SyncEffective)
+	}
+	on, off := true, false
+	dcs.Cluster.Config.SynchronousMode, dcs.Cluster.ConfigRev = &on, 40
+	pg.Replication[0].SyncState = "sync"
+	rounds(a, 5)
+	if !dcs.Cluster.Sync.Has("db2") || pg.SyncEffective != `FIRST 1 ("db2")` {
+		t.Fatalf("cluster-wide on: record %+v setting %q", dcs.Cluster.Sync, pg.SyncEffective)
+	}
+	dcs.Cluster.Config.SynchronousMode, dcs.Cluster.ConfigRev = &off, 41
+	rounds(a, 1)
+	if dcs.Cluster.Sync == nil || pg.SyncEffective != "" {
+		t.Fatalf("turning off: the setting goes first (record %+v setting %q)", dcs.Cluster.Sync, pg.SyncEffective)
+	}
+	rounds(a, 1)
+	if dcs.Cluster.Sync != nil {
+		t.Fatalf("record %+v left after synchronous mode was turned off", dcs.Cluster.Sync)
+	}
+}
