@@ -1,0 +1,389 @@
+// Package etcdcluster runs a real multi-member etcd cluster for tests and
+// the local demo: each member is a separate cifha-devetcd process (etcd's own
+// etcdmain, built from this module), so that one member can be killed,
+// frozen with SIGSTOP, or cut off from its peers while its clients still
+// reach it. Loopback only.
+//
+// Peer isolation: every member's peer traffic goes through a proxy in this
+// process (its advertised peer URL is the proxy's). etcd's peer requests
+// carry the sender's advertised peer URLs in the X-PeerURLs header, so the
+// proxies can drop the isolated member's connections in both directions:
+// everything arriving at its own proxy, and everything it opens to the
+// others'.
+package etcdcluster
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Cluster is the running members.
+type Cluster struct {
+	Members []*Member
+	bin     string
+}
+
+// Member is one etcd process.
+type Member struct {
+	Name       string
+	Dir        string
+	ClientURL  string
+	peerURL    string // the proxy, as advertised
+	peerListen string // etcd's own peer listener
+	proxy      *peerProxy
+	initial    string
+	log        *os.File
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+}
+
+// Endpoints lists the members' client URLs.
+func (c *Cluster) Endpoints() []string {
+	var out []string
+	for _, m := range c.Members {
+		out = append(out, m.ClientURL)
+	}
+	return out
+}
+
+// Start starts n members under root (each in root/<name>) and waits until
+// the cluster has a leader. bin is the cifha-devetcd binary.
+func Start(bin, root string, n int) (*Cluster, error) {
+	c := &Cluster{bin: bin}
+	var initial []string
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("etcd%d", i+1)
+		clientPort, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		peerPort, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		m := &Member{Name: name, Dir: filepath.Join(root, name), ClientURL: fmt.Sprintf("http://127.0.0.1:%d", clientPort),
+			peerListen: fmt.Sprintf("127.0.0.1:%d", peerPort)}
+		m.proxy, err = startPeerProxy(m.peerListen)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		m.peerURL = "http://" + m.proxy.addr()
+		c.Members = append(c.Members, m)
+		initial = append(initial, name+"="+m.peerURL)
+	}
+	for _, m := range c.Members {
+		m.initial = strings.Join(initial, ",")
+		if err := c.start(m, "new"); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if err := c.WaitHealthy(30 * time.Second); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) start(m *Member, state string) error {
+	if err := os.MkdirAll(m.Dir, 0o700); err != nil {
+		return err
+	}
+	lf, err := os.OpenFile(filepath.Join(m.Dir, "etcd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(c.bin, "--name", m.Name, "--data-dir", filepath.Join(m.Dir, "data"),
+		"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
+		"--listen-peer-urls", "http://"+m.peerListen, "--initial-advertise-peer-urls", m.peerURL,
+		"--initial-cluster", m.initial, "--initial-cluster-state", state, "--initial-cluster-token", "cifha-test",
+		// Test and demo only: no fsync, quick elections.
+		"--unsafe-no-fsync", "--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return fmt.Errorf("start %s: %w", m.Name, err)
+	}
+	m.mu.Lock()
+	m.cmd, m.log = cmd, lf
+	m.mu.Unlock()
+	go func() { _ = cmd.Wait() }()
+	return nil
+}
+
+// WaitHealthy waits until every running member answers /health with a
+// leader.
+func (c *Cluster) WaitHealthy(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		last = nil
+		for _, m := range c.Members {
+			if !m.Running() {
+				continue
+			}
+			if err := m.health(); err != nil {
+				last = err
+			}
+		}
+		if last == nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval within the deadline
+	}
+	return fmt.Errorf("etcd cluster not healthy after %s: %w", timeout, last)
+}
+
+func (m *Member) health() error {
+	cl := http.Client{Timeout: time.Second}
+	resp, err := cl.Get(m.ClientURL + "/health")
+	if err != nil {
+		return fmt.Errorf("%s: %w", m.Name, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"health":"true"`) {
+		return fmt.Errorf("%s: %d %s", m.Name, resp.StatusCode, b)
+	}
+	return nil
+}
+
+// Running reports whether the member's process was started and not killed.
+func (m *Member) Running() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cmd != nil && m.cmd.ProcessState == nil
+}
+
+// Kill ends the member with SIGKILL.
+func (m *Member) Kill() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd != nil && m.cmd.Process != nil {
+		_ = m.cmd.Process.Signal(syscall.SIGCONT) // a frozen process dies too
+		_ = m.cmd.Process.Kill()
+	}
+	m.cmd = nil
+}
+
+// Freeze stops the member with SIGSTOP (its sockets stay open, nothing
+// answers); Thaw resumes it.
+func (m *Member) Freeze() error { return m.signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen member.
+func (m *Member) Thaw() error { return m.signal(syscall.SIGCONT) }
+
+func (m *Member) signal(s syscall.Signal) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd == nil || m.cmd.Process == nil {
+		return errors.New(m.Name + " is not running")
+	}
+	return m.cmd.Process.Signal(s)
+}
+
+// Restart starts a killed member again with its data directory.
+func (c *Cluster) Restart(m *Member) error {
+	if m.Running() {
+		return errors.New(m.Name + " is running")
+	}
+	return c.start(m, "existing")
+}
+
+// Isolate cuts the member off from its peers, both ways; its clients still
+// reach it. Heal undoes it.
+func (c *Cluster) Isolate(m *Member) {
+	for _, o := range c.Members {
+		if o == m {
+			o.proxy.setBlockAll(true)
+		} else {
+			o.proxy.block(m.peerURL, true)
+		}
+	}
+}
+
+// Heal reconnects an isolated member.
+func (c *Cluster) Heal(m *Member) {
+	for _, o := range c.Members {
+		if o == m {
+			o.proxy.setBlockAll(false)
+		} else {
+			o.proxy.block(m.peerURL, false)
+		}
+	}
+}
+
+// Close kills every member and stops the proxies.
+func (c *Cluster) Close() {
+	for _, m := range c.Members {
+		m.Kill()
+		if m.proxy != nil {
+			m.proxy.close()
+		}
+		m.mu.Lock()
+		if m.log != nil {
+			m.log.Close()
+		}
+		m.mu.Unlock()
+	}
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// peerProxy forwards one member's peer port and drops the connections of
+// blocked senders (by their X-PeerURLs header) or of everyone.
+type peerProxy struct {
+	ln     net.Listener
+	target string
+
+	mu      sync.Mutex
+	all     bool
+	blocked map[string]bool
+	conns   map[net.Conn]string // -> sender's peer URLs
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+func startPeerProxy(target string) (*peerProxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &peerProxy{ln: ln, target: target, blocked: map[string]bool{}, conns: map[net.Conn]string{}}
+	p.wg.Add(1)
+	go p.accept()
+	return p, nil
+}
+
+func (p *peerProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *peerProxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.wg.Add(1)
+		go p.serve(c)
+	}
+}
+
+func (p *peerProxy) serve(c net.Conn) {
+	defer p.wg.Done()
+	defer c.Close()
+	// The first request's headers name the sender.
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	from := req.Header.Get("X-PeerURLs")
+	if !p.track(c, from) {
+		return
+	}
+	defer p.untrack(c)
+	up, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	if !p.track(up, from) {
+		return
+	}
+	defer p.untrack(up)
+	if err := req.Write(up); err != nil {
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, br); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+	<-done
+}
+
+func (p *peerProxy) isBlocked(from string) bool {
+	if p.all || p.closed {
+		return true
+	}
+	for _, u := range strings.Split(from, ",") {
+		if p.blocked[strings.TrimSpace(u)] {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *peerProxy) track(c net.Conn, from string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.isBlocked(from) {
+		return false
+	}
+	p.conns[c] = from
+	return true
+}
+
+func (p *peerProxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+}
+
+// dropBlocked closes the tracked connections that are now blocked.
+func (p *peerProxy) dropBlocked() {
+	for c, from := range p.conns {
+		if p.isBlocked(from) {
+			c.Close()
+			delete(p.conns, c)
+		}
+	}
+}
+
+func (p *peerProxy) setBlockAll(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.all = on
+	p.dropBlocked()
+}
+
+func (p *peerProxy) block(peerURL string, on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if on {
+		p.blocked[peerURL] = true
+	} else {
+		delete(p.blocked, peerURL)
+	}
+	p.dropBlocked()
+}
+
+func (p *peerProxy) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.dropBlocked()
+	p.mu.Unlock()
+	p.ln.Close()
+	p.wg.Wait()
+}
