@@ -14,6 +14,7 @@ package etcdcluster
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // Cluster is the running members.
@@ -386,4 +390,39 @@ func (p *peerProxy) close() {
 	p.mu.Unlock()
 	p.ln.Close()
 	p.wg.Wait()
+}
+
+// Follower returns a running member that is not the raft leader.
+func (c *Cluster) Follower(ctx context.Context) (*Member, error) {
+	l, err := c.Leader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range c.Members {
+		if m != l && m.Running() {
+			return m, nil
+		}
+	}
+	return nil, errors.New("no running follower")
+}
+
+// Leader returns the member that is the raft leader now.
+func (c *Cluster) Leader(ctx context.Context) (*Member, error) {
+	for _, m := range c.Members {
+		if !m.Running() {
+			continue
+		}
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.ClientURL}, DialTimeout: time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := cli.Status(sctx, m.ClientURL)
+		cancel()
+		cli.Close()
+		if err == nil && st.Leader != 0 && st.Leader == st.Header.MemberId {
+			return m, nil
+		}
+	}
+	return nil, errors.New("no member reports itself as the etcd leader")
 }

@@ -516,6 +516,14 @@ func (a *Agent) observe(ctx context.Context) ha.Observation {
 	// newer lease with an older read.
 	o.Lease = a.opt.DCS.Lease()
 	c, err := a.opt.DCS.Read(ctx)
+	if err == nil && a.writableLease != 0 && o.Running && !a.opt.DCS.Holds(c) {
+		// This member made postgres writable under its lease, yet the
+		// view says it does not hold the key. The view may lag this
+		// agent's own acquire, so ask etcd: if the key is really gone
+		// (deleted, or its lease revoked, which etcd can do early, see
+		// election.Session.renew), Decide fences at once.
+		c, err = a.opt.DCS.ReadFresh(ctx)
+	}
 	// The clock is read last: a time read before the slow status and etcd
 	// calls above would make a fence decision late.
 	o.Now = a.now()
@@ -694,18 +702,6 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 
 	case ha.AcquireAndStart:
 		return a.acquireAndStart(ctx, o, p.Reason)
-
-	case ha.Acquire:
-		lease, err := a.acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now})
-		if err != nil {
-			return err
-		}
-		a.log.Info("acquired the leader key")
-		if err := a.madeWritable(lease); err != nil {
-			return err
-		}
-		a.roleOK = false
-		return nil
 
 	case ha.StartStandby:
 		if err := pg.Configure(); err != nil {

@@ -98,6 +98,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	clock := election.BootClock()
 	sess := election.NewSession(cli, ttl, log.Named("lease"), clock)
 	store := election.NewStore(cli, cfg.Cluster, cfg.Name, sess, log.Named("etcd"))
+	sess.SetCheckKey(store.Keys().Leader())
 
 	// The lease outlives the loop: a leader releases its key only after
 	// postgres has stopped, so the session is cancelled last.

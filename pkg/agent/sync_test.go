@@ -160,3 +160,22 @@ func TestLoopSyncClusterWideSwitch(t *testing.T) {
 		t.Fatalf("record %+v left after synchronous mode was turned off", dcs.Cluster.Sync)
 	}
 }
+
+// TestLoopLeaderKeyVanishedFences: the leader's key disappears while its
+// lease still looks valid (etcd revoked the lease early, or someone deleted
+// the key): after confirming with a fresh read, the leader stops accepting
+// writes at once instead of trying to take the key back while writable.
+func TestLoopLeaderKeyVanishedFences(t *testing.T) {
+	a, pg, dcs := syncLeader(t, false)
+	a.opt.Sync, a.syncCfg = ha.SyncConfig{Count: 1}, ha.SyncConfig{Count: 1}
+	rounds(a, 2)
+	if !pg.Up || dcs.FreshReads != 0 {
+		t.Fatalf("healthy leader: up %v, fresh reads %d", pg.Up, dcs.FreshReads)
+	}
+	dcs.Cluster.Leader = nil
+	pg.Calls = nil
+	rounds(a, 1)
+	if pg.Up || dcs.FreshReads == 0 || !slices.ContainsFunc(pg.Calls, func(c string) bool { return strings.HasPrefix(c, "stop") }) {
+		t.Fatalf("key gone: up %v, fresh reads %d, calls %v", pg.Up, dcs.FreshReads, pg.Calls)
+	}
+}

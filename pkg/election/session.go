@@ -26,6 +26,13 @@ type Session struct {
 	mu        sync.Mutex
 	state     LeaseState
 	abandoned bool
+	// maxTerm is the highest etcd raft term a renewal was accepted in;
+	// lastFailed is set while renewals fail (see renew).
+	maxTerm    uint64
+	lastFailed bool
+	// checkKey is read to confirm a renewal (a key the agent may read
+	// under etcd authentication: its cluster's leader key).
+	checkKey string
 	// changed is signalled when a lease is granted or lost; renewed on
 	// every successful renewal.
 	changed chan struct{}
@@ -39,8 +46,12 @@ func NewSession(cli *clientv3.Client, ttl time.Duration, log hclog.Logger, now f
 	if now == nil {
 		now = BootClock()
 	}
-	return &Session{cli: cli, ttl: ttl, log: log, now: now, changed: make(chan struct{}, 1), renewed: make(chan struct{}, 1)}
+	return &Session{cli: cli, ttl: ttl, log: log, now: now, changed: make(chan struct{}, 1), renewed: make(chan struct{}, 1), checkKey: "/cifha/"}
 }
+
+// SetCheckKey names the key read to confirm renewals (see renew); call
+// before Run. Default: "/cifha/".
+func (s *Session) SetCheckKey(k string) { s.checkKey = k }
 
 // TTL is the lease's time to live.
 func (s *Session) TTL() time.Duration { return s.ttl }
@@ -135,7 +146,10 @@ func (s *Session) tick(ctx context.Context, sent time.Time) bool {
 		s.notify()
 		return true
 	}
-	resp, err := s.cli.KeepAliveOnce(rctx, clientv3.LeaseID(cur.ID))
+	resp, err := s.renew(rctx, clientv3.LeaseID(cur.ID))
+	s.mu.Lock()
+	s.lastFailed = err != nil
+	s.mu.Unlock()
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			s.log.Warn("lease expired", "lease", fmt.Sprintf("%x", int64(cur.ID)))
@@ -158,6 +172,115 @@ func (s *Session) tick(ctx context.Context, sent time.Time) bool {
 	default:
 	}
 	return true
+}
+
+// errStaleRenewal: a renewal was answered in an older raft term than one
+// already seen, or than the current one.
+var errStaleRenewal = errors.New("renewal answered by a stale etcd leader")
+
+// renew renews the lease once and accepts the answer only if it comes from
+// the current etcd leader's term.
+//
+// Why: etcd renews leases on the leader alone, without raft. Its fix for a
+// stuck leader (etcd #15247) skips the leadership check while the member
+// has ticked recently, and a leader process that was paused (SIGSTOP, a VM
+// or GC stall) ticks again at once when it resumes: it can answer a renewal
+// from its own stale lessor while the real leader, elected meanwhile,
+// counts the lease from an older renewal and expires it first. The agent
+// would then hold a deadline etcd no longer honours, and another member
+// could take the key while this one is still writable.
+// TestOneEtcdMemberLostNoFailover found this with a frozen etcd leader.
+//
+// The rule: an answer in a term older than one already seen is refused.
+// After a failed attempt (a paused leader is reachable only after this
+// agent's attempts to it hung, or after a term change) the current term is
+// first confirmed by a linearizable read, which a leader without its quorum
+// cannot serve, and only an answer in that term is taken. Such a renewal
+// was handled by the leader of a term that was current after the attempt
+// began; a leader elected later counts the lease from its own election
+// plus the full ttl, which ends after sent + ttl.
+//
+// A paused etcd member keeps its connections open, so a request sent to it
+// hangs until its timeout; after a failed attempt the read and the renewal
+// are therefore sent to every endpoint at once and the first acceptable
+// answer wins (the client balances concurrent calls over its endpoints).
+// In the steady state it is one renewal, as before.
+func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
+	s.mu.Lock()
+	maxTerm, lastFailed := s.maxTerm, s.lastFailed
+	s.mu.Unlock()
+	if !lastFailed && maxTerm != 0 {
+		resp, err := s.cli.KeepAliveOnce(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		switch term := resp.ResponseHeader.RaftTerm; {
+		case term < maxTerm:
+			return nil, fmt.Errorf("%w (raft term %d, already saw %d)", errStaleRenewal, term, maxTerm)
+		case term == maxTerm:
+			return resp, nil
+		}
+		// A new term: confirmed below like after a failure.
+	}
+	hedge := max(len(s.cli.Endpoints()), 1)
+	cur, err := firstOf(ctx, hedge, func(ctx context.Context) (uint64, error) {
+		g, err := s.cli.Get(ctx, s.checkKey, clientv3.WithCountOnly()) // linearizable: needs a leader with a quorum
+		if err != nil {
+			return 0, err
+		}
+		return g.Header.RaftTerm, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("confirm the etcd leader's term: %w", err)
+	}
+	if cur < maxTerm {
+		return nil, fmt.Errorf("%w (the read's raft term %d, already saw %d)", errStaleRenewal, cur, maxTerm)
+	}
+	resp, err := firstOf(ctx, hedge, func(ctx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
+		r, err := s.cli.KeepAliveOnce(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if t := r.ResponseHeader.RaftTerm; t != cur {
+			return nil, fmt.Errorf("%w (raft term %d, current %d)", errStaleRenewal, t, cur)
+		}
+		return r, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.maxTerm = max(s.maxTerm, cur)
+	s.mu.Unlock()
+	return resp, nil
+}
+
+// firstOf runs f n times concurrently and returns the first success, or
+// the last error once all failed; the others are cancelled.
+func firstOf[T any](ctx context.Context, n int, f func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, n)
+	for range n {
+		go func() {
+			v, err := f(ctx)
+			ch <- result{v, err}
+		}()
+	}
+	var last error
+	for range n {
+		r := <-ch
+		if r.err == nil {
+			return r.v, nil
+		}
+		last = r.err
+	}
+	var zero T
+	return zero, last
 }
 
 func (s *Session) revoke() {

@@ -257,11 +257,12 @@ func decidePrimary(o Observation, leader string) Plan {
 		// now, whatever the key says.
 		return plan(Fence, "postgres is a primary that this agent did not make writable, without the leader key: stop accepting writes")
 	case l == nil:
-		if ok, why := o.eligible(); ok {
-			return gate(o, plan(Acquire, "running primary and no leader (%s)", why))
-		} else {
-			return plan(Demote, "running primary without the leader key and not eligible: %s", why)
-		}
+		// Made writable under this member's lease, yet the key is gone
+		// (the agent confirmed it with a fresh read): it was deleted, or
+		// etcd revoked the lease earlier than this member's deadline. Any
+		// member may take the key now, so writes stop first; the key is
+		// taken again from a stopped postgres.
+		return plan(Fence, "the leader key is gone while this member was writable under it (deleted, or its lease revoked by etcd): stop accepting writes before taking it again")
 	case leader == o.Self:
 		return plan(ClearStaleLeader, "the leader key names this member but belongs to a previous lease")
 	}

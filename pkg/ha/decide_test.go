@@ -251,9 +251,12 @@ func TestDecide(t *testing.T) {
 		{"primary with no lease at all -> fence", obs(runningPrimary, func(o *Observation) { o.Lease = state.LeaseState{} }), Fence, ""},
 		{"etcd unreachable, lease valid -> keep running", obs(holds, runningPrimary, func(o *Observation) { o.DCSErr = errors.New("timeout") }), Wait, ""},
 		{"etcd unreachable past the margin -> fence", obs(holds, runningPrimary, at(2500*time.Millisecond), func(o *Observation) { o.DCSErr = errors.New("timeout") }), Fence, ""},
-		{"running primary, no leader, eligible -> acquire", obs(runningPrimary, writable, lastLeader("db1", 1)), Acquire, ""},
-		{"running primary, no leader, newer timeline than last leader -> acquire", obs(runningPrimary, writable, lastLeader("db2", 0)), Acquire, ""},
-		{"running primary, no leader, stale -> demote", obs(runningPrimary, writable, lastLeader("db2", 2)), Demote, ""},
+		// The key vanished while this member was writable under it (deleted,
+		// or etcd revoked its lease early): writes stop first, whoever was
+		// last leader; the key is taken again from a stopped postgres.
+		{"running primary, key gone, was last leader -> fence", obs(runningPrimary, writable, lastLeader("db1", 1)), Fence, ""},
+		{"running primary, key gone, newer timeline than last leader -> fence", obs(runningPrimary, writable, lastLeader("db2", 0)), Fence, ""},
+		{"running primary, key gone, stale -> fence", obs(runningPrimary, writable, lastLeader("db2", 2)), Fence, ""},
 		{"primary this agent never made writable, no key -> fence", obs(runningPrimary, lastLeader("db1", 1)), Fence, ""},
 		{"self-promoted primary while another leads -> fence", obs(runningPrimary, leaderKey("db2"), db2), Fence, ""},
 		{"running primary, another holds the key -> demote", obs(runningPrimary, writable, leaderKey("db2"), db2), Demote, "db2"},

@@ -30,9 +30,6 @@ func TestWritablePathsAreGated(t *testing.T) {
 		{"start as primary holding the key", []func(*Observation){holds}, StartPrimary},
 		{"acquire and start", []func(*Observation){lastLeader("db1", 1)}, AcquireAndStart},
 		{"bootstrap", []func(*Observation){emptyDir}, Bootstrap},
-		{"acquire for a running primary", []func(*Observation){runningPrimary, writable, lastLeader("db1", 1), func(o *Observation) {
-			// (Its lease is the one it was made writable under.)
-		}}, Acquire},
 		{"promote a standby holding the key", []func(*Observation){standbyFiles("db9 10.0.1.9:5432"), runningStandby, holds}, Promote},
 		{"failover take-over", nil, TakeOver},
 		{"paused: restart a fenced leader in place", []func(*Observation){holds, paused, func(o *Observation) { o.FencedUnder = 7 }}, StartPrimary},

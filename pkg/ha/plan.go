@@ -16,7 +16,6 @@ const (
 	Clone
 	StartPrimary
 	AcquireAndStart
-	Acquire
 	StartStandby
 	Follow
 	Promote
@@ -57,7 +56,7 @@ const (
 )
 
 var actionNames = [...]string{"none", "wait", "bootstrap", "clone", "start-primary", "acquire-and-start",
-	"acquire", "start-standby", "follow", "promote", "repair-leader-key", "clear-stale-leader", "demote",
+	"start-standby", "follow", "promote", "repair-leader-key", "clear-stale-leader", "demote",
 	"fence", "stop-foreign", "take-over", "rewind", "reclone", "switchover", "clear-request", "restart",
 	"reload", "reinit", "drop-slot", "refuse", "resign", "clear-leader-key", "handoff", "handed-off",
 	"switchover-rollback", "switchover-follow", "take-back", "switchover-abandon"}
@@ -74,7 +73,7 @@ func (a Action) String() string {
 // agent re-checks the gate (with a fresh clock) right before the step.
 func (a Action) MakesWritable() bool {
 	switch a {
-	case Bootstrap, StartPrimary, AcquireAndStart, Acquire, Promote, TakeOver, Restart, SwitchoverRollback, TakeBack:
+	case Bootstrap, StartPrimary, AcquireAndStart, Promote, TakeOver, Restart, SwitchoverRollback, TakeBack:
 		return true
 	}
 	return false

@@ -188,6 +188,8 @@ type DCS struct {
 	HandedOff bool
 	// SyncWrites records each PutSync (its members) and DeleteSync (nil).
 	SyncWrites [][]string
+	// FreshReads counts ReadFresh calls.
+	FreshReads int
 }
 
 var _ port.DCS = (*DCS)(nil)
@@ -339,4 +341,8 @@ var Settings = map[string]pgctl.Setting{
 func fp(v float64) *float64 { return &v }
 
 // ReadFresh is Read (the fake has no view).
-func (d *DCS) ReadFresh(ctx context.Context) (election.Cluster, error) { return d.Read(ctx) }
+func (d *DCS) ReadFresh(ctx context.Context) (election.Cluster, error) {
+	d.FreshReads++
+	return d.Read(ctx)
+}
+
