@@ -345,4 +345,3 @@ func (d *DCS) ReadFresh(ctx context.Context) (election.Cluster, error) {
 	d.FreshReads++
 	return d.Read(ctx)
 }
-
