@@ -44,9 +44,10 @@ fuzz:
 	$(GO) test ./pkg/state -run '^$$' -fuzz FuzzParseSyncStandbyNames -fuzztime 30s
 	$(GO) test ./pkg/election -run '^$$' -fuzz '^FuzzParseSync$$' -fuzztime 30s
 
+ETCD_MEMBERS ?= 1
 demo: deps build
-	$(GO) build -o bin/ ./cmd/cifha-demo
-	bin/cifha-demo --bin bin
+	$(GO) build -o bin/ ./cmd/cifha-demo ./cmd/cifha-devetcd
+	bin/cifha-demo --bin bin --etcd-members $(ETCD_MEMBERS)
 
 bench: deps build
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 40m ./integration/... | tee bench.out

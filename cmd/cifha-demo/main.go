@@ -14,11 +14,14 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/cifha/cifha/internal/cluster"
 	"github.com/cifha/cifha/internal/devetcd"
+	"github.com/cifha/cifha/internal/etcdcluster"
 	"github.com/cifha/cifha/internal/testutil"
 )
 
@@ -27,12 +30,14 @@ func main() { os.Exit(run()) }
 func run() int {
 	bin := flag.String("bin", "bin", "directory holding cifha and cifhactl")
 	etcdAddr := flag.String("etcd", "127.0.0.1:23790", "address for the embedded etcd")
+	etcdMembers := flag.Int("etcd-members", 1, "1: one embedded etcd; 3 (or 5): a real etcd cluster of cifha-devetcd processes from -bin, one of which can be killed or frozen")
 	keep := flag.Bool("keep", false, "keep the demo's files after Ctrl-C")
 	flag.Parse()
 	binAbs, err := filepath.Abs(*bin)
 	if err != nil {
 		return fail(err)
 	}
+	devetcdBin := filepath.Join(binAbs, "cifha-devetcd")
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -65,16 +70,30 @@ func run() int {
 		}
 		binAbs = copied
 	}
-	step("starting embedded etcd on %s", *etcdAddr)
-	etcdDir := filepath.Join(root, "etcd")
-	etcd, err := devetcd.Start(etcdDir, *etcdAddr)
-	if err != nil {
-		return fail(err)
+	var endpoints []string
+	if *etcdMembers > 1 {
+		step("starting a %d-member etcd cluster (cifha-devetcd processes)", *etcdMembers)
+		ec, err := etcdcluster.Start(devetcdBin, filepath.Join(root, "etcd"), *etcdMembers)
+		if err != nil {
+			return fail(fmt.Errorf("%w (run `make demo`, which builds bin/cifha-devetcd)", err))
+		}
+		defer ec.Close()
+		endpoints = ec.Endpoints()
+		for _, m := range ec.Members {
+			fmt.Printf("    %s: %s (data and log in %s)\n", m.Name, m.ClientURL, m.Dir)
+		}
+	} else {
+		step("starting embedded etcd on %s", *etcdAddr)
+		etcd, err := devetcd.Start(filepath.Join(root, "etcd"), *etcdAddr)
+		if err != nil {
+			return fail(err)
+		}
+		defer etcd.Close()
+		endpoints = []string{etcd.Endpoint}
 	}
-	defer etcd.Close()
 
 	c, err := cluster.New(cluster.Options{
-		BinDir: binAbs, Root: root, EtcdEndpoints: []string{etcd.Endpoint}, Cluster: "demo",
+		BinDir: binAbs, Root: root, EtcdEndpoints: endpoints, Cluster: "demo",
 		Addrs: []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"}, TTL: 10 * time.Second, LoopInterval: time.Second,
 		Tuning: "profile = \"cif\"\nmemory = \"1GB\"", SuperuserPassword: "demo",
 		APIToken: demoToken(),
@@ -130,8 +149,12 @@ func run() int {
 		}
 	}
 	ctlConf := filepath.Join(root, "cifhactl.toml")
-	os.WriteFile(ctlConf, []byte(fmt.Sprintf("cluster = \"demo\"\n[api]\ntoken_file = %q\n[etcd]\nendpoints = [%q]\n",
-		filepath.Join(root, "secrets", "api.token"), etcd.Endpoint)), 0o600)
+	quoted := make([]string, len(endpoints))
+	for i, e := range endpoints {
+		quoted[i] = strconv.Quote(e)
+	}
+	os.WriteFile(ctlConf, []byte(fmt.Sprintf("cluster = \"demo\"\n[api]\ntoken_file = %q\n[etcd]\nendpoints = [%s]\n",
+		filepath.Join(root, "secrets", "api.token"), strings.Join(quoted, ", "))), 0o600)
 	ctl := filepath.Join(binAbs, "cifhactl")
 	fmt.Println()
 	cmd := exec.Command(ctl, "-c", ctlConf, "status")
