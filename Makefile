@@ -6,7 +6,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cifha/cifha/pkg/version.Version=$(VERSION)
 
-.PHONY: all build deps test unit integration lint demo bench fuzz clean
+.PHONY: all build deps test unit integration lint demo bench fuzz soak clean
 
 all: build
 
@@ -43,6 +43,14 @@ fuzz:
 	$(GO) test ./pkg/state -run '^$$' -fuzz FuzzValidators -fuzztime 30s
 	$(GO) test ./pkg/state -run '^$$' -fuzz FuzzParseSyncStandbyNames -fuzztime 30s
 	$(GO) test ./pkg/election -run '^$$' -fuzz '^FuzzParseSync$$' -fuzztime 30s
+
+# make soak: the fault checker (cmd/cifha-check), synchronous mode, on a
+# 3-member etcd: SOAK_ROUNDS seeded random rounds (SOAK_SEED to replay).
+SOAK_ROUNDS ?= 1000
+SOAK_SEED ?= $(shell date +%s)
+soak: deps build
+	$(GO) build -o bin/ ./cmd/cifha-check ./cmd/cifha-devetcd
+	bin/cifha-check --bin bin --rounds $(SOAK_ROUNDS) --seed $(SOAK_SEED)
 
 ETCD_MEMBERS ?= 1
 demo: deps build

@@ -69,8 +69,10 @@ type Cluster struct {
 type Node struct {
 	Name, Addr, Dir, DataDir, ConfigPath, LogPath string
 	APIURL                                        string
-	// EtcdProxy is this node's link to etcd when Options.EtcdProxies is set.
-	EtcdProxy *tcpproxy.Proxy
+	// EtcdProxy is this node's link to etcd when Options.EtcdProxies is set
+	// (the first endpoint's; EtcdProxies has one per endpoint).
+	EtcdProxy   *tcpproxy.Proxy
+	EtcdProxies []*tcpproxy.Proxy
 	c         *Cluster
 	cmd       *exec.Cmd
 	done      chan struct{}
@@ -126,14 +128,20 @@ func New(opt Options) (*Cluster, error) {
 		}
 		endpoints := opt.EtcdEndpoints
 		if opt.EtcdProxies {
-			target := strings.TrimPrefix(strings.TrimPrefix(opt.EtcdEndpoints[0], "http://"), "https://")
-			px, err := tcpproxy.Start("127.0.0.1:0", target)
-			if err != nil {
-				c.Close(time.Second)
-				return nil, err
+			// One proxy per etcd endpoint: cutting them all partitions
+			// this node from etcd (CutEtcd).
+			endpoints = nil
+			for _, ep := range opt.EtcdEndpoints {
+				target := strings.TrimPrefix(strings.TrimPrefix(ep, "http://"), "https://")
+				px, err := tcpproxy.Start("127.0.0.1:0", target)
+				if err != nil {
+					c.Close(time.Second)
+					return nil, err
+				}
+				n.EtcdProxies = append(n.EtcdProxies, px)
+				endpoints = append(endpoints, "http://"+px.Addr())
 			}
-			n.EtcdProxy = px
-			endpoints = []string{"http://" + px.Addr()}
+			n.EtcdProxy = n.EtcdProxies[0]
 		}
 		if err := c.writeFile(n.ConfigPath, c.config(n, secrets, endpoints)); err != nil {
 			return nil, err
@@ -247,8 +255,8 @@ func (c *Cluster) Close(timeout time.Duration) {
 	}
 	for _, n := range c.Nodes {
 		n.killPostmaster()
-		if n.EtcdProxy != nil {
-			n.EtcdProxy.Close()
+		for _, px := range n.EtcdProxies {
+			px.Close()
 		}
 	}
 }
@@ -435,4 +443,27 @@ func (c *Cluster) Primary(ctx context.Context) (*Node, error) {
 		return found[0], nil
 	}
 	return nil, fmt.Errorf("%d nodes claim to be primary", len(found))
+}
+
+// CutEtcd partitions this node's agent from etcd (every endpoint's proxy
+// becomes a black hole); RestoreEtcd reconnects it. Needs EtcdProxies.
+func (n *Node) CutEtcd() {
+	for _, px := range n.EtcdProxies {
+		px.Cut()
+	}
+}
+
+// RestoreEtcd undoes CutEtcd.
+func (n *Node) RestoreEtcd() {
+	for _, px := range n.EtcdProxies {
+		px.Restore()
+	}
+}
+
+// SignalAgent sends sig to this node's agent process (SIGSTOP freezes it).
+func (n *Node) SignalAgent(sig syscall.Signal) error {
+	if !n.Running() {
+		return fmt.Errorf("%s is not running", n.Name)
+	}
+	return n.cmd.Process.Signal(sig)
 }

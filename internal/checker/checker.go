@@ -1,0 +1,590 @@
+// Package checker is cifha's fault checker: it drives a local cluster
+// (internal/cluster: real cifha and PostgreSQL processes, and optionally a
+// multi-member etcd of processes) through rounds of injected faults chosen
+// from a seeded random sequence, with clients writing all along, and checks
+// after every round that
+//
+//   - every acknowledged row is on the final primary (and, once they caught
+//     up, on every member);
+//   - no two members acknowledged writes in overlapping intervals (one
+//     writer pinned to each member records the interval of each of its
+//     acknowledged writes);
+//   - the cluster is healthy again (one primary, every other member
+//     streaming) within a bound.
+//
+// cmd/cifha-check runs it (`make soak`); integration's TestCheckerShort runs
+// a few rounds of every fault in CI. A failing run prints its seed, so it can
+// be replayed.
+package checker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cifha/cifha/internal/cluster"
+	"github.com/cifha/cifha/internal/etcdcluster"
+	"github.com/jackc/pgx/v5"
+)
+
+// Fault is one kind of injected failure.
+type Fault string
+
+// The faults.
+const (
+	// HostLoss: SIGKILL to the primary's agent and postmaster; restarted later.
+	HostLoss Fault = "host-loss"
+	// AgentKill: SIGKILL to the primary's agent only (postgres dies with it).
+	AgentKill Fault = "agent-kill"
+	// AgentStop: the primary's agent frozen with SIGSTOP until another
+	// member accepts writes (longer than the ttl), then resumed.
+	AgentStop Fault = "agent-stop"
+	// PostgresCrash: SIGKILL to the primary's postmaster; the agent restarts it.
+	PostgresCrash Fault = "postgres-crash"
+	// EtcdPartition: the primary's agent cut off from etcd (needs
+	// cluster.Options.EtcdProxies) until another member accepts writes.
+	EtcdPartition Fault = "etcd-partition"
+	// EtcdMemberLoss: the etcd leader member killed (needs a multi-member
+	// etcd) for a while, then restarted: nothing may change.
+	EtcdMemberLoss Fault = "etcd-member-loss"
+	// Switchover: `cifhactl switchover` to a standby.
+	Switchover Fault = "switchover"
+)
+
+// AllFaults lists every fault.
+var AllFaults = []Fault{HostLoss, AgentKill, AgentStop, PostgresCrash, EtcdPartition, EtcdMemberLoss, Switchover}
+
+// Options configures a run.
+type Options struct {
+	Seed   uint64
+	Rounds int
+	// Faults are drawn from uniformly (EachInTurn: in this order, round
+	// after round).
+	Faults     []Fault
+	EachInTurn bool
+	// Bound: the cluster must accept writes again, and be healthy again,
+	// within it after a fault.
+	Bound time.Duration
+	// Etcd is the multi-member etcd (EtcdMemberLoss needs it).
+	Etcd *etcdcluster.Cluster
+	// Switch runs `cifhactl switchover --force --to name`.
+	Switch func(ctx context.Context, to string) error
+	// Logf reports progress (nil: silent).
+	Logf func(format string, args ...any)
+}
+
+// Stats are one fault's figures.
+type Stats struct {
+	Rounds, Acked, Lost, Overlaps int
+	MaxUnavailable               time.Duration
+	Failures                     []string
+}
+
+// Report is a run's result.
+type Report struct {
+	Seed    uint64
+	ByFault map[Fault]*Stats
+}
+
+// OK reports whether no round lost a row, overlapped or failed.
+func (r Report) OK() bool {
+	for _, s := range r.ByFault {
+		if s.Lost > 0 || s.Overlaps > 0 || len(s.Failures) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Table prints the per-fault table and the seed.
+func (r Report) Table(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "fault\trounds\trows acknowledged\trows lost\toverlaps\tmax unavailability\tfailures\t")
+	for _, f := range slices.Sorted(func(yield func(Fault) bool) {
+		for f := range r.ByFault {
+			if !yield(f) {
+				return
+			}
+		}
+	}) {
+		s := r.ByFault[f]
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%d\t\n", f, s.Rounds, s.Acked, s.Lost, s.Overlaps, s.MaxUnavailable.Round(time.Millisecond), len(s.Failures))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "seed %d\n", r.Seed)
+	for _, f := range slices.Sorted(func(yield func(Fault) bool) {
+		for f := range r.ByFault {
+			if !yield(f) {
+				return
+			}
+		}
+	}) {
+		for _, msg := range r.ByFault[f].Failures {
+			fmt.Fprintf(w, "FAIL %s: %s\n", f, msg)
+		}
+	}
+}
+
+// Run runs the rounds against c (started, healthy) and returns the report;
+// an error means the run itself could not go on (the report so far is
+// still returned).
+func Run(ctx context.Context, c *cluster.Cluster, opt Options) (Report, error) {
+	rep := Report{Seed: opt.Seed, ByFault: map[Fault]*Stats{}}
+	if opt.Bound == 0 {
+		opt.Bound = 60 * time.Second
+	}
+	logf := opt.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	faults := opt.Faults
+	if len(faults) == 0 {
+		faults = AllFaults
+	}
+	rng := rand.New(rand.NewPCG(opt.Seed, opt.Seed^0x9e3779b97f4a7c15))
+	p, err := waitHealthy(ctx, c, opt.Bound)
+	if err != nil {
+		return rep, err
+	}
+	if err := setup(ctx, p); err != nil {
+		return rep, err
+	}
+	for round := 0; round < opt.Rounds; round++ {
+		f := faults[rng.IntN(len(faults))]
+		if opt.EachInTurn {
+			f = faults[round%len(faults)]
+		}
+		st := rep.ByFault[f]
+		if st == nil {
+			st = &Stats{}
+			rep.ByFault[f] = st
+		}
+		st.Rounds++
+		logf("round %d: %s (primary %s)", round+1, f, p.Name)
+		next, res, err := runRound(ctx, c, p, f, opt, rng)
+		st.Acked += res.acked
+		st.Lost += res.lost
+		st.Overlaps += res.overlaps
+		st.MaxUnavailable = max(st.MaxUnavailable, res.unavailable)
+		if res.failure != "" {
+			st.Failures = append(st.Failures, fmt.Sprintf("round %d: %s", round+1, res.failure))
+			logf("round %d: %s FAILED: %s", round+1, f, res.failure)
+		}
+		if err != nil {
+			return rep, fmt.Errorf("round %d (%s): %w", round+1, f, err)
+		}
+		p = next
+	}
+	return rep, nil
+}
+
+type roundResult struct {
+	acked, lost, overlaps int
+	unavailable           time.Duration
+	failure               string
+}
+
+func setup(ctx context.Context, p *cluster.Node) error {
+	conn, err := p.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS checker_rows (id bigint PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS checker_probe (node text, at timestamptz DEFAULT clock_timestamp())`)
+	return err
+}
+
+// runRound injects f and checks the round; it returns the primary after it.
+func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault, opt Options, rng *rand.Rand) (*cluster.Node, roundResult, error) {
+	var res roundResult
+	w, err := startWriter(ctx, c, p)
+	if err != nil {
+		return p, res, err
+	}
+	pinned := startPinned(c)
+	stopAll := func() (time.Duration, map[string][]span) {
+		gap := w.finish()
+		return gap, pinned()
+	}
+	if err := waitFor(ctx, opt.Bound, func() bool { return w.count() >= 10 }); err != nil {
+		stopAll()
+		return p, res, fmt.Errorf("no writes before the fault: %w", err)
+	}
+	injected := time.Now()
+	var restore func() error
+	switch f {
+	case HostLoss:
+		p.KillHost()
+		restore = p.Start
+	case AgentKill:
+		p.Kill()
+		restore = p.Start
+	case AgentStop:
+		if err := p.SignalAgent(syscall.SIGSTOP); err != nil {
+			stopAll()
+			return p, res, err
+		}
+		restore = func() error { return p.SignalAgent(syscall.SIGCONT) }
+	case PostgresCrash:
+		if pid := p.PostmasterPID(); pid != 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	case EtcdPartition:
+		if len(p.EtcdProxies) == 0 {
+			stopAll()
+			return p, res, errors.New("etcd-partition needs cluster.Options.EtcdProxies")
+		}
+		p.CutEtcd()
+		restore = func() error { p.RestoreEtcd(); return nil }
+	case EtcdMemberLoss:
+		if opt.Etcd == nil || len(opt.Etcd.Members) < 3 {
+			stopAll()
+			return p, res, errors.New("etcd-member-loss needs a multi-member etcd")
+		}
+		m, err := opt.Etcd.Leader(ctx)
+		if err != nil {
+			stopAll()
+			return p, res, err
+		}
+		m.Kill()
+		restore = func() error {
+			if err := opt.Etcd.Restart(m); err != nil {
+				return err
+			}
+			return opt.Etcd.WaitHealthy(opt.Bound)
+		}
+	case Switchover:
+		var to []*cluster.Node
+		for _, n := range c.Nodes {
+			if n != p {
+				to = append(to, n)
+			}
+		}
+		target := to[rng.IntN(len(to))]
+		if opt.Switch == nil {
+			stopAll()
+			return p, res, errors.New("switchover needs Options.Switch")
+		}
+		if err := opt.Switch(ctx, target.Name); err != nil {
+			// Refused (e.g. not a synchronous standby): not a failure of
+			// the cluster; the round still checks the writes.
+			if opt.Logf != nil {
+				opt.Logf("switchover to %s: %v", target.Name, err)
+			}
+		}
+	}
+	// Writes must resume within the bound (for a fault that changes
+	// nothing, they never stopped).
+	if err := waitFor(ctx, opt.Bound, func() bool { return w.ackedAfter(injected.Add(100 * time.Millisecond)) }); err != nil {
+		res.failure = fmt.Sprintf("no acknowledged write within %s of the fault", opt.Bound)
+	}
+	if f == EtcdMemberLoss {
+		// Held for a while under writes.
+		n := w.count() + 100
+		_ = waitFor(ctx, opt.Bound, func() bool { return w.count() >= n })
+	}
+	if restore != nil {
+		if err := restore(); err != nil {
+			stopAll()
+			return p, res, fmt.Errorf("restore after %s: %w", f, err)
+		}
+	}
+	next, err := waitHealthy(ctx, c, opt.Bound)
+	if err != nil {
+		if res.failure == "" {
+			res.failure = fmt.Sprintf("not healthy within %s: %v", opt.Bound, err)
+		}
+		stopAll()
+		return p, res, err
+	}
+	// A few writes on the healthy cluster, so the round ends acknowledged.
+	n := w.count() + 5
+	_ = waitFor(ctx, opt.Bound, func() bool { return w.count() >= n })
+	gap, spans := stopAll()
+	res.unavailable = gap
+	res.acked = w.count()
+	res.overlaps = overlaps(spans)
+	if res.overlaps > 0 && res.failure == "" {
+		res.failure = "two members acknowledged writes in overlapping intervals: " + describe(spans)
+	}
+	lost, err := w.missing(ctx, next)
+	if err != nil {
+		return next, res, fmt.Errorf("count rows on %s: %w", next.Name, err)
+	}
+	res.lost = lost
+	if lost > 0 && res.failure == "" {
+		res.failure = fmt.Sprintf("%d acknowledged rows missing on the primary %s", lost, next.Name)
+	}
+	return next, res, nil
+}
+
+// waitHealthy waits for one primary and every other member streaming.
+func waitHealthy(ctx context.Context, c *cluster.Cluster, bound time.Duration) (*cluster.Node, error) {
+	var p *cluster.Node
+	var last error
+	err := waitFor(ctx, bound, func() bool {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		q, err := c.Primary(rctx)
+		if err != nil {
+			last = err
+			return false
+		}
+		for _, n := range c.Nodes {
+			if n == q {
+				continue
+			}
+			if code, _, err := n.API(rctx, "/replica"); err != nil || code != 200 {
+				last = fmt.Errorf("%s is not streaming (%d %v)", n.Name, code, err)
+				return false
+			}
+		}
+		p = q
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w (last: %v)", err, last)
+	}
+	return p, nil
+}
+
+// waitFor polls ok until it holds or bound passes.
+func waitFor(ctx context.Context, bound time.Duration, ok func() bool) error {
+	deadline := time.Now().Add(bound)
+	for !ok() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %s", bound)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond): // poll interval within the bound
+		}
+	}
+	return nil
+}
+
+// writer is a client writing unique, increasing ids through a libpq
+// multi-host connection string (target_session_attrs=read-write).
+type writer struct {
+	dsn  string
+	stop chan struct{}
+	done chan struct{}
+
+	mu    sync.Mutex
+	acked []int64
+	ackAt []time.Time
+	next  int64
+}
+
+func startWriter(ctx context.Context, c *cluster.Cluster, p *cluster.Node) (*writer, error) {
+	conn, err := p.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var first int64
+	err = conn.QueryRow(ctx, "SELECT coalesce(max(id), 0) FROM checker_rows").Scan(&first)
+	conn.Close(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var hosts []string
+	for _, n := range c.Nodes {
+		hosts = append(hosts, n.Addr)
+	}
+	w := &writer{stop: make(chan struct{}), done: make(chan struct{}), next: first,
+		dsn: fmt.Sprintf("host=%s port=5432 user=postgres password=%s dbname=postgres sslmode=disable connect_timeout=1 target_session_attrs=read-write",
+			strings.Join(hosts, ","), c.Opt.SuperuserPassword)}
+	go w.run()
+	return w, nil
+}
+
+func (w *writer) run() {
+	defer close(w.done)
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-time.After(50 * time.Millisecond): // write pacing
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if conn == nil {
+			c, err := pgx.Connect(ctx, w.dsn)
+			if err != nil {
+				cancel()
+				continue
+			}
+			conn = c
+		}
+		w.next++
+		id := w.next
+		_, err := conn.Exec(ctx, "INSERT INTO checker_rows VALUES ($1)", id)
+		cancel()
+		if err != nil {
+			conn.Close(context.Background())
+			conn = nil
+			continue
+		}
+		w.mu.Lock()
+		w.acked, w.ackAt = append(w.acked, id), append(w.ackAt, time.Now())
+		w.mu.Unlock()
+	}
+}
+
+func (w *writer) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acked)
+}
+
+func (w *writer) ackedAfter(t time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.ackAt) > 0 && w.ackAt[len(w.ackAt)-1].After(t)
+}
+
+// finish stops writing; it returns the longest gap between two
+// acknowledgements.
+func (w *writer) finish() time.Duration {
+	close(w.stop)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var gap time.Duration
+	for i := 1; i < len(w.ackAt); i++ {
+		gap = max(gap, w.ackAt[i].Sub(w.ackAt[i-1]))
+	}
+	return gap
+}
+
+// missing counts this round's acknowledged ids that n does not have.
+func (w *writer) missing(ctx context.Context, n *cluster.Node) (int, error) {
+	w.mu.Lock()
+	ids := slices.Clone(w.acked)
+	w.mu.Unlock()
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	conn, err := n.Connect(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(ctx)
+	var have int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM checker_rows WHERE id = ANY($1)", ids).Scan(&have); err != nil {
+		return 0, err
+	}
+	return len(ids) - have, nil
+}
+
+type span struct{ start, end time.Time }
+
+// startPinned pins one writer to each member: every 20 ms it inserts a row
+// there and records the interval of each acknowledged write.
+func startPinned(c *cluster.Cluster) func() map[string][]span {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	acks := map[string][]span{}
+	for _, n := range c.Nodes {
+		wg.Add(1)
+		go func(n *cluster.Node) {
+			defer wg.Done()
+			var conn *pgx.Conn
+			defer func() {
+				if conn != nil {
+					conn.Close(context.Background())
+				}
+			}()
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(20 * time.Millisecond): // write pacing
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				if conn == nil {
+					conn, _ = pgx.Connect(ctx, n.DSN()+" connect_timeout=1")
+				}
+				if conn != nil {
+					start := time.Now()
+					if _, err := conn.Exec(ctx, "INSERT INTO checker_probe(node) VALUES ($1)", n.Name); err == nil {
+						mu.Lock()
+						acks[n.Name] = append(acks[n.Name], span{start, time.Now()})
+						mu.Unlock()
+					} else {
+						conn.Close(context.Background())
+						conn = nil
+					}
+				}
+				cancel()
+			}
+		}(n)
+	}
+	return func() map[string][]span {
+		close(done)
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return acks
+	}
+}
+
+// overlaps counts pairs of acknowledged writes on two different members
+// whose intervals overlap: both members were writable at the same time.
+func overlaps(acks map[string][]span) int {
+	type ev struct {
+		name string
+		span
+	}
+	var all []ev
+	for name, ss := range acks {
+		for _, s := range ss {
+			all = append(all, ev{name, s})
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].start.Before(all[j].start) })
+	n := 0
+	for i := range all {
+		for j := i + 1; j < len(all) && all[j].start.Before(all[i].end); j++ {
+			if all[j].name != all[i].name {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func describe(acks map[string][]span) string {
+	var parts []string
+	for _, name := range slices.Sorted(func(yield func(string) bool) {
+		for k := range acks {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		ss := acks[name]
+		if len(ss) == 0 {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %s-%s (%d)", name, ss[0].start.Format("15:04:05.000"), ss[len(ss)-1].end.Format("15:04:05.000"), len(ss)))
+	}
+	return strings.Join(parts, "; ")
+}
