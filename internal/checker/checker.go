@@ -85,8 +85,8 @@ type Options struct {
 // Stats are one fault's figures.
 type Stats struct {
 	Rounds, Acked, Lost, Overlaps int
-	MaxUnavailable               time.Duration
-	Failures                     []string
+	MaxUnavailable                time.Duration
+	Failures                      []string
 }
 
 // Report is a run's result.
@@ -270,23 +270,48 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 				to = append(to, n)
 			}
 		}
-		target := to[rng.IntN(len(to))]
+		rng.Shuffle(len(to), func(i, j int) { to[i], to[j] = to[j], to[i] })
 		if opt.Switch == nil {
 			stopAll()
 			return p, res, errors.New("switchover needs Options.Switch")
 		}
-		if err := opt.Switch(ctx, target.Name); err != nil {
-			// Refused (e.g. not a synchronous standby): not a failure of
-			// the cluster; the round still checks the writes.
-			if opt.Logf != nil {
-				opt.Logf("switchover to %s: %v", target.Name, err)
+		// A candidate may be refused (in synchronous mode only a recorded
+		// synchronous standby qualifies): try the others.
+		var errs []string
+		for _, target := range to {
+			err := opt.Switch(ctx, target.Name)
+			if err == nil {
+				errs = nil
+				break
 			}
+			errs = append(errs, err.Error())
+		}
+		if errs != nil {
+			res.failure = "every switchover was refused: " + strings.Join(errs, "; ")
 		}
 	}
-	// Writes must resume within the bound (for a fault that changes
-	// nothing, they never stopped).
-	if err := waitFor(ctx, opt.Bound, func() bool { return w.ackedAfter(injected.Add(100 * time.Millisecond)) }); err != nil {
-		res.failure = fmt.Sprintf("no acknowledged write within %s of the fault", opt.Bound)
+	switch f {
+	case AgentStop, EtcdPartition:
+		// Held until another member accepts writes (the old primary must
+		// have fenced itself first: the overlap check says whether it did).
+		var moved time.Time
+		if err := waitFor(ctx, opt.Bound, func() bool {
+			if q, err := primaryOf(ctx, c); err == nil && q != p {
+				if moved.IsZero() {
+					moved = time.Now()
+				}
+				return w.ackedAfter(moved)
+			}
+			return false
+		}); err != nil {
+			res.failure = fmt.Sprintf("no other member accepted writes within %s of the fault", opt.Bound)
+		}
+	default:
+		// Writes must resume within the bound (for a fault that changes
+		// nothing, they never stopped).
+		if err := waitFor(ctx, opt.Bound, func() bool { return w.ackedAfter(injected.Add(100 * time.Millisecond)) }); err != nil {
+			res.failure = fmt.Sprintf("no acknowledged write within %s of the fault", opt.Bound)
+		}
 	}
 	if f == EtcdMemberLoss {
 		// Held for a while under writes.
@@ -333,9 +358,7 @@ func waitHealthy(ctx context.Context, c *cluster.Cluster, bound time.Duration) (
 	var p *cluster.Node
 	var last error
 	err := waitFor(ctx, bound, func() bool {
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		q, err := c.Primary(rctx)
+		q, err := primaryOf(ctx, c)
 		if err != nil {
 			last = err
 			return false
@@ -344,7 +367,10 @@ func waitHealthy(ctx context.Context, c *cluster.Cluster, bound time.Duration) (
 			if n == q {
 				continue
 			}
-			if code, _, err := n.API(rctx, "/replica"); err != nil || code != 200 {
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			code, _, err := n.API(rctx, "/replica")
+			cancel()
+			if err != nil || code != 200 {
 				last = fmt.Errorf("%s is not streaming (%d %v)", n.Name, code, err)
 				return false
 			}
@@ -356,6 +382,37 @@ func waitHealthy(ctx context.Context, c *cluster.Cluster, bound time.Duration) (
 		return nil, fmt.Errorf("%w (last: %v)", err, last)
 	}
 	return p, nil
+}
+
+// primaryOf asks every member's /primary at once, each bounded on its own
+// (a frozen agent must not make the others' answers time out), and returns
+// the one member that answers 200.
+func primaryOf(ctx context.Context, c *cluster.Cluster) (*cluster.Node, error) {
+	codes := make([]int, len(c.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range c.Nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			codes[i], _, _ = n.API(rctx, "/primary")
+		}()
+	}
+	wg.Wait()
+	var found []*cluster.Node
+	for i, n := range c.Nodes {
+		if codes[i] == 200 {
+			found = append(found, n)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return nil, errors.New("no member answers /primary")
+	}
+	return nil, fmt.Errorf("%d members answer /primary", len(found))
 }
 
 // waitFor polls ok until it holds or bound passes.

@@ -73,10 +73,10 @@ type Node struct {
 	// (the first endpoint's; EtcdProxies has one per endpoint).
 	EtcdProxy   *tcpproxy.Proxy
 	EtcdProxies []*tcpproxy.Proxy
-	c         *Cluster
-	cmd       *exec.Cmd
-	done      chan struct{}
-	exitErr   error
+	c           *Cluster
+	cmd         *exec.Cmd
+	done        chan struct{}
+	exitErr     error
 }
 
 // New prepares the directories and configuration files of every node.
