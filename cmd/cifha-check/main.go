@@ -113,7 +113,7 @@ func run() int {
 	if err := c.Start(); err != nil {
 		return fail(err)
 	}
-	rep, err := checker.Run(ctx, c, checker.Options{Seed: *seed, Rounds: *rounds, Faults: faults, Bound: *bound, Etcd: ec,
+	rep, err := checker.Run(ctx, c, checker.Options{Seed: *seed, Rounds: *rounds, Faults: faults, Bound: *bound, Etcd: ec, Async: !*sync,
 		Switch: Switcher(filepath.Join(agentBin, "cifhactl"), ec.Endpoints(), "check", filepath.Join(root, "secrets", "api.token")),
 		Logf: func(format string, args ...any) {
 			fmt.Printf("%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)

@@ -1,0 +1,46 @@
+package checker
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestOverlaps(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 1, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	for _, tc := range []struct {
+		name string
+		acks map[string][]span
+		want int
+	}{
+		{"one member", map[string][]span{"db1": {{at(0), at(5)}, {at(3), at(8)}}}, 0},
+		{"handover with a gap", map[string][]span{"db1": {{at(0), at(5)}}, "db2": {{at(6), at(9)}}}, 0},
+		{"touching is not overlapping", map[string][]span{"db1": {{at(0), at(5)}}, "db2": {{at(5), at(9)}}}, 0},
+		{"two writable at once", map[string][]span{"db1": {{at(0), at(5)}, {at(20), at(25)}}, "db2": {{at(4), at(9)}, {at(22), at(30)}}}, 2},
+	} {
+		if got := overlaps(tc.acks); got != tc.want {
+			t.Errorf("%s: %d overlaps, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestReport(t *testing.T) {
+	r := Report{Seed: 7, ByFault: map[Fault]*Stats{HostLoss: {Rounds: 2, Acked: 40, Lost: 1}}}
+	if r.OK() {
+		t.Fatal("a lost row in synchronous mode must fail the run")
+	}
+	r.Async = true
+	if !r.OK() {
+		t.Fatal("asynchronous mode reports lost rows without failing")
+	}
+	r.ByFault[Switchover] = &Stats{Rounds: 1, Overlaps: 1}
+	if r.OK() {
+		t.Fatal("an overlap always fails")
+	}
+	var b strings.Builder
+	r.Table(&b)
+	if !strings.Contains(b.String(), "seed 7") || !strings.Contains(b.String(), "host-loss") {
+		t.Fatalf("table:\n%s", b.String())
+	}
+}
