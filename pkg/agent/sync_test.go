@@ -179,3 +179,20 @@ func TestLoopLeaderKeyVanishedFences(t *testing.T) {
 		t.Fatalf("key gone: up %v, fresh reads %d, calls %v", pg.Up, dcs.FreshReads, pg.Calls)
 	}
 }
+
+// TestLoopLaggingViewDoesNotFence: the watch-fed view lags (it does not show
+// the leader key yet) but etcd has it: the fresh read finds it and the
+// leader stays writable.
+func TestLoopLaggingViewDoesNotFence(t *testing.T) {
+	a, pg, dcs := syncLeader(t, false)
+	a.opt.Sync, a.syncCfg = ha.SyncConfig{Count: 1}, ha.SyncConfig{Count: 1}
+	rounds(a, 2)
+	stale := dcs.Cluster
+	stale.Leader = nil
+	dcs.StaleView = &stale
+	pg.Calls = nil
+	rounds(a, 2)
+	if !pg.Up || dcs.FreshReads == 0 || slices.ContainsFunc(pg.Calls, func(c string) bool { return strings.HasPrefix(c, "stop") }) {
+		t.Fatalf("lagging view: up %v, fresh reads %d, calls %v", pg.Up, dcs.FreshReads, pg.Calls)
+	}
+}

@@ -190,6 +190,9 @@ type DCS struct {
 	SyncWrites [][]string
 	// FreshReads counts ReadFresh calls.
 	FreshReads int
+	// StaleView, when set, is what Read returns (a watch-fed view that
+	// lags); ReadFresh still returns Cluster.
+	StaleView *election.Cluster
 }
 
 var _ port.DCS = (*DCS)(nil)
@@ -205,6 +208,9 @@ func (d *DCS) Read(context.Context) (election.Cluster, error) {
 		return election.Cluster{}, d.Err
 	}
 	c := d.Cluster
+	if d.StaleView != nil {
+		c = *d.StaleView
+	}
 	c.Members = map[string]election.Member{}
 	for k, v := range d.Cluster.Members {
 		c.Members[k] = v
@@ -343,5 +349,8 @@ func fp(v float64) *float64 { return &v }
 // ReadFresh is Read (the fake has no view).
 func (d *DCS) ReadFresh(ctx context.Context) (election.Cluster, error) {
 	d.FreshReads++
+	stale := d.StaleView
+	d.StaleView = nil
+	defer func() { d.StaleView = stale }()
 	return d.Read(ctx)
 }
