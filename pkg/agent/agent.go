@@ -181,6 +181,10 @@ type Agent struct {
 	syncMark ha.SyncMark
 	// lastSyncReason, lastSyncRaw: what was last logged and applied.
 	lastSyncReason, lastSyncRaw string
+	// syncCheckpointed: the setting a CHECKPOINT was run for (the mark
+	// waits for it); syncWritten: the members of the last sync record
+	// this agent wrote (primeSyncNames names them too).
+	syncCheckpointed, syncWritten []string
 	// standbySyncNames is the value a standby last configured.
 	standbySyncNames string
 	standbySyncSet   bool

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"maps"
 	"slices"
 
 	"github.com/cifha/cifha/pkg/ha"
@@ -23,8 +24,24 @@ func (a *Agent) syncStep(ctx context.Context, o ha.Observation) bool {
 	// waited for it.
 	names := slices.Sorted(slices.Values(p.Names))
 	if !p.OK || p.Block || len(names) == 0 {
-		a.syncMark = ha.SyncMark{}
+		a.syncMark, a.syncCheckpointed = ha.SyncMark{}, nil
 	} else if !slices.Equal(a.syncMark.Names, names) || a.syncMark.LSN == 0 {
+		// Whether a commit waits at all is decided by a flag only the
+		// checkpointer updates when it processes the reload, and it
+		// skips reloads while a checkpoint runs behind schedule: this
+		// session may already show the new setting while commits do not
+		// wait yet. A CHECKPOINT returns only after one that started
+		// after the request, and the checkpointer takes the reload
+		// before starting it; the mark is taken in the round after.
+		if !slices.Equal(a.syncCheckpointed, names) {
+			if err := a.opt.PG.Checkpoint(ctx); err != nil {
+				a.log.Warn("synchronous replication: checkpoint before the mark", "error", err)
+				return true
+			}
+			a.syncCheckpointed = names
+			a.syncMark = ha.SyncMark{}
+			return true // the mark is read next round, after the checkpoint
+		}
 		a.syncMark = ha.SyncMark{Names: names, LSN: o.PG.CurrentLSN}
 	}
 	s := ha.DecideSync(ha.SyncInput{Self: a.opt.Name, Config: a.syncCfg, Record: o.Cluster.Sync, Effective: eff,
@@ -41,6 +58,9 @@ func (a *Agent) syncStep(ctx context.Context, o ha.Observation) bool {
 		return false
 	case ha.SyncRecord:
 		a.log.Info("synchronous replication: writing the sync record", "members", s.Members, "strict", s.Strict, "reason", s.Reason)
+		// Remembered before the write: if its answer is lost, etcd may
+		// hold it, and a restart is primed with these names too.
+		a.syncWritten = append(a.syncWritten[:0], s.Members...)
 		err = a.opt.DCS.PutSync(ctx, s.Members, s.Strict)
 	case ha.SyncDeleteRecord:
 		a.log.Info("synchronous replication: removing the sync record", "reason", s.Reason)
@@ -59,6 +79,15 @@ func (a *Agent) syncStep(ctx context.Context, o ha.Observation) bool {
 		a.standbySyncSet = false
 		if err = a.opt.PG.Configure(); err == nil {
 			err = a.opt.PG.Reload()
+		}
+		if err != nil {
+			// Not applied: keep what postgres applies, so that a later
+			// configure and reload (a parameter change, cifhactl reload)
+			// does not apply a value the record was not stepped for.
+			a.opt.PG.SetSyncNames(o.PG.SyncNames)
+			if cerr := a.opt.PG.Configure(); cerr != nil {
+				a.log.Warn("synchronous replication: restore the configured value", "error", cerr)
+			}
 		}
 	}
 	if err != nil {
@@ -96,10 +125,19 @@ func (a *Agent) standbySync() {
 // standbys lack: this leader's recorded standbys, or in strict mode the
 // placeholder when there are none. Called while postgres is not running.
 func (a *Agent) primeSyncNames(c state.Cluster) {
-	var names []string
+	// The recorded standbys as the view shows them, and those this agent
+	// last wrote (the view may lag, or a write's answer may have been
+	// lost): naming more standbys only makes commits wait for more.
+	set := map[string]bool{}
 	if sy := c.Sync; sy != nil && sy.Leader == a.opt.Name {
-		names = slices.Sorted(slices.Values(sy.Members))
+		for _, m := range sy.Members {
+			set[m] = true
+		}
 	}
+	for _, m := range a.syncWritten {
+		set[m] = true
+	}
+	names := slices.Sorted(maps.Keys(set))
 	block := a.syncCfg.On && a.syncCfg.Strict && len(names) == 0
 	a.opt.PG.SetSyncNames(state.SyncStandbyNames(int(a.opt.PG.Version()), names, block))
 	a.standbySyncSet = false

@@ -54,6 +54,9 @@ func TestLoopSyncRecordsAfterSetting(t *testing.T) {
 	if sy := dcs.Cluster.Sync; !sy.Has("db2") {
 		t.Fatalf("record %+v: db2 is synchronous and flushed past the mark", sy)
 	}
+	if !has(pg.Calls, "reload", "checkpoint") {
+		t.Fatalf("no CHECKPOINT between applying the setting and taking the mark: %v", pg.Calls)
+	}
 	if s := a.Snapshot(); s.Cluster.Sync == nil || !strings.Contains(s.Plan.Reason, "healthy primary") {
 		t.Fatalf("snapshot %+v", s.Plan)
 	}

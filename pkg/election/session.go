@@ -141,6 +141,7 @@ func (s *Session) tick(ctx context.Context, sent time.Time) bool {
 		}
 		s.mu.Lock()
 		s.state = LeaseState{ID: int64(resp.ID), ValidUntil: sent.Add(minDur(s.ttl, time.Duration(resp.TTL)*time.Second))}
+		s.maxTerm = 0 // a new lease: its first renewal confirms the term afresh
 		s.mu.Unlock()
 		s.log.Debug("lease granted", "lease", fmt.Sprintf("%x", int64(resp.ID)), "ttl", resp.TTL)
 		s.notify()
@@ -191,11 +192,11 @@ var errStaleRenewal = errors.New("renewal answered by a stale etcd leader")
 // could take the key while this one is still writable.
 // TestOneEtcdMemberLostNoFailover found this with a frozen etcd leader.
 //
-// The rule: an answer in a term older than one already seen is refused.
-// After a failed attempt (a paused leader is reachable only after this
-// agent's attempts to it hung, or after a term change) the current term is
-// first confirmed by a linearizable read, which a leader without its quorum
-// cannot serve, and only an answer in that term is taken. Such a renewal
+// The rule: a renewal counts only if a linearizable read (which a leader
+// without its quorum cannot serve), sent with it or before it, shows it was
+// answered in the current term. In the steady state the read goes out
+// together with the renewal; after a failed attempt or a term change the
+// term is confirmed first and only an answer in it is taken. Such a renewal
 // was handled by the leader of a term that was current after the attempt
 // began; a leader elected later counts the lease from its own election
 // plus the full ttl, which ends after sent + ttl.
@@ -204,21 +205,43 @@ var errStaleRenewal = errors.New("renewal answered by a stale etcd leader")
 // hangs until its timeout; after a failed attempt the read and the renewal
 // are therefore sent to every endpoint at once and the first acceptable
 // answer wins (the client balances concurrent calls over its endpoints).
-// In the steady state it is one renewal, as before.
+// In the steady state it is one renewal and one read. A read in a lower
+// term than seen before is still authoritative (etcd restored from a
+// snapshot restarts its terms).
 func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
 	s.mu.Lock()
 	maxTerm, lastFailed := s.maxTerm, s.lastFailed
 	s.mu.Unlock()
 	if !lastFailed && maxTerm != 0 {
+		// The renewal and a linearizable read go out together: a request
+		// buffered on a paused leader can be answered, in the old term,
+		// within the attempt's timeout once it resumes; the read, sent
+		// after `sent` and confirmed by a quorum, shows the term that is
+		// current, and the renewal counts only if it was answered in it.
+		var (
+			wg   sync.WaitGroup
+			g    *clientv3.GetResponse
+			gerr error
+		)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g, gerr = s.cli.Get(ctx, s.checkKey, clientv3.WithCountOnly())
+		}()
 		resp, err := s.cli.KeepAliveOnce(ctx, id)
+		wg.Wait()
 		if err != nil {
 			return nil, err
 		}
-		switch term := resp.ResponseHeader.RaftTerm; {
-		case term < maxTerm:
-			return nil, fmt.Errorf("%w (raft term %d, already saw %d)", errStaleRenewal, term, maxTerm)
-		case term == maxTerm:
+		if gerr != nil {
+			return nil, fmt.Errorf("confirm the etcd leader's term: %w", gerr)
+		}
+		term, cur := resp.ResponseHeader.RaftTerm, g.Header.RaftTerm
+		if term == cur && term == maxTerm {
 			return resp, nil
+		}
+		if term < cur {
+			return nil, fmt.Errorf("%w (raft term %d, current %d)", errStaleRenewal, term, cur)
 		}
 		// A new term: confirmed below like after a failure.
 	}
@@ -233,9 +256,10 @@ func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.Lea
 	if err != nil {
 		return nil, fmt.Errorf("confirm the etcd leader's term: %w", err)
 	}
-	if cur < maxTerm {
-		return nil, fmt.Errorf("%w (the read's raft term %d, already saw %d)", errStaleRenewal, cur, maxTerm)
-	}
+	// The quorum-confirmed read is authoritative, also when its term is
+	// lower than one seen before: etcd restored from a snapshot or
+	// replaced restarts its terms, and refusing them would fence every
+	// agent for good.
 	resp, err := firstOf(ctx, hedge, func(ctx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
 		r, err := s.cli.KeepAliveOnce(ctx, id)
 		if err != nil {
@@ -250,7 +274,7 @@ func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.Lea
 		return nil, err
 	}
 	s.mu.Lock()
-	s.maxTerm = max(s.maxTerm, cur)
+	s.maxTerm = cur
 	s.mu.Unlock()
 	return resp, nil
 }

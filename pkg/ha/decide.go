@@ -36,6 +36,15 @@ func Decide(o Observation) Plan {
 		return plan(Wait, "etcd unreachable: %v", o.DCSErr)
 	}
 	leader := o.leader()
+	if o.primaryLike() && o.WritableLease != 0 && o.Cluster.Leader == nil {
+		// Before operator requests and maintenance mode: made writable
+		// under this member's lease, yet the key is gone (the agent
+		// confirmed it with a fresh read): deleted, or its lease revoked by
+		// etcd earlier than this member's deadline. Anyone may take the key
+		// now, so writes stop first; it is taken again from a stopped
+		// postgres.
+		return plan(Fence, "the leader key is gone while this member was writable under it (deleted, or its lease revoked by etcd): stop accepting writes before taking it again")
+	}
 	if o.Op != OpNone {
 		// An operator's explicit request, honoured in maintenance mode too
 		// (after fencing, which nothing overrides).
