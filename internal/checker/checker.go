@@ -19,6 +19,7 @@ package checker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -82,7 +83,9 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// Async: the cluster replicates asynchronously; acknowledged rows a
 	// failover loses (up to maximum_lag_on_failover) are reported, not a
-	// failure. Overlaps and not recovering still are.
+	// failure. Overlaps and not recovering still are. Otherwise a round
+	// starts only once the leader has a recorded synchronous standby (with
+	// none, losing the primary stops writes by design).
 	Async bool
 }
 
@@ -158,7 +161,7 @@ func Run(ctx context.Context, c *cluster.Cluster, opt Options) (Report, error) {
 		faults = AllFaults
 	}
 	rng := rand.New(rand.NewPCG(opt.Seed, opt.Seed^0x9e3779b97f4a7c15))
-	p, err := waitHealthy(ctx, c, opt.Bound)
+	p, err := waitHealthy(ctx, c, opt.Bound, !opt.Async)
 	if err != nil {
 		return rep, err
 	}
@@ -331,7 +334,7 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			return p, res, fmt.Errorf("restore after %s: %w", f, err)
 		}
 	}
-	next, err := waitHealthy(ctx, c, opt.Bound)
+	next, err := waitHealthy(ctx, c, opt.Bound, !opt.Async)
 	if err != nil {
 		if res.failure == "" {
 			res.failure = fmt.Sprintf("not healthy within %s: %v", opt.Bound, err)
@@ -360,8 +363,9 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 	return next, res, nil
 }
 
-// waitHealthy waits for one primary and every other member streaming.
-func waitHealthy(ctx context.Context, c *cluster.Cluster, bound time.Duration) (*cluster.Node, error) {
+// waitHealthy waits for one primary and every other member streaming (and,
+// with sync, a synchronous standby recorded by that primary).
+func waitHealthy(ctx context.Context, c *cluster.Cluster, bound time.Duration, sync bool) (*cluster.Node, error) {
 	var p *cluster.Node
 	var last error
 	err := waitFor(ctx, bound, func() bool {
@@ -379,6 +383,24 @@ func waitHealthy(ctx context.Context, c *cluster.Cluster, bound time.Duration) (
 			cancel()
 			if err != nil || code != 200 {
 				last = fmt.Errorf("%s is not streaming (%d %v)", n.Name, code, err)
+				return false
+			}
+		}
+		if sync {
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			_, body, err := q.API(rctx, "/status")
+			cancel()
+			var st struct {
+				Sync *struct {
+					Leader  string   `json:"leader"`
+					Members []string `json:"members"`
+				} `json:"sync"`
+			}
+			if err == nil {
+				err = json.Unmarshal(body, &st)
+			}
+			if err != nil || st.Sync == nil || st.Sync.Leader != q.Name || len(st.Sync.Members) == 0 {
+				last = fmt.Errorf("%s has no recorded synchronous standby yet (%v)", q.Name, err)
 				return false
 			}
 		}
