@@ -81,18 +81,9 @@ func run() int {
 		}
 	}()
 	// The postgres user must be able to execute the agent's binaries.
-	agentBin := filepath.Join(root, "bin")
-	if err := os.MkdirAll(agentBin, 0o755); err != nil {
+	agentBin, err := cluster.CopyAgentBinaries(binAbs, root)
+	if err != nil {
 		return fail(err)
-	}
-	for _, b := range []string{"cifha", "cifhactl"} {
-		data, err := os.ReadFile(filepath.Join(binAbs, b))
-		if err != nil {
-			return fail(fmt.Errorf("%w (run `make build` first)", err))
-		}
-		if err := os.WriteFile(filepath.Join(agentBin, b), data, 0o755); err != nil {
-			return fail(err)
-		}
 	}
 	ec, err := etcdcluster.Start(filepath.Join(binAbs, "cifha-devetcd"), filepath.Join(root, "etcd"), *etcdMembers)
 	if err != nil {

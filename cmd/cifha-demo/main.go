@@ -55,20 +55,9 @@ func run() int {
 	}()
 	if os.Geteuid() == 0 {
 		// The postgres user must be able to execute the binaries.
-		copied := filepath.Join(root, "bin")
-		if err := os.MkdirAll(copied, 0o755); err != nil {
+		if binAbs, err = cluster.CopyAgentBinaries(binAbs, root); err != nil {
 			return fail(err)
 		}
-		for _, b := range []string{"cifha", "cifhactl"} {
-			data, err := os.ReadFile(filepath.Join(binAbs, b))
-			if err != nil {
-				return fail(fmt.Errorf("%w (run `make build` first)", err))
-			}
-			if err := os.WriteFile(filepath.Join(copied, b), data, 0o755); err != nil {
-				return fail(err)
-			}
-		}
-		binAbs = copied
 	}
 	var endpoints []string
 	if *etcdMembers > 1 {

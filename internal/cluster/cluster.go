@@ -467,3 +467,23 @@ func (n *Node) SignalAgent(sig syscall.Signal) error {
 	}
 	return n.cmd.Process.Signal(sig)
 }
+
+// CopyAgentBinaries copies cifha and cifhactl from src into root/bin (mode
+// 0755) and returns that directory: the postgres user, which runs the
+// agents, may not be able to reach a build directory under root's home.
+func CopyAgentBinaries(src, root string) (string, error) {
+	dst := filepath.Join(root, "bin")
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return "", err
+	}
+	for _, b := range []string{"cifha", "cifhactl"} {
+		data, err := os.ReadFile(filepath.Join(src, b))
+		if err != nil {
+			return "", fmt.Errorf("%w (run `make build` first)", err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, b), data, 0o755); err != nil {
+			return "", err
+		}
+	}
+	return dst, nil
+}
