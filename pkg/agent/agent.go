@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +56,9 @@ type Options struct {
 	// Sync is this member's file setting of synchronous mode; the
 	// cluster-wide setting wins where set.
 	Sync ha.SyncConfig
+	// Failsafe is this member's file setting of DCS failsafe mode; the
+	// cluster-wide setting wins where set.
+	Failsafe bool
 	// RecentWindow: a candidate must have streamed within this (2 x ttl).
 	RecentWindow time.Duration
 	// TriggerFile, when set, promotes by creating it instead of pg_ctl promote.
@@ -115,6 +119,13 @@ type Snapshot struct {
 	LoopInterval time.Duration
 	// Sync is the synchronous mode in effect.
 	Sync ha.SyncConfig
+	// Following is the leader this standby's files follow ("": none).
+	Following string
+	// Failsafe is the DCS failsafe mode in effect; Cover and Promise
+	// what this member was promised as leader and promised as standby.
+	Failsafe bool
+	Cover    ha.FailsafeCover
+	Promise  ha.Promise
 }
 
 // Agent is the per-host daemon's core. Run is its only acting goroutine.
@@ -179,6 +190,10 @@ type Agent struct {
 	// syncMark what DecideSync needs remembered (ha.SyncMark).
 	syncCfg  ha.SyncConfig
 	syncMark ha.SyncMark
+	// failsafeOn is the effective DCS failsafe mode (loop goroutine
+	// only); fs carries it out.
+	failsafeOn bool
+	fs         *failsafe
 	// lastSyncReason, lastSyncRaw: what was last logged and applied.
 	lastSyncReason, lastSyncRaw string
 	// syncCheckpointed: the setting a CHECKPOINT was run for (the mark
@@ -236,6 +251,8 @@ func New(opt Options) *Agent {
 		loopInterval: opt.LoopInterval, keysConfig: opt.ConfigKey}
 	a.maxLag.Store(opt.MaxLag)
 	a.syncCfg = opt.Sync
+	a.failsafeOn = opt.Failsafe
+	a.fs = newFailsafe(a)
 	a.metrics = newMetrics(a)
 	a.fence = &fencer{a: a, armedCh: make(chan struct{}, 1)}
 	if len(opt.Hooks.OnStart)+len(opt.Hooks.OnStop)+len(opt.Hooks.OnRoleChange) > 0 {
@@ -259,6 +276,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	fencerDone := make(chan struct{})
 	go func() { a.fence.run(fctx); close(fencerDone) }()
 	defer func() { stopFencer(); <-fencerDone }()
+	askerDone := make(chan struct{})
+	go func() { a.fs.run(fctx); close(askerDone) }()
+	defer func() { stopFencer(); <-askerDone }()
 	if a.hooks != nil {
 		hctx, stopHooks := context.WithCancel(context.Background())
 		hooksDone := make(chan struct{})
@@ -445,6 +465,9 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	}
 	a.sendReplies()
 	a.hooksAfter(o)
+	// Whether this member leads (then it promises nothing) and the term
+	// its writable postgres runs in, for the failsafe asker.
+	a.fs.setRole((o.DCSErr == nil && o.HoldsLeader) || a.writableLease != 0 || a.promoting || (o.Running && (o.PG == nil || !o.PG.InRecovery) && !o.Standby.Standby), a.writableLease)
 	a.lastObs = o
 	a.metrics.observeLoop(time.Since(started), p)
 	return err
@@ -516,6 +539,7 @@ func (a *Agent) observe(ctx context.Context) ha.Observation {
 	}
 	o.LastStreamed = a.lastStreamed
 	o.StreamedTimeline = int(a.streamedTL.Load())
+	o.Cover, o.Promise = a.fs.coverNow(), a.fs.promiseNow()
 	// The lease is read before etcd so that HoldsLeader can never pair a
 	// newer lease with an older read.
 	o.Lease = a.opt.DCS.Lease()
@@ -798,7 +822,7 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 			prev = o.Cluster.LastLeader.Name
 		}
 		lsn := ha.Position(o.PG.ReceiveLSN, o.PG.ReplayLSN)
-		lease, err := a.acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: lsn.String(), At: o.Now})
+		lease, err := a.acquire(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: lsn.String(), At: o.Now}, o)
 		if err != nil {
 			return err
 		}
@@ -844,6 +868,22 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 
 	case ha.RepairLeaderKey:
 		return dcs.Repair(ctx)
+
+	case ha.Reacquire:
+		rec := election.LastLeader{At: o.Now}
+		if o.PG != nil {
+			rec.Timeline, rec.LSN = o.PG.Timeline, o.PG.CurrentLSN.String()
+		}
+		lease, err := a.acquire(ctx, rec, o)
+		if err != nil {
+			return err
+		}
+		// Postgres never stopped: the term continues under the new lease.
+		if err := a.madeWritable(lease); err != nil {
+			return err
+		}
+		a.log.Warn("took the leader key again after the etcd outage; postgres stayed writable on failsafe promises throughout", "lease", fmt.Sprintf("%x", lease.ID))
+		return nil
 
 	case ha.ClearStaleLeader:
 		return dcs.ClearStale(ctx, o.Cluster.Leader.ModRev)
@@ -921,7 +961,7 @@ func (a *Agent) acquireAndStart(ctx context.Context, o ha.Observation, reason st
 	if ll := o.Cluster.LastLeader; ll != nil && ll.Name == o.Self {
 		rec.Timeline, rec.LSN = ll.Timeline, ll.LSN
 	}
-	lease, err := a.acquire(ctx, rec)
+	lease, err := a.acquire(ctx, rec, o)
 	if err != nil {
 		return err
 	}
@@ -947,7 +987,7 @@ func (a *Agent) acquireAndStart(ctx context.Context, o ha.Observation, reason st
 // lease is read before the transaction: if the session replaces it in
 // between, the key is bound to a newer lease than the one returned and the
 // next Decide fences (a false alarm, never a missed one).
-func (a *Agent) acquire(ctx context.Context, rec election.LastLeader) (election.LeaseState, error) {
+func (a *Agent) acquire(ctx context.Context, rec election.LastLeader, o ha.Observation) (election.LeaseState, error) {
 	lease := a.opt.DCS.Lease()
 	if lease.ID == 0 {
 		return lease, election.ErrNoLease
@@ -955,7 +995,12 @@ func (a *Agent) acquire(ctx context.Context, rec election.LastLeader) (election.
 	if err := a.gateNow(lease); err != nil {
 		return lease, err
 	}
-	ok, err := a.opt.DCS.Acquire(ctx, rec)
+	// Serialised with the failsafe promises this member gives: none is
+	// given from here on, and one given before stops this.
+	if err := a.fs.beginTake(a.now(), o.Cluster.FailsafeRev != 0); err != nil {
+		return lease, err
+	}
+	ok, err := a.opt.DCS.Acquire(ctx, rec, o.Cluster.FailsafeRev)
 	if err != nil || !ok {
 		return lease, errOr(err, "leader key taken by another member")
 	}
@@ -979,6 +1024,7 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 		a.opt.PG.RemoveTriggerFile(a.opt.TriggerFile)
 	}
 	a.ensureSlots(ctx, o)
+	a.fs.step(ctx, o, a.failsafeOn)
 	if a.syncStep(ctx, o) {
 		a.quiet = 0 // the next step is due at the next loop interval, not the idle one
 	}
@@ -1189,8 +1235,21 @@ func (a *Agent) publish(ctx context.Context, o ha.Observation, p ha.Plan, actErr
 	if actErr != nil {
 		m.Reason = fmt.Sprintf("%s (last action failed: %v)", p.Reason, actErr)
 	}
-	snap := &Snapshot{Member: m, Cluster: o.Cluster, IsLeader: o.HoldsLeader, Lease: o.Lease,
-		Running: o.Running, Plan: p, ObservedAt: o.Now, LoopInterval: a.loopInterval, Sync: a.syncCfg}
+	// The lease that fences this primary: extended by a failsafe cover.
+	snap := &Snapshot{Member: m, Cluster: o.Cluster, IsLeader: o.HoldsLeader, Lease: ha.EffectiveLease(o.Lease, o.WritableLease, o.Cover),
+		Running: o.Running, Plan: p, ObservedAt: o.Now, LoopInterval: a.loopInterval, Sync: a.syncCfg,
+		Failsafe: a.failsafeOn, Cover: o.Cover, Promise: o.Promise}
+	if o.DCSErr != nil && o.WritableLease != 0 {
+		// etcd unreadable: the key cannot be seen, but this primary's
+		// term runs until its (effective) lease ends, which /primary
+		// checks at every request.
+		if prev := a.snap.Load(); prev != nil && prev.IsLeader {
+			snap.IsLeader = true
+		}
+	}
+	if o.Standby.Standby {
+		snap.Following, _, _ = strings.Cut(o.Standby.Target, " ")
+	}
 	if o.PG != nil {
 		snap.InRecovery = o.PG.InRecovery
 		snap.Streaming = o.PG.InRecovery && o.PG.WalReceiver == "streaming"

@@ -50,6 +50,13 @@ func Handler(a *Agent) http.Handler {
 					}
 				}
 				st.Sync = s.Cluster.Sync
+				st.FailsafeMode = s.Failsafe
+				if left := s.Cover.Until.Sub(a.now()); s.Cover.Lease != 0 && left > 0 {
+					st.FailsafeCoverFor = left.Round(time.Millisecond).String()
+				}
+				if pr := s.Promise; pr.Leader != "" && a.now().Before(pr.Until) {
+					st.FailsafePromise = fmt.Sprintf("%s for %s", pr.Leader, pr.Until.Sub(a.now()).Round(time.Millisecond))
+				}
 			}
 			writeJSON(w, code, st)
 		}
@@ -66,6 +73,8 @@ func Handler(a *Agent) http.Handler {
 	// stay open for load balancers.
 	mux.HandleFunc("/status", a.protect(check(func(s *Snapshot, _ time.Time) bool { return true })))
 	a.controlRoutes(mux)
+	// DCS failsafe mode: a leader cut off from etcd asks for a promise.
+	mux.HandleFunc("/failsafe", a.postFailsafe)
 	// Prometheus metrics (docs/operations.md, deploy/prometheus): open like
 	// /health unless api.protect_reads.
 	metrics := a.metrics.Handler()

@@ -131,6 +131,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		AgentVersion: version.Version, NoFailover: cfg.Tags.NoFailover, FailoverPriority: cfg.Tags.FailoverPriority,
 		Peers:  HTTPPeers{Client: peerClient},
 		MaxLag: cfg.HA.MaxLagBytes, Sync: ha.SyncConfig{On: cfg.HA.SynchronousMode, Strict: cfg.HA.SynchronousModeStrict, Count: cfg.HA.SynchronousNodeCount},
+		Failsafe:     cfg.HA.FailsafeMode,
 		RecentWindow: 2 * ttl, RemoveOnRewindFailure: cfg.HA.RemoveDataDirectoryOnRewindFailure,
 		LastLeaderEvery: cfg.HA.LoopInterval.Duration,
 		TriggerFile:     triggerFile,

@@ -124,24 +124,18 @@ func ApplySet(cur election.DynamicConfig, set map[string]string, settings map[st
 				return cur, &ConfigError{k, err.Error()}
 			}
 			out.MaximumLagOnFailover = &n
-		case k == "synchronous_mode" || k == "synchronous_mode_strict":
+		case k == "synchronous_mode" || k == "synchronous_mode_strict" || k == "failsafe_mode":
+			field := map[string]**bool{"synchronous_mode": &out.SynchronousMode, "synchronous_mode_strict": &out.SynchronousModeStrict,
+				"failsafe_mode": &out.FailsafeMode}[k]
 			if v == "" {
-				if k == "synchronous_mode" {
-					out.SynchronousMode = nil
-				} else {
-					out.SynchronousModeStrict = nil
-				}
+				*field = nil
 				continue
 			}
 			b, err := strconv.ParseBool(v)
 			if err != nil {
 				return cur, &ConfigError{k, fmt.Sprintf("%q is not true or false", v)}
 			}
-			if k == "synchronous_mode" {
-				out.SynchronousMode = &b
-			} else {
-				out.SynchronousModeStrict = &b
-			}
+			*field = &b
 		case k == "synchronous_node_count":
 			if v == "" {
 				out.SynchronousNodeCount = nil
@@ -163,7 +157,7 @@ func ApplySet(cur election.DynamicConfig, set map[string]string, settings map[st
 			}
 			out.Parameters[name] = v
 		default:
-			return cur, &ConfigError{k, "unknown setting (known: ttl, loop_interval, maximum_lag_on_failover, synchronous_mode, synchronous_mode_strict, synchronous_node_count, postgresql.parameters.NAME)"}
+			return cur, &ConfigError{k, "unknown setting (known: ttl, loop_interval, maximum_lag_on_failover, synchronous_mode, synchronous_mode_strict, synchronous_node_count, failsafe_mode, postgresql.parameters.NAME)"}
 		}
 	}
 	if len(out.Parameters) == 0 {

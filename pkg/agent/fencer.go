@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cifha/cifha/pkg/election"
 	"github.com/cifha/cifha/pkg/pgctl"
 )
 
@@ -42,6 +43,21 @@ func (f *fencer) arm(lease int64) {
 }
 
 func (f *fencer) disarm() { f.arm(0) }
+
+// poke makes the fencer look again now (a failsafe cover moved the
+// deadline).
+func (f *fencer) poke() {
+	select {
+	case f.armedCh <- struct{}{}:
+	default:
+	}
+}
+
+// lease is the lease the fencer enforces for a postgres made writable
+// under armed: the session's, extended by a failsafe cover of that term.
+func (a *Agent) fenceLease(armed int64) election.LeaseState {
+	return ha.EffectiveLease(a.opt.DCS.Lease(), armed, a.fs.coverNow())
+}
 
 // disarmIf disarms only if still armed for lease: the loop may have armed a
 // newer term while the fencer was stopping the old one.
@@ -125,7 +141,7 @@ func (f *fencer) run(ctx context.Context) {
 			}
 			continue
 		}
-		lease := f.a.opt.DCS.Lease()
+		lease := f.a.fenceLease(armed)
 		now := f.a.now()
 		if lease.ID == armed && ha.MayStayWritable(now.Add(-f.lag()), lease, f.a.opt.FenceMargin) {
 			until := ha.FenceAt(lease, f.a.opt.FenceMargin).Add(f.lag()).Sub(now)
@@ -189,7 +205,7 @@ func (a *Agent) fenceDue() <-chan time.Time {
 	if a.writableLease == 0 {
 		return nil
 	}
-	d := ha.FenceAt(a.opt.DCS.Lease(), a.opt.FenceMargin).Sub(a.now())
+	d := ha.FenceAt(a.fenceLease(a.writableLease), a.opt.FenceMargin).Sub(a.now())
 	if d < 0 {
 		d = 0
 	}

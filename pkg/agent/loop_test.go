@@ -207,3 +207,7 @@ type noPeers struct{}
 func (noPeers) Candidate(context.Context, string) (ha.Candidate, error) {
 	return ha.Candidate{}, errors.New("no peers in this test")
 }
+
+func (noPeers) Failsafe(context.Context, string, string) (time.Duration, error) {
+	return 0, errors.New("no peers in this test")
+}

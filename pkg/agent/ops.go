@@ -164,6 +164,14 @@ func (a *Agent) applyLimits(c election.Cluster) {
 	if v := cfg.SynchronousNodeCount; v != nil {
 		sc.Count = *v
 	}
+	fs := a.opt.Failsafe
+	if v := cfg.FailsafeMode; v != nil {
+		fs = *v
+	}
+	if fs != a.failsafeOn {
+		a.log.Info("failsafe mode changed", "on", fs)
+		a.failsafeOn = fs
+	}
 	if sc != a.syncCfg {
 		a.log.Info("synchronous mode changed", "on", sc.On, "strict", sc.Strict, "count", sc.Count)
 		a.syncCfg = sc

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/cifha/cifha/pkg/agent/agenttest"
 	"strings"
@@ -244,3 +245,11 @@ func TestLoopSwitchoverCandidateClaimsBeforePromoting(t *testing.T) {
 type peerFunc func() (ha.Candidate, error)
 
 func (f peerFunc) Candidate(context.Context, string) (ha.Candidate, error) { return f() }
+
+func (f peerFunc) Failsafe(context.Context, string, string) (time.Duration, error) {
+	return 0, errors.New("no failsafe in this test")
+}
+
+func (caughtUp) Failsafe(context.Context, string, string) (time.Duration, error) {
+	return 0, errors.New("no failsafe in this test")
+}

@@ -31,6 +31,30 @@ type StatusResponse struct {
 	// commit), nil when absent.
 	SynchronousMode string           `json:"synchronous_mode"`
 	Sync            *state.SyncState `json:"sync,omitempty"`
+	// FailsafeMode is this member's effective DCS failsafe mode;
+	// FailsafeCoverFor, on a leader writable on its peers' promises
+	// beyond its lease (etcd unreachable), how much longer;
+	// FailsafePromise, on a standby, whom it promised not to take over
+	// from, and for how long.
+	FailsafeMode     bool   `json:"failsafe_mode"`
+	FailsafeCoverFor string `json:"failsafe_cover_for,omitempty"`
+	FailsafePromise  string `json:"failsafe_promise,omitempty"`
+}
+
+// FailsafeRequest is the body of POST /failsafe: leader Leader, cut off
+// from etcd, asks this member to promise that it is a standby following
+// it and will not take the leader key for a while.
+type FailsafeRequest struct {
+	Leader string `json:"leader"`
+}
+
+// FailsafeResponse answers a FailsafeRequest. OK: promised for
+// DurationMS milliseconds from when the request arrived; otherwise
+// Message says why not.
+type FailsafeResponse struct {
+	OK         bool   `json:"ok"`
+	DurationMS int64  `json:"duration_ms,omitempty"`
+	Message    string `json:"message,omitempty"`
 }
 
 // WALResponse is the body of GET /wal.

@@ -199,6 +199,11 @@ type HA struct {
 	// SynchronousNodeCount is how many standbys each commit waits for when
 	// that many are healthy (default 1).
 	SynchronousNodeCount int `toml:"synchronous_node_count"`
+	// FailsafeMode (DCS failsafe): when etcd cannot be reached, the
+	// leader stays writable only while every other member confirms over
+	// its API that it follows it and promises not to take over
+	// (docs/fencing.md). Off by default.
+	FailsafeMode bool `toml:"failsafe_mode"`
 
 	// MaxLagBytes is MaximumLagOnFailover parsed.
 	MaxLagBytes int64 `toml:"-"`

@@ -74,7 +74,7 @@ func TestOneInitializerOneLeader(t *testing.T) {
 			if err != nil {
 				t.Error(err)
 			}
-			led, err := n.store.Acquire(ctx, LastLeader{Timeline: 1})
+			led, err := n.store.Acquire(ctx, LastLeader{Timeline: 1}, 0)
 			if err != nil {
 				t.Error(err)
 			}
@@ -130,14 +130,14 @@ func TestLeaseDeadlineIsLowerBound(t *testing.T) {
 		}
 		return nil
 	})
-	if ok, err := a.store.Acquire(ctx, LastLeader{}); !ok || err != nil {
+	if ok, err := a.store.Acquire(ctx, LastLeader{}, 0); !ok || err != nil {
 		t.Fatalf("acquire: %v %v", ok, err)
 	}
 	b := newNode(t, ep, "b", ttl)
 	deadline := a.sess.State().ValidUntil
 	a.crash()
 	testutil.Eventually(t, 4*ttl, "b acquires after a's lease expires", func() error {
-		ok, err := b.store.Acquire(ctx, LastLeader{})
+		ok, err := b.store.Acquire(ctx, LastLeader{}, 0)
 		if err != nil {
 			return err
 		}
@@ -155,7 +155,7 @@ func TestGarbageIsIgnoredAndRepaired(t *testing.T) {
 	ep := testutil.Etcd(t)
 	ctx := context.Background()
 	a := newNode(t, ep, "a", 3*time.Second)
-	if ok, _ := a.store.Acquire(ctx, LastLeader{}); !ok {
+	if ok, _ := a.store.Acquire(ctx, LastLeader{}, 0); !ok {
 		t.Fatal("acquire")
 	}
 	if err := a.store.PutMember(ctx, Member{Role: "primary", State: "running"}); err != nil {
@@ -290,7 +290,7 @@ func TestWatchedView(t *testing.T) {
 		}
 		return nil
 	})
-	if ok, err := b.store.Acquire(ctx, LastLeader{}); !ok || err != nil {
+	if ok, err := b.store.Acquire(ctx, LastLeader{}, 0); !ok || err != nil {
 		t.Fatalf("acquire: %v %v", ok, err)
 	}
 	<-wake

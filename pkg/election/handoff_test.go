@@ -17,7 +17,7 @@ func TestHandoff(t *testing.T) {
 	ctx := context.Background()
 	a := newNode(t, ep, "a", 3*time.Second)
 	b := newNode(t, ep, "b", 3*time.Second)
-	if ok, err := a.store.Acquire(ctx, LastLeader{Timeline: 1}); err != nil || !ok {
+	if ok, err := a.store.Acquire(ctx, LastLeader{Timeline: 1}, 0); err != nil || !ok {
 		t.Fatalf("acquire %v %v", ok, err)
 	}
 	if err := b.store.PutMember(ctx, Member{Role: "replica", State: "streaming"}); err != nil {

@@ -41,6 +41,9 @@ func (k Keys) Promotion() string { return k.Prefix + "promotion" }
 // Sync is the synchronous-replication record (state.SyncState).
 func (k Keys) Sync() string { return k.Prefix + "sync" }
 
+// Failsafe is the DCS failsafe member list (state.FailsafeState).
+func (k Keys) Failsafe() string { return k.Prefix + "failsafe" }
+
 // Member is member name's key.
 func (k Keys) Member(name string) string { return k.Prefix + "members/" + name }
 
@@ -249,6 +252,17 @@ func ParseCluster(keys Keys, rev int64, kvs []*mvccpb.KeyValue) Cluster {
 			}
 			sy.ModRev = kv.ModRevision
 			c.Sync = sy
+		case k == keys.Failsafe():
+			fs, err := state.ParseFailsafe(kv.Value)
+			if err != nil {
+				// Unknown is not "no list": Invalid blocks taking the key.
+				c.Invalid[k] = err.Error()
+				c.FailsafeRev = kv.ModRevision
+				continue
+			}
+			fs.ModRev = kv.ModRevision
+			c.Failsafe = fs
+			c.FailsafeRev = kv.ModRevision
 		case k == keys.Promotion():
 			var pc state.PromotionClaim
 			if err := state.DecodeStrict(kv.Value, &pc); err != nil || !ValidName(pc.Name) {
@@ -332,8 +346,12 @@ func (s *Store) ReleaseInitialize(ctx context.Context) error {
 }
 
 // Acquire takes the leader key if nobody holds it, binding it to this
-// agent's lease and recording last-leader in the same transaction.
-func (s *Store) Acquire(ctx context.Context, rec LastLeader) (bool, error) {
+// agent's lease and recording last-leader in the same transaction. The
+// transaction also requires the failsafe member list to be as the caller
+// read it (failsafeRev: its mod revision, 0 for absent): the decision to
+// take the key was made against that list (a member missing from it never
+// takes the key), and a list written since may exclude this member.
+func (s *Store) Acquire(ctx context.Context, rec LastLeader, failsafeRev int64) (bool, error) {
 	lease := s.sess.State()
 	if lease.ID == 0 {
 		return false, ErrNoLease
@@ -344,7 +362,8 @@ func (s *Store) Acquire(ctx context.Context, rec LastLeader) (bool, error) {
 	ctx, cancel := s.rpc(ctx)
 	defer cancel()
 	k := s.keys.Leader()
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0),
+		clientv3.Compare(clientv3.ModRevision(s.keys.Failsafe()), "=", failsafeRev)).
 		Then(clientv3.OpPut(k, s.name, clientv3.WithLease(clientv3.LeaseID(lease.ID))), clientv3.OpPut(s.keys.LastLeader(), string(b))).
 		Commit()
 	if err != nil {
@@ -516,6 +535,25 @@ func (s *Store) PutSync(ctx context.Context, members []string, strict bool) erro
 	}
 	b, _ := json.Marshal(SyncState{Leader: s.name, Members: append([]string{}, members...), Strict: strict})
 	return s.leaderTxn(ctx, "write sync record", clientv3.OpPut(s.keys.Sync(), string(b)))
+}
+
+// PutFailsafe writes the failsafe member list naming this member as
+// leader, only while it holds the key it acquired.
+func (s *Store) PutFailsafe(ctx context.Context, members map[string]string) error {
+	if s.leaderRev == 0 {
+		return ErrNotLeader
+	}
+	b, _ := json.Marshal(state.FailsafeState{Leader: s.name, Members: members})
+	return s.leaderTxn(ctx, "write failsafe member list", clientv3.OpPut(s.keys.Failsafe(), string(b)))
+}
+
+// DeleteFailsafe removes the failsafe member list (failsafe mode turned
+// off), only while this member holds the leader key.
+func (s *Store) DeleteFailsafe(ctx context.Context) error {
+	if s.leaderRev == 0 {
+		return ErrNotLeader
+	}
+	return s.leaderTxn(ctx, "delete failsafe member list", clientv3.OpDelete(s.keys.Failsafe()))
 }
 
 // DeleteSync removes the synchronous-replication record (synchronous mode

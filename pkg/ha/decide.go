@@ -17,10 +17,16 @@ func Decide(o Observation) Plan {
 	// Safety first: a postgres that may accept writes must be within its
 	// lease. This comes before everything else, including etcd errors.
 	if o.primaryLike() {
-		if !MayStayWritable(o.Now, o.Lease, o.FenceMargin) {
+		// The lease, or the failsafe cover of the term it was made
+		// writable in (failsafe.go): one rule either way.
+		eff := EffectiveLease(o.Lease, o.WritableLease, o.Cover)
+		if !MayStayWritable(o.Now, eff, o.FenceMargin) {
+			if eff != o.Lease {
+				return plan(Fence, "failsafe promises end within the fence margin (%s) and etcd cannot renew the lease: stop accepting writes", o.FenceMargin)
+			}
 			return plan(Fence, "lease expires within the fence margin (%s) and was not renewed: stop accepting writes", o.FenceMargin)
 		}
-		if o.WritableLease != 0 && o.Lease.ID != o.WritableLease {
+		if o.WritableLease != 0 && eff.ID != o.WritableLease {
 			return plan(Fence, "postgres became writable under a lease that is gone: stop accepting writes")
 		}
 	}
@@ -36,6 +42,9 @@ func Decide(o Observation) Plan {
 		return plan(Wait, "etcd unreachable: %v", o.DCSErr)
 	}
 	leader := o.leader()
+	if o.primaryLike() && o.WritableLease != 0 && o.Cluster.Leader == nil && o.covered() {
+		return decideReacquire(o)
+	}
 	if o.primaryLike() && o.WritableLease != 0 && o.Cluster.Leader == nil {
 		// Before operator requests and maintenance mode: made writable
 		// under this member's lease, yet the key is gone (the agent
@@ -85,6 +94,12 @@ func Decide(o Observation) Plan {
 // gate is the fence rule applied to a plan that makes postgres writable:
 // the plan stands only if its step can finish before the fence.
 func gate(o Observation, p Plan) Plan {
+	if !o.HoldsLeader {
+		// The plan takes the free key first (failsafe.go).
+		if why := o.mayTakeKey(); why != "" {
+			return Plan{Action: Wait, Target: p.Target, Reason: fmt.Sprintf("not taking the leader key (%s): %s", p.Action, why)}
+		}
+	}
 	if ok, why := MayBecomeWritable(o.Now, o.Lease, o.FenceMargin, o.WritableBudget); !ok {
 		return Plan{Action: Wait, Target: p.Target, Reason: fmt.Sprintf("not making postgres writable (%s): %s", p.Action, why)}
 	}

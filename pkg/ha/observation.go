@@ -71,6 +71,11 @@ type Observation struct {
 	// StartFailingSince is when starting postgres as the leader's primary
 	// began to fail (zero: not failing).
 	StartFailingSince time.Time
+	// Cover is what this member's peers promised it as leader while etcd
+	// was unreachable (DCS failsafe mode, failsafe.go).
+	Cover FailsafeCover
+	// Promise is what this member promised a leader (DCS failsafe mode).
+	Promise Promise
 
 	// Settings.
 	NoFailover       bool

@@ -53,13 +53,18 @@ const (
 	SwitchoverFollow
 	TakeBack
 	SwitchoverAbandon
+	// Reacquire takes the free leader key again, under the session's new
+	// lease, for a primary that stayed writable through an etcd outage
+	// under its peers' failsafe promises (failsafe.go): postgres keeps
+	// running.
+	Reacquire
 )
 
 var actionNames = [...]string{"none", "wait", "bootstrap", "clone", "start-primary", "acquire-and-start",
 	"start-standby", "follow", "promote", "repair-leader-key", "clear-stale-leader", "demote",
 	"fence", "stop-foreign", "take-over", "rewind", "reclone", "switchover", "clear-request", "restart",
 	"reload", "reinit", "drop-slot", "refuse", "resign", "clear-leader-key", "handoff", "handed-off",
-	"switchover-rollback", "switchover-follow", "take-back", "switchover-abandon"}
+	"switchover-rollback", "switchover-follow", "take-back", "switchover-abandon", "reacquire"}
 
 func (a Action) String() string {
 	if int(a) >= 0 && int(a) < len(actionNames) {
@@ -73,7 +78,7 @@ func (a Action) String() string {
 // agent re-checks the gate (with a fresh clock) right before the step.
 func (a Action) MakesWritable() bool {
 	switch a {
-	case Bootstrap, StartPrimary, AcquireAndStart, Promote, TakeOver, Restart, SwitchoverRollback, TakeBack:
+	case Bootstrap, StartPrimary, AcquireAndStart, Promote, TakeOver, Restart, SwitchoverRollback, TakeBack, Reacquire:
 		return true
 	}
 	return false

@@ -124,6 +124,12 @@ type Cluster struct {
 	// cluster replicates asynchronously). An unreadable sync key is in
 	// Invalid and blocks every failover.
 	Sync *SyncState
+	// Failsafe is the DCS failsafe member list (nil: absent or
+	// unreadable; an unreadable one is in Invalid and blocks taking the
+	// leader key). FailsafeRev is its key's mod revision (0: absent):
+	// taking the leader key is guarded by it.
+	Failsafe    *FailsafeState
+	FailsafeRev int64
 }
 
 var memberNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -195,10 +201,13 @@ type DynamicConfig struct {
 	MaximumLagOnFailover *int64 `json:"maximum_lag_on_failover,omitempty"`
 	// Synchronous replication, cluster-wide (override each member's
 	// [ha] settings of the same names).
-	SynchronousMode       *bool             `json:"synchronous_mode,omitempty"`
-	SynchronousModeStrict *bool             `json:"synchronous_mode_strict,omitempty"`
-	SynchronousNodeCount  *int              `json:"synchronous_node_count,omitempty"`
-	Parameters            map[string]string `json:"parameters,omitempty"`
+	SynchronousMode       *bool `json:"synchronous_mode,omitempty"`
+	SynchronousModeStrict *bool `json:"synchronous_mode_strict,omitempty"`
+	SynchronousNodeCount  *int  `json:"synchronous_node_count,omitempty"`
+	// FailsafeMode: DCS failsafe mode, cluster-wide (overrides each
+	// member's [ha] failsafe_mode).
+	FailsafeMode *bool             `json:"failsafe_mode,omitempty"`
+	Parameters   map[string]string `json:"parameters,omitempty"`
 }
 
 // ParseSwitchover decodes a switchover request key.
@@ -335,4 +344,54 @@ func truncateName(s string) string {
 		return s[:40] + "..."
 	}
 	return s
+}
+
+// FailsafeState is the DCS failsafe member list (the failsafe key),
+// written only by the leader it names, guarded like the other leader-only
+// keys, while failsafe mode is on. It names every member the leader asks
+// for a failsafe promise when etcd is unreachable (with the API URL it
+// asks at). While it exists, a member not listed in it never takes the
+// leader key: the leader cannot have asked it, so it cannot have promised
+// (docs/fencing.md, "DCS failsafe mode").
+type FailsafeState struct {
+	Leader string `json:"leader"`
+	// Members maps every member's name (the leader's too) to its API URL.
+	Members map[string]string `json:"members"`
+	// ModRev is the key's mod revision (not stored).
+	ModRev int64 `json:"-"`
+}
+
+// Has reports whether name is listed.
+func (f *FailsafeState) Has(name string) bool {
+	if f == nil {
+		return false
+	}
+	_, ok := f.Members[name]
+	return ok
+}
+
+// ParseFailsafe decodes the failsafe key strictly: unknown fields, a bad
+// member name or API URL, or a list without its leader are refused (it
+// decides who may take the leader key; a guess could let a member that
+// never promised anything take over).
+func ParseFailsafe(b []byte) (*FailsafeState, error) {
+	var f FailsafeState
+	if err := DecodeStrict(b, &f); err != nil {
+		return nil, fmt.Errorf("failsafe member list: %w", err)
+	}
+	if !ValidName(f.Leader) {
+		return nil, fmt.Errorf("failsafe member list: leader %q is not a member name", truncateName(f.Leader))
+	}
+	if _, ok := f.Members[f.Leader]; !ok {
+		return nil, fmt.Errorf("failsafe member list: does not list its leader %q", f.Leader)
+	}
+	for name, u := range f.Members {
+		if !ValidName(name) {
+			return nil, fmt.Errorf("failsafe member list: %q is not a member name", truncateName(name))
+		}
+		if err := ValidAPIURL(u); err != nil {
+			return nil, fmt.Errorf("failsafe member list: member %q: api_url %v", name, err)
+		}
+	}
+	return &f, nil
 }

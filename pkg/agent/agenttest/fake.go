@@ -7,12 +7,14 @@ package agenttest
 import (
 	"context"
 	"errors"
+	"maps"
 	"github.com/cifha/cifha/pkg/agent/port"
 	"sync"
 	"time"
 
 	"github.com/cifha/cifha/pkg/election"
 	"github.com/cifha/cifha/pkg/pgctl"
+	"github.com/cifha/cifha/pkg/state"
 )
 
 // Postgres is an in-memory postgres: a data dir state, standby files,
@@ -234,8 +236,8 @@ func (d *DCS) ClaimInitialize(context.Context) (bool, error) {
 	return true, nil
 }
 func (d *DCS) ReleaseInitialize(context.Context) error { d.Cluster.Initialize = ""; return nil }
-func (d *DCS) Acquire(_ context.Context, rec election.LastLeader) (bool, error) {
-	if d.Cluster.Leader != nil {
+func (d *DCS) Acquire(_ context.Context, rec election.LastLeader, failsafeRev int64) (bool, error) {
+	if d.Cluster.Leader != nil || d.Cluster.FailsafeRev != failsafeRev {
 		return false, nil
 	}
 	d.Rev++
@@ -270,6 +272,24 @@ func (d *DCS) PutSync(_ context.Context, members []string, strict bool) error {
 	d.Rev++
 	d.Cluster.Sync = &election.SyncState{Leader: d.Self, Members: append([]string{}, members...), Strict: strict, ModRev: d.Rev}
 	d.SyncWrites = append(d.SyncWrites, append([]string{}, members...))
+	return nil
+}
+
+func (d *DCS) PutFailsafe(_ context.Context, members map[string]string) error {
+	if !d.Holds(d.Cluster) {
+		return election.ErrNotLeader
+	}
+	d.Rev++
+	d.Cluster.Failsafe = &state.FailsafeState{Leader: d.Self, Members: maps.Clone(members), ModRev: d.Rev}
+	d.Cluster.FailsafeRev = d.Rev
+	return nil
+}
+
+func (d *DCS) DeleteFailsafe(_ context.Context) error {
+	if !d.Holds(d.Cluster) {
+		return election.ErrNotLeader
+	}
+	d.Cluster.Failsafe, d.Cluster.FailsafeRev = nil, 0
 	return nil
 }
 

@@ -78,7 +78,9 @@ type DCS interface {
 	OwnsKey(c election.Cluster) bool
 	ClaimInitialize(ctx context.Context) (bool, error)
 	ReleaseInitialize(ctx context.Context) error
-	Acquire(ctx context.Context, rec election.LastLeader) (bool, error)
+	// Acquire takes the free leader key, if the failsafe member list's mod
+	// revision is still failsafeRev (0: absent).
+	Acquire(ctx context.Context, rec election.LastLeader, failsafeRev int64) (bool, error)
 	Repair(ctx context.Context) error
 	ClearStale(ctx context.Context, modRev int64) error
 	// ClearUnbound deletes a leader key that is nobody's term (no lease, or
@@ -95,6 +97,10 @@ type DCS interface {
 	// (leader only).
 	PutSync(ctx context.Context, members []string, strict bool) error
 	DeleteSync(ctx context.Context) error
+	// PutFailsafe and DeleteFailsafe write the failsafe member list
+	// (leader only).
+	PutFailsafe(ctx context.Context, members map[string]string) error
+	DeleteFailsafe(ctx context.Context) error
 	AppendHistory(ctx context.Context, rec election.HistoryRecord) error
 	// Handoff gives the leader key to member to (bound to toLease).
 	Handoff(ctx context.Context, to string, toLease int64, rec election.LastLeader, swModRev int64) error
@@ -113,6 +119,10 @@ type DCS interface {
 type Peers interface {
 	// Candidate fetches GET <apiURL>/wal within ctx.
 	Candidate(ctx context.Context, apiURL string) (ha.Candidate, error)
+	// Failsafe asks the member at apiURL (POST /failsafe) to promise
+	// that it follows leader and will not take the leader key for the
+	// duration it answers.
+	Failsafe(ctx context.Context, apiURL, leader string) (time.Duration, error)
 }
 
 // Control is what the control API changes in etcd.
