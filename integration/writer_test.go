@@ -136,6 +136,24 @@ func (w *clientWriter) finish() time.Duration {
 	return gap
 }
 
+// maxGapSince is the longest time without an acknowledgement since t:
+// between two acknowledgements the later of which came after t, and from
+// the last one until now.
+func (w *clientWriter) maxGapSince(t time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var gap time.Duration
+	for i := 1; i < len(w.ackAt); i++ {
+		if w.ackAt[i].After(t) {
+			gap = max(gap, w.ackAt[i].Sub(w.ackAt[i-1]))
+		}
+	}
+	if n := len(w.ackAt); n > 0 {
+		gap = max(gap, time.Since(w.ackAt[n-1]))
+	}
+	return gap
+}
+
 // missing counts acknowledged rows that node n does not have.
 func (w *clientWriter) missing(ctx context.Context, n *cluster.Node) (int, error) {
 	conn, err := n.Connect(ctx)

@@ -50,7 +50,7 @@ func Handler(a *Agent) http.Handler {
 					}
 				}
 				st.Sync = s.Cluster.Sync
-				st.FailsafeMode = s.Failsafe
+				st.FailsafeMode, st.Failsafe = s.Failsafe, s.Cluster.Failsafe
 				if left := s.Cover.Until.Sub(a.now()); s.Cover.Lease != 0 && left > 0 {
 					st.FailsafeCoverFor = left.Round(time.Millisecond).String()
 				}

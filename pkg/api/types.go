@@ -39,6 +39,8 @@ type StatusResponse struct {
 	FailsafeMode     bool   `json:"failsafe_mode"`
 	FailsafeCoverFor string `json:"failsafe_cover_for,omitempty"`
 	FailsafePromise  string `json:"failsafe_promise,omitempty"`
+	// Failsafe is the failsafe member list in etcd (nil: absent).
+	Failsafe *state.FailsafeState `json:"failsafe,omitempty"`
 }
 
 // FailsafeRequest is the body of POST /failsafe: leader Leader, cut off

@@ -3,6 +3,7 @@ package election
 import (
 	"fmt"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"time"
 
 	"github.com/cifha/cifha/pkg/config"
@@ -30,7 +31,17 @@ func NewClient(c config.Etcd) (*clientv3.Client, error) {
 		// round trip: a wake-up of both ends for nothing on an idle
 		// cluster whose messages are a few hundred bytes. 1 MiB is far
 		// above any value cifha reads.
-		DialOptions: []grpc.DialOption{grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 20)},
+		//
+		// Reconnects back off to at most a second: grpc-go's default
+		// grows to two minutes, so after an outage of all of etcd (30 s)
+		// an agent could stay away for many seconds after etcd is back,
+		// and the leader lose its key to a member that happened to
+		// reconnect first (TestEtcdOutage found it).
+		DialOptions: []grpc.DialOption{grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 20),
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+				MinConnectTimeout: max(c.DialTimeout.Duration, time.Second),
+			})},
 	}
 	if c.CAFile != "" || c.CertFile != "" {
 		ti := transport.TLSInfo{TrustedCAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
