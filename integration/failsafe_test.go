@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -22,12 +23,17 @@ import (
 //  3. With failsafe mode, a member that stops answering the leader during
 //     the outage (its agent frozen) makes the leader fence: failsafe is
 //     never a way to two primaries.
+//  4. With failsafe mode, the leader alone cut off from etcd for several
+//     ttls (etcd up, so its lease expires there and the key goes): the
+//     standbys, which promised, do not take over; once etcd is back the
+//     leader takes the key again under a new lease, postgres never stopped.
 func TestEtcdOutage(t *testing.T) {
 	e := etcd3(t)
 	const token = "failsafe-test-token"
 	c := newClusterStartingFirst(t, 3, func(o *cluster.Options) {
 		o.EtcdEndpoints = e.Endpoints()
 		o.APIToken = token
+		o.EtcdProxies = true
 	})
 	p := c.Nodes[0]
 	ctx := ctxT(t, 6*time.Minute)
@@ -162,6 +168,42 @@ func TestEtcdOutage(t *testing.T) {
 	thaw()
 	restartAll()
 	leaderAgain(p)
+	noneLost(p)
+
+	// 4. The leader alone cut off from etcd.
+	pid = p.PostmasterPID()
+	mark = time.Now()
+	p.CutEtcd()
+	cut := time.Now()
+	testutil.Eventually(t, 60*time.Second, "the leader's key expires in etcd while it is cut off", func() error {
+		if d := time.Since(cut); d < 4*c.Opt.TTL {
+			return fmt.Errorf("cut off for %s", d.Round(time.Second))
+		}
+		for _, n := range c.Nodes[1:] {
+			if s := status(t, n); s.Leader != "" {
+				return fmt.Errorf("%s sees leader %q", n.Name, s.Leader)
+			}
+		}
+		return nil
+	})
+	for _, n := range c.Nodes[1:] {
+		if s := status(t, n); s.Self.Role == "primary" || s.FailsafePromise == "" {
+			t.Fatalf("%s: role %s, promise %q: it should be a standby bound by its promise", n.Name, s.Self.Role, s.FailsafePromise)
+		}
+	}
+	p.RestoreEtcd()
+	leaderAgain(p)
+	if got := p.PostmasterPID(); got != pid {
+		t.Fatalf("postmaster %d, was %d: the primary was stopped", got, pid)
+	}
+	if !strings.Contains(p.Log(), "took the leader key again") {
+		t.Fatalf("the leader did not take its key again under a new lease")
+	}
+	gap = w.maxGapSince(mark)
+	t.Logf("failsafe, leader cut off from etcd: longest write gap %s", gap.Round(time.Millisecond))
+	if gap > time.Second {
+		t.Fatalf("writes stopped for %s", gap.Round(time.Millisecond))
+	}
 	noneLost(p)
 	w.finish()
 }
