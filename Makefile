@@ -43,6 +43,7 @@ fuzz:
 	$(GO) test ./pkg/state -run '^$$' -fuzz FuzzValidators -fuzztime 30s
 	$(GO) test ./pkg/state -run '^$$' -fuzz FuzzParseSyncStandbyNames -fuzztime 30s
 	$(GO) test ./pkg/election -run '^$$' -fuzz '^FuzzParseSync$$' -fuzztime 30s
+	$(GO) test ./pkg/election -run '^$$' -fuzz '^FuzzParseFailsafe$$' -fuzztime 30s
 
 # make soak: the fault checker (cmd/cifha-check), synchronous mode, on a
 # 3-member etcd: SOAK_ROUNDS seeded random rounds (SOAK_SEED to replay).

@@ -30,6 +30,8 @@ func TestApplySet(t *testing.T) {
 		{"ttl": "6s", "loop_interval": "500ms"},
 		{"synchronous_mode": "true", "synchronous_mode_strict": "false", "synchronous_node_count": "2"},
 		{"synchronous_mode": ""},
+		{"failsafe_mode": "true"},
+		{"failsafe_mode": ""},
 	}
 	for _, set := range good {
 		if _, err := ApplySet(election.DynamicConfig{}, set, testSettings, lim); err != nil {
@@ -56,6 +58,7 @@ func TestApplySet(t *testing.T) {
 		{map[string]string{"colour": "blue"}, "colour"},
 		{map[string]string{"synchronous_mode": "yes please"}, "synchronous_mode"},
 		{map[string]string{"synchronous_mode_strict": "2"}, "synchronous_mode_strict"},
+		{map[string]string{"failsafe_mode": "sometimes"}, "failsafe_mode"},
 		{map[string]string{"synchronous_node_count": "0"}, "synchronous_node_count"},
 		{map[string]string{"synchronous_node_count": "many"}, "synchronous_node_count"},
 		{map[string]string{"postgresql.parameters.synchronous_standby_names": "*"}, "postgresql.parameters.synchronous_standby_names"},

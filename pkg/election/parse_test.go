@@ -1,7 +1,12 @@
 package election
 
 import (
+	"context"
 	"testing"
+	"time"
+
+	"github.com/cifha/cifha/internal/testutil"
+	"github.com/cifha/cifha/pkg/state"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
@@ -108,4 +113,66 @@ func FuzzParseSync(f *testing.F) {
 			seen[m] = true
 		}
 	})
+}
+
+// FuzzParseFailsafe: whatever sits in the failsafe key, it is either a
+// list with a valid leader it names, valid member names and API URLs, or
+// listed as invalid with its revision kept (which blocks taking the
+// leader key): never silently "no list".
+func FuzzParseFailsafe(f *testing.F) {
+	f.Add(`{"leader":"db1","members":{"db1":"http://10.0.0.1:8008","db2":"https://db2:8008"}}`)
+	f.Add(`{"leader":"db1","members":{"db2":"http://10.0.0.2:8008"}}`)
+	f.Add(`{"leader":"db1","members":{"db1":"ftp://x"}}`)
+	f.Add(`{"leader":"db1","members":{"db1":"http://a\n"},"x":1}`)
+	f.Add(`null`)
+	keys := KeysFor("c")
+	f.Fuzz(func(t *testing.T, v string) {
+		c := ParseCluster(keys, 1, []*mvccpb.KeyValue{{Key: []byte(keys.Failsafe()), Value: []byte(v), ModRevision: 4}})
+		if c.FailsafeRev != 4 {
+			t.Fatalf("revision %d: a failsafe key of any content must guard taking the leader key", c.FailsafeRev)
+		}
+		if c.Failsafe == nil {
+			if c.Invalid[keys.Failsafe()] == "" {
+				t.Fatal("rejected failsafe list not listed as invalid")
+			}
+			return
+		}
+		if !ValidName(c.Failsafe.Leader) || !c.Failsafe.Has(c.Failsafe.Leader) {
+			t.Fatalf("bad list accepted: %+v", c.Failsafe)
+		}
+		for name, u := range c.Failsafe.Members {
+			if !ValidName(name) || state.ValidAPIURL(u) != nil {
+				t.Fatalf("bad member accepted: %q %q", name, u)
+			}
+		}
+	})
+}
+
+// TestAcquireGuardedByFailsafeList: the leader-key transaction fails if
+// the failsafe list changed since the caller read it.
+func TestAcquireGuardedByFailsafeList(t *testing.T) {
+	ep := testutil.Etcd(t)
+	ctx := context.Background()
+	a := newNode(t, ep, "a", 3*time.Second)
+	if ok, err := a.store.Acquire(ctx, LastLeader{}, 0); !ok || err != nil {
+		t.Fatalf("acquire: %v %v", ok, err)
+	}
+	if err := a.store.PutFailsafe(ctx, map[string]string{"a": "http://127.0.0.1:8008"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := a.store.ReadFresh(ctx)
+	if err != nil || c.Failsafe == nil || c.FailsafeRev == 0 {
+		t.Fatalf("list not read back: %+v %v", c.Failsafe, err)
+	}
+	rev := c.FailsafeRev
+	if err := a.store.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := newNode(t, ep, "b", 3*time.Second)
+	if ok, err := b.store.Acquire(ctx, LastLeader{}, 0); ok || err != nil {
+		t.Fatalf("acquire against a stale view of the list (absent): ok %v err %v", ok, err)
+	}
+	if ok, err := b.store.Acquire(ctx, LastLeader{}, rev); !ok || err != nil {
+		t.Fatalf("acquire against the list as it is: ok %v err %v", ok, err)
+	}
 }
