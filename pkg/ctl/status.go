@@ -64,6 +64,8 @@ type ClusterStatus struct {
 	// Sync is the leader's synchronous-replication record (nil:
 	// asynchronous replication).
 	Sync *state.SyncState `json:"sync,omitempty"`
+	// Failsafe is the failsafe member list (nil: failsafe mode off).
+	Failsafe *state.FailsafeState `json:"failsafe,omitempty"`
 }
 
 // Healthy reports whether there is a leader and every member answered.
@@ -78,7 +80,7 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 		return ClusterStatus{}, fmt.Errorf("read cluster %q from etcd: %w", cluster, err)
 	}
 	c := election.ParseCluster(keys, resp.Header.Revision, resp.Kvs)
-	out := ClusterStatus{Cluster: cluster, Invalid: c.Invalid, Ignored: c.Ignored, Paused: c.Paused, Sync: c.Sync}
+	out := ClusterStatus{Cluster: cluster, Invalid: c.Invalid, Ignored: c.Ignored, Paused: c.Paused, Sync: c.Sync, Failsafe: c.Failsafe}
 	if sw := c.Switchover; sw != nil {
 		out.Switchover = fmt.Sprintf("from %s to %s", sw.From, sw.To)
 		if !sw.At.IsZero() {
@@ -280,6 +282,9 @@ func RenderTable(w io.Writer, s ClusterStatus) {
 	}
 	if s.Switchover != "" {
 		fmt.Fprintf(w, "switchover pending: %s\n", s.Switchover)
+	}
+	if f := s.Failsafe; f != nil {
+		fmt.Fprintf(w, "failsafe mode: on (members %s, written by %s)\n", strings.Join(slices.Sorted(maps.Keys(f.Members)), ", "), f.Leader)
 	}
 	for _, p := range s.Problems {
 		fmt.Fprintf(w, "problem: %s\n", p)
