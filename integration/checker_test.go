@@ -39,7 +39,7 @@ func TestCheckerShort(t *testing.T) {
 		return err
 	}
 	rep, err := checker.Run(ctx, c, checker.Options{Seed: 1, Rounds: len(checker.AllFaults), EachInTurn: true,
-		Bound: 60 * time.Second, Etcd: e, Switch: switcher, Logf: t.Logf})
+		Bound: 60 * time.Second, Etcd: e, Switch: switcher, Logf: t.Logf, OutageHold: 15 * time.Second})
 	var b strings.Builder
 	rep.Table(&b)
 	t.Logf("\n%s", b.String())

@@ -43,6 +43,8 @@ func run() int {
 	bound := flag.Duration("bound", 60*time.Second, "writes and health must be back within this after a fault")
 	etcdMembers := flag.Int("etcd-members", 3, "etcd members (processes)")
 	keep := flag.Bool("keep", false, "keep the files (logs) afterwards")
+	failsafe := flag.Bool("failsafe", false, "DCS failsafe mode (etcd-outage then stops no write; etcd-partition causes no failover)")
+	outage := flag.Duration("outage-hold", 30*time.Second, "how long etcd-outage keeps every etcd member down")
 	flag.Parse()
 	var faults []checker.Fault
 	if *faultList != "" {
@@ -94,6 +96,9 @@ func run() int {
 	if *sync {
 		extra = "synchronous_mode = true\n"
 	}
+	if *failsafe {
+		extra += "failsafe_mode = true\n"
+	}
 	c, err := cluster.New(cluster.Options{BinDir: agentBin, Root: root, EtcdEndpoints: ec.Endpoints(), EtcdProxies: true,
 		Cluster: "check", Addrs: []string{"127.0.0.31", "127.0.0.32", "127.0.0.33"}, TTL: *ttl, LoopInterval: time.Second,
 		APIToken: "check-token", Extra: extra})
@@ -105,6 +110,7 @@ func run() int {
 		return fail(err)
 	}
 	rep, err := checker.Run(ctx, c, checker.Options{Seed: *seed, Rounds: *rounds, Faults: faults, Bound: *bound, Etcd: ec, Async: !*sync,
+		Failsafe: *failsafe, OutageHold: *outage,
 		Switch: Switcher(filepath.Join(agentBin, "cifhactl"), ec.Endpoints(), "check", filepath.Join(root, "secrets", "api.token")),
 		Logf: func(format string, args ...any) {
 			fmt.Printf("%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)

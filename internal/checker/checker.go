@@ -59,10 +59,18 @@ const (
 	EtcdMemberLoss Fault = "etcd-member-loss"
 	// Switchover: `cifhactl switchover` to a standby.
 	Switchover Fault = "switchover"
+	// EtcdOutage: every etcd member killed for Options.OutageHold, then
+	// restarted. Without failsafe mode the primary fences and writes
+	// return with etcd; with it, writes never stop.
+	EtcdOutage Fault = "etcd-outage"
+	// AgentRestart: the operator restarts the primary's agent (SIGTERM,
+	// a clean stop that stops postgres and releases the key, then a
+	// start), as `systemctl restart cifha` does.
+	AgentRestart Fault = "agent-restart"
 )
 
 // AllFaults lists every fault.
-var AllFaults = []Fault{HostLoss, AgentKill, AgentStop, PostgresCrash, EtcdPartition, EtcdMemberLoss, Switchover}
+var AllFaults = []Fault{HostLoss, AgentKill, AgentStop, PostgresCrash, EtcdPartition, EtcdMemberLoss, Switchover, EtcdOutage, AgentRestart}
 
 // Options configures a run.
 type Options struct {
@@ -87,6 +95,13 @@ type Options struct {
 	// starts only once the leader has a recorded synchronous standby (with
 	// none, losing the primary stops writes by design).
 	Async bool
+	// Failsafe: the cluster runs in DCS failsafe mode. A primary cut off
+	// from etcd alone then keeps serving on its standbys' promises (no
+	// failover), so etcd-partition is held like etcd-member-loss.
+	Failsafe bool
+	// OutageHold is how long etcd-outage keeps every etcd member down
+	// (default 30 s).
+	OutageHold time.Duration
 }
 
 // Stats are one fault's figures.
@@ -256,6 +271,41 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 		}
 		p.CutEtcd()
 		restore = func() error { p.RestoreEtcd(); return nil }
+	case AgentRestart:
+		if err := p.Stop(opt.Bound); err != nil {
+			stopAll()
+			return p, res, fmt.Errorf("stop the agent: %w", err)
+		}
+		if err := p.Start(); err != nil {
+			stopAll()
+			return p, res, fmt.Errorf("start the agent: %w", err)
+		}
+	case EtcdOutage:
+		if opt.Etcd == nil {
+			stopAll()
+			return p, res, errors.New("etcd-outage needs Options.Etcd")
+		}
+		for _, m := range opt.Etcd.Members {
+			m.Kill()
+		}
+		hold := opt.OutageHold
+		if hold <= 0 {
+			hold = 30 * time.Second
+		}
+		// Held for the outage whatever happens to the writes (they stop
+		// without failsafe mode): a deadline, not a condition.
+		_ = waitFor(ctx, hold, func() bool { return false })
+		for _, m := range opt.Etcd.Members {
+			if err := opt.Etcd.Restart(m); err != nil {
+				stopAll()
+				return p, res, fmt.Errorf("restart etcd: %w", err)
+			}
+		}
+		if err := opt.Etcd.WaitHealthy(opt.Bound); err != nil {
+			stopAll()
+			return p, res, err
+		}
+		injected = time.Now() // writes must be back within the bound of etcd's return
 	case EtcdMemberLoss:
 		if opt.Etcd == nil || len(opt.Etcd.Members) < 3 {
 			stopAll()
@@ -300,8 +350,9 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			res.failure = "every switchover was refused: " + strings.Join(errs, "; ")
 		}
 	}
-	switch f {
-	case AgentStop, EtcdPartition:
+	held := f == AgentStop || (f == EtcdPartition && !opt.Failsafe)
+	switch {
+	case held:
 		// Held until another member accepts writes (the old primary must
 		// have fenced itself first: the overlap check says whether it did).
 		var moved time.Time
@@ -323,9 +374,13 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			res.failure = fmt.Sprintf("no acknowledged write within %s of the fault", opt.Bound)
 		}
 	}
-	if f == EtcdMemberLoss {
-		// Held for a while under writes.
+	if f == EtcdMemberLoss || (f == EtcdPartition && opt.Failsafe) {
+		// Held for a while under writes (the partition past the ttl:
+		// 100 rows at one per 50 ms or slower).
 		n := w.count() + 100
+		if f == EtcdPartition {
+			n += int(3 * c.Opt.TTL / (50 * time.Millisecond))
+		}
 		_ = waitFor(ctx, opt.Bound, func() bool { return w.count() >= n })
 	}
 	if restore != nil {

@@ -7,8 +7,8 @@ package agenttest
 import (
 	"context"
 	"errors"
-	"maps"
 	"github.com/cifha/cifha/pkg/agent/port"
+	"maps"
 	"sync"
 	"time"
 
