@@ -467,7 +467,10 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	a.hooksAfter(o)
 	// Whether this member leads (then it promises nothing) and the term
 	// its writable postgres runs in, for the failsafe asker.
-	a.fs.setRole((o.DCSErr == nil && o.HoldsLeader) || a.writableLease != 0 || a.promoting || (o.Running && (o.PG == nil || !o.PG.InRecovery) && !o.Standby.Standby), a.writableLease)
+	// With etcd unreadable whether it holds the key is unknown: taking
+	// stays as it was (unknown is never "not leading").
+	taking := o.HoldsLeader || a.writableLease != 0 || a.promoting || (o.Running && (o.PG == nil || !o.PG.InRecovery) && !o.Standby.Standby)
+	a.fs.setRole(taking, o.DCSErr != nil, a.writableLease)
 	a.lastObs = o
 	a.metrics.observeLoop(time.Since(started), p)
 	return err

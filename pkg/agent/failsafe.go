@@ -87,10 +87,10 @@ func (f *failsafe) promiseNow() ha.Promise {
 // setRole records, after each observation, whether this member leads or
 // is writable (then it promises nothing) and the lease its writable
 // postgres runs under. A new term drops the old term's cover.
-func (f *failsafe) setRole(taking bool, armed int64) {
+func (f *failsafe) setRole(taking, keep bool, armed int64) {
 	f.mu.Lock()
 	changed := f.armed != armed
-	f.taking = taking
+	f.taking = taking || (keep && f.taking)
 	f.armed = armed
 	if f.cover.Lease != armed {
 		f.cover = ha.FailsafeCover{}
@@ -139,8 +139,8 @@ func (f *failsafe) give(leader string, now time.Time, d time.Duration) error {
 		return fmt.Errorf("%w: this member leads or is taking the leader key", errNoPromise)
 	}
 	until := now.Add(d)
-	if p := f.promise; p.Leader == leader && p.Until.After(until) {
-		return nil // never shortened
+	if p := f.promise; (p.Leader == leader || p.Leader == ha.AnyLeader) && p.Until.After(until) {
+		return nil // never shortened (the after-start hold binds more)
 	}
 	if p := f.promise; now.Before(p.Until) && p.Leader != leader && p.Leader != ha.AnyLeader {
 		// Two leaders asking at once: possible only if one of them is

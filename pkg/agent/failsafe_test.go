@@ -206,7 +206,7 @@ func TestFailsafeGiveAndTakeExclude(t *testing.T) {
 	if err := a.fs.give("db1", clk.Now(), 3*time.Second); err == nil {
 		t.Fatal("promised while taking the key")
 	}
-	a.fs.setRole(false, 0)
+	a.fs.setRole(false, false, 0)
 	if err := a.fs.give("db1", clk.Now(), 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
