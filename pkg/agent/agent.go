@@ -446,6 +446,10 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	}
 	if o.HoldsLeader && o.PG != nil && !o.PG.InRecovery && p.Action == ha.None {
 		a.leaderHousekeeping(ctx, o)
+	} else if o.HoldsLeader && o.PG != nil && !o.PG.InRecovery && o.Cluster.Paused && o.DCSErr == nil {
+		// Maintenance mode: the failsafe list still follows the members,
+		// or an etcd outage during maintenance would fence the leader.
+		a.fs.step(ctx, o, a.failsafeOn)
 	} else if o.DCSErr == nil && o.PG != nil && o.PG.InRecovery && p.Action == ha.None {
 		a.ensureSlots(ctx, o)
 		a.standbySync()

@@ -48,6 +48,10 @@ type failsafe struct {
 	// the key, so it gives none.
 	promise ha.Promise
 	taking  bool
+	// takeHold: after an attempt to take the key (beginTake) no promise
+	// is given for a ttl, whatever the next observation shows (a view
+	// that lags the attempt's transaction would show the key free).
+	takeHold time.Time
 	// failed is the last round's failure, logged on change.
 	failed string
 	wake   chan struct{}
@@ -95,6 +99,11 @@ func (f *failsafe) setRole(taking, keep bool, armed int64) {
 	if f.cover.Lease != armed {
 		f.cover = ha.FailsafeCover{}
 	}
+	if changed {
+		// A new term asks only the list it confirms itself (step): the
+		// old term's may lack members that joined since.
+		f.ready, f.list = false, nil
+	}
 	f.mu.Unlock()
 	if changed {
 		f.poke()
@@ -107,6 +116,9 @@ func (f *failsafe) setMode(on, ready bool, list map[string]string) {
 	f.mu.Lock()
 	changed := f.on != on || f.ready != ready
 	f.on, f.ready, f.list = on, on && ready, list
+	if !on {
+		f.cover = ha.FailsafeCover{} // fencing earlier is always safe
+	}
 	f.mu.Unlock()
 	if changed {
 		f.poke()
@@ -124,6 +136,9 @@ func (f *failsafe) beginTake(now time.Time, listed bool) error {
 		return fmt.Errorf("not taking the leader key: promised %s (DCS failsafe) not to for another %s", p.Leader, p.Until.Sub(now).Round(time.Millisecond))
 	}
 	f.taking = true
+	if f.a.opt.TTL > 0 {
+		f.takeHold = now.Add(f.a.opt.TTL)
+	}
 	return nil
 }
 
@@ -135,7 +150,7 @@ var errNoPromise = errors.New("no promise")
 func (f *failsafe) give(leader string, now time.Time, d time.Duration) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.taking {
+	if f.taking || now.Before(f.takeHold) {
 		return fmt.Errorf("%w: this member leads or is taking the leader key", errNoPromise)
 	}
 	until := now.Add(d)
@@ -185,7 +200,11 @@ func (f *failsafe) step(ctx context.Context, o ha.Observation, on bool) {
 	}
 	ask := maps.Clone(want)
 	if mine {
-		maps.Copy(ask, view.Members)
+		for name, u := range view.Members {
+			if ask[name] == "" {
+				ask[name] = u // a member that left: still on the list in etcd
+			}
+		}
 	}
 	// A member without an API address cannot be asked: no cover while
 	// it is a member (it could take the key).
@@ -258,7 +277,11 @@ func (f *failsafe) run(ctx context.Context) {
 func (f *failsafe) round(ctx context.Context, tm ha.Timing, armed int64, list map[string]string) bool {
 	a := f.a
 	sent := a.now()
-	rctx, cancel := context.WithTimeout(ctx, tm.RenewAttemptTimeout())
+	// Every request arrives within half the margin of sent, so before
+	// the term's deadline (the round starts only while now < deadline -
+	// margin): a member cannot have taken the key before the request
+	// reaches it, it is still bound by the lease or its last promise.
+	rctx, cancel := context.WithTimeout(ctx, min(tm.RenewAttemptTimeout(), a.opt.FenceMargin/2))
 	defer cancel()
 	type answer struct {
 		name string
@@ -277,7 +300,7 @@ func (f *failsafe) round(ctx context.Context, tm ha.Timing, armed int64, list ma
 				ch <- answer{name, 0, errors.New("no API client")}
 				return
 			}
-			d, err := a.opt.Peers.Failsafe(rctx, url, a.opt.Name)
+			d, err := a.opt.Peers.Failsafe(rctx, url, a.opt.Name, name)
 			ch <- answer{name, d, err}
 		}()
 	}
@@ -366,6 +389,12 @@ func (a *Agent) postFailsafe(w http.ResponseWriter, r *http.Request) {
 		no(http.StatusBadRequest, "leader %q is not a member name", truncate(req.Leader))
 		return
 	}
+	if req.Member != a.opt.Name {
+		// The address the leader asked now serves another member (moved,
+		// rescheduled): a promise from it binds nobody on the list.
+		no(http.StatusConflict, "this is %s, not %q", a.opt.Name, truncate(req.Member))
+		return
+	}
 	s := a.Snapshot()
 	switch {
 	case a.opt.TTL <= 0:
@@ -379,6 +408,11 @@ func (a *Agent) postFailsafe(w http.ResponseWriter, r *http.Request) {
 		return
 	case !s.Running || !s.InRecovery || !a.opt.PG.Running():
 		no(http.StatusConflict, "postgres on %s is not a running standby", a.opt.Name)
+		return
+	case !s.Streaming:
+		// A standby that does not receive the leader's WAL would be
+		// promised while the leader writes what it never gets.
+		no(http.StatusConflict, "%s is not streaming from %s", a.opt.Name, req.Leader)
 		return
 	case s.Member.State == "promoting":
 		no(http.StatusConflict, "%s is promoting", a.opt.Name)
@@ -403,12 +437,12 @@ func truncate(s string) string {
 }
 
 // Failsafe implements Peers: POST <apiURL>/failsafe.
-func (p HTTPPeers) Failsafe(ctx context.Context, apiURL, leader string) (time.Duration, error) {
+func (p HTTPPeers) Failsafe(ctx context.Context, apiURL, leader, member string) (time.Duration, error) {
 	if apiURL == "" {
 		return 0, errors.New("no API URL published")
 	}
 	var resp api.FailsafeResponse
-	code, err := api.Post(ctx, p.Client, apiURL, "/failsafe", api.FailsafeRequest{Leader: leader}, &resp)
+	code, err := api.Post(ctx, p.Client, apiURL, "/failsafe", api.FailsafeRequest{Leader: leader, Member: member}, &resp)
 	switch {
 	case code == http.StatusUnauthorized:
 		return 0, fmt.Errorf("%s/failsafe: %w", apiURL, api.ErrUnauthorized)

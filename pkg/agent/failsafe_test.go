@@ -30,7 +30,7 @@ func (p *promisers) Candidate(context.Context, string) (ha.Candidate, error) {
 	return ha.Candidate{}, errors.New("no candidates in this test")
 }
 
-func (p *promisers) Failsafe(_ context.Context, url, _ string) (time.Duration, error) {
+func (p *promisers) Failsafe(_ context.Context, url, _, _ string) (time.Duration, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.asked = append(p.asked, url)
@@ -152,15 +152,15 @@ func TestFailsafePromiseHoldsBackFailover(t *testing.T) {
 		body, token string
 		code        int
 	}{
-		{`{"leader":"db1"}`, "", http.StatusUnauthorized},
-		{`{"leader":"db1"}`, "wrong", http.StatusUnauthorized},
-		{`{"leader":"db1",`, "tok", http.StatusBadRequest},
-		{`{"leader":"db1","extra":1}`, "tok", http.StatusBadRequest},
-		{`{"leader":"../etc"}`, "tok", http.StatusBadRequest},
-		{`{"leader":"db2"}`, "tok", http.StatusConflict}, // itself
-		{`{"leader":"db3"}`, "tok", http.StatusConflict}, // not the one it follows
-		{`{"leader":"db1"}`, "tok", http.StatusOK},       // promised
-		{`{"leader":"db1"}`, "tok", http.StatusOK},       // again: extended
+		{`{"leader":"db1","member":"db2"}`, "", http.StatusUnauthorized},
+		{`{"leader":"db1","member":"db2"}`, "wrong", http.StatusUnauthorized},
+		{`{"leader":"db1","member":"db2",`, "tok", http.StatusBadRequest},
+		{`{"leader":"db1","member":"db2","extra":1}`, "tok", http.StatusBadRequest},
+		{`{"leader":"../etc","member":"db2"}`, "tok", http.StatusBadRequest},
+		{`{"leader":"db2","member":"db2"}`, "tok", http.StatusConflict}, // itself
+		{`{"leader":"db3","member":"db2"}`, "tok", http.StatusConflict}, // not the one it follows
+		{`{"leader":"db1","member":"db2"}`, "tok", http.StatusOK},       // promised
+		{`{"leader":"db1","member":"db2"}`, "tok", http.StatusOK},       // again: extended
 	} {
 		if code, body := ask(c.body, c.token); code != c.code {
 			t.Fatalf("%s with token %q: %d %s, want %d", c.body, c.token, code, body, c.code)
@@ -186,7 +186,7 @@ func TestFailsafePromiseHoldsBackFailover(t *testing.T) {
 		t.Fatalf("plan %v, calls %v: the promise is over, it should take over", p, pg.Calls)
 	}
 	// Now it leads: it promises nothing.
-	if code, body := ask(`{"leader":"db1"}`, "tok"); code != http.StatusConflict {
+	if code, body := ask(`{"leader":"db1","member":"db2"}`, "tok"); code != http.StatusConflict {
 		t.Fatalf("a leader promised: %d %s", code, body)
 	}
 }
@@ -206,7 +206,13 @@ func TestFailsafeGiveAndTakeExclude(t *testing.T) {
 	if err := a.fs.give("db1", clk.Now(), 3*time.Second); err == nil {
 		t.Fatal("promised while taking the key")
 	}
+	// The next observation shows no key (a view that lags the attempt):
+	// still no promise for a ttl after the attempt.
 	a.fs.setRole(false, false, 0)
+	if err := a.fs.give("db1", clk.Now(), 3*time.Second); err == nil {
+		t.Fatal("promised right after an attempt to take the key")
+	}
+	clk.Advance(3 * time.Second)
 	if err := a.fs.give("db1", clk.Now(), 3*time.Second); err != nil {
 		t.Fatal(err)
 	}

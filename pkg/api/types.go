@@ -48,6 +48,9 @@ type StatusResponse struct {
 // it and will not take the leader key for a while.
 type FailsafeRequest struct {
 	Leader string `json:"leader"`
+	// Member is who the leader believes it asks: a member answering for
+	// another's address refuses.
+	Member string `json:"member"`
 }
 
 // FailsafeResponse answers a FailsafeRequest. OK: promised for

@@ -119,10 +119,10 @@ type DCS interface {
 type Peers interface {
 	// Candidate fetches GET <apiURL>/wal within ctx.
 	Candidate(ctx context.Context, apiURL string) (ha.Candidate, error)
-	// Failsafe asks the member at apiURL (POST /failsafe) to promise
+	// Failsafe asks member at apiURL (POST /failsafe) to promise
 	// that it follows leader and will not take the leader key for the
 	// duration it answers.
-	Failsafe(ctx context.Context, apiURL, leader string) (time.Duration, error)
+	Failsafe(ctx context.Context, apiURL, leader, member string) (time.Duration, error)
 }
 
 // Control is what the control API changes in etcd.
