@@ -300,10 +300,15 @@ func TestManualFailover(t *testing.T) {
 		t.Fatalf("failover: exit %d: %s\n%s", code, out, tail(s.Log(), 30))
 	}
 	exec1(t, s, "CREATE TABLE after_failover (id int)")
-	out, _ = cifhactl(t, c, "history")
-	if !strings.Contains(out, "manual failover") {
-		t.Fatalf("history:\n%s", out)
-	}
+	// The new leader records the change after its post-promotion
+	// checkpoint, a moment after it answers.
+	testutil.Eventually(t, 10*time.Second, "history records the manual failover", func() error {
+		out, _ = cifhactl(t, c, "history")
+		if !strings.Contains(out, "manual failover") {
+			return fmt.Errorf("history:\n%s", out)
+		}
+		return nil
+	})
 	st, _ := statusJSON(t, c)
 	if st.Leader != s.Name {
 		t.Fatalf("leader %q", st.Leader)

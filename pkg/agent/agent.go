@@ -881,16 +881,16 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 		if o.PG != nil {
 			rec.Timeline, rec.LSN = o.PG.Timeline, o.PG.CurrentLSN.String()
 		}
-		lease, err := a.acquire(ctx, rec, o)
-		if err != nil {
-			return err
+		lease := o.Lease
+		if !o.HoldsLeader {
+			var err error
+			if lease, err = a.acquire(ctx, rec, o); err != nil {
+				return err
+			}
+			a.log.Warn("took the leader key again after the etcd outage; postgres stayed writable on failsafe promises throughout", "lease", fmt.Sprintf("%x", lease.ID))
 		}
 		// Postgres never stopped: the term continues under the new lease.
-		if err := a.madeWritable(lease); err != nil {
-			return err
-		}
-		a.log.Warn("took the leader key again after the etcd outage; postgres stayed writable on failsafe promises throughout", "lease", fmt.Sprintf("%x", lease.ID))
-		return nil
+		return a.madeWritable(lease)
 
 	case ha.ClearStaleLeader:
 		return dcs.ClearStale(ctx, o.Cluster.Leader.ModRev)

@@ -45,6 +45,12 @@ func Decide(o Observation) Plan {
 	if o.primaryLike() && o.WritableLease != 0 && o.Cluster.Leader == nil && o.covered() {
 		return decideReacquire(o)
 	}
+	if o.primaryLike() && o.WritableLease != 0 && o.HoldsLeader && o.Lease.ID != o.WritableLease && o.covered() {
+		// Taken again, but the term was not moved to the new lease yet
+		// (the step after the transaction failed): move it now, before
+		// the cover ends.
+		return gate(o, plan(Reacquire, "this member holds the leader key under its new lease while writable under failsafe promises: continuing the term under the new lease"))
+	}
 	if o.primaryLike() && o.WritableLease != 0 && o.Cluster.Leader == nil {
 		// Before operator requests and maintenance mode: made writable
 		// under this member's lease, yet the key is gone (the agent

@@ -105,3 +105,15 @@ func TestEffectiveLease(t *testing.T) {
 		}
 	}
 }
+
+// TestDecideFailsafeRearm: the key taken again under the new lease, the
+// term not yet moved to it: move it (no acquire), gated by the new lease.
+func TestDecideFailsafeRearm(t *testing.T) {
+	o := obs(runningPrimary, writable, holds, cover(7, 4*time.Second), func(o *Observation) {
+		o.Lease = state.LeaseState{ID: 8, ValidUntil: t0.Add(3 * time.Second)}
+		o.Cluster.Leader.Lease = 8
+	})
+	if p := Decide(o); p.Action != Reacquire {
+		t.Fatalf("got %s (%s), want reacquire", p.Action, p.Reason)
+	}
+}
