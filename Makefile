@@ -45,12 +45,16 @@ fuzz:
 	$(GO) test ./pkg/election -run '^$$' -fuzz '^FuzzParseSync$$' -fuzztime 30s
 	$(GO) test ./pkg/election -run '^$$' -fuzz '^FuzzParseFailsafe$$' -fuzztime 30s
 
-# make soak: the fault checker (cmd/cifha-check), synchronous mode, on a
-# 3-member etcd: SOAK_ROUNDS seeded random rounds (SOAK_SEED to replay).
+# make soak: first a pgbench load at ttl 3 s for SOAK_LOAD with no fault
+# (0 skips it; it must see no failover, demotion or fence), then the fault
+# checker (cmd/cifha-check), synchronous mode, on a 3-member etcd:
+# SOAK_ROUNDS seeded random rounds (SOAK_SEED to replay).
+SOAK_LOAD ?= 30m
 SOAK_ROUNDS ?= 1000
 SOAK_SEED ?= $(shell date +%s)
 soak: deps build
 	$(GO) build -o bin/ ./cmd/cifha-check ./cmd/cifha-devetcd
+	if [ "$(SOAK_LOAD)" != "0" ]; then bin/cifha-check --bin bin --load $(SOAK_LOAD) --ttl 3s; fi
 	bin/cifha-check --bin bin --rounds $(SOAK_ROUNDS) --seed $(SOAK_SEED)
 
 ETCD_MEMBERS ?= 1

@@ -45,6 +45,8 @@ func run() int {
 	keep := flag.Bool("keep", false, "keep the files (logs) afterwards")
 	failsafe := flag.Bool("failsafe", false, "DCS failsafe mode (etcd-outage then stops no write; etcd-partition causes no failover)")
 	outage := flag.Duration("outage-hold", 30*time.Second, "how long etcd-outage keeps every etcd member down")
+	load := flag.Duration("load", 0, "instead of fault rounds: a pgbench load for this long with no fault injected (reports failovers, demotions, fences, agent memory and loop latency; use with -ttl 3s)")
+	loadClients := flag.Int("load-clients", 8, "pgbench clients for -load")
 	flag.Parse()
 	var faults []checker.Fault
 	if *faultList != "" {
@@ -108,6 +110,25 @@ func run() int {
 	defer c.Close(15 * time.Second)
 	if err := c.Start(); err != nil {
 		return fail(err)
+	}
+	if *load > 0 {
+		if _, err := checker.WaitHealthy(ctx, c, *bound, *sync); err != nil {
+			return fail(err)
+		}
+		lrep, err := checker.RunLoad(ctx, c, checker.LoadOptions{Duration: *load, Clients: *loadClients,
+			Logf: func(format string, args ...any) {
+				fmt.Printf("%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+			}})
+		fmt.Println()
+		fmt.Printf("ttl %s, seed unused\n", *ttl)
+		lrep.Print(os.Stdout)
+		if err != nil {
+			return fail(err)
+		}
+		if !lrep.OK() {
+			return 1
+		}
+		return 0
 	}
 	rep, err := checker.Run(ctx, c, checker.Options{Seed: *seed, Rounds: *rounds, Faults: faults, Bound: *bound, Etcd: ec, Async: !*sync,
 		Failsafe: *failsafe, OutageHold: *outage,

@@ -418,6 +418,12 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 	return next, res, nil
 }
 
+// WaitHealthy waits for one primary and every other member streaming
+// (with sync, a recorded synchronous standby too) and returns the primary.
+func WaitHealthy(ctx context.Context, c *cluster.Cluster, bound time.Duration, sync bool) (*cluster.Node, error) {
+	return waitHealthy(ctx, c, bound, sync)
+}
+
 // waitHealthy waits for one primary and every other member streaming (and,
 // with sync, a synchronous standby recorded by that primary).
 func waitHealthy(ctx context.Context, c *cluster.Cluster, bound time.Duration, sync bool) (*cluster.Node, error) {

@@ -44,3 +44,24 @@ func TestReport(t *testing.T) {
 		t.Fatalf("table:\n%s", b.String())
 	}
 }
+
+func TestParsePgbench(t *testing.T) {
+	out := `pgbench (15.18 (Debian 15.18-0+deb12u1))
+transaction type: <builtin: TPC-B (sort of)>
+number of transactions actually processed: 12345
+number of failed transactions: 3 (0.024%)
+latency average = 4.1 ms
+tps = 1953.123456 (without initial connection time)
+`
+	tps, failed := parsePgbench(out)
+	if tps < 1953 || tps > 1954 || failed != 3 {
+		t.Fatalf("tps %v failed %d", tps, failed)
+	}
+}
+
+func TestLabel(t *testing.T) {
+	l := `{cluster="c",member="db1",le="0.25"}`
+	if label(l, "le") != "0.25" || label(l, "member") != "db1" || label(l, "x") != "" {
+		t.Fatal(label(l, "le"), label(l, "member"))
+	}
+}
