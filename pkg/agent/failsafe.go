@@ -147,14 +147,20 @@ var errNoPromise = errors.New("no promise")
 
 // give records a promise to leader for d from now, unless this member
 // leads or is taking the key.
-func (f *failsafe) give(leader string, now time.Time, d time.Duration) error {
+func (f *failsafe) give(leader string, now time.Time, d time.Duration, lsn state.LSN) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.taking || now.Before(f.takeHold) {
 		return fmt.Errorf("%w: this member leads or is taking the leader key", errNoPromise)
 	}
 	until := now.Add(d)
+	if p := f.promise; p.Leader == leader {
+		lsn = max(lsn, p.LSN) // the highest position the leader reported
+	}
 	if p := f.promise; (p.Leader == leader || p.Leader == ha.AnyLeader) && p.Until.After(until) {
+		if p.Leader == leader {
+			f.promise.LSN = lsn
+		}
 		return nil // never shortened (the after-start hold binds more)
 	}
 	if p := f.promise; now.Before(p.Until) && p.Leader != leader && p.Leader != ha.AnyLeader {
@@ -164,7 +170,7 @@ func (f *failsafe) give(leader string, now time.Time, d time.Duration) error {
 		// ends, so the second fences: never two covers at once.
 		return fmt.Errorf("%w: promised %s for another %s", errNoPromise, p.Leader, p.Until.Sub(now).Round(time.Millisecond))
 	}
-	f.promise = ha.Promise{Leader: leader, Until: until}
+	f.promise = ha.Promise{Leader: leader, Until: until, LSN: lsn}
 	return nil
 }
 
@@ -290,6 +296,10 @@ func (f *failsafe) round(ctx context.Context, tm ha.Timing, armed int64, list ma
 	}
 	ch := make(chan answer, len(list))
 	n := 0
+	lsn := ""
+	if s := a.Snapshot(); s != nil {
+		lsn = s.Member.CurrentLSN // the position seen last round
+	}
 	for name, url := range list {
 		if name == a.opt.Name {
 			continue
@@ -300,7 +310,7 @@ func (f *failsafe) round(ctx context.Context, tm ha.Timing, armed int64, list ma
 				ch <- answer{name, 0, errors.New("no API client")}
 				return
 			}
-			d, err := a.opt.Peers.Failsafe(rctx, url, a.opt.Name, name)
+			d, err := a.opt.Peers.Failsafe(rctx, url, a.opt.Name, name, lsn)
 			ch <- answer{name, d, err}
 		}()
 	}
@@ -389,6 +399,14 @@ func (a *Agent) postFailsafe(w http.ResponseWriter, r *http.Request) {
 		no(http.StatusBadRequest, "leader %q is not a member name", truncate(req.Leader))
 		return
 	}
+	var lsn state.LSN
+	if req.LSN != "" {
+		var err error
+		if lsn, err = state.ParseLSN(req.LSN); err != nil {
+			no(http.StatusBadRequest, "lsn %q: %v", truncate(req.LSN), err)
+			return
+		}
+	}
 	if req.Member != a.opt.Name {
 		// The address the leader asked now serves another member (moved,
 		// rescheduled): a promise from it binds nobody on the list.
@@ -422,7 +440,7 @@ func (a *Agent) postFailsafe(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := a.opt.TTL
-	if err := a.fs.give(req.Leader, a.now(), d); err != nil {
+	if err := a.fs.give(req.Leader, a.now(), d, lsn); err != nil {
 		no(http.StatusConflict, "%v", err)
 		return
 	}
@@ -437,12 +455,12 @@ func truncate(s string) string {
 }
 
 // Failsafe implements Peers: POST <apiURL>/failsafe.
-func (p HTTPPeers) Failsafe(ctx context.Context, apiURL, leader, member string) (time.Duration, error) {
+func (p HTTPPeers) Failsafe(ctx context.Context, apiURL, leader, member, lsn string) (time.Duration, error) {
 	if apiURL == "" {
 		return 0, errors.New("no API URL published")
 	}
 	var resp api.FailsafeResponse
-	code, err := api.Post(ctx, p.Client, apiURL, "/failsafe", api.FailsafeRequest{Leader: leader, Member: member}, &resp)
+	code, err := api.Post(ctx, p.Client, apiURL, "/failsafe", api.FailsafeRequest{Leader: leader, Member: member, LSN: lsn}, &resp)
 	switch {
 	case code == http.StatusUnauthorized:
 		return 0, fmt.Errorf("%s/failsafe: %w", apiURL, api.ErrUnauthorized)

@@ -30,7 +30,7 @@ func (p *promisers) Candidate(context.Context, string) (ha.Candidate, error) {
 	return ha.Candidate{}, errors.New("no candidates in this test")
 }
 
-func (p *promisers) Failsafe(_ context.Context, url, _, _ string) (time.Duration, error) {
+func (p *promisers) Failsafe(_ context.Context, url, _, _, _ string) (time.Duration, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.asked = append(p.asked, url)
@@ -203,20 +203,20 @@ func TestFailsafeGiveAndTakeExclude(t *testing.T) {
 	if err := a.fs.beginTake(clk.Now(), false); err != nil {
 		t.Fatalf("after start without a list: %v", err)
 	}
-	if err := a.fs.give("db1", clk.Now(), 3*time.Second); err == nil {
+	if err := a.fs.give("db1", clk.Now(), 3*time.Second, 0); err == nil {
 		t.Fatal("promised while taking the key")
 	}
 	// The next observation shows no key (a view that lags the attempt):
 	// still no promise for a ttl after the attempt.
 	a.fs.setRole(false, false, 0)
-	if err := a.fs.give("db1", clk.Now(), 3*time.Second); err == nil {
+	if err := a.fs.give("db1", clk.Now(), 3*time.Second, 0); err == nil {
 		t.Fatal("promised right after an attempt to take the key")
 	}
 	clk.Advance(3 * time.Second)
-	if err := a.fs.give("db1", clk.Now(), 3*time.Second); err != nil {
+	if err := a.fs.give("db1", clk.Now(), 3*time.Second, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.fs.give("db3", clk.Now(), 3*time.Second); err == nil {
+	if err := a.fs.give("db3", clk.Now(), 3*time.Second, 0); err == nil {
 		t.Fatal("promised a second leader while the first promise runs")
 	}
 	clk.Advance(2 * time.Second)

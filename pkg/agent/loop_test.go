@@ -208,6 +208,6 @@ func (noPeers) Candidate(context.Context, string) (ha.Candidate, error) {
 	return ha.Candidate{}, errors.New("no peers in this test")
 }
 
-func (noPeers) Failsafe(context.Context, string, string, string) (time.Duration, error) {
+func (noPeers) Failsafe(context.Context, string, string, string, string) (time.Duration, error) {
 	return 0, errors.New("no peers in this test")
 }

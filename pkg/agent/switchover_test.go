@@ -246,10 +246,10 @@ type peerFunc func() (ha.Candidate, error)
 
 func (f peerFunc) Candidate(context.Context, string) (ha.Candidate, error) { return f() }
 
-func (f peerFunc) Failsafe(context.Context, string, string, string) (time.Duration, error) {
+func (f peerFunc) Failsafe(context.Context, string, string, string, string) (time.Duration, error) {
 	return 0, errors.New("no failsafe in this test")
 }
 
-func (caughtUp) Failsafe(context.Context, string, string, string) (time.Duration, error) {
+func (caughtUp) Failsafe(context.Context, string, string, string, string) (time.Duration, error) {
 	return 0, errors.New("no failsafe in this test")
 }

@@ -51,6 +51,9 @@ type FailsafeRequest struct {
 	// Member is who the leader believes it asks: a member answering for
 	// another's address refuses.
 	Member string `json:"member"`
+	// LSN is the leader's current WAL position as it last saw it ("":
+	// unknown).
+	LSN string `json:"lsn,omitempty"`
 }
 
 // FailsafeResponse answers a FailsafeRequest. OK: promised for

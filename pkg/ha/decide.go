@@ -360,6 +360,12 @@ func decideFailover(o Observation) Plan {
 	if err != nil {
 		return plan(Wait, "no leader; last leader's LSN %q is unreadable", ll.LSN)
 	}
+	if pr := o.Promise; pr.Leader == ll.Name && pr.LSN > last {
+		// The last leader told this member, asking for a failsafe
+		// promise, that it had written more than etcd records.
+		last = pr.LSN
+		ll = &state.LastLeader{Name: ll.Name, Timeline: ll.Timeline, LSN: last.String(), TTL: ll.TTL, At: ll.At}
+	}
 	// The window must cover the time the old leader's key took to expire:
 	// with a ttl changing across the cluster, the leader's may be longer
 	// than this member's.

@@ -49,6 +49,11 @@ const AnyLeader = "*"
 type Promise struct {
 	Leader string
 	Until  time.Time
+	// LSN is the highest WAL position the leader said it had written
+	// when it asked (0: unknown). It stands in for the last-leader
+	// record, which a leader cut off from etcd cannot update: a failover
+	// after the outage measures the candidates against it.
+	LSN state.LSN
 }
 
 // EffectiveLease is the lease a primary made writable under lease writable

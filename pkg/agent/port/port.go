@@ -122,7 +122,7 @@ type Peers interface {
 	// Failsafe asks member at apiURL (POST /failsafe) to promise
 	// that it follows leader and will not take the leader key for the
 	// duration it answers.
-	Failsafe(ctx context.Context, apiURL, leader, member string) (time.Duration, error)
+	Failsafe(ctx context.Context, apiURL, leader, member, lsn string) (time.Duration, error)
 }
 
 // Control is what the control API changes in etcd.
