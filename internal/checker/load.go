@@ -138,9 +138,11 @@ func RunLoad(ctx context.Context, c *cluster.Cluster, opt LoadOptions) (LoadRepo
 		return rep, err
 	}
 	before := map[string]map[string]float64{}
+	loopBefore := map[string][]bucket{}
 	logAt := map[string]int{}
 	for _, n := range c.Nodes {
 		before[n.Name], _ = actions(ctx, n)
+		loopBefore[n.Name], _ = loopBuckets(ctx, n)
 		logAt[n.Name] = len(n.Log())
 	}
 	env := append(os.Environ(), "PGPASSWORD="+c.Opt.SuperuserPassword)
@@ -224,11 +226,11 @@ loop:
 				}
 			}
 		}
-		l, err := loopLatency(ctx, n)
+		bs, err := loopBuckets(ctx, n)
 		if err != nil {
 			return rep, fmt.Errorf("%s metrics: %w", n.Name, err)
 		}
-		rep.Loop[n.Name] = l
+		rep.Loop[n.Name] = latency(bs, loopBefore[n.Name])
 	}
 	if q, err := primaryOf(ctx, c); err != nil || q != p {
 		rep.PrimaryChanged = true
@@ -303,13 +305,14 @@ func actions(ctx context.Context, n *cluster.Node) (map[string]float64, error) {
 	return out, nil
 }
 
-// loopLatency reads the loop histogram's percentiles (bucket bounds).
-func loopLatency(ctx context.Context, n *cluster.Node) (LoopLatency, error) {
+type bucket struct{ le, n float64 }
+
+// loopBuckets reads the loop histogram's cumulative buckets, in order.
+func loopBuckets(ctx context.Context, n *cluster.Node) ([]bucket, error) {
 	m, err := metricLines(ctx, n, "cifha_loop_duration_seconds_bucket")
 	if err != nil {
-		return LoopLatency{}, err
+		return nil, err
 	}
-	type bucket struct{ le, n float64 }
 	var bs []bucket
 	for l, v := range m {
 		le := label(l, "le")
@@ -330,9 +333,21 @@ func loopLatency(ctx context.Context, n *cluster.Node) (LoopLatency, error) {
 		}
 		return 0
 	})
+	return bs, nil
+}
+
+// latency is the percentiles (bucket bounds) of the rounds counted in
+// after but not in before (the soak's rounds only).
+func latency(after, before []bucket) LoopLatency {
+	bs := slices.Clone(after)
+	if len(before) == len(bs) {
+		for i := range bs {
+			bs[i].n -= before[i].n
+		}
+	}
 	var r LoopLatency
 	if len(bs) == 0 {
-		return r, nil
+		return r
 	}
 	r.Count = bs[len(bs)-1].n
 	at := func(q float64) float64 {
@@ -350,7 +365,7 @@ func loopLatency(ctx context.Context, n *cluster.Node) (LoopLatency, error) {
 			break
 		}
 	}
-	return r, nil
+	return r
 }
 
 // parsePgbench reads tps and failed transactions from pgbench's summary.
