@@ -132,6 +132,9 @@ func run() int {
 	}
 	rep, err := checker.Run(ctx, c, checker.Options{Seed: *seed, Rounds: *rounds, Faults: faults, Bound: *bound, Etcd: ec, Async: !*sync,
 		Failsafe: *failsafe, OutageHold: *outage,
+		// The agents' maximum_lag_on_failover (the default, 1MB): an
+		// asynchronous round that loses more fails.
+		MaxLag: 1 << 20,
 		Switch: Switcher(filepath.Join(agentBin, "cifhactl"), ec.Endpoints(), "check", filepath.Join(root, "secrets", "api.token")),
 		Logf: func(format string, args ...any) {
 			fmt.Printf("%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)

@@ -34,6 +34,7 @@ import (
 
 	"github.com/cifha/cifha/internal/cluster"
 	"github.com/cifha/cifha/internal/etcdcluster"
+	"github.com/cifha/cifha/pkg/state"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -102,13 +103,19 @@ type Options struct {
 	// OutageHold is how long etcd-outage keeps every etcd member down
 	// (default 30 s).
 	OutageHold time.Duration
+	// MaxLag is the cluster's maximum_lag_on_failover in bytes: in
+	// asynchronous mode a round that loses more fails (0: not checked).
+	MaxLag int64
 }
 
 // Stats are one fault's figures.
 type Stats struct {
 	Rounds, Acked, Lost, Overlaps int
-	MaxUnavailable                time.Duration
-	Failures                      []string
+	// MaxLostBytes is the most WAL past the new timeline's fork that one
+	// round's lost rows were written at (asynchronous mode).
+	MaxLostBytes   int64
+	MaxUnavailable time.Duration
+	Failures       []string
 }
 
 // Report is a run's result.
@@ -133,7 +140,7 @@ func (r Report) OK() bool {
 // Table prints the per-fault table and the seed.
 func (r Report) Table(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "fault\trounds\trows acknowledged\trows lost\toverlaps\tmax unavailability\tfailures\t")
+	fmt.Fprintln(tw, "fault\trounds\trows acknowledged\trows lost\tmax bytes lost\toverlaps\tmax unavailability\tfailures\t")
 	for _, f := range slices.Sorted(func(yield func(Fault) bool) {
 		for f := range r.ByFault {
 			if !yield(f) {
@@ -142,7 +149,7 @@ func (r Report) Table(w io.Writer) {
 		}
 	}) {
 		s := r.ByFault[f]
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%d\t\n", f, s.Rounds, s.Acked, s.Lost, s.Overlaps, s.MaxUnavailable.Round(time.Millisecond), len(s.Failures))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\t%d\t\n", f, s.Rounds, s.Acked, s.Lost, s.MaxLostBytes, s.Overlaps, s.MaxUnavailable.Round(time.Millisecond), len(s.Failures))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "seed %d\n", r.Seed)
@@ -198,6 +205,7 @@ func Run(ctx context.Context, c *cluster.Cluster, opt Options) (Report, error) {
 		next, res, err := runRound(ctx, c, p, f, opt, rng)
 		st.Acked += res.acked
 		st.Lost += res.lost
+		st.MaxLostBytes = max(st.MaxLostBytes, res.lostBytes)
 		st.Overlaps += res.overlaps
 		st.MaxUnavailable = max(st.MaxUnavailable, res.unavailable)
 		if res.failure != "" {
@@ -214,6 +222,7 @@ func Run(ctx context.Context, c *cluster.Cluster, opt Options) (Report, error) {
 
 type roundResult struct {
 	acked, lost, overlaps int
+	lostBytes             int64
 	unavailable           time.Duration
 	failure               string
 }
@@ -407,13 +416,19 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 	if res.overlaps > 0 && res.failure == "" {
 		res.failure = "two members acknowledged writes in overlapping intervals: " + describe(spans)
 	}
-	lost, err := w.missing(ctx, next)
+	lost, lostBytes, err := w.missing(ctx, next)
 	if err != nil {
 		return next, res, fmt.Errorf("count rows on %s: %w", next.Name, err)
 	}
-	res.lost = lost
-	if lost > 0 && res.failure == "" && !opt.Async {
+	res.lost, res.lostBytes = lost, lostBytes
+	switch {
+	case lost > 0 && res.failure == "" && !opt.Async:
 		res.failure = fmt.Sprintf("%d acknowledged rows missing on the primary %s", lost, next.Name)
+	case lost > 0 && res.failure == "" && opt.MaxLag > 0 && lostBytes > opt.MaxLag:
+		// No fault here cuts the primary off from its standbys (the
+		// documented case in which it may acknowledge more until its
+		// fence), so every loss must stay within the lag gate.
+		res.failure = fmt.Sprintf("%d acknowledged rows (%d bytes of WAL past the fork) lost, more than maximum_lag_on_failover (%d)", lost, lostBytes, opt.MaxLag)
 	}
 	return next, res, nil
 }
@@ -531,7 +546,10 @@ type writer struct {
 	mu    sync.Mutex
 	acked []int64
 	ackAt []time.Time
-	next  int64
+	// ackLSN is the WAL insert position each acknowledged row was
+	// written at (just before its commit record).
+	ackLSN []uint64
+	next   int64
 }
 
 func startWriter(ctx context.Context, c *cluster.Cluster, p *cluster.Node) (*writer, error) {
@@ -581,15 +599,17 @@ func (w *writer) run() {
 		}
 		w.next++
 		id := w.next
-		_, err := conn.Exec(ctx, "INSERT INTO checker_rows VALUES ($1)", id)
+		var at string
+		err := conn.QueryRow(ctx, "INSERT INTO checker_rows VALUES ($1) RETURNING pg_current_wal_insert_lsn()::text", id).Scan(&at)
 		cancel()
 		if err != nil {
 			conn.Close(context.Background())
 			conn = nil
 			continue
 		}
+		lsn, _ := state.ParseLSN(at)
 		w.mu.Lock()
-		w.acked, w.ackAt = append(w.acked, id), append(w.ackAt, time.Now())
+		w.acked, w.ackAt, w.ackLSN = append(w.acked, id), append(w.ackAt, time.Now()), append(w.ackLSN, uint64(lsn))
 		w.mu.Unlock()
 	}
 }
@@ -620,24 +640,79 @@ func (w *writer) finish() time.Duration {
 	return gap
 }
 
-// missing counts this round's acknowledged ids that n does not have.
-func (w *writer) missing(ctx context.Context, n *cluster.Node) (int, error) {
+// missing counts this round's acknowledged ids that n does not have, and
+// how many bytes of WAL past n's timeline switch point the last of them
+// was written at (0 when none is missing or n did not switch timelines):
+// what the failover discarded, measured like maximum_lag_on_failover.
+func (w *writer) missing(ctx context.Context, n *cluster.Node) (int, int64, error) {
 	w.mu.Lock()
 	ids := slices.Clone(w.acked)
+	lsns := slices.Clone(w.ackLSN)
 	w.mu.Unlock()
 	if len(ids) == 0 {
-		return 0, nil
+		return 0, 0, nil
 	}
 	conn, err := n.Connect(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer conn.Close(ctx)
-	var have int
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM checker_rows WHERE id = ANY($1)", ids).Scan(&have); err != nil {
-		return 0, err
+	rows, err := conn.Query(ctx, "SELECT id FROM checker_rows WHERE id = ANY($1)", ids)
+	if err != nil {
+		return 0, 0, err
 	}
-	return len(ids) - have, nil
+	have := map[int64]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return 0, 0, err
+		}
+		have[id] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, 0, err
+	}
+	var last uint64
+	lost := 0
+	for i, id := range ids {
+		if !have[id] {
+			lost++
+			last = max(last, lsns[i])
+		}
+	}
+	if lost == 0 {
+		return 0, 0, nil
+	}
+	// The switch point of n's current timeline: where its history forked
+	// from the old primary's.
+	var hist string
+	err = conn.QueryRow(ctx, `SELECT coalesce(pg_read_file('pg_wal/' || lpad(upper(to_hex(timeline_id)), 8, '0') || '.history', true), '')
+		FROM pg_control_checkpoint()`).Scan(&hist)
+	if err != nil || hist == "" {
+		return lost, 0, err
+	}
+	fork := forkPoint(hist)
+	if fork == 0 || last <= fork {
+		return lost, 0, nil
+	}
+	return lost, int64(last - fork), nil
+}
+
+// forkPoint is the switch point of the last line of a timeline history
+// file ("<parent tli>\t<switch lsn>\t<reason>"), 0 if unreadable.
+func forkPoint(hist string) uint64 {
+	var fork uint64
+	for _, l := range strings.Split(hist, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 {
+			if v, err := state.ParseLSN(f[1]); err == nil {
+				fork = uint64(v)
+			}
+		}
+	}
+	return fork
 }
 
 type span struct{ start, end time.Time }

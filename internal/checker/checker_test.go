@@ -65,3 +65,13 @@ func TestLabel(t *testing.T) {
 		t.Fatal(label(l, "le"), label(l, "member"))
 	}
 }
+
+func TestForkPoint(t *testing.T) {
+	hist := "1\t0/3000148\tno recovery target specified\n\n2\t0/5A000A0\tno recovery target specified\n"
+	if got := forkPoint(hist); got != 0x5A000A0 {
+		t.Fatalf("fork %x", got)
+	}
+	if forkPoint("garbage") != 0 {
+		t.Fatal("garbage parsed")
+	}
+}
