@@ -228,3 +228,18 @@ func TestFailsafeGiveAndTakeExclude(t *testing.T) {
 		t.Fatalf("promise over: %v", err)
 	}
 }
+
+// TestFailsafeNewTermAsksOnlyItsOwnList: a new term (another lease made
+// writable) forgets the previous term's list and readiness until its own
+// step confirms a list.
+func TestFailsafeNewTermAsksOnlyItsOwnList(t *testing.T) {
+	peers := &promisers{d: 3 * time.Second}
+	a, _, _ := failsafeLeader(t, peers)
+	if !a.fs.ready || len(a.fs.list) != 3 {
+		t.Fatalf("ready %v list %v", a.fs.ready, a.fs.list)
+	}
+	a.fs.setRole(true, false, 99)
+	if a.fs.ready || a.fs.list != nil {
+		t.Fatalf("new term kept ready %v list %v", a.fs.ready, a.fs.list)
+	}
+}
