@@ -57,6 +57,9 @@ func TestOneEtcdMemberLostNoFailover(t *testing.T) {
 		if d, err := time.ParseDuration(os.Getenv("CIFHA_ETCD_TTL")); err == nil && d >= 3*time.Second {
 			o.TTL, o.LoopInterval = d, min(time.Second, d/3)
 		}
+		if os.Getenv("CIFHA_ETCD_FAILSAFE") != "" {
+			o.Extra += "failsafe_mode = true\n"
+		}
 	})
 	p := c.Nodes[0]
 	ctx := ctxT(t, 3*time.Minute)
