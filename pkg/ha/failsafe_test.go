@@ -122,11 +122,15 @@ func TestDecideFailsafeRearm(t *testing.T) {
 // update its last-leader record; the position it reported when asking for
 // a promise is what a later failover measures this member against.
 func TestDecideFailsafePromiseLSN(t *testing.T) {
-	ahead := func(o *Observation) { o.Promise = Promise{Leader: "db9", Until: t0.Add(-time.Second), LSN: 0x1000 + 2<<20} }
+	ahead := func(o *Observation) {
+		o.Promise = Promise{Leader: "db9", Until: t0.Add(-time.Second), LSN: 0x1000 + 2<<20}
+	}
 	if p := Decide(failover(0x1000, ahead)); p.Action != Wait || !strings.Contains(p.Reason, "maximum_lag_on_failover") {
 		t.Fatalf("got %s (%s), want wait on the lag gate", p.Action, p.Reason)
 	}
-	other := func(o *Observation) { o.Promise = Promise{Leader: "db7", Until: t0.Add(-time.Second), LSN: 0x1000 + 2<<20} }
+	other := func(o *Observation) {
+		o.Promise = Promise{Leader: "db7", Until: t0.Add(-time.Second), LSN: 0x1000 + 2<<20}
+	}
 	if p := Decide(failover(0x1000, other)); p.Action != TakeOver {
 		t.Fatalf("a position reported by another leader counted: %s (%s)", p.Action, p.Reason)
 	}
