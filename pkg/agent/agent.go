@@ -852,6 +852,13 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 		if err != nil {
 			return err
 		}
+		if pg.Running() {
+			// A standby whose history diverged (never a primary here: a
+			// running primary is never planned a rewind) stops first.
+			if err := pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil {
+				return fmt.Errorf("stop before rewind: %w", err)
+			}
+		}
 		if err := pg.Configure(); err != nil { // the passfile pg_rewind uses
 			return err
 		}

@@ -118,6 +118,12 @@ func (a *Agent) reclone(ctx context.Context, o ha.Observation, p ha.Plan) error 
 	if err != nil {
 		return err
 	}
+	if pg.Running() {
+		// A diverged standby whose rewind failed (read-only) stops first.
+		if err := pg.StopWithin(ctx, pgctl.Fast, a.opt.StopTimeout); err != nil {
+			return fmt.Errorf("stop before re-cloning: %w", err)
+		}
+	}
 	moved, err := pg.MoveAside(o.Now)
 	if err != nil {
 		return err

@@ -328,11 +328,22 @@ func decideStandby(o Observation, leader string) Plan {
 	}
 	if lm, ok := o.Cluster.Members[leader]; ok && o.PG.WalReceiver != "streaming" && lm.Timeline > max(o.PG.Timeline, o.StreamedTimeline) &&
 		(o.LastStreamed.IsZero() || o.Now.Sub(o.LastStreamed) > o.RecentWindow) {
-		// It cannot follow the leader's timeline switch: its WAL may go past
-		// the leader's fork point. Never promoted (the timeline gate), and
-		// said plainly rather than "in recovery" forever.
-		return plan(None, "standby on timeline %d cannot stream from leader %s on timeline %d: its history may have diverged; cifhactl reinit %s re-clones it",
-			max(o.PG.Timeline, o.StreamedTimeline), leader, lm.Timeline, o.Self)
+		// It cannot follow the leader's timeline switch: its WAL went past
+		// the leader's fork point (an asynchronous standby that had
+		// received more than the standby promoted, the synchronous one in
+		// synchronous mode). Never promoted (the timeline gate); rewound
+		// like a former primary: stopped (it is read-only), pg_rewind from
+		// the leader, started as its standby. The data directory is kept.
+		tl := max(o.PG.Timeline, o.StreamedTimeline)
+		if o.RewindFailed != "" {
+			if o.RemoveOnRewindFailure {
+				return Plan{Action: Reclone, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("standby's history diverged from leader %s and pg_rewind failed (%s): moving the data directory aside and cloning", leader, o.RewindFailed)}
+			}
+			return Plan{Action: Wait, Target: leader, Reason: fmt.Sprintf("standby on timeline %d cannot stream from leader %s on timeline %d: its history diverged and pg_rewind failed (%s); set remove_data_directory_on_rewind_failure or cifhactl reinit %s",
+				tl, leader, lm.Timeline, o.RewindFailed, o.Self)}
+		}
+		return Plan{Action: Rewind, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("standby on timeline %d cannot stream from leader %s on timeline %d: its history diverged (its WAL went past the fork point); stopping it to rewind with pg_rewind",
+			tl, leader, lm.Timeline)}
 	}
 	return plan(None, "standby of %s (%s)", leader, o.PG.WalReceiver)
 }

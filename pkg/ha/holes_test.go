@@ -154,7 +154,8 @@ func TestUnboundLeaderKey(t *testing.T) {
 }
 
 // Hole 2 (second half): a standby that cannot follow the leader's timeline
-// says so instead of sitting "in recovery" forever.
+// (its history diverged) is rewound instead of sitting "in recovery"
+// forever; a failed rewind is said plainly, or re-clones when allowed.
 func TestDivergedStandbyIsReported(t *testing.T) {
 	o := obs(standbyFiles("db2 10.0.1.2:5432"), runningStandby, leaderKey("db2"), db2, func(o *Observation) {
 		o.PG.WalReceiver = ""
@@ -164,8 +165,16 @@ func TestDivergedStandbyIsReported(t *testing.T) {
 		o.Cluster.Members["db2"] = m
 	})
 	got := Decide(o)
-	if got.Action.MakesWritable() || !strings.Contains(got.Reason, "diverged") {
-		t.Fatalf("Decide = %v (%s); want a report of divergence", got.Action, got.Reason)
+	if got.Action != Rewind || got.Target != "db2" || !strings.Contains(got.Reason, "diverged") {
+		t.Fatalf("Decide = %v (%s); want a rewind from db2", got.Action, got.Reason)
+	}
+	o.RewindFailed = "no common ancestor"
+	if got := Decide(o); got.Action != Wait || !strings.Contains(got.Reason, "pg_rewind failed") {
+		t.Fatalf("Decide = %v (%s); want a wait after a failed rewind", got.Action, got.Reason)
+	}
+	o.RemoveOnRewindFailure = true
+	if got := Decide(o); got.Action != Reclone {
+		t.Fatalf("Decide = %v (%s); want a re-clone", got.Action, got.Reason)
 	}
 }
 
