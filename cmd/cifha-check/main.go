@@ -33,7 +33,7 @@ import (
 
 func main() { os.Exit(run()) }
 
-func run() int {
+func run() (code int) {
 	bin := flag.String("bin", "bin", "directory holding cifha, cifhactl and cifha-devetcd")
 	rounds := flag.Int("rounds", 20, "fault rounds")
 	seed := flag.Uint64("seed", uint64(time.Now().UnixNano()), "seed of the fault sequence (printed; reuse it to replay)")
@@ -42,7 +42,7 @@ func run() int {
 	ttl := flag.Duration("ttl", 10*time.Second, "lease ttl")
 	bound := flag.Duration("bound", 60*time.Second, "writes and health must be back within this after a fault")
 	etcdMembers := flag.Int("etcd-members", 3, "etcd members (processes)")
-	keep := flag.Bool("keep", false, "keep the files (logs) afterwards")
+	keep := flag.Bool("keep", false, "keep the files (logs) afterwards (a failed run always keeps them)")
 	failsafe := flag.Bool("failsafe", false, "DCS failsafe mode (etcd-outage then stops no write; etcd-partition causes no failover)")
 	outage := flag.Duration("outage-hold", 30*time.Second, "how long etcd-outage keeps every etcd member down")
 	load := flag.Duration("load", 0, "instead of fault rounds: a pgbench load for this long with no fault injected (reports failovers, demotions, fences, agent memory and loop latency; use with -ttl 3s)")
@@ -78,8 +78,9 @@ func run() int {
 		return fail(err)
 	}
 	defer func() {
-		if *keep {
-			fmt.Println("files kept in", root)
+		// A failed run keeps its logs: a failure must be explainable.
+		if *keep || code != 0 {
+			fmt.Println("files (agent and postgres logs) kept in", root)
 		} else {
 			os.RemoveAll(root)
 		}
