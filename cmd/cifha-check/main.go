@@ -102,7 +102,7 @@ func run() (code int) {
 	if *failsafe {
 		extra += "failsafe_mode = true\n"
 	}
-	c, err := cluster.New(cluster.Options{BinDir: agentBin, Root: root, EtcdEndpoints: ec.Endpoints(), EtcdProxies: true,
+	c, err := cluster.New(cluster.Options{BinDir: agentBin, Root: root, EtcdEndpoints: ec.Endpoints(), EtcdProxies: true, PeerProxies: true,
 		Cluster: "check", Addrs: []string{"127.0.0.31", "127.0.0.32", "127.0.0.33"}, TTL: *ttl, LoopInterval: time.Second,
 		APIToken: "check-token", Extra: extra})
 	if err != nil {

@@ -68,10 +68,19 @@ const (
 	// a clean stop that stops postgres and releases the key, then a
 	// start), as `systemctl restart cifha` does.
 	AgentRestart Fault = "agent-restart"
+	// MemberPartition: the primary cut off from the other members (its
+	// replication port and API become black holes for them; needs
+	// cluster.Options.PeerProxies) while everyone still reaches etcd and
+	// clients still reach it, held past the ttl, then healed. The leader
+	// keeps its key: no failover; in synchronous mode writes resume once
+	// the leader drops the unreachable synchronous standbys (not in
+	// strict mode), and nothing acknowledged may be lost when the
+	// standbys return.
+	MemberPartition Fault = "member-partition"
 )
 
 // AllFaults lists every fault.
-var AllFaults = []Fault{HostLoss, AgentKill, AgentStop, PostgresCrash, EtcdPartition, EtcdMemberLoss, Switchover, EtcdOutage, AgentRestart}
+var AllFaults = []Fault{HostLoss, AgentKill, AgentStop, PostgresCrash, EtcdPartition, EtcdMemberLoss, Switchover, EtcdOutage, AgentRestart, MemberPartition}
 
 // Options configures a run.
 type Options struct {
@@ -289,6 +298,13 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			stopAll()
 			return p, res, fmt.Errorf("start the agent: %w", err)
 		}
+	case MemberPartition:
+		if len(p.PeerProxies) == 0 {
+			stopAll()
+			return p, res, errors.New("member-partition needs cluster.Options.PeerProxies")
+		}
+		p.CutPeers()
+		restore = func() error { p.RestorePeers(); return nil }
 	case EtcdOutage:
 		if opt.Etcd == nil {
 			stopAll()
@@ -383,11 +399,11 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			res.failure = fmt.Sprintf("no acknowledged write within %s of the fault", opt.Bound)
 		}
 	}
-	if f == EtcdMemberLoss || (f == EtcdPartition && opt.Failsafe) {
-		// Held for a while under writes (the partition past the ttl:
+	if f == EtcdMemberLoss || f == MemberPartition || (f == EtcdPartition && opt.Failsafe) {
+		// Held for a while under writes (the partitions past the ttl:
 		// 100 rows at one per 50 ms or slower).
 		n := w.count() + 100
-		if f == EtcdPartition {
+		if f == EtcdPartition || f == MemberPartition {
 			n += int(3 * c.Opt.TTL / (50 * time.Millisecond))
 		}
 		_ = waitFor(ctx, opt.Bound, func() bool { return w.count() >= n })

@@ -46,6 +46,13 @@ type Options struct {
 	// EtcdProxies puts a cuttable proxy between each node and etcd (the
 	// first endpoint), for partition tests.
 	EtcdProxies bool
+	// PeerProxies puts a cuttable proxy in front of each node's postgres
+	// port and API for its peers: the node advertises the proxies
+	// (connect_address, advertise_url), so replication, clones, rewinds and
+	// member-to-member API calls go through them, while clients and the
+	// tests still reach Addr directly. CutPeers partitions the node from
+	// the other members.
+	PeerProxies bool
 	// APIToken, when set, is written to secrets/api.token and configured as
 	// every agent's api.token_file (enables the control API).
 	APIToken string
@@ -73,6 +80,8 @@ type Node struct {
 	// (the first endpoint's; EtcdProxies has one per endpoint).
 	EtcdProxy   *tcpproxy.Proxy
 	EtcdProxies []*tcpproxy.Proxy
+	// PeerProxies (postgres, API) when Options.PeerProxies is set.
+	PeerProxies []*tcpproxy.Proxy
 	c           *Cluster
 	cmd         *exec.Cmd
 	done        chan struct{}
@@ -143,6 +152,16 @@ func New(opt Options) (*Cluster, error) {
 			}
 			n.EtcdProxy = n.EtcdProxies[0]
 		}
+		if opt.PeerProxies {
+			for _, target := range []string{addr + ":5432", addr + ":8008"} {
+				px, err := tcpproxy.Start("127.0.0.1:0", target)
+				if err != nil {
+					c.Close(time.Second)
+					return nil, err
+				}
+				n.PeerProxies = append(n.PeerProxies, px)
+			}
+		}
 		if err := c.writeFile(n.ConfigPath, c.config(n, secrets, endpoints)); err != nil {
 			return nil, err
 		}
@@ -155,6 +174,11 @@ func (c *Cluster) config(n *Node, secrets string, endpoints []string) string {
 	tokenLine := ""
 	if c.Opt.APIToken != "" {
 		tokenLine = fmt.Sprintf("token_file = %q\n", filepath.Join(secrets, "api.token"))
+	}
+	pgPeer := ""
+	if len(n.PeerProxies) == 2 {
+		tokenLine += fmt.Sprintf("advertise_url = %q\n", "http://"+n.PeerProxies[1].Addr())
+		pgPeer = fmt.Sprintf("connect_address = %q\n", n.PeerProxies[0].Addr())
 	}
 	hba := c.Opt.HBA
 	if len(hba) == 0 {
@@ -181,7 +205,7 @@ dial_timeout = "1s"
 data_dir = %q
 listen = %q
 port = 5432
-socket_dir = %q
+%ssocket_dir = %q
 superuser_password_file = %q
 replication_password_file = %q
 hba = [%s]
@@ -198,7 +222,7 @@ start_timeout = "10s"
 %s
 [log]
 level = "debug"
-`, c.Opt.Cluster, n.Name, n.Addr, tokenLine, q(endpoints), n.DataDir, n.Addr, n.Dir,
+`, c.Opt.Cluster, n.Name, n.Addr, tokenLine, q(endpoints), n.DataDir, n.Addr, pgPeer, n.Dir,
 		filepath.Join(secrets, "superuser.password"), filepath.Join(secrets, "replication.password"),
 		q(hba), c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra, c.Opt.NodeExtra[n.Name])
 }
@@ -255,7 +279,7 @@ func (c *Cluster) Close(timeout time.Duration) {
 	}
 	for _, n := range c.Nodes {
 		n.killPostmaster()
-		for _, px := range n.EtcdProxies {
+		for _, px := range append(n.EtcdProxies, n.PeerProxies...) {
 			px.Close()
 		}
 	}
@@ -456,6 +480,23 @@ func (n *Node) CutEtcd() {
 // RestoreEtcd undoes CutEtcd.
 func (n *Node) RestoreEtcd() {
 	for _, px := range n.EtcdProxies {
+		px.Restore()
+	}
+}
+
+// CutPeers partitions this node from the other members: its postgres port
+// and API become black holes for them (replication, clones, API calls),
+// while its clients and etcd still reach it. RestorePeers undoes it. Needs
+// PeerProxies.
+func (n *Node) CutPeers() {
+	for _, px := range n.PeerProxies {
+		px.Cut()
+	}
+}
+
+// RestorePeers undoes CutPeers.
+func (n *Node) RestorePeers() {
+	for _, px := range n.PeerProxies {
 		px.Restore()
 	}
 }

@@ -52,9 +52,12 @@ type failsafe struct {
 	// is given for a ttl, whatever the next observation shows (a view
 	// that lags the attempt's transaction would show the key free).
 	takeHold time.Time
-	// failed is the last round's failure, logged on change.
-	failed string
-	wake   chan struct{}
+	// failed is the last round's failure, logged on change; reported
+	// says whether anything was logged since renewals were last on time
+	// (so the first cover of an outage is logged too).
+	failed   string
+	reported bool
+	wake     chan struct{}
 }
 
 func newFailsafe(a *Agent) *failsafe {
@@ -245,8 +248,17 @@ func (f *failsafe) run(ctx context.Context) {
 		f.mu.Lock()
 		on, ready, armed, list := f.on, f.ready, f.armed, f.list
 		f.mu.Unlock()
-		if !on || armed == 0 || tm.TTL <= 0 || !f.a.opt.PG.Running() {
-			t.Reset(idleCheck)
+		if !on || armed == 0 || tm.TTL <= 0 {
+			t.Reset(idleCheck) // setRole and setMode poke it on a change
+			continue
+		}
+		if !f.a.opt.PG.Running() {
+			// Armed while postgres starts (start-primary arms the term
+			// before postgres runs): nothing pokes when it is up, so look
+			// again soon. A checker round found the asker asleep for its
+			// 30 s idle check through an etcd outage that began 5 s after
+			// a postgres crash was repaired: no cover, the leader fenced.
+			t.Reset(tm.RenewRetryDelay())
 			continue
 		}
 		now := f.a.now()
@@ -256,6 +268,9 @@ func (f *failsafe) run(ctx context.Context) {
 			// interval plus an attempt: nothing to ask yet.
 			due := lease.ValidUntil.Add(-tm.TTL + tm.RenewInterval() + tm.RenewAttemptTimeout())
 			if now.Before(due) {
+				f.mu.Lock()
+				f.failed, f.reported = "", false
+				f.mu.Unlock()
 				t.Reset(due.Sub(now))
 				continue
 			}
@@ -350,11 +365,11 @@ func (f *failsafe) round(ctx context.Context, tm ha.Timing, armed int64, list ma
 // report logs a change of the asker's state once.
 func (f *failsafe) report(failed string) {
 	f.mu.Lock()
-	prev := f.failed
-	f.failed = failed
+	prev, reported := f.failed, f.reported
+	f.failed, f.reported = failed, true
 	f.mu.Unlock()
 	switch {
-	case failed == prev:
+	case reported && failed == prev:
 	case failed == "":
 		f.a.log.Warn("failsafe mode: etcd renewals overdue; every member promised: postgres stays writable on their promises")
 	default:

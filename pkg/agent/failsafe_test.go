@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -241,5 +242,52 @@ func TestFailsafeNewTermAsksOnlyItsOwnList(t *testing.T) {
 	a.fs.setRole(true, false, 99)
 	if a.fs.ready || a.fs.list != nil {
 		t.Fatalf("new term kept ready %v list %v", a.fs.ready, a.fs.list)
+	}
+}
+
+// startingPG reports postgres down until up is set, counting the calls.
+type startingPG struct {
+	*agenttest.Postgres
+	up    atomic.Bool
+	calls atomic.Int32
+}
+
+func (p *startingPG) Running() bool { p.calls.Add(1); return p.up.Load() }
+
+// TestFailsafeAskerWakesWhenPostgresComesUp: the term is armed while
+// postgres is still starting (start-primary arms it first). The asker must
+// look again when postgres is up, not sleep through its idle check: a
+// checker round saw it asleep for 30 s through an etcd outage that began
+// seconds after a crashed primary was restarted, and the leader fenced.
+func TestFailsafeAskerWakesWhenPostgresComesUp(t *testing.T) {
+	peers := &promisers{d: 3 * time.Second}
+	a, _, clk := failsafeLeader(t, peers)
+	pg := &startingPG{Postgres: a.opt.PG.(*agenttest.Postgres)}
+	a.opt.PG = pg
+	clk.Advance(1500 * time.Millisecond) // renewals overdue: time to ask
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.fs.run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	a.fs.poke()
+	deadline := time.Now().Add(5 * time.Second)
+	for pg.calls.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the asker never looked at postgres")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	pg.up.Store(true)
+	for {
+		peers.mu.Lock()
+		n := len(peers.asked)
+		peers.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("postgres is up and renewals are overdue, yet the asker asked nobody within 5 s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
