@@ -318,8 +318,11 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			hold = 30 * time.Second
 		}
 		// Held for the outage whatever happens to the writes (they stop
-		// without failsafe mode): a deadline, not a condition.
-		_ = waitFor(ctx, hold, func() bool { return false })
+		// without failsafe mode): a fixed hold, not a condition.
+		select {
+		case <-ctx.Done():
+		case <-time.After(hold):
+		}
 		for _, m := range opt.Etcd.Members {
 			if err := opt.Etcd.Restart(m); err != nil {
 				stopAll()

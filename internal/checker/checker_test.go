@@ -1,6 +1,7 @@
 package checker
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -59,10 +60,39 @@ tps = 1953.123456 (without initial connection time)
 	}
 }
 
-func TestLabel(t *testing.T) {
-	l := `{cluster="c",member="db1",le="0.25"}`
-	if label(l, "le") != "0.25" || label(l, "member") != "db1" || label(l, "x") != "" {
-		t.Fatal(label(l, "le"), label(l, "member"))
+func TestMetricsParsing(t *testing.T) {
+	body := []byte(`# HELP cifha_actions_total Actions taken.
+# TYPE cifha_actions_total counter
+cifha_actions_total{action="none",member="db1"} 12
+cifha_actions_total{action="fence",member="db1"} 1
+# HELP cifha_loop_duration_seconds Loop duration.
+# TYPE cifha_loop_duration_seconds histogram
+cifha_loop_duration_seconds_bucket{le="0.01"} 5
+cifha_loop_duration_seconds_bucket{le="0.1"} 9
+cifha_loop_duration_seconds_bucket{le="+Inf"} 10
+cifha_loop_duration_seconds_sum 0.5
+cifha_loop_duration_seconds_count 10
+`)
+	f, err := parseFamily(body, "cifha_actions_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := actionCounts(f); a["none"] != 12 || a["fence"] != 1 {
+		t.Fatalf("actions %v", a)
+	}
+	f, err = parseFamily(body, "cifha_loop_duration_seconds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := histBuckets(f)
+	if err != nil || len(bs) != 3 || bs[0] != (bucket{0.01, 5}) || bs[1] != (bucket{0.1, 9}) || !math.IsInf(bs[2].le, 1) || bs[2].n != 10 {
+		t.Fatalf("buckets %v (%v)", bs, err)
+	}
+	if _, err := parseFamily([]byte("garbage{"), "x"); err == nil {
+		t.Fatal("garbage parsed")
+	}
+	if _, err := parseFamily(body, "cifha_missing"); err == nil {
+		t.Fatal("a missing family was found")
 	}
 }
 

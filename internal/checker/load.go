@@ -1,7 +1,6 @@
 package checker
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +15,9 @@ import (
 	"time"
 
 	"github.com/cifha/cifha/internal/cluster"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // LoadOptions configures a load soak: pgbench against the primary for
@@ -255,8 +257,9 @@ func rssKiB(pid int) (int64, error) {
 	return 0, fmt.Errorf("no VmRSS")
 }
 
-// metricLines returns the agent's metric samples named name: labels -> value.
-func metricLines(ctx context.Context, n *cluster.Node, name string) (map[string]float64, error) {
+// metricFamily reads one metric family from the agent's /metrics, parsed
+// with Prometheus's own text parser.
+func metricFamily(ctx context.Context, n *cluster.Node, name string) (*dto.MetricFamily, error) {
 	code, body, err := n.API(ctx, "/metrics")
 	if err != nil {
 		return nil, err
@@ -264,75 +267,70 @@ func metricLines(ctx context.Context, n *cluster.Node, name string) (map[string]
 	if code != 200 {
 		return nil, fmt.Errorf("/metrics: %d", code)
 	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(string(body)))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		l := sc.Text()
-		if !strings.HasPrefix(l, name+"{") && !strings.HasPrefix(l, name+" ") {
-			continue
-		}
-		i := strings.LastIndexByte(l, ' ')
-		v, err := strconv.ParseFloat(l[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		out[l[len(name):i]] = v
-	}
-	return out, sc.Err()
+	return parseFamily(body, name)
 }
 
-// label returns label k's value in a {a="x",b="y"} string.
-func label(labels, k string) string {
-	_, rest, ok := strings.Cut(labels, k+`="`)
-	if !ok {
-		return ""
+// parseFamily returns metric family name from a text exposition.
+func parseFamily(body []byte, name string) (*dto.MetricFamily, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
+	if err != nil {
+		return nil, fmt.Errorf("/metrics: %w", err)
 	}
-	v, _, _ := strings.Cut(rest, `"`)
-	return v
+	f := fams[name]
+	if f == nil {
+		return nil, fmt.Errorf("/metrics has no %s", name)
+	}
+	return f, nil
 }
 
 // actions reads cifha_actions_total by action.
 func actions(ctx context.Context, n *cluster.Node) (map[string]float64, error) {
-	m, err := metricLines(ctx, n, "cifha_actions_total")
+	f, err := metricFamily(ctx, n, "cifha_actions_total")
 	if err != nil {
 		return nil, err
 	}
+	return actionCounts(f), nil
+}
+
+// actionCounts sums a counter family by its action label.
+func actionCounts(f *dto.MetricFamily) map[string]float64 {
 	out := map[string]float64{}
-	for l, v := range m {
-		out[label(l, "action")] += v
+	for _, m := range f.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "action" {
+				out[l.GetValue()] += m.GetCounter().GetValue()
+			}
+		}
 	}
-	return out, nil
+	return out
 }
 
 type bucket struct{ le, n float64 }
 
-// loopBuckets reads the loop histogram's cumulative buckets, in order.
+// loopBuckets reads the loop histogram's cumulative buckets, in order
+// (+Inf last).
 func loopBuckets(ctx context.Context, n *cluster.Node) ([]bucket, error) {
-	m, err := metricLines(ctx, n, "cifha_loop_duration_seconds_bucket")
+	f, err := metricFamily(ctx, n, "cifha_loop_duration_seconds")
 	if err != nil {
 		return nil, err
 	}
-	var bs []bucket
-	for l, v := range m {
-		le := label(l, "le")
-		f, err := strconv.ParseFloat(le, 64)
-		if le == "+Inf" {
-			f, err = math.Inf(1), nil
-		}
-		if err == nil {
-			bs = append(bs, bucket{f, v})
-		}
+	return histBuckets(f)
+}
+
+// histBuckets returns a one-series histogram's cumulative buckets.
+func histBuckets(f *dto.MetricFamily) ([]bucket, error) {
+	if len(f.GetMetric()) != 1 {
+		return nil, fmt.Errorf("cifha_loop_duration_seconds: %d series, want 1", len(f.GetMetric()))
 	}
-	slices.SortFunc(bs, func(a, b bucket) int {
-		switch {
-		case a.le < b.le:
-			return -1
-		case a.le > b.le:
-			return 1
-		}
-		return 0
-	})
+	h := f.GetMetric()[0].GetHistogram()
+	var bs []bucket
+	for _, b := range h.GetBucket() {
+		bs = append(bs, bucket{b.GetUpperBound(), float64(b.GetCumulativeCount())})
+	}
+	if len(bs) == 0 || !math.IsInf(bs[len(bs)-1].le, 1) {
+		bs = append(bs, bucket{math.Inf(1), float64(h.GetSampleCount())})
+	}
 	return bs, nil
 }
 
