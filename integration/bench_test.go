@@ -15,6 +15,7 @@ import (
 	"github.com/cifha/cifha/internal/cluster"
 	"github.com/cifha/cifha/internal/devetcd"
 	"github.com/cifha/cifha/internal/testutil"
+	"github.com/cifha/cifha/pkg/config"
 )
 
 // benchRuns is how many times each scenario runs; run the benchmarks with
@@ -217,9 +218,9 @@ func BenchmarkFailover(b *testing.B) {
 		ttl   time.Duration
 		event func(p *cluster.Node)
 	}{
-		{"host-loss-ttl10", 10 * time.Second, func(p *cluster.Node) { p.KillHost() }},
+		{"host-loss-default", config.DefaultTTL, func(p *cluster.Node) { p.KillHost() }},
 		{"host-loss-ttl3", 3 * time.Second, func(p *cluster.Node) { p.KillHost() }},
-		{"clean-shutdown-ttl10", 10 * time.Second, func(p *cluster.Node) { go p.Stop(30 * time.Second) }},
+		{"clean-shutdown-default", config.DefaultTTL, func(p *cluster.Node) { go p.Stop(30 * time.Second) }},
 	}
 	for _, sc := range scenarios {
 		b.Run(sc.name, func(b *testing.B) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cifha/cifha/internal/checker"
 	"github.com/cifha/cifha/internal/cluster"
+	"github.com/cifha/cifha/pkg/config"
 )
 
 // TestCheckerShort is the CI run of the fault checker (issue 10, acceptance
@@ -27,7 +28,7 @@ func TestCheckerShort(t *testing.T) {
 		o.EtcdEndpoints = e.Endpoints()
 		o.EtcdProxies = true
 		o.PeerProxies = true
-		o.TTL = 10 * time.Second
+		o.TTL = config.DefaultTTL
 		o.LoopInterval = time.Second
 		o.Extra = "synchronous_mode = true\n"
 	})

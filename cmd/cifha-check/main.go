@@ -29,6 +29,7 @@ import (
 	"github.com/cifha/cifha/internal/cluster"
 	"github.com/cifha/cifha/internal/etcdcluster"
 	"github.com/cifha/cifha/internal/testutil"
+	"github.com/cifha/cifha/pkg/config"
 )
 
 func main() { os.Exit(run()) }
@@ -39,7 +40,7 @@ func run() (code int) {
 	seed := flag.Uint64("seed", uint64(time.Now().UnixNano()), "seed of the fault sequence (printed; reuse it to replay)")
 	faultList := flag.String("faults", "", "comma-separated faults (default all: "+faultNames()+")")
 	sync := flag.Bool("sync", true, "synchronous mode (false: asynchronous, loss bounded by maximum_lag_on_failover)")
-	ttl := flag.Duration("ttl", 10*time.Second, "lease ttl")
+	ttl := flag.Duration("ttl", config.DefaultTTL, "lease ttl")
 	bound := flag.Duration("bound", 60*time.Second, "writes and health must be back within this after a fault")
 	etcdMembers := flag.Int("etcd-members", 3, "etcd members (processes)")
 	keep := flag.Bool("keep", false, "keep the files (logs) afterwards (a failed run always keeps them)")

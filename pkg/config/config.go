@@ -239,7 +239,11 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.Strin
 
 // Defaults for the HA section.
 const (
-	DefaultTTL          = 10 * time.Second
+	// DefaultTTL is the smallest ttl at which one lost etcd member (its
+	// leader killed, frozen or cut off from its peers) never demoted the
+	// primary in the measurements of docs/benchmarks.md, at etcd's default
+	// election timeout; 6 s did once in three runs.
+	DefaultTTL          = 7 * time.Second
 	MinTTL              = ha.MinTTL
 	DefaultLoopInterval = time.Second
 	MinLoopInterval     = ha.MinLoopInterval

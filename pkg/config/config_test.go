@@ -38,7 +38,7 @@ func TestExampleConfigLoads(t *testing.T) {
 	if cfg.Name != "db1" || cfg.Cluster != "cif" {
 		t.Errorf("name/cluster = %q/%q", cfg.Name, cfg.Cluster)
 	}
-	if cfg.HA.TTL.Duration != 10*time.Second || cfg.HA.LoopInterval.Duration != time.Second ||
+	if cfg.HA.TTL.Duration != DefaultTTL || cfg.HA.LoopInterval.Duration != time.Second ||
 		cfg.HA.FenceMargin.Duration != 2*time.Second || cfg.HA.MaxLagBytes != 1<<20 || cfg.HA.PromoteMethod != "pg_ctl" {
 		t.Errorf("ha = %+v", cfg.HA)
 	}
@@ -79,9 +79,9 @@ func TestBrokenConfigs(t *testing.T) {
 		{"unknown key in table", replace("dial_timeout = \"2s\"", "dial_timeout = \"2s\"\ndial_timeuot = \"3s\""), "etcd.dial_timeuot", "unknown key", true},
 		{"wrong type for port", replace("port = 5432", "port = \"5432\""), "postgres.port", "incompatible types", true},
 		{"wrong type for endpoints", replace(`endpoints = ["10.0.0.5:2379", "10.0.0.6:2379", "10.0.0.7:2379"]`, `endpoints = "10.0.0.5:2379"`), "etcd.endpoints", "incompatible types", true},
-		{"ttl 0", replace(`ttl = "10s"`, `ttl = "0s"`), "ha.ttl", "below the minimum", true},
-		{"ttl not a duration", replace(`ttl = "10s"`, `ttl = "ten"`), "ha.ttl", "invalid duration", true},
-		{"ttl fractional", replace(`ttl = "10s"`, `ttl = "2500ms"`), "ha.ttl", "whole seconds", true},
+		{"ttl 0", replace(`ttl = "7s"`, `ttl = "0s"`), "ha.ttl", "below the minimum", true},
+		{"ttl not a duration", replace(`ttl = "7s"`, `ttl = "ten"`), "ha.ttl", "invalid duration", true},
+		{"ttl fractional", replace(`ttl = "7s"`, `ttl = "2500ms"`), "ha.ttl", "whole seconds", true},
 		{"loop interval above ttl/3", replace(`loop_interval = "1s"`, `loop_interval = "5s"`), "ha.loop_interval", "ttl/3", true},
 		{"dial timeout vs ttl", replace(`dial_timeout = "2s"`, `dial_timeout = "6s"`), "etcd.dial_timeout", "ttl/2", true},
 		{"missing data dir", replace(`data_dir = "/var/lib/cifha/main"`, ``), "postgres.data_dir", "required", false},
