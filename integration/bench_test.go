@@ -175,6 +175,11 @@ func benchCluster(b *testing.B, n int, mutate ...func(*cluster.Options)) (*clust
 		b.Fatal(err)
 	}
 	return c, func() {
+		if b.Failed() {
+			for _, n := range c.Nodes {
+				b.Logf("==== %s ====\n%s", n.Name, tail(n.Log(), 40))
+			}
+		}
 		c.Close(15 * time.Second)
 		ep.Close()
 		os.RemoveAll(root)

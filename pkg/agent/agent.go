@@ -153,6 +153,9 @@ type Agent struct {
 	fence    *fencer
 	// lastStreamed is when postgres was last seen streaming as a standby.
 	lastStreamed time.Time
+	// runningSince is when postgres was first seen running since it was
+	// last seen stopped (ha.Observation.RunningSince).
+	runningSince time.Time
 	// streamedTL is the newest timeline seen while streaming (read by /wal).
 	streamedTL atomic.Int64
 	// streamedAt mirrors lastStreamed (unix ns) for /wal.
@@ -499,7 +502,11 @@ func (a *Agent) observe(ctx context.Context) ha.Observation {
 	if !o.Running {
 		a.writableLease = 0
 		a.fence.disarm()
+		a.runningSince = time.Time{}
+	} else if a.runningSince.IsZero() {
+		a.runningSince = a.now()
 	}
+	o.RunningSince = a.runningSince
 	if !o.Running && o.DataDir == pgctl.DataDirValid {
 		o.ForeignPID = pg.ForeignPID()
 	}

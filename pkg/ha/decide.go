@@ -326,8 +326,16 @@ func decideStandby(o Observation, leader string) Plan {
 	if o.Standby.Target != want {
 		return Plan{Action: Follow, Target: leader, TargetAddr: addr, Reason: fmt.Sprintf("standby follows %q, leader is %s at %s", o.Standby.Target, leader, addr)}
 	}
+	// Not streaming for a while: since it last streamed and since postgres
+	// started (a standby just rewound needs a moment to connect and read
+	// the leader's history; a benchmark saw it rewound twice when only
+	// LastStreamed counted, zero after an agent restart).
+	quiet := o.LastStreamed
+	if o.RunningSince.After(quiet) {
+		quiet = o.RunningSince
+	}
 	if lm, ok := o.Cluster.Members[leader]; ok && o.PG.WalReceiver != "streaming" && lm.Timeline > max(o.PG.Timeline, o.StreamedTimeline) &&
-		(o.LastStreamed.IsZero() || o.Now.Sub(o.LastStreamed) > o.RecentWindow) {
+		(quiet.IsZero() || o.Now.Sub(quiet) > o.RecentWindow) {
 		// It cannot follow the leader's timeline switch: its WAL went past
 		// the leader's fork point (an asynchronous standby that had
 		// received more than the standby promoted, the synchronous one in

@@ -164,6 +164,12 @@ func TestDivergedStandbyIsReported(t *testing.T) {
 		m.Timeline = 3
 		o.Cluster.Members["db2"] = m
 	})
+	// Just started (after a rewind, say): given time to connect first.
+	o.RunningSince = o.Now.Add(-2 * time.Second)
+	if got := Decide(o); got.Action != None {
+		t.Fatalf("Decide = %v (%s); a standby started 2 s ago must get time to follow", got.Action, got.Reason)
+	}
+	o.RunningSince = o.Now.Add(-7 * time.Second)
 	got := Decide(o)
 	if got.Action != Rewind || got.Target != "db2" || !strings.Contains(got.Reason, "diverged") {
 		t.Fatalf("Decide = %v (%s); want a rewind from db2", got.Action, got.Reason)

@@ -49,6 +49,11 @@ type Observation struct {
 	// LastStreamed is when this standby was last seen streaming from a
 	// primary (zero if never).
 	LastStreamed time.Time
+	// RunningSince is when this agent first saw postgres running since it
+	// was last seen stopped (or since the agent started): a standby just
+	// started (after a rewind, say) is given time to connect and follow
+	// a timeline switch before it is called diverged.
+	RunningSince time.Time
 	// StreamedTimeline is the newest timeline this standby was seen
 	// streaming on (the walreceiver's view is gone once the leader dies).
 	StreamedTimeline int
