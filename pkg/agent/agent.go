@@ -31,7 +31,11 @@ type Options struct {
 	// LeaseRenewed signals each successful renewal (the fencer passes the
 	// new deadline to the fence watchdog at once).
 	LeaseRenewed <-chan struct{}
-	Log          hclog.Logger
+	// Writable, if set, is told whether postgres runs writable under a
+	// lease (the fencer is armed): election.Session.SetWritable, which
+	// renews more often then.
+	Writable func(bool)
+	Log      hclog.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 

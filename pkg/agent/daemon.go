@@ -120,7 +120,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	defer wd.Close()
 
 	a := New(Options{
-		Name: cfg.Name, PG: pg, DCS: store, Wake: store.Watch(watchCtx), LeaseChanged: sess.Changed(), LeaseRenewed: sess.Renewed(),
+		Name: cfg.Name, PG: pg, DCS: store, Wake: store.Watch(watchCtx), LeaseChanged: sess.Changed(), LeaseRenewed: sess.Renewed(), Writable: sess.SetWritable,
 		Log: log.Named("ha"), Now: clock, LoopInterval: cfg.HA.LoopInterval.Duration, StartTimeout: cfg.HA.StartTimeout.Duration,
 		// A writable step (the leader-key transaction plus a start or a
 		// promotion, about 0.1 s here) must be able to end before the fence.

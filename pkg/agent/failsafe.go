@@ -266,7 +266,7 @@ func (f *failsafe) run(ctx context.Context) {
 		if lease.ID == armed {
 			// Renewals are on time until the last one is older than an
 			// interval plus an attempt: nothing to ask yet.
-			due := lease.ValidUntil.Add(-tm.TTL + tm.RenewInterval() + tm.RenewAttemptTimeout())
+			due := lease.ValidUntil.Add(-tm.TTL + tm.WritableRenewInterval() + tm.RenewAttemptTimeout())
 			if now.Before(due) {
 				f.mu.Lock()
 				f.failed, f.reported = "", false

@@ -113,6 +113,14 @@ func (f *fencer) run(ctx context.Context) {
 	wdArmed := false
 	var wdDeadline time.Time // what the watchdog holds
 	wdPID := 0
+	writable := false
+	setWritable := func(on bool) {
+		if on != writable && f.a.opt.Writable != nil {
+			f.a.opt.Writable(on)
+		}
+		writable = on
+	}
+	defer setWritable(false)
 	disarmWatchdog := func() {
 		if wdArmed && f.a.opt.Watchdog != nil {
 			f.a.opt.Watchdog.Disarm()
@@ -129,6 +137,7 @@ func (f *fencer) run(ctx context.Context) {
 		case <-f.a.opt.LeaseRenewed:
 		}
 		armed := f.armed()
+		setWritable(armed != 0)
 		if armed == 0 || !f.a.opt.PG.Running() {
 			disarmWatchdog()
 			wdDeadline = time.Time{}
@@ -153,7 +162,9 @@ func (f *fencer) run(ctx context.Context) {
 				wdAt := at.Add(f.a.opt.FenceMargin / 4)
 				var err error
 				// Re-armed when the deadline moved or postgres was restarted
-				// (a new postmaster PID).
+				// (a new postmaster PID). Not coalesced: a watchdog holding
+				// an older deadline would fence before the fencer, and take
+				// from the primary the time an etcd leader change needs.
 				if pid := f.a.opt.PG.PID(); !wdArmed || !wdAt.Equal(wdDeadline) || pid != wdPID {
 					err = wd.Arm(pid, wdAt, f.a.opt.FenceMargin/2)
 					wdDeadline, wdPID = wdAt, pid

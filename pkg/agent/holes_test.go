@@ -284,3 +284,37 @@ func TestIdleLoopWokenKeepsTicking(t *testing.T) {
 		return nil
 	})
 }
+
+// The session renews more often exactly while postgres is writable: the
+// fencer tells it (Options.Writable) when it is armed and when not.
+func TestWritableRenewalsFollowTheFencer(t *testing.T) {
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirValid}
+	dcs := agenttest.NewDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
+	a := newTestAgent(pg, dcs, clk)
+	got := make(chan bool, 8)
+	a.opt.Writable = func(on bool) { got <- on }
+	if err := a.Iterate(context.Background()); err != nil || !pg.Up || a.fence.armed() == 0 {
+		t.Fatalf("not a writable primary: err %v, up %v", err, pg.Up)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.fence.run(ctx); close(done) }()
+	want := func(on bool) {
+		t.Helper()
+		select {
+		case v := <-got:
+			if v != on {
+				t.Fatalf("Writable(%v), want %v", v, on)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Writable(%v) never called", on)
+		}
+	}
+	want(true)
+	a.fence.disarm()
+	a.fence.poke()
+	want(false)
+	cancel()
+	<-done
+}

@@ -334,3 +334,19 @@ func TestWatchedView(t *testing.T) {
 		return nil
 	})
 }
+
+// A writable member renews at most every 500 ms; others every ttl/4.
+func TestSessionIntervalWhileWritable(t *testing.T) {
+	s := NewSession(nil, 7*time.Second, hclog.NewNullLogger(), nil)
+	if got := s.Interval(); got != 1750*time.Millisecond {
+		t.Fatalf("standby interval %s, want ttl/4", got)
+	}
+	s.SetWritable(true)
+	if got := s.Interval(); got != 500*time.Millisecond {
+		t.Fatalf("writable interval %s, want 500ms", got)
+	}
+	s.SetWritable(false)
+	if got := s.Interval(); got != 1750*time.Millisecond {
+		t.Fatalf("interval %s after SetWritable(false)", got)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/cifha/cifha/pkg/ha"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -37,6 +38,10 @@ type Session struct {
 	// every successful renewal.
 	changed chan struct{}
 	renewed chan struct{}
+	// writable selects the shorter renewal period (SetWritable); kick
+	// makes Run reschedule when it changes.
+	writable atomic.Bool
+	kick     chan struct{}
 }
 
 // NewSession returns a session with no lease yet; call Run. now is the
@@ -46,7 +51,7 @@ func NewSession(cli *clientv3.Client, ttl time.Duration, log hclog.Logger, now f
 	if now == nil {
 		now = BootClock()
 	}
-	return &Session{cli: cli, ttl: ttl, log: log, now: now, changed: make(chan struct{}, 1), renewed: make(chan struct{}, 1), checkKey: "/cifha/"}
+	return &Session{cli: cli, ttl: ttl, log: log, now: now, changed: make(chan struct{}, 1), renewed: make(chan struct{}, 1), kick: make(chan struct{}, 1), checkKey: "/cifha/"}
 }
 
 // SetCheckKey names the key read to confirm renewals (see renew); call
@@ -81,14 +86,32 @@ func (s *Session) notify() {
 // interval, attempt timeout, retry delay: ha.Timing).
 func (s *Session) timing() ha.Timing { return ha.Timing{TTL: s.ttl} }
 
-// Interval is the renewal period (ha.Timing.RenewInterval, ttl/4).
-func (s *Session) Interval() time.Duration { return s.timing().RenewInterval() }
+// Interval is the renewal period: ha.Timing.WritableRenewInterval while
+// SetWritable(true), else ha.Timing.RenewInterval (ttl/4).
+func (s *Session) Interval() time.Duration {
+	if s.writable.Load() {
+		return s.timing().WritableRenewInterval()
+	}
+	return s.timing().RenewInterval()
+}
+
+// SetWritable tells the session whether this member's postgres is
+// writable: its fence then depends on renewals, which come more often
+// (ha.Timing.WritableRenewInterval). A change takes effect at once.
+func (s *Session) SetWritable(on bool) {
+	if s.writable.Swap(on) != on {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
 
 // Run grants and renews the lease until ctx ends, then revokes it (unless
 // Abandon was called).
 //
 // Renewals are scheduled from the send time of the last successful one,
-// every RenewInterval (ttl/4); each call is bounded by RenewAttemptTimeout
+// every Interval (ttl/4; at most 500 ms while postgres is writable); each call is bounded by RenewAttemptTimeout
 // (ttl/8) and carries WithRequireLeader, so a member that lost its quorum
 // leader fails it at once instead of hanging; a failed call is retried
 // after RenewRetryDelay (ttl/20). ha.Timing.Validate guarantees that at
@@ -104,6 +127,15 @@ func (s *Session) Run(ctx context.Context) {
 			s.revoke()
 			return
 		case <-t.C:
+		case <-s.kick:
+			// The period changed: renew now (cheap, and the new period
+			// counts from a fresh renewal).
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
 		}
 		sent := s.now()
 		wait := s.Interval()

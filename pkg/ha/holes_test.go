@@ -300,14 +300,17 @@ func TestTimingRule(t *testing.T) {
 			t.Fatalf("ttl %s: %s left, margin+budget %s", ttl, left, tm.FenceMargin+tm.WritableBudget())
 		}
 	}
-	// An etcd leader election (up to two election timeouts, 2 s at etcd's
-	// defaults) fits between a leader's last renewal and its fence at
-	// every ttl from 4 s with the default margin (min(2 s, ttl/3)):
-	// renewals are at most MaxRenewInterval apart.
-	for ttl := 4 * time.Second; ttl <= 120*time.Second; ttl += time.Second {
+	// An etcd leader change (measured up to 3.9 s under load) fits
+	// between a primary's last renewal and its fence at every ttl from the
+	// default (7 s) with the default margin (min(2 s, ttl/3)): a writable
+	// member renews at most MaxWritableRenewInterval apart.
+	for ttl := 7 * time.Second; ttl <= 120*time.Second; ttl += time.Second {
 		tm := Timing{TTL: ttl, FenceMargin: min(2*time.Second, ttl/3)}
-		if left := ttl - tm.FenceMargin - tm.RenewInterval(); left < 2400*time.Millisecond {
-			t.Fatalf("ttl %s: %s between the last renewal and the fence, want >= 2.4 s", ttl, left)
+		if left := ttl - tm.FenceMargin - tm.WritableRenewInterval(); left < 4500*time.Millisecond {
+			t.Fatalf("ttl %s: %s between the last renewal and the fence, want >= 4.5 s", ttl, left)
+		}
+		if tm.WritableRenewInterval() > tm.RenewInterval() {
+			t.Fatalf("ttl %s: the writable period is the longer one", ttl)
 		}
 	}
 	// Hole 9: for every allowed ttl and margin, two full renewal attempts

@@ -45,29 +45,36 @@ func (e *TimingError) Error() string { return fmt.Sprintf("%s = %s: %s", e.Key, 
 // this member's other settings).
 func (t Timing) With(ttl time.Duration) Timing { t.TTL = ttl; return t }
 
-// MaxRenewInterval caps the renewal period at any ttl.
-const MaxRenewInterval = 250 * time.Millisecond
+// MaxWritableRenewInterval caps the renewal period of a member whose
+// postgres is writable.
+const MaxWritableRenewInterval = 500 * time.Millisecond
 
-// RenewInterval is how often the lease is renewed after a success:
-// ttl/4, at most MaxRenewInterval.
+// RenewInterval is how often the lease is renewed after a success: ttl/4.
+// The timing rule (Validate) is checked with it, the longer of the two
+// periods.
+func (t Timing) RenewInterval() time.Duration { return t.TTL / 4 }
+
+// WritableRenewInterval is the renewal period while this member's postgres
+// is writable: ttl/4, at most MaxWritableRenewInterval.
 //
-// Why so often: the leader fences at its last successful renewal plus
-// ttl - margin, so everything etcd cannot renew through (an etcd leader
-// election takes up to two election timeouts, 2 s at etcd's defaults) must
-// fit in ttl - margin - RenewInterval. At ttl/4 a 4 s ttl left 1.7 s and
-// one lost etcd member demoted the primary (docs/benchmarks.md); at
-// 250 ms it leaves 2.4 s. A renewal is two small requests (a keepalive the
-// etcd leader answers from memory and a linearizable read), a few per
-// second per agent: nothing for etcd.
-func (t Timing) RenewInterval() time.Duration { return min(t.TTL/4, MaxRenewInterval) }
+// Why more often: the primary fences at its last successful renewal plus
+// ttl - margin, so whatever etcd cannot renew through (an etcd leader
+// election takes up to two election timeouts, 2 s at etcd's defaults,
+// measured up to 3.9 s here under load) must fit in ttl - margin - the
+// period. At ttl/4 a 7 s ttl leaves 3.25 s, at 500 ms 4.5 s. Only the
+// primary pays for it (two small requests twice a second): a standby's
+// lease fences nothing, and renewing every agent at that rate cost
+// every idle agent four times the CPU (docs/benchmarks.md).
+func (t Timing) WritableRenewInterval() time.Duration {
+	return min(t.RenewInterval(), MaxWritableRenewInterval)
+}
 
 // RenewAttemptTimeout bounds one renewal (keepalive) request.
 func (t Timing) RenewAttemptTimeout() time.Duration { return t.TTL / 8 }
 
 // RequestTimeout bounds one etcd request of the loop (reads, writes,
-// transactions): ttl/4, at most 2 s. (Not the renewal interval: a write
-// under a busy etcd disk may take longer than 250 ms and still be fine.)
-func (t Timing) RequestTimeout() time.Duration { return min(t.TTL/4, 2*time.Second) }
+// transactions): at most a renewal interval, and 2 s.
+func (t Timing) RequestTimeout() time.Duration { return min(t.RenewInterval(), 2*time.Second) }
 
 // WritableBudget bounds a step that makes postgres writable (the
 // leader-key transaction and a start or promotion) for the fence rule
