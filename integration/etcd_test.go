@@ -47,7 +47,7 @@ func TestOneEtcdMemberLostNoFailover(t *testing.T) {
 	c := newClusterStartingFirst(t, 3, func(o *cluster.Options) {
 		o.EtcdEndpoints = e.Endpoints()
 		// The default ttl. From its last renewal a leader has ttl - margin
-		// - one renewal interval (4.75 s at 7 s) for an etcd leader change,
+		// - its renewal interval (4.5 s at 7 s) for an etcd leader change,
 		// which takes up to two election timeouts (2 s here, etcd's
 		// default) and measured up to 3.9 s on a loaded machine. At ttl 6
 		// an isolated etcd leader made the primary fence once in three
