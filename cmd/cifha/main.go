@@ -17,8 +17,11 @@ import (
 	"github.com/cifha/cifha/pkg/api"
 	"github.com/cifha/cifha/pkg/election"
 	"github.com/cifha/cifha/pkg/version"
+	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -26,11 +29,13 @@ import (
 	"github.com/cifha/cifha/pkg/agent"
 	"github.com/cifha/cifha/pkg/cifsync"
 	"github.com/cifha/cifha/pkg/config"
+	"github.com/cifha/cifha/pkg/tuning"
 	"github.com/hashicorp/go-hclog"
 )
 
 const usage = `usage: cifha [run] [--config FILE] [--check-config]
        cifha cif-sync [--config FILE] [--once]
+       cifha tune [--ram SIZE] [--cpus N] [--pg-version V] [--profile cif|none] [--only postgres|sysctl]
        cifha version
        cifha help
 
@@ -39,6 +44,8 @@ const usage = `usage: cifha [run] [--config FILE] [--check-config]
                      deploy/systemd/cifha.service). Run it as the postgres user.
   cif-sync           on the CIF node: keep ~/.cif's [db] host pointing at the
                      primary (docs/cif.md).
+  tune               print the postgres settings and the sysctl.d file for a
+                     host (this one by default), each value with a comment.
   version            print the version.
   help               print this help.
 
@@ -66,6 +73,8 @@ func dispatch(args []string) int {
 		return run(args[1:])
 	case "cif-sync":
 		return runCIFSync(args[1:])
+	case "tune":
+		return runTune(args[1:], os.Stdout, os.Stderr)
 	case "fence-watchdog":
 		// Started by the agent itself; see pkg/agent/watchdog.go.
 		agent.RunWatchdog(os.Stdin, hclog.New(&hclog.LoggerOptions{Name: "fence-watchdog"}), election.BootNow)
@@ -175,6 +184,71 @@ func run(args []string) int {
 	if err := agent.Run(ctx, cfg, log); err != nil {
 		log.Error("fatal", "error", err)
 		return 1
+	}
+	return 0
+}
+
+// runTune is `cifha tune`: what the agent would write on a host described
+// by the flags (this host by default), and the kernel settings.
+func runTune(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("cifha tune", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	ram := fs.String("ram", "", "the host's RAM, e.g. 8GiB (default: this host's)")
+	cpus := fs.Int("cpus", runtime.NumCPU(), "the host's CPUs")
+	pgVersion := fs.String("pg-version", "", "PostgreSQL major version, e.g. 15 or 9.6 (default: the newest under /usr/lib/postgresql)")
+	profile := fs.String("profile", "cif", "tuning profile: cif (the seed's postgressetup.sh) or none")
+	only := fs.String("only", "", "print only \"postgres\" or \"sysctl\"")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: cifha tune [flags]\n\nPrints the postgres settings cifha writes and a sysctl.d file for a host.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cifha tune: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	o := tuning.TuneOptions{CPUs: *cpus, PageSize: int64(os.Getpagesize()), Profile: *profile, Only: *only}
+	if *only != "" && *only != "postgres" && *only != "sysctl" {
+		fmt.Fprintf(stderr, "cifha tune: --only %q: want postgres or sysctl\n", *only)
+		return 2
+	}
+	if *cpus < 1 {
+		fmt.Fprintf(stderr, "cifha tune: --cpus %d: want 1 or more\n", *cpus)
+		return 2
+	}
+	var err error
+	if *ram != "" {
+		o.RAM, err = config.ParseBytes(*ram)
+	} else {
+		o.RAM, err = tuning.HostMemory()
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "cifha tune: --ram: %v\n", err)
+		return 2
+	}
+	v := *pgVersion
+	if v == "" {
+		dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
+		best := 0
+		for _, d := range dirs {
+			if n, err := tuning.ParseVersion(filepath.Base(filepath.Dir(filepath.Dir(d)))); err == nil && n > best {
+				best = n
+			}
+		}
+		if best == 0 {
+			fmt.Fprintln(stderr, "cifha tune: no PostgreSQL under /usr/lib/postgresql: give --pg-version")
+			return 2
+		}
+		o.Version = best
+	} else if o.Version, err = tuning.ParseVersion(v); err != nil {
+		fmt.Fprintf(stderr, "cifha tune: --pg-version: %v\n", err)
+		return 2
+	}
+	if err := tuning.Tune(stdout, o); err != nil {
+		fmt.Fprintf(stderr, "cifha tune: %v\n", err)
+		return 2
 	}
 	return 0
 }

@@ -47,3 +47,24 @@ func TestSubcommandsAreExplicit(t *testing.T) {
 		}
 	}
 }
+
+func TestTuneCommand(t *testing.T) {
+	var out, errb strings.Builder
+	if rc := runTune([]string{"--ram", "8GiB", "--cpus", "4", "--pg-version", "15"}, &out, &errb); rc != 0 {
+		t.Fatalf("rc %d: %s", rc, errb.String())
+	}
+	for _, want := range []string{"shared_buffers = 819MB", "work_mem = 1024MB", "vm.overcommit_memory = 2"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("missing %q:\n%s", want, out.String())
+		}
+	}
+	for _, bad := range [][]string{
+		{"--ram", "lots"}, {"--pg-version", "8"}, {"--pg-version", "15", "--profile", "fast"},
+		{"--pg-version", "15", "--only", "kernel"}, {"--pg-version", "15", "--cpus", "0"}, {"--pg-version", "15", "extra"},
+	} {
+		errb.Reset()
+		if rc := runTune(bad, &out, &errb); rc != 2 || errb.Len() == 0 {
+			t.Errorf("%v: rc %d, stderr %q; want 2 and a message", bad, rc, errb.String())
+		}
+	}
+}

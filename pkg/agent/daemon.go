@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os/user"
+	"runtime"
 	"time"
 
 	"github.com/cifha/cifha/pkg/config"
@@ -39,6 +40,9 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	log.Info("starting", "member", cfg.Name, "cluster", cfg.Cluster, "postgres", ver.String(), "bin_dir", binDir,
 		"data_dir", cfg.Postgres.DataDir, "ttl", cfg.HA.TTL.Duration, "version", version.Version)
 
+	if err := tuning.SupportedVersion(int(ver)); err != nil {
+		return fmt.Errorf("%s in bin_dir %s: %w", ver, binDir, err)
+	}
 	triggerFile := ""
 	if cfg.HA.PromoteMethod == "trigger_file" {
 		if ver >= 160000 {
@@ -55,7 +59,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		if err != nil {
 			return err
 		}
-		tuned = tuning.CIF(mem, int(ver))
+		tuned = append(tuning.CIF(mem, int(ver)), tuning.CPU(runtime.NumCPU(), int(ver))...)
 	}
 	osUser := "postgres"
 	if u, err := user.Current(); err == nil {

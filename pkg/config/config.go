@@ -694,13 +694,15 @@ func unwrapPathErr(err error) error {
 	return err
 }
 
-// ParseBytes parses sizes such as "512MB", "8GB", "1024kB" or a plain byte count.
+// ParseBytes parses sizes such as "512MB", "8GB", "8GiB", "1024kB" or a
+// plain byte count (every unit is binary, as PostgreSQL counts memory).
 func ParseBytes(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	units := []struct {
 		suffix string
 		mult   int64
-	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"KB", 1 << 10}, {"B", 1}}
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
+		{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"KB", 1 << 10}, {"B", 1}}
 	mult := int64(1)
 	for _, u := range units {
 		if strings.HasSuffix(t, u.suffix) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cifha/cifha/internal/testutil"
 	"github.com/cifha/cifha/pkg/tuning"
+	"github.com/jackc/pgx/v5"
 )
 
 func TestMain(m *testing.M) { os.Exit(testutil.RunAsPostgres(m)) }
@@ -316,5 +317,57 @@ func TestCleanTemp(t *testing.T) {
 		if _, err := os.Stat(keep); err != nil {
 			t.Errorf("%s removed", keep)
 		}
+	}
+}
+
+// TestTuneOutputStartsPostgres: `cifha tune`'s postgres settings (4 GiB,
+// 4 CPUs, this PostgreSQL) appended to a fresh cluster's postgresql.conf;
+// the real server starts with them and shows them (issue 11, acceptance 5).
+func TestTuneOutputStartsPostgres(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	root := testutil.Dir(t, "pgctl-tune-")
+	p := newTestInstance(t, ctx, root, "p")
+	if err := p.InitDB(ctx, "pw"); err != nil {
+		t.Fatal(err)
+	}
+	s := settingsFor(p, 5432, "p")
+	s.Params = nil
+	if err := WriteConfig(p.cfg.DataDir, s); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := tuning.Tune(&b, tuning.TuneOptions{RAM: 4 << 30, CPUs: 4, PageSize: 4096, Version: int(p.Version()), Profile: "cif", Only: "postgres"}); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(p.cfg.DataDir, "postgresql.conf")
+	f, err := os.OpenFile(conf, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("\n" + b.String()); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := p.Start(ctx, 20*time.Second); err != nil {
+		log, _ := os.ReadFile(p.cfg.LogFile)
+		t.Fatalf("postgres refused cifha tune's settings: %v\n%s\n%s", err, b.String(), log)
+	}
+	t.Cleanup(func() { p.StopWithin(context.Background(), Fast, 5*time.Second) })
+	want := map[string]string{"shared_buffers": "409MB", "work_mem": "512MB", "max_connections": "11", "wal_level": "replica", "max_parallel_workers_per_gather": "2"}
+	err = p.withConn(ctx, func(c *pgx.Conn) error {
+		for name, v := range want {
+			var got string
+			if err := c.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&got); err != nil {
+				return err
+			}
+			if got != v {
+				t.Errorf("%s = %s, want %s", name, got, v)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

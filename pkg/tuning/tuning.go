@@ -66,6 +66,11 @@ func CIF(ramBytes int64, versionNum int) []Param {
 		maxConn += 10
 	}
 	ps = append(ps, Param{"max_connections", fmt.Sprint(maxConn), "8 for CIF + reserved (+ WAL senders before 12)"})
+	if versionNum < 90500 {
+		// Removed in 9.5; HA's max_wal_size replaces it (cifha itself
+		// runs 9.6 and later, so only `cifha tune` shows this).
+		ps = append(ps, Param{"checkpoint_segments", "10", "seed: postgressetup.sh (its replication steps raise it to 64); max_wal_size from 9.5"})
+	}
 	return ps
 }
 
