@@ -30,7 +30,7 @@ func TestSubcommandsAreExplicit(t *testing.T) {
 		code     int
 		out, err string
 	}{
-		{[]string{"tune"}, 2, "", `unknown command "tune"`},
+		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
 		{[]string{"cif-snyc"}, 2, "", "usage: cifha"},
 		{[]string{"help"}, 0, "usage: cifha", ""},
 		{[]string{"--help"}, 0, "usage: cifha", ""},

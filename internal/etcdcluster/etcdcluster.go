@@ -51,6 +51,9 @@ type Member struct {
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
+	// exited is closed when cmd's process has exited (its Wait returned;
+	// cmd.ProcessState is written by Wait and must not be read for this).
+	exited chan struct{}
 }
 
 // Endpoints lists the members' client URLs.
@@ -121,10 +124,11 @@ func (c *Cluster) start(m *Member, state string) error {
 		lf.Close()
 		return fmt.Errorf("start %s: %w", m.Name, err)
 	}
+	exited := make(chan struct{})
 	m.mu.Lock()
-	m.cmd, m.log = cmd, lf
+	m.cmd, m.log, m.exited = cmd, lf, exited
 	m.mu.Unlock()
-	go func() { _ = cmd.Wait() }()
+	go func() { _ = cmd.Wait(); close(exited) }()
 	return nil
 }
 
@@ -169,7 +173,15 @@ func (m *Member) health() error {
 func (m *Member) Running() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.cmd != nil && m.cmd.ProcessState == nil
+	if m.cmd == nil {
+		return false
+	}
+	select {
+	case <-m.exited:
+		return false
+	default:
+		return true
+	}
 }
 
 // Kill ends the member with SIGKILL.
