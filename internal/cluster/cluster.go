@@ -53,6 +53,8 @@ type Options struct {
 	// tests still reach Addr directly. CutPeers partitions the node from
 	// the other members.
 	PeerProxies bool
+	// WalDirs gives every node its own [postgres] wal_dir (Node.WalDir).
+	WalDirs bool
 	// APIToken, when set, is written to secrets/api.token and configured as
 	// every agent's api.token_file (enables the control API).
 	APIToken string
@@ -80,6 +82,8 @@ type Node struct {
 	// (the first endpoint's; EtcdProxies has one per endpoint).
 	EtcdProxy   *tcpproxy.Proxy
 	EtcdProxies []*tcpproxy.Proxy
+	// WalDir is the node's wal_dir when Options.WalDirs is set.
+	WalDir string
 	// PeerProxies (postgres, API) when Options.PeerProxies is set.
 	PeerProxies []*tcpproxy.Proxy
 	c           *Cluster
@@ -132,6 +136,9 @@ func New(opt Options) (*Cluster, error) {
 		n.ConfigPath = filepath.Join(n.Dir, "cifha.toml")
 		n.LogPath = filepath.Join(n.Dir, "cifha.log")
 		n.APIURL = "http://" + addr + ":8008"
+		if opt.WalDirs {
+			n.WalDir = filepath.Join(n.Dir, "wal-"+n.Name)
+		}
 		if err := c.mkdir(n.Dir); err != nil {
 			return nil, err
 		}
@@ -176,9 +183,12 @@ func (c *Cluster) config(n *Node, secrets string, endpoints []string) string {
 		tokenLine = fmt.Sprintf("token_file = %q\n", filepath.Join(secrets, "api.token"))
 	}
 	pgPeer := ""
+	if n.WalDir != "" {
+		pgPeer += fmt.Sprintf("wal_dir = %q\n", n.WalDir)
+	}
 	if len(n.PeerProxies) == 2 {
 		tokenLine += fmt.Sprintf("advertise_url = %q\n", "http://"+n.PeerProxies[1].Addr())
-		pgPeer = fmt.Sprintf("connect_address = %q\n", n.PeerProxies[0].Addr())
+		pgPeer += fmt.Sprintf("connect_address = %q\n", n.PeerProxies[0].Addr())
 	}
 	hba := c.Opt.HBA
 	if len(hba) == 0 {

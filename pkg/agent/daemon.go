@@ -72,7 +72,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		Params: MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand, TriggerFile: triggerFile}), pc.Parameters),
 		HBA:    pc.HBA,
 	}
-	inst := pgctl.New(pgctl.Config{BinDir: binDir, DataDir: pc.DataDir, SocketDir: pc.SocketDir, Port: pc.Port,
+	inst := pgctl.New(pgctl.Config{BinDir: binDir, DataDir: pc.DataDir, WalDir: pc.WalDir, SocketDir: pc.SocketDir, Port: pc.Port,
 		Superuser: pc.Superuser, LogFile: pc.LogFile, PassFile: pc.PassFile}, ver)
 	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
 	pg.TriggerFile = triggerFile

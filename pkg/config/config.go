@@ -111,6 +111,11 @@ type Postgres struct {
 	// /usr/lib/postgresql/*/bin (highest version) when empty.
 	BinDir  string `toml:"bin_dir"`
 	DataDir string `toml:"data_dir"`
+	// WalDir, if set, holds the WAL outside the data directory (the seed's
+	// pg_xlog partition): initdb --waldir and pg_basebackup --waldir put it
+	// there and link it from the data directory. Moved aside with the data
+	// directory by reinit; never deleted.
+	WalDir string `toml:"wal_dir"`
 	// Listen is postgres' listen_addresses.
 	Listen string `toml:"listen"`
 	Port   int    `toml:"port"`
@@ -516,6 +521,17 @@ func (c *Config) validate() []*FieldError {
 		bad("postgres.data_dir", "%q must be an absolute path", c.Postgres.DataDir)
 	} else if filepath.Clean(c.Postgres.DataDir) == "/" {
 		bad("postgres.data_dir", "%q is not a data directory", c.Postgres.DataDir)
+	}
+	if w := c.Postgres.WalDir; w != "" {
+		cw, cd := filepath.Clean(w), filepath.Clean(c.Postgres.DataDir)
+		switch {
+		case !filepath.IsAbs(w):
+			bad("postgres.wal_dir", "%q must be an absolute path", w)
+		case cw == "/":
+			bad("postgres.wal_dir", "%q is not a WAL directory", w)
+		case cw == cd || strings.HasPrefix(cw, cd+"/") || strings.HasPrefix(cd, cw+"/"):
+			bad("postgres.wal_dir", "%q must be outside postgres.data_dir (%q), and not contain it", w, c.Postgres.DataDir)
+		}
 	}
 	if c.Postgres.BinDir != "" && !filepath.IsAbs(c.Postgres.BinDir) {
 		bad("postgres.bin_dir", "%q must be an absolute path", c.Postgres.BinDir)

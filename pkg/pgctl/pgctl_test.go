@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -369,5 +370,91 @@ func TestTuneOutputStartsPostgres(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWalDir: initdb and a clone put the WAL in their own wal_dir (linked
+// from the data directory); a non-empty, foreign or open wal_dir is refused
+// before anything is touched; MoveAside moves the WAL directory with the
+// data directory and relinks it (issue 11).
+func TestWalDir(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	root := testutil.Dir(t, "pgctl-wal-")
+	walName := "pg_wal"
+	p := newTestInstance(t, ctx, root, "p")
+	if p.Version() < 100000 {
+		walName = "pg_xlog"
+	}
+	p.cfg.WalDir = filepath.Join(root, "p-wal")
+	if err := p.InitDB(ctx, "pw"); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := os.Readlink(filepath.Join(p.cfg.DataDir, walName)); err != nil || l != p.cfg.WalDir {
+		t.Fatalf("%s links to %q (%v), want %s", walName, l, err, p.cfg.WalDir)
+	}
+	if err := WriteConfig(p.cfg.DataDir, settingsFor(p, 5432, "p")); err != nil {
+		t.Fatal(err)
+	}
+	if err := WritePassFile(p.cfg.PassFile, map[string]string{"replicator": "rpw"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.StopWithin(context.Background(), Fast, 5*time.Second) })
+	if err := p.EnsureRole(ctx, "replicator", "rpw", true); err != nil {
+		t.Fatal(err)
+	}
+
+	s := newTestInstance(t, ctx, root, "s")
+	s.cfg.Port = 5433
+	prepare := func(dir string) error { return WriteConfig(dir, settingsFor(s, 5433, "s")) }
+	// Refused before anything is touched: foreign content, open mode.
+	s.cfg.WalDir = filepath.Join(root, "s-wal")
+	if err := os.Mkdir(s.cfg.WalDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(s.cfg.WalDir, "000000010000000000000001")
+	if err := os.WriteFile(old, []byte("an earlier cluster's WAL"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", prepare); !errors.Is(err, ErrWalDirInUse) {
+		t.Fatalf("clone into a non-empty wal_dir: %v", err)
+	}
+	if b, err := os.ReadFile(old); err != nil || string(b) != "an earlier cluster's WAL" {
+		t.Fatal("the old WAL was touched")
+	}
+	if _, err := os.Stat(s.cfg.DataDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("a data directory was left behind")
+	}
+	os.Remove(old)
+	os.Chmod(s.cfg.WalDir, 0o755)
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", prepare); err == nil || !strings.Contains(err.Error(), "chmod 0700") {
+		t.Fatalf("clone into a world-readable wal_dir: %v", err)
+	}
+	os.Chmod(s.cfg.WalDir, 0o700)
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", prepare); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := os.Readlink(filepath.Join(s.cfg.DataDir, walName)); err != nil || l != s.cfg.WalDir {
+		t.Fatalf("clone: %s links to %q (%v), want %s", walName, l, err, s.cfg.WalDir)
+	}
+	if ents, _ := os.ReadDir(s.cfg.WalDir); len(ents) == 0 {
+		t.Fatal("clone: no WAL in wal_dir")
+	}
+	moved, err := s.MoveAside(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wmoved := s.cfg.WalDir + ".cifha-old-20260102T030405Z"
+	if l, err := os.Readlink(filepath.Join(moved, walName)); err != nil || l != wmoved {
+		t.Fatalf("moved data directory links to %q (%v), want %s", l, err, wmoved)
+	}
+	if _, err := os.Stat(s.cfg.WalDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("wal_dir still in place after MoveAside: %v", err)
+	}
+	if ents, _ := os.ReadDir(wmoved); len(ents) == 0 {
+		t.Fatal("moved WAL directory is empty")
 	}
 }

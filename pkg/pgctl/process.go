@@ -46,8 +46,11 @@ var (
 
 // Config locates one instance.
 type Config struct {
-	BinDir    string
-	DataDir   string
+	BinDir  string
+	DataDir string
+	// WalDir, if set, is where initdb and pg_basebackup put the WAL
+	// (--waldir, --xlogdir before 10), linked from the data directory.
+	WalDir    string
 	SocketDir string
 	Port      int
 	Superuser string

@@ -51,11 +51,42 @@ func (i *Instance) MoveAside(now time.Time) (string, error) {
 	if i.Running() {
 		return "", ErrRunning
 	}
-	dst := fmt.Sprintf("%s.cifha-old-%s", filepath.Clean(i.cfg.DataDir), now.UTC().Format("20060102T150405Z"))
+	stamp := now.UTC().Format("20060102T150405Z")
+	dst := fmt.Sprintf("%s.cifha-old-%s", filepath.Clean(i.cfg.DataDir), stamp)
+	// The WAL directory goes too when the data directory links to it:
+	// a re-clone needs it empty, and the old WAL belongs with the old data.
+	walLink := ""
+	if w := i.cfg.WalDir; w != "" {
+		for _, name := range []string{"pg_wal", "pg_xlog"} {
+			if t, err := os.Readlink(filepath.Join(i.cfg.DataDir, name)); err == nil && filepath.Clean(t) == filepath.Clean(w) {
+				walLink = name
+			}
+		}
+	}
 	if err := os.Rename(i.cfg.DataDir, dst); err != nil {
 		return "", fmt.Errorf("move data directory aside: %w", err)
 	}
-	return dst, syncDir(filepath.Dir(dst))
+	if err := syncDir(filepath.Dir(dst)); err != nil {
+		return dst, err
+	}
+	if walLink != "" {
+		wdst := fmt.Sprintf("%s.cifha-old-%s", filepath.Clean(i.cfg.WalDir), stamp)
+		if err := os.Rename(i.cfg.WalDir, wdst); err != nil {
+			return dst, fmt.Errorf("data directory moved aside to %s; move its WAL directory %s aside: %w", dst, i.cfg.WalDir, err)
+		}
+		// The moved data directory keeps pointing at its own WAL.
+		link := filepath.Join(dst, walLink)
+		if err := os.Remove(link); err != nil {
+			return dst, fmt.Errorf("relink %s: %w", link, err)
+		}
+		if err := os.Symlink(wdst, link); err != nil {
+			return dst, fmt.Errorf("relink %s to %s: %w", link, wdst, err)
+		}
+		if err := syncDir(filepath.Dir(wdst)); err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
 }
 
 // Checkpoint runs CHECKPOINT (a new primary does this so that pg_rewind on

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"github.com/cifha/cifha/pkg/state"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // DataDirState classifies a data directory (see state.DataDirState).
@@ -118,8 +120,14 @@ func (i *Instance) InitDB(ctx context.Context, superuserPassword string) error {
 	}
 	args := []string{"-D", tmp, "-U", i.cfg.Superuser, "--pwfile=" + pw.Name(), "-E", "UTF8",
 		"--auth-local=peer", "--auth-host=" + method}
-	if err := i.run(ctx, "initdb", args...); err != nil {
+	walArgs, err := i.walDirArgs()
+	if err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("initdb: %w", err)
+	}
+	if err := i.run(ctx, "initdb", append(args, walArgs...)...); err != nil {
 		os.RemoveAll(tmp) // our own fresh, empty-of-data directory
+		i.emptyWalDir()   // checked empty before: only initdb's leftovers
 		return err
 	}
 	if err := install(tmp, i.cfg.DataDir); err != nil {
@@ -140,6 +148,12 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 	}
 	args := []string{"-D", tmp, "-X", "stream", "-c", "fast", "-h", host, "-p", strconv.Itoa(port),
 		"-U", user, "-w"}
+	walArgs, err := i.walDirArgs()
+	if err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("clone: %w", err)
+	}
+	args = append(args, walArgs...)
 	if slot != "" {
 		args = append(args, "-S", slot)
 	}
@@ -148,6 +162,7 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		os.RemoveAll(tmp) // a partial copy of the primary, not the only copy of anything
+		i.emptyWalDir()   // checked empty before: only the partial copy's WAL
 		return fmt.Errorf("pg_basebackup from %s:%d: %w: %s", host, port, err, strings.TrimSpace(lastLines(string(out), 3)))
 	}
 	if prepare != nil {
@@ -186,4 +201,67 @@ func CleanTemp(dataDir string) ([]string, error) {
 		removed = append(removed, m)
 	}
 	return removed, nil
+}
+
+// walDirArgs returns initdb's and pg_basebackup's option for the WAL
+// directory (--waldir, --xlogdir before 10), after checking that the
+// directory may be used: absent, or an empty directory owned by this user.
+// A non-empty one may hold an earlier cluster's WAL and is never touched.
+func (i *Instance) walDirArgs() ([]string, error) {
+	w := i.cfg.WalDir
+	if w == "" {
+		return nil, nil
+	}
+	if err := checkWalDir(w); err != nil {
+		return nil, err
+	}
+	if i.version < 100000 {
+		return []string{"--xlogdir=" + w}, nil
+	}
+	return []string{"--waldir=" + w}, nil
+}
+
+// ErrWalDirInUse: the configured WAL directory has files in it.
+var ErrWalDirInUse = errors.New("wal_dir is not empty")
+
+func checkWalDir(w string) error {
+	fi, err := os.Lstat(w)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		parent := filepath.Dir(w)
+		if _, err := os.Stat(parent); err != nil {
+			return fmt.Errorf("wal_dir %s: its parent %s: %w (create it, owned by the postgres user)", w, parent, err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("wal_dir %s: %w", w, err)
+	case !fi.IsDir():
+		return fmt.Errorf("wal_dir %s is not a directory", w)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("wal_dir %s is owned by uid %d, not by this user (uid %d): chown it to the postgres user", w, st.Uid, os.Geteuid())
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("wal_dir %s has mode %04o: chmod 0700 it (WAL must not be readable by others)", w, fi.Mode().Perm())
+	}
+	ents, err := os.ReadDir(w)
+	if err != nil {
+		return fmt.Errorf("wal_dir %s: %w", w, err)
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("%w: %s holds %d entries (WAL of an earlier cluster?); cifha never deletes WAL: move it aside or empty it", ErrWalDirInUse, w, len(ents))
+	}
+	return nil
+}
+
+// emptyWalDir removes what a failed initdb or clone left in the WAL
+// directory, which was checked empty before it began.
+func (i *Instance) emptyWalDir() {
+	if i.cfg.WalDir == "" {
+		return
+	}
+	ents, _ := os.ReadDir(i.cfg.WalDir)
+	for _, e := range ents {
+		os.RemoveAll(filepath.Join(i.cfg.WalDir, e.Name()))
+	}
 }
