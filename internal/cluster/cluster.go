@@ -53,6 +53,9 @@ type Options struct {
 	// tests still reach Addr directly. CutPeers partitions the node from
 	// the other members.
 	PeerProxies bool
+	// Files are written (mode 0600, owned by the postgres user) before the
+	// nodes' configurations: path -> content (password files of Extra).
+	Files map[string]string
 	// WalDirs gives every node its own [postgres] wal_dir (Node.WalDir).
 	WalDirs bool
 	// APIToken, when set, is written to secrets/api.token and configured as
@@ -126,6 +129,11 @@ func New(opt Options) (*Cluster, error) {
 	}
 	for f, pw := range files {
 		if err := c.writeFile(filepath.Join(secrets, f), pw+"\n"); err != nil {
+			return nil, err
+		}
+	}
+	for path, text := range opt.Files {
+		if err := c.writeFile(path, text); err != nil {
 			return nil, err
 		}
 	}

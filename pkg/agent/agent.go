@@ -1037,8 +1037,8 @@ func (a *Agent) acquire(ctx context.Context, rec election.LastLeader, o ha.Obser
 // record's timeline current.
 func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 	if !a.roleOK {
-		if err := a.opt.PG.EnsureReplicationRole(ctx); err != nil {
-			a.log.Error("ensure replication role", "error", err)
+		if err := a.opt.PG.EnsureRoles(ctx); err != nil {
+			a.log.Error("ensure roles and databases", "error", err)
 		} else {
 			a.roleOK = true
 		}

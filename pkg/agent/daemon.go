@@ -76,6 +76,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		Superuser: pc.Superuser, LogFile: pc.LogFile, PassFile: pc.PassFile}, ver)
 	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
 	pg.TriggerFile = triggerFile
+	pg.Bootstrap = cfg.Bootstrap
 
 	if removed, err := pgctl.CleanTemp(pc.DataDir); err != nil {
 		log.Warn("clean up interrupted clone", "error", err)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/cifha/cifha/pkg/config"
 	"github.com/cifha/cifha/pkg/state"
 	"sort"
 
@@ -19,6 +20,9 @@ type PG struct {
 	AppName             string
 	// TriggerFile is recovery.conf's trigger_file before 12.
 	TriggerFile string
+	// Bootstrap are the application's roles and databases, made sure of
+	// by a leader (EnsureRoles).
+	Bootstrap config.Bootstrap
 	// dynamic are the cluster-wide parameters from etcd, written after the
 	// file's (they win). Only the loop goroutine sets them.
 	dynamic map[string]string
@@ -121,12 +125,26 @@ func (p *PG) SetStandby(s pgctl.Standby) error {
 // SetPrimary implements Postgres.
 func (p *PG) SetPrimary() error { return pgctl.ClearStandby(p.Config().DataDir, p.Version()) }
 
-// EnsureReplicationRole implements Postgres.
-func (p *PG) EnsureReplicationRole(ctx context.Context) error {
-	if p.ReplicationUser == p.Settings.Superuser {
-		return nil
+// EnsureRoles implements Postgres: the replication role, then the
+// [bootstrap] roles (created, or their password set from the file) and
+// databases (created when missing, never changed otherwise).
+func (p *PG) EnsureRoles(ctx context.Context) error {
+	if p.ReplicationUser != p.Settings.Superuser {
+		if err := p.EnsureRole(ctx, p.ReplicationUser, p.ReplicationPassword, true); err != nil {
+			return err
+		}
 	}
-	return p.EnsureRole(ctx, p.ReplicationUser, p.ReplicationPassword, true)
+	for _, r := range p.Bootstrap.Roles {
+		if err := p.EnsureRole(ctx, r.Name, r.Password, false); err != nil {
+			return err
+		}
+	}
+	for _, d := range p.Bootstrap.Databases {
+		if err := p.EnsureDatabase(ctx, d.Name, d.Owner); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // StandbyFor implements Postgres.

@@ -38,6 +38,31 @@ type Config struct {
 	Log       Log       `toml:"log"`
 	Tags      Tags      `toml:"tags"`
 	Callbacks Callbacks `toml:"callbacks"`
+	Bootstrap Bootstrap `toml:"bootstrap"`
+}
+
+// Bootstrap names the application's roles and databases (CIF's `cif`
+// database and its owner). The leader makes sure they exist whenever it
+// takes office: created if missing, a role's password set from its file;
+// nothing is ever dropped or changed otherwise.
+type Bootstrap struct {
+	Roles     []BootstrapRole     `toml:"roles"`
+	Databases []BootstrapDatabase `toml:"databases"`
+}
+
+// BootstrapRole is a login role whose password is read from a file.
+type BootstrapRole struct {
+	Name         string `toml:"name"`
+	PasswordFile string `toml:"password_file"`
+	// Password is read from PasswordFile by Load; never logged.
+	Password string `toml:"-"`
+}
+
+// BootstrapDatabase is a database and its owner (a role of Roles, or the
+// superuser when empty).
+type BootstrapDatabase struct {
+	Name  string `toml:"name"`
+	Owner string `toml:"owner"`
 }
 
 // Callbacks are commands run on role changes, like Patroni's callbacks.
@@ -561,6 +586,38 @@ func (c *Config) validate() []*FieldError {
 	if c.Postgres.SuperuserPasswordFile == "" {
 		bad("postgres.superuser_password_file", "required (file holding the superuser's password)")
 	}
+	roles := map[string]bool{}
+	for i, r := range c.Bootstrap.Roles {
+		key := fmt.Sprintf("bootstrap.roles[%d]", i)
+		switch {
+		case !roleRE.MatchString(r.Name):
+			bad(key+".name", "%q is not a plain role name", r.Name)
+		case r.Name == c.Postgres.Superuser || r.Name == c.Postgres.ReplicationUser:
+			bad(key+".name", "%q is cifha's own superuser or replication user", r.Name)
+		case roles[r.Name]:
+			bad(key+".name", "%q is listed twice", r.Name)
+		}
+		roles[r.Name] = true
+		if r.PasswordFile == "" {
+			bad(key+".password_file", "required (file holding the role's password, e.g. the one in CIF's ~/.cif)")
+		}
+	}
+	dbs := map[string]bool{}
+	for i, d := range c.Bootstrap.Databases {
+		key := fmt.Sprintf("bootstrap.databases[%d]", i)
+		switch {
+		case !roleRE.MatchString(d.Name):
+			bad(key+".name", "%q is not a plain database name", d.Name)
+		case d.Name == "postgres" || d.Name == "template0" || d.Name == "template1":
+			bad(key+".name", "%q exists in every cluster", d.Name)
+		case dbs[d.Name]:
+			bad(key+".name", "%q is listed twice", d.Name)
+		}
+		dbs[d.Name] = true
+		if d.Owner != "" && !roles[d.Owner] && d.Owner != c.Postgres.Superuser {
+			bad(key+".owner", "%q is not one of bootstrap.roles (or the superuser)", d.Owner)
+		}
+	}
 	if c.Postgres.ReplicationPasswordFile == "" {
 		bad("postgres.replication_password_file", "required (file holding the replication user's password)")
 	}
@@ -699,6 +756,10 @@ func (c *Config) readSecrets() []*FieldError {
 	read("api.token_file", c.API.TokenFile, &c.API.Token)
 	read("postgres.superuser_password_file", c.Postgres.SuperuserPasswordFile, &c.Postgres.SuperuserPassword)
 	read("postgres.replication_password_file", c.Postgres.ReplicationPasswordFile, &c.Postgres.ReplicationPassword)
+	for i := range c.Bootstrap.Roles {
+		r := &c.Bootstrap.Roles[i]
+		read(fmt.Sprintf("bootstrap.roles[%d].password_file", i), r.PasswordFile, &r.Password)
+	}
 	return errs
 }
 

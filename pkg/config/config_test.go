@@ -86,6 +86,14 @@ func TestBrokenConfigs(t *testing.T) {
 		{"dial timeout vs ttl", replace(`dial_timeout = "2s"`, `dial_timeout = "6s"`), "etcd.dial_timeout", "ttl/2", true},
 		{"missing data dir", replace(`data_dir = "/var/lib/cifha/main"`, ``), "postgres.data_dir", "required", false},
 		{"relative data dir", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "main"`), "postgres.data_dir", "absolute", true},
+		{"bootstrap role without password file", func(s string) string { return s + "\n[bootstrap]\nroles = [{ name = \"cif\" }]\n" }, "bootstrap.roles[0].password_file", "required", false},
+		{"bootstrap bad role name", func(s string) string {
+			return s + "\n[bootstrap]\nroles = [{ name = \"cif; drop\", password_file = \"/x\" }]\n"
+		}, "bootstrap.roles[0].name", "plain role name", false},
+		{"bootstrap owner unknown", func(s string) string {
+			return s + "\n[bootstrap]\ndatabases = [{ name = \"cif\", owner = \"nobody\" }]\n"
+		}, "bootstrap.databases[0].owner", "not one of", false},
+		{"bootstrap template db", func(s string) string { return s + "\n[bootstrap]\ndatabases = [{ name = \"template1\" }]\n" }, "bootstrap.databases[0].name", "every cluster", false},
 		{"relative wal dir", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nwal_dir = \"wal\""), "postgres.wal_dir", "absolute", true},
 		{"wal dir inside data dir", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nwal_dir = \"/var/lib/cifha/main/pg_wal\""), "postgres.wal_dir", "outside", true},
 		{"wal dir holds data dir", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nwal_dir = \"/var/lib/cifha\""), "postgres.wal_dir", "outside", true},

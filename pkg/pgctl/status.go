@@ -292,6 +292,28 @@ func (i *Instance) EnsureRole(ctx context.Context, name, password string, replic
 	})
 }
 
+// EnsureDatabase creates database name owned by owner (the connecting
+// superuser when empty) unless it exists; an existing one is left as it is.
+func (i *Instance) EnsureDatabase(ctx context.Context, name, owner string) error {
+	return i.withConn(ctx, func(c *pgx.Conn) error {
+		var exists bool
+		if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+			return fmt.Errorf("ensure database %s: %w", name, err)
+		}
+		if exists {
+			return nil
+		}
+		sql := "CREATE DATABASE " + pgx.Identifier{name}.Sanitize()
+		if owner != "" {
+			sql += " OWNER " + pgx.Identifier{owner}.Sanitize()
+		}
+		if _, err := c.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("create database %s: %w", name, err)
+		}
+		return nil
+	})
+}
+
 func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }

@@ -131,7 +131,7 @@ func (f *Postgres) Promote(context.Context) error {
 	f.InRecovery = false
 	return nil
 }
-func (f *Postgres) EnsureReplicationRole(context.Context) error { return nil }
+func (f *Postgres) EnsureRoles(context.Context) error { return nil }
 func (f *Postgres) CreateSlot(_ context.Context, name string) error {
 	f.call("create-slot " + name)
 	f.Slots = append(f.Slots, pgctl.Slot{Name: name})

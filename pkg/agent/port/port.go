@@ -42,7 +42,9 @@ type Postgres interface {
 	Reload() error
 	Promote(ctx context.Context) error
 	CreateSlot(ctx context.Context, name string) error
-	EnsureReplicationRole(ctx context.Context) error
+	// EnsureRoles makes sure of the replication role and the configured
+	// application roles and databases (on the leader).
+	EnsureRoles(ctx context.Context) error
 	// StandbyFor returns the standby settings to follow leader at addr.
 	StandbyFor(leader, host string, port int) pgctl.Standby
 	// Rewind runs pg_rewind against the leader at host:port.
