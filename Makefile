@@ -45,6 +45,7 @@ fuzz:
 	$(GO) test ./pkg/election -run '^$$' -fuzz '^FuzzParseSync$$' -fuzztime 30s
 	$(GO) test ./pkg/election -run '^$$' -fuzz '^FuzzParseFailsafe$$' -fuzztime 30s
 	$(GO) test ./pkg/tuning -run '^$$' -fuzz FuzzParseVersion -fuzztime 30s
+	$(GO) test ./pkg/archive -run '^$$' -fuzz FuzzValidName -fuzztime 30s
 
 # make soak: first a pgbench load at ttl 3 s for SOAK_LOAD with no fault
 # (0 skips it; it must see no failover, demotion or fence), then the fault

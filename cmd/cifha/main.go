@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/cifha/cifha/pkg/agent"
+	"github.com/cifha/cifha/pkg/archive"
 	"github.com/cifha/cifha/pkg/cifsync"
 	"github.com/cifha/cifha/pkg/config"
 	"github.com/cifha/cifha/pkg/tuning"
@@ -36,6 +37,8 @@ import (
 const usage = `usage: cifha [run] [--config FILE] [--check-config]
        cifha cif-sync [--config FILE] [--once]
        cifha tune [--ram SIZE] [--cpus N] [--pg-version V] [--profile cif|none] [--only postgres|sysctl]
+       cifha archive-wal --dir DIR PATH NAME     (archive_command: %p %f)
+       cifha restore-wal --dir DIR NAME PATH     (restore_command: %f %p)
        cifha version
        cifha help
 
@@ -46,6 +49,10 @@ const usage = `usage: cifha [run] [--config FILE] [--check-config]
                      primary (docs/cif.md).
   tune               print the postgres settings and the sysctl.d file for a
                      host (this one by default), each value with a comment.
+  archive-wal        store one WAL file in the archive directory (atomic,
+                     never overwrites; the same file twice succeeds).
+  restore-wal        copy one WAL file from the archive directory (exit 1
+                     when it is not there).
   version            print the version.
   help               print this help.
 
@@ -75,6 +82,8 @@ func dispatch(args []string) int {
 		return runCIFSync(args[1:])
 	case "tune":
 		return runTune(args[1:], os.Stdout, os.Stderr)
+	case "archive-wal", "restore-wal":
+		return runArchive(args[0], args[1:], os.Stderr)
 	case "fence-watchdog":
 		// Started by the agent itself; see pkg/agent/watchdog.go.
 		agent.RunWatchdog(os.Stdin, hclog.New(&hclog.LoggerOptions{Name: "fence-watchdog"}), election.BootNow)
@@ -249,6 +258,34 @@ func runTune(args []string, stdout, stderr io.Writer) int {
 	if err := tuning.Tune(stdout, o); err != nil {
 		fmt.Fprintf(stderr, "cifha tune: %v\n", err)
 		return 2
+	}
+	return 0
+}
+
+// runArchive is `cifha archive-wal --dir DIR PATH NAME` (archive_command)
+// and `cifha restore-wal --dir DIR NAME PATH` (restore_command). Any
+// failure exits 1: postgres retries archiving, and takes a failed restore
+// as "not in the archive" (an exit above 125 would stop a standby).
+func runArchive(cmd string, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("cifha "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "the archive directory")
+	if err := fs.Parse(args); err != nil {
+		return 1
+	}
+	if *dir == "" || !filepath.IsAbs(*dir) || fs.NArg() != 2 {
+		fmt.Fprintf(stderr, "usage: cifha %s --dir /absolute/archive/dir %s\n", cmd, map[string]string{"archive-wal": "PATH NAME", "restore-wal": "NAME PATH"}[cmd])
+		return 1
+	}
+	var err error
+	if cmd == "archive-wal" {
+		err = archive.Store(*dir, fs.Arg(0), fs.Arg(1))
+	} else {
+		err = archive.Fetch(*dir, fs.Arg(0), fs.Arg(1))
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "cifha %s: %v\n", cmd, err)
+		return 1
 	}
 	return 0
 }

@@ -10,8 +10,11 @@ import (
 	"github.com/cifha/cifha/pkg/version"
 	"net"
 	"net/http"
+	"os"
 	"os/user"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/cifha/cifha/pkg/config"
@@ -66,6 +69,19 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		osUser = u.Username
 	}
 	pc := cfg.Postgres
+	var restore, cleanup string
+	if cfg.Archive.Mode == "directory" {
+		// postgres runs these through sh: both paths single-quoted.
+		self, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("archive: locate the cifha binary: %w", err)
+		}
+		pc.ArchiveCommand = fmt.Sprintf("%s archive-wal --dir %s %%p %%f", shellQuote(self), shellQuote(cfg.Archive.Dir))
+		restore = fmt.Sprintf("%s restore-wal --dir %s %%f %%p", shellQuote(self), shellQuote(cfg.Archive.Dir))
+		if cfg.Archive.Cleanup {
+			cleanup = fmt.Sprintf("%s %s %%r", shellQuote(filepath.Join(binDir, "pg_archivecleanup")), shellQuote(cfg.Archive.Dir))
+		}
+	}
 	settings := pgctl.Settings{
 		Version: ver, ClusterName: cfg.Name, Listen: pc.Listen, Port: pc.Port, SocketDir: pc.SocketDir,
 		OSUser: osUser, Superuser: pc.Superuser, ReplicationUser: pc.ReplicationUser,
@@ -77,6 +93,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
 	pg.TriggerFile = triggerFile
 	pg.Bootstrap = cfg.Bootstrap
+	pg.RestoreCommand, pg.ArchiveCleanupCommand = restore, cleanup
 
 	if removed, err := pgctl.CleanTemp(pc.DataDir); err != nil {
 		log.Warn("clean up interrupted clone", "error", err)
@@ -215,4 +232,10 @@ func clusterTTL(ctx context.Context, cli *clientv3.Client, cfg *config.Config, l
 	}
 	log.Info("ttl from the cluster config", "ttl", d)
 	return d
+}
+
+// shellQuote quotes s for sh (postgres runs archive and restore commands
+// through it); "%" is doubled, since postgres expands %-escapes first.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(strings.ReplaceAll(s, "%", "%%"), "'", `'\''`) + "'"
 }

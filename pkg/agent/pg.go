@@ -23,6 +23,9 @@ type PG struct {
 	// Bootstrap are the application's roles and databases, made sure of
 	// by a leader (EnsureRoles).
 	Bootstrap config.Bootstrap
+	// RestoreCommand and ArchiveCleanupCommand go into every standby's
+	// settings (the managed archive).
+	RestoreCommand, ArchiveCleanupCommand string
 	// dynamic are the cluster-wide parameters from etcd, written after the
 	// file's (they win). Only the loop goroutine sets them.
 	dynamic map[string]string
@@ -154,6 +157,7 @@ func (p *PG) StandbyFor(leader, host string, port int) pgctl.Standby {
 	if p.Version() < 120000 {
 		sb.TriggerFile = p.TriggerFile
 	}
+	sb.RestoreCommand, sb.ArchiveCleanupCommand = p.RestoreCommand, p.ArchiveCleanupCommand
 	return sb
 }
 

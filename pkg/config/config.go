@@ -39,6 +39,22 @@ type Config struct {
 	Tags      Tags      `toml:"tags"`
 	Callbacks Callbacks `toml:"callbacks"`
 	Bootstrap Bootstrap `toml:"bootstrap"`
+	Archive   Archive   `toml:"archive"`
+}
+
+// Archive is the managed WAL archive. Mode "directory": every member
+// archives its WAL to Dir (local, or a mount every member shares) with
+// `cifha archive-wal`, and a standby restores from it with `cifha
+// restore-wal` when streaming cannot give it what it needs (the primary
+// recycled the WAL). "none" (the default) leaves postgres.archive_command,
+// if any, as the operator set it.
+type Archive struct {
+	Mode string `toml:"mode"`
+	Dir  string `toml:"dir"`
+	// Cleanup: a standby trims the archive with pg_archivecleanup at each
+	// restartpoint (the seed's archive_cleanup_command). Only for an
+	// archive no other member or backup still needs.
+	Cleanup bool `toml:"cleanup"`
 }
 
 // Bootstrap names the application's roles and databases (CIF's `cif`
@@ -457,6 +473,8 @@ var managedParams = map[string]string{
 	"wal_log_hints":             "(managed by cifha)",
 	"cluster_name":              "name",
 	"synchronous_standby_names": "ha.synchronous_mode (managed by cifha)",
+	"restore_command":           "archive.mode",
+	"archive_cleanup_command":   "archive.cleanup",
 }
 
 func (c *Config) validate() []*FieldError {
@@ -585,6 +603,21 @@ func (c *Config) validate() []*FieldError {
 	}
 	if c.Postgres.SuperuserPasswordFile == "" {
 		bad("postgres.superuser_password_file", "required (file holding the superuser's password)")
+	}
+	switch c.Archive.Mode {
+	case "", "none":
+		if c.Archive.Dir != "" {
+			bad("archive.dir", "set, but archive.mode is not \"directory\"")
+		}
+	case "directory":
+		if c.Archive.Dir == "" || !filepath.IsAbs(c.Archive.Dir) {
+			bad("archive.dir", "%q must be an absolute path (the archive directory)", c.Archive.Dir)
+		}
+		if c.Postgres.ArchiveCommand != "" {
+			bad("postgres.archive_command", "set together with archive.mode = \"directory\": choose one")
+		}
+	default:
+		bad("archive.mode", "%q: must be \"none\" or \"directory\"", c.Archive.Mode)
 	}
 	roles := map[string]bool{}
 	for i, r := range c.Bootstrap.Roles {

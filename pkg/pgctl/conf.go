@@ -179,6 +179,20 @@ type Standby struct {
 	// TriggerFile, before 12, is recovery.conf's trigger_file (from 12 it is
 	// the promote_trigger_file parameter, see Settings.Params).
 	TriggerFile string
+	// RestoreCommand and ArchiveCleanupCommand, if set, let the standby
+	// read WAL from an archive (restore_command, archive_cleanup_command).
+	RestoreCommand        string
+	ArchiveCleanupCommand string
+}
+
+// archiveLines renders the archive settings of a standby.
+func (s Standby) archiveLines(b *strings.Builder) {
+	if s.RestoreCommand != "" {
+		fmt.Fprintf(b, "restore_command = %s\n", tuning.Quote(s.RestoreCommand))
+	}
+	if s.ArchiveCleanupCommand != "" {
+		fmt.Fprintf(b, "archive_cleanup_command = %s\n", tuning.Quote(s.ArchiveCleanupCommand))
+	}
 }
 
 // Target is "<leader> <host>:<port>", recorded in the standby settings so the
@@ -221,6 +235,7 @@ func RenderStandby12(s Standby) string {
 	if s.SlotName != "" {
 		fmt.Fprintf(&b, "primary_slot_name = %s\n", tuning.Quote(s.SlotName))
 	}
+	s.archiveLines(&b)
 	b.WriteString("recovery_target_timeline = 'latest'\n")
 	return b.String()
 }
@@ -238,6 +253,7 @@ func RenderRecoveryConf(s Standby) string {
 	if s.TriggerFile != "" {
 		fmt.Fprintf(&b, "trigger_file = %s\n", tuning.Quote(s.TriggerFile))
 	}
+	s.archiveLines(&b)
 	b.WriteString("recovery_target_timeline = 'latest'\n")
 	return b.String()
 }
@@ -246,7 +262,8 @@ func RenderRecoveryConf(s Standby) string {
 // the include file, or recovery.conf before 12).
 func WriteStandby(dataDir string, v Version, s Standby) error {
 	for what, val := range map[string]string{"leader": s.Leader, "host": s.Host, "user": s.User, "passfile": s.PassFile,
-		"application_name": s.AppName, "slot": s.SlotName, "trigger file": s.TriggerFile} {
+		"application_name": s.AppName, "slot": s.SlotName, "trigger file": s.TriggerFile,
+		"restore_command": s.RestoreCommand, "archive_cleanup_command": s.ArchiveCleanupCommand} {
 		if err := state.Printable(val); err != nil {
 			return fmt.Errorf("standby settings: %s %w", what, err)
 		}
