@@ -37,8 +37,8 @@ import (
 const usage = `usage: cifha [run] [--config FILE] [--check-config]
        cifha cif-sync [--config FILE] [--once]
        cifha tune [--ram SIZE] [--cpus N] [--pg-version V] [--profile cif|none] [--only postgres|sysctl]
-       cifha archive-wal --dir DIR PATH NAME     (archive_command: %p %f)
-       cifha restore-wal --dir DIR NAME PATH     (restore_command: %f %p)
+       cifha archive-wal --dir DIR PATH NAME     (postgres archive_command)
+       cifha restore-wal --dir DIR NAME PATH     (postgres restore_command)
        cifha version
        cifha help
 
