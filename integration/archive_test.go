@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -39,6 +40,13 @@ func TestArchiveCatchUp(t *testing.T) {
 	testutil.Eventually(t, 20*time.Second, "the first segments archived", func() error {
 		if m, _ := filepath.Glob(filepath.Join(dir, "0000000*")); len(m) == 0 {
 			return fmt.Errorf("archive %s empty", dir)
+		}
+		return nil
+	})
+	testutil.Eventually(t, 20*time.Second, "archive metrics on the primary", func() error {
+		code, body, err := p.API(context.Background(), "/metrics")
+		if err != nil || code != 200 || !strings.Contains(string(body), "cifha_archive_archived_total{") || !strings.Contains(string(body), "cifha_archive_last_archived_timestamp_seconds{") {
+			return fmt.Errorf("/metrics %d %v: no archive metrics", code, err)
 		}
 		return nil
 	})

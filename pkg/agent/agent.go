@@ -130,6 +130,16 @@ type Snapshot struct {
 	Failsafe bool
 	Cover    ha.FailsafeCover
 	Promise  ha.Promise
+	// Archiver is pg_stat_archiver as last read (nil: postgres not read).
+	Archiver *Archiver
+}
+
+// Archiver is this postgres' WAL archiving (pg_stat_archiver).
+type Archiver struct {
+	On             bool
+	Archived       int64
+	Failed         int64
+	LastArchivedAt time.Time
 }
 
 // Agent is the per-host daemon's core. Run is its only acting goroutine.
@@ -1278,6 +1288,7 @@ func (a *Agent) publish(ctx context.Context, o ha.Observation, p ha.Plan, actErr
 	if o.PG != nil {
 		snap.InRecovery = o.PG.InRecovery
 		snap.Streaming = o.PG.InRecovery && o.PG.WalReceiver == "streaming"
+		snap.Archiver = &Archiver{On: o.PG.Archiving, Archived: o.PG.ArchivedCount, Failed: o.PG.ArchiveFailed, LastArchivedAt: o.PG.LastArchived}
 	}
 	if o.DCSErr != nil {
 		snap.DCSErr = o.DCSErr.Error()

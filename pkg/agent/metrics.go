@@ -3,6 +3,7 @@ package agent
 import (
 	"github.com/cifha/cifha/pkg/ha"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/cifha/cifha/pkg/pgctl"
@@ -82,6 +83,9 @@ var stateDescs = []struct{ name, help string }{
 	{"cifha_synchronous_standbys", "On the leader in synchronous mode: standbys recorded as synchronous (every acknowledged commit is on each; 0 means no automatic failover)."},
 	{"cifha_is_synchronous_standby", "1 when this member is recorded as a synchronous standby of the current leader."},
 	{"cifha_fence_watchdog_ok", "1 while the separate fence watchdog process takes deadlines (0: a primary is fenced and none is started)."},
+	{"cifha_archive_archived_total", "WAL files archived by this postgres (pg_stat_archiver.archived_count; only while archive_mode is on)."},
+	{"cifha_archive_failed_total", "Failed attempts to archive a WAL file (pg_stat_archiver.failed_count; postgres retries)."},
+	{"cifha_archive_last_archived_timestamp_seconds", "When the last WAL file was archived (Unix time)."},
 }
 
 // Describe implements prometheus.Collector.
@@ -128,6 +132,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		vals["cifha_cluster_members"] = float64(len(s.Cluster.Members))
 		vals["cifha_pending_restart_parameters"] = float64(len(s.Member.PendingRestart))
 		vals["cifha_observation_age_seconds"] = now.Sub(s.ObservedAt).Seconds()
+		if ar := s.Archiver; ar != nil && ar.On {
+			vals["cifha_archive_archived_total"] = float64(ar.Archived)
+			vals["cifha_archive_failed_total"] = float64(ar.Failed)
+			if !ar.LastArchivedAt.IsZero() {
+				vals["cifha_archive_last_archived_timestamp_seconds"] = float64(ar.LastArchivedAt.UnixNano()) / 1e9
+			}
+		}
 		vals["cifha_synchronous_mode"] = 0
 		if s.Sync.On {
 			vals["cifha_synchronous_mode"] = 1
@@ -150,7 +161,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		if !ok {
 			continue // nothing observed yet: absent, not 0 (unknown is not healthy)
 		}
-		ch <- prometheus.MustNewConstMetric(c.descs[d.name], prometheus.GaugeValue, v)
+		vt := prometheus.GaugeValue
+		if strings.HasSuffix(d.name, "_total") {
+			vt = prometheus.CounterValue // postgres' own counters, passed through
+		}
+		ch <- prometheus.MustNewConstMetric(c.descs[d.name], vt, v)
 	}
 	if s == nil {
 		return

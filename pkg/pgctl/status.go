@@ -148,6 +148,8 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		b.Queue(q.Status)
 		b.Queue(q.Replication)
 		b.Queue(q.Slots)
+		b.Queue(`SELECT current_setting('archive_mode') <> 'off', archived_count, failed_count,
+  coalesce(extract(epoch FROM last_archived_time), 0)::float8 FROM pg_stat_archiver`)
 		if i.version >= 90500 {
 			b.Queue(`SELECT name FROM pg_settings WHERE pending_restart ORDER BY name`)
 		}
@@ -216,6 +218,13 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return err
+		}
+		var lastArchived float64
+		if err := br.QueryRow().Scan(&st.Archiving, &st.ArchivedCount, &st.ArchiveFailed, &lastArchived); err != nil {
+			return fmt.Errorf("query pg_stat_archiver: %w", err)
+		}
+		if lastArchived > 0 {
+			st.LastArchived = time.Unix(0, int64(lastArchived*1e9))
 		}
 		if i.version < 90500 {
 			return nil

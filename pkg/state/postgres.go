@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // LSN is a WAL position.
@@ -49,6 +50,12 @@ type Status struct {
 	Replication []Replica
 	// Slots lists physical replication slots.
 	Slots []Slot
+	// Archiving is archive_mode != off; ArchivedCount and ArchiveFailed
+	// are pg_stat_archiver's counters, LastArchived its last success
+	// (zero if none).
+	Archiving                    bool
+	ArchivedCount, ArchiveFailed int64
+	LastArchived                 time.Time
 	// PendingRestart lists parameters changed in the files that take
 	// effect only after a restart (pg_settings.pending_restart, 9.5+).
 	PendingRestart []string
