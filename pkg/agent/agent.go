@@ -978,6 +978,9 @@ func (a *Agent) start(ctx context.Context) error {
 		// start promote itself without the key.
 		a.opt.PG.RemoveTriggerFile(a.opt.TriggerFile)
 	}
+	// A postgres this agent starts (after a rewind, say) is new: it gets
+	// the recent window to connect before it can be called diverged.
+	a.runningSince = a.now()
 	err := a.opt.PG.Start(ctx, a.opt.StartTimeout)
 	if errors.Is(err, pgctl.ErrStartTimout) {
 		a.log.Warn("postgres still starting", "waited", a.opt.StartTimeout)
@@ -1288,7 +1291,11 @@ func (a *Agent) publish(ctx context.Context, o ha.Observation, p ha.Plan, actErr
 	if o.PG != nil {
 		snap.InRecovery = o.PG.InRecovery
 		snap.Streaming = o.PG.InRecovery && o.PG.WalReceiver == "streaming"
-		snap.Archiver = &Archiver{On: o.PG.Archiving, Archived: o.PG.ArchivedCount, Failed: o.PG.ArchiveFailed, LastArchivedAt: o.PG.LastArchived}
+		if o.PG.ArchiverKnown {
+			snap.Archiver = &Archiver{On: o.PG.Archiving, Archived: o.PG.ArchivedCount, Failed: o.PG.ArchiveFailed, LastArchivedAt: o.PG.LastArchived}
+		} else if prev := a.snap.Load(); prev != nil {
+			snap.Archiver = prev.Archiver // a slow read keeps the last value rather than dropping the series
+		}
 	}
 	if o.DCSErr != nil {
 		snap.DCSErr = o.DCSErr.Error()

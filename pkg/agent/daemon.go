@@ -72,9 +72,15 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	var restore, cleanup string
 	if cfg.Archive.Mode == "directory" {
 		// postgres runs these through sh: both paths single-quoted.
-		self, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("archive: locate the cifha binary: %w", err)
+		// The path cifha was started by (the unit's ExecStart), not the
+		// symlink's target os.Executable gives: an upgrade that replaces
+		// a versioned target must not break postgres' commands.
+		self := os.Args[0]
+		if !filepath.IsAbs(self) {
+			var err error
+			if self, err = os.Executable(); err != nil {
+				return fmt.Errorf("archive: locate the cifha binary: %w", err)
+			}
 		}
 		pc.ArchiveCommand = fmt.Sprintf("%s archive-wal --dir %s %%p %%f", shellQuote(self), shellQuote(cfg.Archive.Dir))
 		restore = fmt.Sprintf("%s restore-wal --dir %s %%f %%p", shellQuote(self), shellQuote(cfg.Archive.Dir))
@@ -95,7 +101,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	pg.Bootstrap = cfg.Bootstrap
 	pg.RestoreCommand, pg.ArchiveCleanupCommand = restore, cleanup
 
-	if removed, err := pgctl.CleanTemp(pc.DataDir); err != nil {
+	if removed, err := pgctl.CleanTempWal(pc.DataDir, pc.WalDir); err != nil {
 		log.Warn("clean up interrupted clone", "error", err)
 	} else if len(removed) > 0 {
 		log.Info("removed directories of an interrupted initdb or clone", "paths", removed)

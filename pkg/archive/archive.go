@@ -51,7 +51,9 @@ func Store(dir, src, name string) error {
 	dst := filepath.Join(dir, name)
 	if same, err := sameContent(src, dst); err == nil {
 		if same {
-			return nil
+			// Perhaps stored by a run that died before its directory
+			// fsync: sync before postgres may recycle the segment.
+			return syncDir(dir)
 		}
 		return fmt.Errorf("%s: %w", dst, ErrConflict)
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -88,7 +90,7 @@ func Store(dir, src, name string) error {
 			os.Remove(tmp.Name())
 			done = true
 			if same, err := sameContent(src, dst); err == nil && same {
-				return nil
+				return syncDir(dir)
 			}
 			return fmt.Errorf("%s: %w", dst, ErrConflict)
 		}

@@ -574,6 +574,8 @@ func (c *Config) validate() []*FieldError {
 			bad("postgres.wal_dir", "%q is not a WAL directory", w)
 		case cw == cd || strings.HasPrefix(cw, cd+"/") || strings.HasPrefix(cd, cw+"/"):
 			bad("postgres.wal_dir", "%q must be outside postgres.data_dir (%q), and not contain it", w, c.Postgres.DataDir)
+		case strings.HasPrefix(cw, cd+".cifha-"):
+			bad("postgres.wal_dir", "%q looks like one of cifha's own names for moved or temporary data directories (%s.cifha-...)", w, cd)
 		}
 	}
 	if c.Postgres.BinDir != "" && !filepath.IsAbs(c.Postgres.BinDir) {

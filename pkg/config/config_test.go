@@ -96,6 +96,7 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bootstrap template db", func(s string) string { return s + "\n[bootstrap]\ndatabases = [{ name = \"template1\" }]\n" }, "bootstrap.databases[0].name", "every cluster", false},
 		{"relative wal dir", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nwal_dir = \"wal\""), "postgres.wal_dir", "absolute", true},
 		{"wal dir inside data dir", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nwal_dir = \"/var/lib/cifha/main/pg_wal\""), "postgres.wal_dir", "outside", true},
+		{"wal dir with cifha's temp name", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nwal_dir = \"/var/lib/cifha/main.cifha-new-wal\""), "postgres.wal_dir", "cifha's own names", true},
 		{"wal dir holds data dir", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nwal_dir = \"/var/lib/cifha\""), "postgres.wal_dir", "outside", true},
 		{"duplicate etcd endpoint", replace(`"10.0.0.6:2379"`, `"http://10.0.0.5:2379"`), "etcd.endpoints", "duplicate", true},
 		{"no etcd endpoints", replace(`endpoints = ["10.0.0.5:2379", "10.0.0.6:2379", "10.0.0.7:2379"]`, `endpoints = []`), "etcd.endpoints", "required", true},

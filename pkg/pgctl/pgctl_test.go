@@ -458,3 +458,45 @@ func TestWalDir(t *testing.T) {
 		t.Fatal("moved WAL directory is empty")
 	}
 }
+
+// An interrupted clone left a temporary directory whose pg_wal links to
+// wal_dir: CleanTempWal empties wal_dir (nobody's WAL) but never when the
+// data directory in place links to it.
+func TestCleanTempWal(t *testing.T) {
+	root := t.TempDir()
+	data, wal := filepath.Join(root, "data"), filepath.Join(root, "wal")
+	tmp := data + ".cifha-new-123"
+	for _, d := range []string{tmp, wal} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(wal, filepath.Join(tmp, "pg_wal")); err != nil {
+		t.Fatal(err)
+	}
+	seg := filepath.Join(wal, "000000010000000000000001")
+	os.WriteFile(seg, []byte("partial"), 0o600)
+	// The data directory in place uses wal_dir: nothing in it is touched.
+	os.MkdirAll(data, 0o700)
+	os.Symlink(wal, filepath.Join(data, "pg_wal"))
+	if _, err := CleanTempWal(data, wal); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(seg); err != nil {
+		t.Fatal("the live data directory's WAL was removed")
+	}
+	// Without a data directory: the partial copy's WAL goes.
+	os.MkdirAll(tmp, 0o700)
+	os.Symlink(wal, filepath.Join(tmp, "pg_wal"))
+	os.RemoveAll(data)
+	removed, err := CleanTempWal(data, wal)
+	if err != nil || len(removed) != 1 {
+		t.Fatalf("removed %v, %v", removed, err)
+	}
+	if ents, _ := os.ReadDir(wal); len(ents) != 0 {
+		t.Fatalf("wal_dir still holds %d entries", len(ents))
+	}
+	if _, err := os.Stat(wal); err != nil {
+		t.Fatal("wal_dir itself was removed")
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrRewindFailed wraps every pg_rewind failure.
@@ -63,6 +65,13 @@ func (i *Instance) MoveAside(now time.Time) (string, error) {
 			}
 		}
 	}
+	if walLink != "" {
+		// Both renames or neither: a data directory moved without its WAL
+		// would leave a wal_dir that blocks every re-clone.
+		if err := unix.Access(filepath.Dir(filepath.Clean(i.cfg.WalDir)), unix.W_OK); err != nil {
+			return "", fmt.Errorf("wal_dir %s cannot be moved aside (its parent is not writable: %v); make the parent writable by postgres, or move it by hand", i.cfg.WalDir, err)
+		}
+	}
 	if err := os.Rename(i.cfg.DataDir, dst); err != nil {
 		return "", fmt.Errorf("move data directory aside: %w", err)
 	}
@@ -72,7 +81,10 @@ func (i *Instance) MoveAside(now time.Time) (string, error) {
 	if walLink != "" {
 		wdst := fmt.Sprintf("%s.cifha-old-%s", filepath.Clean(i.cfg.WalDir), stamp)
 		if err := os.Rename(i.cfg.WalDir, wdst); err != nil {
-			return dst, fmt.Errorf("data directory moved aside to %s; move its WAL directory %s aside: %w", dst, i.cfg.WalDir, err)
+			if uerr := os.Rename(dst, i.cfg.DataDir); uerr != nil {
+				return dst, fmt.Errorf("data directory moved aside to %s, but its WAL directory %s could not be (%v) nor the data directory put back (%v): move both by hand", dst, i.cfg.WalDir, err, uerr)
+			}
+			return "", fmt.Errorf("move WAL directory %s aside: %w (the data directory was put back)", i.cfg.WalDir, err)
 		}
 		// The moved data directory keeps pointing at its own WAL.
 		link := filepath.Join(dst, walLink)

@@ -132,6 +132,7 @@ func (i *Instance) InitDB(ctx context.Context, superuserPassword string) error {
 	}
 	if err := install(tmp, i.cfg.DataDir); err != nil {
 		os.RemoveAll(tmp) // a fresh initdb: no data of anyone's
+		i.emptyWalDir()   // its WAL
 		return err
 	}
 	return nil
@@ -168,11 +169,13 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 	if prepare != nil {
 		if err := prepare(tmp); err != nil {
 			os.RemoveAll(tmp)
+			i.emptyWalDir() // the copy's WAL
 			return fmt.Errorf("clone: prepare: %w", err)
 		}
 	}
 	if err := install(tmp, i.cfg.DataDir); err != nil {
 		os.RemoveAll(tmp) // a copy of the primary; the original is untouched
+		i.emptyWalDir()   // the copy's WAL
 		return err
 	}
 	return nil
@@ -183,7 +186,13 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 // lost). They are partial copies that were never moved into place, so
 // they are never the only copy of anything. Call it before the agent's
 // loop starts: nothing else creates them then. It returns what it removed.
-func CleanTemp(dataDir string) ([]string, error) {
+func CleanTemp(dataDir string) ([]string, error) { return CleanTempWal(dataDir, "") }
+
+// CleanTempWal is CleanTemp for a member with a wal_dir: a stale temporary
+// directory whose pg_wal (pg_xlog) links to walDir left its partial WAL
+// there, which is emptied too (the data directory is absent or does not
+// link to it, so it holds nobody's WAL).
+func CleanTempWal(dataDir, walDir string) ([]string, error) {
 	pattern := filepath.Clean(dataDir) + ".cifha-new-*"
 	matches, err := filepath.Glob(pattern)
 	if err != nil {
@@ -194,6 +203,14 @@ func CleanTemp(dataDir string) ([]string, error) {
 		fi, err := os.Lstat(m)
 		if err != nil || !fi.IsDir() {
 			continue
+		}
+		if walDir != "" && linksTo(m, walDir) && !linksTo(dataDir, walDir) {
+			ents, _ := os.ReadDir(walDir)
+			for _, e := range ents {
+				if err := os.RemoveAll(filepath.Join(walDir, e.Name())); err != nil {
+					return removed, fmt.Errorf("empty %s after an interrupted clone: %w", walDir, err)
+				}
+			}
 		}
 		if err := os.RemoveAll(m); err != nil {
 			return removed, fmt.Errorf("remove stale %s: %w", m, err)
@@ -264,4 +281,14 @@ func (i *Instance) emptyWalDir() {
 	for _, e := range ents {
 		os.RemoveAll(filepath.Join(i.cfg.WalDir, e.Name()))
 	}
+}
+
+// linksTo reports whether dataDir's WAL directory is a link to walDir.
+func linksTo(dataDir, walDir string) bool {
+	for _, name := range []string{"pg_wal", "pg_xlog"} {
+		if t, err := os.Readlink(filepath.Join(dataDir, name)); err == nil && filepath.Clean(t) == filepath.Clean(walDir) {
+			return true
+		}
+	}
+	return false
 }

@@ -148,8 +148,6 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		b.Queue(q.Status)
 		b.Queue(q.Replication)
 		b.Queue(q.Slots)
-		b.Queue(`SELECT current_setting('archive_mode') <> 'off', archived_count, failed_count,
-  coalesce(extract(epoch FROM last_archived_time), 0)::float8 FROM pg_stat_archiver`)
 		if i.version >= 90500 {
 			b.Queue(`SELECT name FROM pg_settings WHERE pending_restart ORDER BY name`)
 		}
@@ -219,13 +217,6 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		var lastArchived float64
-		if err := br.QueryRow().Scan(&st.Archiving, &st.ArchivedCount, &st.ArchiveFailed, &lastArchived); err != nil {
-			return fmt.Errorf("query pg_stat_archiver: %w", err)
-		}
-		if lastArchived > 0 {
-			st.LastArchived = time.Unix(0, int64(lastArchived*1e9))
-		}
 		if i.version < 90500 {
 			return nil
 		}
@@ -244,7 +235,29 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		rows.Close()
 		return rows.Err()
 	})
-	return st, err
+	if err != nil {
+		return st, err
+	}
+	st.ArchiverKnown = i.archiver(ctx, &st) == nil
+	return st, nil
+}
+
+// archiver reads pg_stat_archiver, for metrics only: apart from the
+// observation's queries, bounded by 300 ms, and its failure never fails
+// Status. Before 15 it goes through the statistics collector, which a
+// backend may wait on for up to 10 s when the host is slow.
+func (i *Instance) archiver(ctx context.Context, st *Status) error {
+	ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	return i.withConn(ctx, func(c *pgx.Conn) error {
+		var last float64
+		err := c.QueryRow(ctx, `SELECT current_setting('archive_mode') <> 'off', archived_count, failed_count,
+  coalesce(extract(epoch FROM last_archived_time), 0)::float8 FROM pg_stat_archiver`).Scan(&st.Archiving, &st.ArchivedCount, &st.ArchiveFailed, &last)
+		if err == nil && last > 0 {
+			st.LastArchived = time.Unix(0, int64(last*1e9))
+		}
+		return err
+	})
 }
 
 // CreateSlot creates a physical replication slot that reserves WAL at once.

@@ -50,9 +50,11 @@ type Status struct {
 	Replication []Replica
 	// Slots lists physical replication slots.
 	Slots []Slot
+	// ArchiverKnown: the fields below were read (best effort, for metrics).
 	// Archiving is archive_mode != off; ArchivedCount and ArchiveFailed
 	// are pg_stat_archiver's counters, LastArchived its last success
 	// (zero if none).
+	ArchiverKnown                bool
 	Archiving                    bool
 	ArchivedCount, ArchiveFailed int64
 	LastArchived                 time.Time
