@@ -58,6 +58,9 @@ type Options struct {
 	Files map[string]string
 	// WalDirs gives every node its own [postgres] wal_dir (Node.WalDir).
 	WalDirs bool
+	// Tablespaces gives every node a directory of its own for each named
+	// tablespace ([postgres.tablespaces]; Node.Tablespaces).
+	Tablespaces []string
 	// APIToken, when set, is written to secrets/api.token and configured as
 	// every agent's api.token_file (enables the control API).
 	APIToken string
@@ -87,6 +90,9 @@ type Node struct {
 	EtcdProxies []*tcpproxy.Proxy
 	// WalDir is the node's wal_dir when Options.WalDirs is set.
 	WalDir string
+	// Tablespaces are the node's tablespace directories (name -> path)
+	// when Options.Tablespaces is set.
+	Tablespaces map[string]string
 	// PeerProxies (postgres, API) when Options.PeerProxies is set.
 	PeerProxies []*tcpproxy.Proxy
 	c           *Cluster
@@ -147,6 +153,12 @@ func New(opt Options) (*Cluster, error) {
 		if opt.WalDirs {
 			n.WalDir = filepath.Join(n.Dir, "wal-"+n.Name)
 		}
+		if len(opt.Tablespaces) > 0 {
+			n.Tablespaces = map[string]string{}
+			for _, ts := range opt.Tablespaces {
+				n.Tablespaces[ts] = filepath.Join(n.Dir, "ts-"+ts+"-"+n.Name)
+			}
+		}
 		if err := c.mkdir(n.Dir); err != nil {
 			return nil, err
 		}
@@ -198,6 +210,13 @@ func (c *Cluster) config(n *Node, secrets string, endpoints []string) string {
 		tokenLine += fmt.Sprintf("advertise_url = %q\n", "http://"+n.PeerProxies[1].Addr())
 		pgPeer += fmt.Sprintf("connect_address = %q\n", n.PeerProxies[0].Addr())
 	}
+	tsSection := ""
+	if len(n.Tablespaces) > 0 {
+		tsSection = "[postgres.tablespaces]\n"
+		for _, ts := range c.Opt.Tablespaces {
+			tsSection += fmt.Sprintf("%s = %q\n", ts, n.Tablespaces[ts])
+		}
+	}
 	hba := c.Opt.HBA
 	if len(hba) == 0 {
 		hba = []string{"host all all 127.0.0.0/8 scram-sha-256"}
@@ -238,11 +257,12 @@ start_timeout = "10s"
 
 %s
 %s
+%s
 [log]
 level = "debug"
 `, c.Opt.Cluster, n.Name, n.Addr, tokenLine, q(endpoints), n.DataDir, n.Addr, pgPeer, n.Dir,
 		filepath.Join(secrets, "superuser.password"), filepath.Join(secrets, "replication.password"),
-		q(hba), c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra, c.Opt.NodeExtra[n.Name])
+		q(hba), c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra, c.Opt.NodeExtra[n.Name], tsSection)
 }
 
 func (c *Cluster) mkdir(dir string) error {

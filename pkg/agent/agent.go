@@ -161,6 +161,9 @@ type Agent struct {
 	// roleOK is set once the replication role is known to be in place for
 	// this term as leader.
 	roleOK bool
+	// bootstrapPending: this member ran initdb and its first leader
+	// housekeeping (roles, tablespaces, databases) has not succeeded yet.
+	bootstrapPending bool
 	// seenExit is the exit channel of a postgres whose exit the loop has
 	// already handled, so a closed channel does not spin the loop.
 	seenExit <-chan struct{}
@@ -716,6 +719,11 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 		if err := pg.SetPrimary(); err != nil {
 			return fmt.Errorf("bootstrap: %w", err)
 		}
+		// Until the leader's first housekeeping made the tablespaces, roles
+		// and databases, it publishes "bootstrapping", not "running", so no
+		// member clones a half-made cluster (a tablespace created after a
+		// clone would be replayed at the primary's path, not the member's).
+		a.bootstrapPending = true
 		return a.acquireAndStart(ctx, o, p.Reason)
 
 	case ha.Clone:
@@ -1054,6 +1062,7 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 			a.log.Error("ensure roles and databases", "error", err)
 		} else {
 			a.roleOK = true
+			a.bootstrapPending = false
 		}
 	}
 	if a.opt.TriggerFile != "" {
@@ -1211,6 +1220,9 @@ func (a *Agent) member(o ha.Observation, p ha.Plan) election.Member {
 		m.State = "stopped"
 	case o.PG == nil:
 		m.State = "unknown"
+	case !o.PG.InRecovery && a.bootstrapPending && o.HoldsLeader:
+		m.State = "bootstrapping" // see ha.Bootstrap in act
+		m.Role = "primary"
 	case !o.PG.InRecovery:
 		m.State = "running"
 		m.Role = "primary"

@@ -94,14 +94,14 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		Params: MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand, TriggerFile: triggerFile}), pc.Parameters),
 		HBA:    pc.HBA,
 	}
-	inst := pgctl.New(pgctl.Config{BinDir: binDir, DataDir: pc.DataDir, WalDir: pc.WalDir, SocketDir: pc.SocketDir, Port: pc.Port,
+	inst := pgctl.New(pgctl.Config{BinDir: binDir, DataDir: pc.DataDir, WalDir: pc.WalDir, Tablespaces: pc.Tablespaces, SocketDir: pc.SocketDir, Port: pc.Port,
 		Superuser: pc.Superuser, LogFile: pc.LogFile, PassFile: pc.PassFile}, ver)
 	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
 	pg.TriggerFile = triggerFile
 	pg.Bootstrap = cfg.Bootstrap
 	pg.RestoreCommand, pg.ArchiveCleanupCommand = restore, cleanup
 
-	if removed, err := pgctl.CleanTempWal(pc.DataDir, pc.WalDir); err != nil {
+	if removed, err := pgctl.CleanTempDirs(pc.DataDir, pc.WalDir, pc.Tablespaces); err != nil {
 		log.Warn("clean up interrupted clone", "error", err)
 	} else if len(removed) > 0 {
 		log.Info("removed directories of an interrupted initdb or clone", "paths", removed)

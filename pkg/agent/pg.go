@@ -2,9 +2,12 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"github.com/cifha/cifha/pkg/config"
 	"github.com/cifha/cifha/pkg/state"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/cifha/cifha/pkg/pgctl"
 	"github.com/cifha/cifha/pkg/tuning"
@@ -94,12 +97,40 @@ func (p *PG) Clone(ctx context.Context, host string, port int, slot string, sb p
 	if err := p.writePassFile(); err != nil {
 		return err
 	}
-	return p.Instance.Clone(ctx, host, port, p.ReplicationUser, slot, p.AppName, func(dir string) error {
+	tsArgs, err := p.tablespaceMapping(ctx, host, port)
+	if err != nil {
+		return err
+	}
+	return p.Instance.Clone(ctx, host, port, p.ReplicationUser, slot, p.AppName, tsArgs, func(dir string) error {
 		if err := pgctl.WriteConfig(dir, p.settings()); err != nil {
 			return err
 		}
 		return pgctl.WriteStandby(dir, p.Version(), sb)
 	})
+}
+
+// tablespaceMapping asks the source for its tablespaces and maps each to
+// this member's configured directory. One this member does not configure
+// is refused before anything is written: pg_basebackup would put it at
+// the source's path, which on this host may be anything (or another
+// member's directory, when members share a machine).
+func (p *PG) tablespaceMapping(ctx context.Context, host string, port int) ([]string, error) {
+	src, err := p.SourceTablespaces(ctx, host, port)
+	if err != nil {
+		if len(p.Config().Tablespaces) == 0 {
+			return nil, nil // nothing to map; pg_basebackup reports any tablespace itself
+		}
+		return nil, fmt.Errorf("clone: %w", err)
+	}
+	args, unmapped := p.TablespaceMapping(src)
+	if len(unmapped) > 0 {
+		var want []string
+		for _, n := range unmapped {
+			want = append(want, fmt.Sprintf("%s = %q (at %s on %s)", n, "/path/on/this/host", src[n], host))
+		}
+		return nil, fmt.Errorf("clone: the source has tablespaces this member does not configure: add them to [postgres.tablespaces]: %s", strings.Join(want, ", "))
+	}
+	return args, nil
 }
 
 // Configure implements Postgres.
@@ -141,6 +172,15 @@ func (p *PG) EnsureRoles(ctx context.Context) error {
 		if err := p.EnsureRole(ctx, r.Name, r.Password, false); err != nil {
 			return err
 		}
+	}
+	owners := []string{}
+	for _, d := range p.Bootstrap.Databases {
+		if d.Owner != "" && !slices.Contains(owners, d.Owner) {
+			owners = append(owners, d.Owner)
+		}
+	}
+	if err := p.EnsureTablespaces(ctx, owners); err != nil {
+		return err
 	}
 	for _, d := range p.Bootstrap.Databases {
 		if err := p.EnsureDatabase(ctx, d.Name, d.Owner); err != nil {

@@ -157,6 +157,13 @@ type Postgres struct {
 	// there and link it from the data directory. Moved aside with the data
 	// directory by reinit; never deleted.
 	WalDir string `toml:"wal_dir"`
+	// Tablespaces maps a tablespace name to this member's directory for it
+	// (CIF's schema wants "archive" and "index"). Checked or created (owner
+	// postgres, mode 0700) before bootstrap or clone, created as
+	// tablespaces at bootstrap, mapped to this member's paths when it
+	// clones (pg_basebackup --tablespace-mapping), and moved aside with the
+	// data directory by reinit; never deleted.
+	Tablespaces map[string]string `toml:"tablespaces"`
 	// Listen is postgres' listen_addresses.
 	Listen string `toml:"listen"`
 	Port   int    `toml:"port"`
@@ -578,6 +585,7 @@ func (c *Config) validate() []*FieldError {
 			bad("postgres.wal_dir", "%q looks like one of cifha's own names for moved or temporary data directories (%s.cifha-...)", w, cd)
 		}
 	}
+	c.validateTablespaces(bad)
 	if c.Postgres.BinDir != "" && !filepath.IsAbs(c.Postgres.BinDir) {
 		bad("postgres.bin_dir", "%q must be an absolute path", c.Postgres.BinDir)
 	}
@@ -874,4 +882,58 @@ func unjoin(err error) []error {
 		return j.Unwrap()
 	}
 	return []error{err}
+}
+
+// tablespaceName is what cifha accepts as a tablespace name: a plain
+// lower-case SQL identifier (quoted when used, so "index" works), not one
+// of postgres' reserved pg_ names.
+var tablespaceName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// validateTablespaces checks [postgres.tablespaces]: valid names, absolute
+// paths that are distinct and clear of the data and WAL directories (a
+// tablespace inside the data directory breaks pg_basebackup and reinit).
+func (c *Config) validateTablespaces(bad func(key, format string, args ...any)) {
+	cd, cw := filepath.Clean(c.Postgres.DataDir), ""
+	if c.Postgres.WalDir != "" {
+		cw = filepath.Clean(c.Postgres.WalDir)
+	}
+	nested := func(a, b string) bool {
+		return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/")
+	}
+	names := make([]string, 0, len(c.Postgres.Tablespaces))
+	for n := range c.Postgres.Tablespaces {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	seen := map[string]string{}
+	for _, n := range names {
+		path := c.Postgres.Tablespaces[n]
+		key := "postgres.tablespaces." + n
+		cp := filepath.Clean(path)
+		switch {
+		case !tablespaceName.MatchString(n) || strings.HasPrefix(n, "pg_"):
+			bad(key, "%q is not a usable tablespace name (lower-case letters, digits and _, at most 63, not starting with a digit or pg_)", n)
+		case path == "" || !filepath.IsAbs(path):
+			bad(key, "%q must be an absolute path", path)
+		case cp == "/":
+			bad(key, "%q is not a tablespace directory", path)
+		case strings.ContainsAny(path, "'\\\n\r\x00="):
+			bad(key, "%q contains a quote, backslash, '=' or control character; choose a plain path", path)
+		case c.Postgres.DataDir != "" && nested(cp, cd):
+			bad(key, "%q must be outside postgres.data_dir (%q), and not contain it", path, c.Postgres.DataDir)
+		case cw != "" && nested(cp, cw):
+			bad(key, "%q must be outside postgres.wal_dir (%q), and not contain it", path, c.Postgres.WalDir)
+		case strings.HasPrefix(cp, cd+".cifha-"):
+			bad(key, "%q looks like one of cifha's own names for moved or temporary data directories (%s.cifha-...)", path, cd)
+		case seen[cp] != "":
+			bad(key, "%q is also tablespace %s's directory", path, seen[cp])
+		default:
+			for p, other := range seen {
+				if nested(cp, p) {
+					bad(key, "%q and tablespace %s's %q contain one another", path, other, p)
+				}
+			}
+			seen[cp] = n
+		}
+	}
 }

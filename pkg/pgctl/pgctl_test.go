@@ -238,7 +238,7 @@ func TestRealPrimaryAndClone(t *testing.T) {
 		}
 		return WriteStandby(dir, s.Version(), sb)
 	}
-	if err := s.Clone(ctx, root, 5432, "replicator", "s", "s", prepare); err != nil {
+	if err := s.Clone(ctx, root, 5432, "replicator", "s", "s", nil, prepare); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := ReadStandby(s.cfg.DataDir); err != nil || !st.Standby {
@@ -419,7 +419,7 @@ func TestWalDir(t *testing.T) {
 	if err := os.WriteFile(old, []byte("an earlier cluster's WAL"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", prepare); !errors.Is(err, ErrWalDirInUse) {
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", nil, prepare); !errors.Is(err, ErrWalDirInUse) {
 		t.Fatalf("clone into a non-empty wal_dir: %v", err)
 	}
 	if b, err := os.ReadFile(old); err != nil || string(b) != "an earlier cluster's WAL" {
@@ -430,11 +430,11 @@ func TestWalDir(t *testing.T) {
 	}
 	os.Remove(old)
 	os.Chmod(s.cfg.WalDir, 0o755)
-	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", prepare); err == nil || !strings.Contains(err.Error(), "chmod 0700") {
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", nil, prepare); err == nil || !strings.Contains(err.Error(), "chmod 0700") {
 		t.Fatalf("clone into a world-readable wal_dir: %v", err)
 	}
 	os.Chmod(s.cfg.WalDir, 0o700)
-	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", prepare); err != nil {
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", nil, prepare); err != nil {
 		t.Fatal(err)
 	}
 	if l, err := os.Readlink(filepath.Join(s.cfg.DataDir, walName)); err != nil || l != s.cfg.WalDir {
@@ -498,5 +498,130 @@ func TestCleanTempWal(t *testing.T) {
 	}
 	if _, err := os.Stat(wal); err != nil {
 		t.Fatal("wal_dir itself was removed")
+	}
+}
+
+// TestTablespaces (issue 11): a configured tablespace is created at
+// bootstrap; a clone asks the source where its tablespaces are and maps
+// them to its own directories (the paths differ: both instances share
+// this machine); a non-empty tablespace directory is refused before
+// anything is written; MoveAside takes the tablespace directory along
+// and relinks it from the moved copy.
+func TestTablespaces(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	root := testutil.Dir(t, "pgctl-ts-")
+	p := newTestInstance(t, ctx, root, "p")
+	p.cfg.Tablespaces = map[string]string{"index": filepath.Join(root, "p-index")}
+	if err := p.InitDB(ctx, "pw"); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(p.cfg.Tablespaces["index"]); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("tablespace directory not prepared before initdb: %v %v", fi, err)
+	}
+	if err := WriteConfig(p.cfg.DataDir, settingsFor(p, 5432, "p")); err != nil {
+		t.Fatal(err)
+	}
+	if err := WritePassFile(p.cfg.PassFile, map[string]string{"replicator": "rpw", "postgres": "pw"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.StopWithin(context.Background(), Fast, 5*time.Second) })
+	if err := p.EnsureRole(ctx, "replicator", "rpw", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.EnsureRole(ctx, "cif", "cpw", false); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second time finds it and changes nothing
+		if err := p.EnsureTablespaces(ctx, []string{"cif"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Exec(ctx, `CREATE TABLE t (id int) TABLESPACE "index"; INSERT INTO t SELECT generate_series(1, 100)`); err != nil {
+		t.Fatal(err)
+	}
+	src, err := p.SourceTablespaces(ctx, root, 5432)
+	if err != nil || src["index"] != p.cfg.Tablespaces["index"] {
+		t.Fatalf("source tablespaces %v, %v", src, err)
+	}
+
+	s := newTestInstance(t, ctx, root, "s")
+	s.cfg.Port = 5433
+	prepare := func(dir string) error { return WriteConfig(dir, settingsFor(s, 5433, "s")) }
+	if args, unmapped := s.TablespaceMapping(src); len(args) != 0 || len(unmapped) != 1 {
+		t.Fatalf("without configuration: args %v unmapped %v", args, unmapped)
+	}
+	s.cfg.Tablespaces = map[string]string{"index": filepath.Join(root, "s-index")}
+	args, unmapped := s.TablespaceMapping(src)
+	if len(args) != 1 || len(unmapped) != 0 {
+		t.Fatalf("args %v unmapped %v", args, unmapped)
+	}
+	// A non-empty tablespace directory: refused, untouched, nothing left.
+	os.Mkdir(s.cfg.Tablespaces["index"], 0o700)
+	stray := filepath.Join(s.cfg.Tablespaces["index"], "PG_old")
+	os.WriteFile(stray, []byte("x"), 0o600)
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", args, prepare); !errors.Is(err, ErrTablespaceInUse) {
+		t.Fatalf("clone into a non-empty tablespace directory: %v", err)
+	}
+	if _, err := os.Stat(stray); err != nil {
+		t.Fatal("the non-empty tablespace directory was touched")
+	}
+	if _, err := os.Stat(s.cfg.DataDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("a data directory was left behind")
+	}
+	os.Remove(stray)
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", args, prepare); err != nil {
+		t.Fatal(err)
+	}
+	links := func(dataDir string) []string {
+		ents, _ := os.ReadDir(filepath.Join(dataDir, "pg_tblspc"))
+		var out []string
+		for _, e := range ents {
+			l, _ := os.Readlink(filepath.Join(dataDir, "pg_tblspc", e.Name()))
+			out = append(out, l)
+		}
+		return out
+	}
+	if l := links(s.cfg.DataDir); len(l) != 1 || l[0] != s.cfg.Tablespaces["index"] {
+		t.Fatalf("clone's tablespace links %v, want [%s]", l, s.cfg.Tablespaces["index"])
+	}
+	if ents, _ := os.ReadDir(s.cfg.Tablespaces["index"]); len(ents) == 0 {
+		t.Fatal("clone: nothing in its tablespace directory")
+	}
+	if err := s.Start(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	err = s.withConn(ctx, func(c *pgx.Conn) error { return c.QueryRow(ctx, "SELECT count(*)::int FROM t").Scan(&n) })
+	if err != nil || n != 100 {
+		t.Fatalf("standby reads %d rows from the tablespace table: %v", n, err)
+	}
+	if err := s.StopWithin(ctx, Fast, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	moved, err := s.MoveAside(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tsMoved := s.cfg.Tablespaces["index"] + ".cifha-old-20260102T030405Z"
+	if l := links(moved); len(l) != 1 || l[0] != tsMoved {
+		t.Fatalf("moved copy's tablespace links %v, want [%s]", l, tsMoved)
+	}
+	if _, err := os.Stat(s.cfg.Tablespaces["index"]); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("tablespace directory still in place after MoveAside")
+	}
+	// The moved copy is still a whole cluster: it starts from where it is.
+	s2 := New(Config{BinDir: s.cfg.BinDir, DataDir: moved, SocketDir: root, Port: 5433, Superuser: "postgres",
+		LogFile: filepath.Join(root, "s2.log"), PassFile: s.cfg.PassFile}, s.Version())
+	if err := s2.Start(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	err = s2.withConn(ctx, func(c *pgx.Conn) error { return c.QueryRow(ctx, "SELECT count(*)::int FROM t").Scan(&n) })
+	s2.StopWithin(context.Background(), Fast, 5*time.Second)
+	if err != nil || n != 100 {
+		t.Fatalf("moved copy reads %d rows: %v", n, err)
 	}
 }

@@ -50,10 +50,13 @@ type Config struct {
 	DataDir string
 	// WalDir, if set, is where initdb and pg_basebackup put the WAL
 	// (--waldir, --xlogdir before 10), linked from the data directory.
-	WalDir    string
-	SocketDir string
-	Port      int
-	Superuser string
+	WalDir string
+	// Tablespaces maps tablespace names to this member's directories
+	// ([postgres.tablespaces]).
+	Tablespaces map[string]string
+	SocketDir   string
+	Port        int
+	Superuser   string
 	// LogFile receives postgres' stdout and stderr.
 	LogFile string
 	// PassFile is the libpq password file used by client programs.

@@ -49,52 +49,63 @@ func (i *Instance) Rewind(ctx context.Context, host string, port int) error {
 // MoveAside renames the data directory to <data_dir>.cifha-old-<time> and
 // returns the new path. cifha never deletes a data directory that may hold
 // the only copy of committed data; the operator removes it when sure.
+//
+// The configured WAL directory and tablespace directories the data
+// directory links to go with it (<dir>.cifha-old-<time>, relinked from the
+// moved copy, which stays a whole cluster): a re-clone needs them empty,
+// and the old files belong with the old data. All of them move or none:
+// a failed rename puts back what moved.
 func (i *Instance) MoveAside(now time.Time) (string, error) {
 	if i.Running() {
 		return "", ErrRunning
 	}
 	stamp := now.UTC().Format("20060102T150405Z")
 	dst := fmt.Sprintf("%s.cifha-old-%s", filepath.Clean(i.cfg.DataDir), stamp)
-	// The WAL directory goes too when the data directory links to it:
-	// a re-clone needs it empty, and the old WAL belongs with the old data.
-	walLink := ""
-	if w := i.cfg.WalDir; w != "" {
-		for _, name := range []string{"pg_wal", "pg_xlog"} {
-			if t, err := os.Readlink(filepath.Join(i.cfg.DataDir, name)); err == nil && filepath.Clean(t) == filepath.Clean(w) {
-				walLink = name
-			}
-		}
-	}
-	if walLink != "" {
-		// Both renames or neither: a data directory moved without its WAL
-		// would leave a wal_dir that blocks every re-clone.
-		if err := unix.Access(filepath.Dir(filepath.Clean(i.cfg.WalDir)), unix.W_OK); err != nil {
-			return "", fmt.Errorf("wal_dir %s cannot be moved aside (its parent is not writable: %v); make the parent writable by postgres, or move it by hand", i.cfg.WalDir, err)
+	sats := i.satellites(i.cfg.DataDir)
+	for _, s := range sats {
+		if err := unix.Access(filepath.Dir(s.target), unix.W_OK); err != nil {
+			return "", fmt.Errorf("%s cannot be moved aside with the data directory (its parent is not writable: %v); make the parent writable by postgres, or move it by hand", s.target, err)
 		}
 	}
 	if err := os.Rename(i.cfg.DataDir, dst); err != nil {
 		return "", fmt.Errorf("move data directory aside: %w", err)
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
-		return dst, err
-	}
-	if walLink != "" {
-		wdst := fmt.Sprintf("%s.cifha-old-%s", filepath.Clean(i.cfg.WalDir), stamp)
-		if err := os.Rename(i.cfg.WalDir, wdst); err != nil {
-			if uerr := os.Rename(dst, i.cfg.DataDir); uerr != nil {
-				return dst, fmt.Errorf("data directory moved aside to %s, but its WAL directory %s could not be (%v) nor the data directory put back (%v): move both by hand", dst, i.cfg.WalDir, err, uerr)
+	type move struct{ from, to, link string }
+	var moved []move
+	undo := func(cause error) error {
+		for j := len(moved) - 1; j >= 0; j-- {
+			if uerr := os.Rename(moved[j].to, moved[j].from); uerr != nil {
+				return fmt.Errorf("data directory moved aside to %s, but %v, and %s could not be put back (%v): move them by hand", dst, cause, moved[j].to, uerr)
 			}
-			return "", fmt.Errorf("move WAL directory %s aside: %w (the data directory was put back)", i.cfg.WalDir, err)
 		}
-		// The moved data directory keeps pointing at its own WAL.
-		link := filepath.Join(dst, walLink)
-		if err := os.Remove(link); err != nil {
-			return dst, fmt.Errorf("relink %s: %w", link, err)
+		if uerr := os.Rename(dst, i.cfg.DataDir); uerr != nil {
+			return fmt.Errorf("data directory moved aside to %s, but %v, and it could not be put back (%v): move it by hand", dst, cause, uerr)
 		}
-		if err := os.Symlink(wdst, link); err != nil {
-			return dst, fmt.Errorf("relink %s to %s: %w", link, wdst, err)
+		return fmt.Errorf("%w (the data directory was put back)", cause)
+	}
+	for _, s := range sats {
+		to := fmt.Sprintf("%s.cifha-old-%s", s.target, stamp)
+		if err := os.Rename(s.target, to); err != nil {
+			return "", undo(fmt.Errorf("move %s aside: %w", s.target, err))
 		}
-		if err := syncDir(filepath.Dir(wdst)); err != nil {
+		rel, _ := filepath.Rel(i.cfg.DataDir, s.link)
+		moved = append(moved, move{s.target, to, filepath.Join(dst, rel)})
+	}
+	// The moved data directory keeps pointing at its own WAL and tablespaces.
+	for _, m := range moved {
+		if err := os.Remove(m.link); err != nil {
+			return dst, fmt.Errorf("relink %s: %w", m.link, err)
+		}
+		if err := os.Symlink(m.to, m.link); err != nil {
+			return dst, fmt.Errorf("relink %s to %s: %w", m.link, m.to, err)
+		}
+	}
+	dirs := []string{filepath.Dir(dst)}
+	for _, m := range moved {
+		dirs = append(dirs, filepath.Dir(m.to))
+	}
+	for _, d := range dirs {
+		if err := syncDir(d); err != nil {
 			return dst, err
 		}
 	}

@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"github.com/cifha/cifha/pkg/state"
 	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 )
 
 // DataDirState classifies a data directory (see state.DataDirState).
@@ -96,6 +94,12 @@ func syncDir(dir string) error {
 // with the superuser and its password. initdb runs in a temporary directory
 // that is renamed into place only once it succeeded.
 func (i *Instance) InitDB(ctx context.Context, superuserPassword string) error {
+	if _, err := i.walDirArgs(); err != nil {
+		return fmt.Errorf("initdb: %w", err)
+	}
+	if err := i.prepareTablespaces(); err != nil {
+		return fmt.Errorf("initdb: %w", err)
+	}
 	tmp, err := newTempDataDir(i.cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("initdb: %w", err)
@@ -142,7 +146,17 @@ func (i *Instance) InitDB(ctx context.Context, superuserPassword string) error {
 // pg_basebackup (streaming WAL through slot when given), lets prepare write
 // its files into the copy (the standby settings, so that the directory is
 // never in place without them), then moves it into place.
-func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot, appName string, prepare func(dir string) error) error {
+//
+// tsArgs are --tablespace-mapping options (TablespaceMapping); every
+// configured tablespace directory is checked empty (or created) first,
+// with the WAL directory, before anything is written.
+func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot, appName string, tsArgs []string, prepare func(dir string) error) error {
+	if _, err := i.walDirArgs(); err != nil {
+		return fmt.Errorf("clone: %w", err)
+	}
+	if err := i.prepareTablespaces(); err != nil {
+		return fmt.Errorf("clone: %w", err)
+	}
 	tmp, err := newTempDataDir(i.cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("clone: %w", err)
@@ -154,7 +168,7 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 		os.RemoveAll(tmp)
 		return fmt.Errorf("clone: %w", err)
 	}
-	args = append(args, walArgs...)
+	args = append(append(args, walArgs...), tsArgs...)
 	if slot != "" {
 		args = append(args, "-S", slot)
 	}
@@ -164,18 +178,21 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 	if err != nil {
 		os.RemoveAll(tmp) // a partial copy of the primary, not the only copy of anything
 		i.emptyWalDir()   // checked empty before: only the partial copy's WAL
+		i.emptyTablespaces()
 		return fmt.Errorf("pg_basebackup from %s:%d: %w: %s", host, port, err, strings.TrimSpace(lastLines(string(out), 3)))
 	}
 	if prepare != nil {
 		if err := prepare(tmp); err != nil {
 			os.RemoveAll(tmp)
 			i.emptyWalDir() // the copy's WAL
+			i.emptyTablespaces()
 			return fmt.Errorf("clone: prepare: %w", err)
 		}
 	}
 	if err := install(tmp, i.cfg.DataDir); err != nil {
 		os.RemoveAll(tmp) // a copy of the primary; the original is untouched
 		i.emptyWalDir()   // the copy's WAL
+		i.emptyTablespaces()
 		return err
 	}
 	return nil
@@ -188,15 +205,28 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 // loop starts: nothing else creates them then. It returns what it removed.
 func CleanTemp(dataDir string) ([]string, error) { return CleanTempWal(dataDir, "") }
 
-// CleanTempWal is CleanTemp for a member with a wal_dir: a stale temporary
-// directory whose pg_wal (pg_xlog) links to walDir left its partial WAL
-// there, which is emptied too (the data directory is absent or does not
-// link to it, so it holds nobody's WAL).
+// CleanTempWal is CleanTempDirs without tablespaces.
 func CleanTempWal(dataDir, walDir string) ([]string, error) {
+	return CleanTempDirs(dataDir, walDir, nil)
+}
+
+// CleanTempDirs is CleanTemp for a member with a wal_dir or tablespaces: a
+// stale temporary directory that links to one of them (pg_wal, pg_xlog,
+// pg_tblspc/<oid>) left its partial files there, which are emptied too
+// when the data directory does not link to that directory (it then holds
+// nobody's files: the clone checked it empty before it began).
+func CleanTempDirs(dataDir, walDir string, tablespaces map[string]string) ([]string, error) {
 	pattern := filepath.Clean(dataDir) + ".cifha-new-*"
 	matches, err := filepath.Glob(pattern)
 	if err != nil {
 		return nil, err
+	}
+	mine := map[string]bool{}
+	if walDir != "" {
+		mine[filepath.Clean(walDir)] = true
+	}
+	for _, d := range tablespaces {
+		mine[filepath.Clean(d)] = true
 	}
 	var removed []string
 	for _, m := range matches {
@@ -204,11 +234,11 @@ func CleanTempWal(dataDir, walDir string) ([]string, error) {
 		if err != nil || !fi.IsDir() {
 			continue
 		}
-		if walDir != "" && linksTo(m, walDir) && !linksTo(dataDir, walDir) {
-			ents, _ := os.ReadDir(walDir)
-			for _, e := range ents {
-				if err := os.RemoveAll(filepath.Join(walDir, e.Name())); err != nil {
-					return removed, fmt.Errorf("empty %s after an interrupted clone: %w", walDir, err)
+		live := linkTargets(dataDir)
+		for t := range linkTargets(m) {
+			if mine[t] && !live[t] {
+				if err := emptyDir(t); err != nil {
+					return removed, fmt.Errorf("empty %s after an interrupted clone: %w", t, err)
 				}
 			}
 		}
@@ -241,35 +271,7 @@ func (i *Instance) walDirArgs() ([]string, error) {
 // ErrWalDirInUse: the configured WAL directory has files in it.
 var ErrWalDirInUse = errors.New("wal_dir is not empty")
 
-func checkWalDir(w string) error {
-	fi, err := os.Lstat(w)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		parent := filepath.Dir(w)
-		if _, err := os.Stat(parent); err != nil {
-			return fmt.Errorf("wal_dir %s: its parent %s: %w (create it, owned by the postgres user)", w, parent, err)
-		}
-		return nil
-	case err != nil:
-		return fmt.Errorf("wal_dir %s: %w", w, err)
-	case !fi.IsDir():
-		return fmt.Errorf("wal_dir %s is not a directory", w)
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
-		return fmt.Errorf("wal_dir %s is owned by uid %d, not by this user (uid %d): chown it to the postgres user", w, st.Uid, os.Geteuid())
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("wal_dir %s has mode %04o: chmod 0700 it (WAL must not be readable by others)", w, fi.Mode().Perm())
-	}
-	ents, err := os.ReadDir(w)
-	if err != nil {
-		return fmt.Errorf("wal_dir %s: %w", w, err)
-	}
-	if len(ents) > 0 {
-		return fmt.Errorf("%w: %s holds %d entries (WAL of an earlier cluster?); cifha never deletes WAL: move it aside or empty it", ErrWalDirInUse, w, len(ents))
-	}
-	return nil
-}
+func checkWalDir(w string) error { return CheckDir("wal_dir", w) }
 
 // emptyWalDir removes what a failed initdb or clone left in the WAL
 // directory, which was checked empty before it began.
@@ -281,14 +283,4 @@ func (i *Instance) emptyWalDir() {
 	for _, e := range ents {
 		os.RemoveAll(filepath.Join(i.cfg.WalDir, e.Name()))
 	}
-}
-
-// linksTo reports whether dataDir's WAL directory is a link to walDir.
-func linksTo(dataDir, walDir string) bool {
-	for _, name := range []string{"pg_wal", "pg_xlog"} {
-		if t, err := os.Readlink(filepath.Join(dataDir, name)); err == nil && filepath.Clean(t) == filepath.Clean(walDir) {
-			return true
-		}
-	}
-	return false
 }
