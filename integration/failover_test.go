@@ -251,7 +251,7 @@ func TestHostLossFailoverAndRewind(t *testing.T) {
 	inode0 := inode(t, p.DataDir)
 	p.KillHost()
 	killed := time.Now()
-	q := waitWritable(t, c, p, c.Opt.TTL+2*time.Second)
+	q := waitWritable(t, c, p, 3*c.Opt.TTL) // a deadline, not a speed target: benchmarks measure that
 	t.Logf("%s accepted writes %s after the host loss", q.Name, time.Since(killed).Round(time.Millisecond))
 	for _, s := range others(c, q) {
 		if s == p {
@@ -322,7 +322,9 @@ func TestEtcdPartitionFencesLeader(t *testing.T) {
 	assertNoOverlap(t, acks)
 	// Either path is a fence: the HA loop's plan, or the fencer's deadline
 	// (which wins when the loop is itself stuck on an etcd call).
-	if l := p.Log(); !strings.Contains(l, "action=fence") && !strings.Contains(l, "fencing: lease deadline reached") {
+	// or the fence watchdog (when the agent itself is starved).
+	if l := p.Log(); !strings.Contains(l, "action=fence") && !strings.Contains(l, "fencing: lease deadline reached") &&
+		!strings.Contains(l, "fence watchdog: the agent did not renew in time") {
 		t.Errorf("%s did not fence itself", p.Name)
 	}
 	p.EtcdProxy.Restore()
@@ -343,7 +345,9 @@ func TestCleanShutdownHandsOver(t *testing.T) {
 	exec1(t, p, "CREATE TABLE fence_probe (node text, at timestamptz DEFAULT clock_timestamp())")
 	start := time.Now()
 	go p.Stop(30 * time.Second)
-	q := waitWritable(t, c, p, 2*time.Second)
+	// 2 s is the target (BenchmarkFailover measures it); the deadline
+	// leaves room for a loaded machine.
+	q := waitWritable(t, c, p, 5*time.Second)
 	t.Logf("%s accepted writes %s after SIGTERM to %s", q.Name, time.Since(start).Round(time.Millisecond), p.Name)
 	if err, _ := p.Wait(30 * time.Second); err != nil {
 		t.Errorf("agent exit: %v", err)

@@ -137,7 +137,9 @@ func TestEtcdOutage(t *testing.T) {
 	}
 	gap := w.maxGapSince(mark)
 	t.Logf("with failsafe: longest write gap during and after the outage %s", gap.Round(time.Millisecond))
-	if gap > time.Second {
+	// Measured at 56-66 ms; a fence would stop writes for the whole
+	// outage. 3 s leaves room for a loaded machine restarting etcd.
+	if gap > 3*time.Second {
 		t.Fatalf("writes stopped for %s during the etcd outage with failsafe mode", gap.Round(time.Millisecond))
 	}
 	noneLost(p)
@@ -224,7 +226,7 @@ func TestEtcdOutage(t *testing.T) {
 	t.Logf("took the key again under a new lease: %v", strings.Contains(p.Log(), "took the leader key again"))
 	gap = w.maxGapSince(mark)
 	t.Logf("failsafe, leader cut off from etcd: longest write gap %s", gap.Round(time.Millisecond))
-	if gap > time.Second {
+	if gap > 3*time.Second {
 		t.Fatalf("writes stopped for %s", gap.Round(time.Millisecond))
 	}
 	noneLost(p)

@@ -33,7 +33,7 @@ func TestLagGate(t *testing.T) {
 		exec1(t, p, "INSERT INTO fence_probe SELECT 'bulk' FROM generate_series(1, 20000)")
 		testutil.Eventually(t, 10*time.Second, "caught-up standby has replayed everything", rowsAtLeast(caughtUp, "SELECT count(*)::int FROM fence_probe", 20000))
 		p.KillHost()
-		q := waitWritable(t, c, p, c.Opt.TTL+3*time.Second)
+		q := waitWritable(t, c, p, 3*c.Opt.TTL)
 		if q != caughtUp {
 			t.Fatalf("%s was promoted; want the caught-up %s", q.Name, caughtUp.Name)
 		}
@@ -107,7 +107,7 @@ func TestTwoNodeFailoverAndFailback(t *testing.T) {
 	exec1(t, db1, "CREATE TABLE fence_probe (node text, at timestamptz DEFAULT clock_timestamp()); INSERT INTO fence_probe VALUES ('one')")
 
 	db1.KillHost()
-	if q := waitWritable(t, c, db1, c.Opt.TTL+3*time.Second); q != db2 {
+	if q := waitWritable(t, c, db1, 3*c.Opt.TTL); q != db2 {
 		t.Fatalf("promoted %s", q.Name)
 	}
 	if err := db1.Start(); err != nil {
@@ -118,7 +118,7 @@ func TestTwoNodeFailoverAndFailback(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "db1 has db2's row", rowsAtLeast(db1, "SELECT count(*)::int FROM fence_probe WHERE node IN ('one','two')", 2))
 
 	db2.KillHost()
-	if q := waitWritable(t, c, db2, c.Opt.TTL+3*time.Second); q != db1 {
+	if q := waitWritable(t, c, db2, 3*c.Opt.TTL); q != db1 {
 		t.Fatalf("promoted %s", q.Name)
 	}
 	if err := db2.Start(); err != nil {

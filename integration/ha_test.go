@@ -381,6 +381,14 @@ func TestPauseAndResume(t *testing.T) {
 		}
 		return nil
 	})
+	// The primary's own loop must have seen the pause (its watch may be a
+	// moment behind what cifhactl read from etcd).
+	testutil.Eventually(t, 10*time.Second, p.Name+" plans as paused", func() error {
+		if pl := status(t, p).Plan; !strings.Contains(pl, "paused") {
+			return fmt.Errorf("plan %q", pl)
+		}
+		return nil
+	})
 	pm := p.PostmasterPID()
 	stopWatch := watchPrimaries(t, c)
 	syscall.Kill(pm, syscall.SIGKILL)
