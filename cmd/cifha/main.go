@@ -20,8 +20,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +32,7 @@ import (
 	"github.com/cifha/cifha/pkg/archive"
 	"github.com/cifha/cifha/pkg/cifsync"
 	"github.com/cifha/cifha/pkg/config"
+	"github.com/cifha/cifha/pkg/doctor"
 	"github.com/cifha/cifha/pkg/tuning"
 	"github.com/hashicorp/go-hclog"
 )
@@ -37,6 +40,7 @@ import (
 const usage = `usage: cifha [run] [--config FILE] [--check-config]
        cifha cif-sync [--config FILE] [--once]
        cifha tune [--ram SIZE] [--cpus N] [--pg-version V] [--profile cif|none] [--only postgres|sysctl]
+       cifha doctor [--config FILE] [--user NAME] | cifha doctor --cif-sync FILE
        cifha archive-wal --dir DIR PATH NAME     (postgres archive_command)
        cifha restore-wal --dir DIR NAME PATH     (postgres restore_command)
        cifha version
@@ -49,6 +53,8 @@ const usage = `usage: cifha [run] [--config FILE] [--check-config]
                      primary (docs/cif.md).
   tune               print the postgres settings and the sysctl.d file for a
                      host (this one by default), each value with a comment.
+  doctor             preflight checks on a DB host (or with --cif-sync, on the
+                     CIF node), each failure with its fix; exit 1 on any.
   archive-wal        store one WAL file in the archive directory (atomic,
                      never overwrites; the same file twice succeeds).
   restore-wal        copy one WAL file from the archive directory (exit 1
@@ -84,6 +90,8 @@ func dispatch(args []string) int {
 		return runTune(args[1:], os.Stdout, os.Stderr)
 	case "archive-wal", "restore-wal":
 		return runArchive(args[0], args[1:], os.Stderr)
+	case "doctor":
+		return runDoctor(args[1:], os.Stdout, os.Stderr)
 	case "fence-watchdog":
 		// Started by the agent itself; see pkg/agent/watchdog.go.
 		agent.RunWatchdog(os.Stdin, hclog.New(&hclog.LoggerOptions{Name: "fence-watchdog"}), election.BootNow)
@@ -285,6 +293,67 @@ func runArchive(cmd string, args []string, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "cifha %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
+
+// runDoctor is `cifha doctor`: read-only preflight checks (pkg/doctor).
+func runDoctor(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("cifha doctor", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", config.DefaultPath, "the agent's configuration file (on a DB host)")
+	cifPath := fs.String("cif-sync", "", "on the CIF node: cif-sync's configuration file (checks ~/.cif instead of a DB host)")
+	userName := fs.String("user", "postgres", "when run as root: the user the agent runs as, whose access is checked")
+	timeout := fs.Duration("timeout", 3*time.Second, "bound of each network check")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: cifha doctor [--config FILE] [--user NAME] [--timeout D]\n       cifha doctor --cif-sync FILE\n\n"+
+			"Checks this host without changing anything and prints each problem with its fix;\nexit status 1 if any check failed, 2 if the configuration is invalid.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cifha doctor: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var rep doctor.Report
+	if *cifPath != "" {
+		cfg, err := cifsync.LoadConfig(*cifPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "cifha doctor: invalid cif-sync configuration:\n%v\n", err)
+			return 2
+		}
+		rep = doctor.CheckCIF(ctx, cfg, *timeout)
+	} else {
+		cfg, err := config.Load(*cfgPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "cifha doctor: invalid configuration:\n%v\n", err)
+			return 2
+		}
+		o := doctor.HostOptions{Config: cfg, Timeout: *timeout, UID: os.Geteuid(), GID: os.Getegid()}
+		if o.UID == 0 {
+			u, err := user.Lookup(*userName)
+			if err != nil {
+				fmt.Fprintf(stderr, "cifha doctor: --user %s: %v\n", *userName, err)
+				return 2
+			}
+			o.UID, _ = strconv.Atoi(u.Uid)
+			o.GID, _ = strconv.Atoi(u.Gid)
+			o.User = u.Username
+		} else if u, err := user.Current(); err == nil {
+			o.User = u.Username
+		}
+		if hc, err := api.NewHTTPClient(api.TLS{CAFile: cfg.API.CAFile}, "", *timeout); err == nil {
+			o.HTTP = hc
+		}
+		rep = doctor.CheckHost(ctx, o)
+	}
+	rep.Print(stdout)
+	if rep.Failed() {
 		return 1
 	}
 	return 0

@@ -104,7 +104,12 @@ func Handler(a *Agent) http.Handler {
 		resp.ReceiveLSN, resp.ReplayLSN, resp.ReplayPaused = st.ReceiveLSN.String(), st.ReplayLSN.String(), st.ReplayPaused
 		writeJSON(w, http.StatusOK, resp)
 	}))
-	return mux
+	// Every response names the member, so a preflight (cifha doctor) can
+	// tell this host's own agent from another program on its port.
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Cifha-Member", a.opt.Name)
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // HTTPPeers implements Peers over the members' HTTP APIs. For members with

@@ -102,8 +102,12 @@ func TestBrokenConfigs(t *testing.T) {
 		{"tablespace inside data dir", func(s string) string { return s + "\n[postgres.tablespaces]\nindex = \"/var/lib/cifha/main/index\"\n" }, "postgres.tablespaces.index", "outside postgres.data_dir", false},
 		{"tablespace reserved name", func(s string) string { return s + "\n[postgres.tablespaces]\npg_x = \"/mnt/x\"\n" }, "postgres.tablespaces.pg_x", "usable tablespace name", false},
 		{"tablespace upper-case name", func(s string) string { return s + "\n[postgres.tablespaces]\nArchive = \"/mnt/x\"\n" }, "postgres.tablespaces.Archive", "usable tablespace name", false},
-		{"tablespaces share a directory", func(s string) string { return s + "\n[postgres.tablespaces]\narchive = \"/mnt/a\"\nindex = \"/mnt/a/\"\n" }, "postgres.tablespaces.index", "also tablespace archive", false},
-		{"tablespaces nested", func(s string) string { return s + "\n[postgres.tablespaces]\narchive = \"/mnt/a\"\nindex = \"/mnt/a/b\"\n" }, "postgres.tablespaces.index", "contain one another", false},
+		{"tablespaces share a directory", func(s string) string {
+			return s + "\n[postgres.tablespaces]\narchive = \"/mnt/a\"\nindex = \"/mnt/a/\"\n"
+		}, "postgres.tablespaces.index", "also tablespace archive", false},
+		{"tablespaces nested", func(s string) string {
+			return s + "\n[postgres.tablespaces]\narchive = \"/mnt/a\"\nindex = \"/mnt/a/b\"\n"
+		}, "postgres.tablespaces.index", "contain one another", false},
 		{"tablespace path with quote", func(s string) string { return s + "\n[postgres.tablespaces]\narchive = \"/mnt/it's\"\n" }, "postgres.tablespaces.archive", "quote", false},
 		{"duplicate etcd endpoint", replace(`"10.0.0.6:2379"`, `"http://10.0.0.5:2379"`), "etcd.endpoints", "duplicate", true},
 		{"no etcd endpoints", replace(`endpoints = ["10.0.0.5:2379", "10.0.0.6:2379", "10.0.0.7:2379"]`, `endpoints = []`), "etcd.endpoints", "required", true},
