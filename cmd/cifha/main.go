@@ -12,11 +12,15 @@ package main
 
 import (
 	"context"
+	"errors"
+	"sort"
+
 	"flag"
 	"fmt"
 	"github.com/cifha/cifha/pkg/api"
 	"github.com/cifha/cifha/pkg/election"
 	"github.com/cifha/cifha/pkg/version"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"io"
 	"os"
 	"os/signal"
@@ -277,13 +281,18 @@ func runTune(args []string, stdout, stderr io.Writer) int {
 func runArchive(cmd string, args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cifha "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dir := fs.String("dir", "", "the archive directory")
+	dir := fs.String("dir", "", "the archive directory (archive mode \"directory\")")
+	cfgPath := fs.String("config", "", "the agent's configuration (archive mode \"peers\": its archive directory, then the peers)")
 	if err := fs.Parse(args); err != nil {
 		return 1
 	}
-	if *dir == "" || !filepath.IsAbs(*dir) || fs.NArg() != 2 {
-		fmt.Fprintf(stderr, "usage: cifha %s --dir /absolute/archive/dir %s\n", cmd, map[string]string{"archive-wal": "PATH NAME", "restore-wal": "NAME PATH"}[cmd])
+	operands := map[string]string{"archive-wal": "PATH NAME", "restore-wal": "NAME PATH"}[cmd]
+	if (*dir == "") == (*cfgPath == "") || (*dir != "" && !filepath.IsAbs(*dir)) || fs.NArg() != 2 {
+		fmt.Fprintf(stderr, "usage: cifha %s --dir /absolute/archive/dir %s\n       cifha %s --config FILE %s\n", cmd, operands, cmd, operands)
 		return 1
+	}
+	if *cfgPath != "" {
+		return runArchivePeers(cmd, *cfgPath, fs.Arg(0), fs.Arg(1), stderr)
 	}
 	var err error
 	if cmd == "archive-wal" {
@@ -296,6 +305,103 @@ func runArchive(cmd string, args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// runArchivePeers is archive mode "peers". archive-wal stores the segment
+// in this member's archive directory (that must succeed: postgres retries
+// otherwise), then sends it to every other member; a peer that is down
+// only misses it (it fetches what it lacks from the others when it
+// restores), so a stopped standby never stops the primary's archiving.
+// restore-wal looks in this member's directory, then asks the peers.
+func runArchivePeers(cmd, cfgPath, a1, a2 string, stderr io.Writer) int {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "cifha %s: invalid configuration:\n%v\n", cmd, err)
+		return 1
+	}
+	if cfg.Archive.Mode != "peers" {
+		fmt.Fprintf(stderr, "cifha %s: %s: archive.mode is %q, not \"peers\"\n", cmd, cfgPath, cfg.Archive.Mode)
+		return 1
+	}
+	dir := cfg.Archive.Dir
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if cmd == "archive-wal" {
+		src, name := a1, a2
+		if err := archive.Store(dir, src, name); err != nil {
+			fmt.Fprintf(stderr, "cifha archive-wal: %v\n", err)
+			return 1
+		}
+		peers, err := archivePeers(ctx, cfg)
+		if err != nil {
+			fmt.Fprintf(stderr, "cifha archive-wal: %s stored here, not sent to the peers: %v\n", name, err)
+			return 0
+		}
+		hc, err := api.NewHTTPClient(api.TLS{CAFile: cfg.API.CAFile}, cfg.API.Token, 2*time.Minute)
+		if err != nil {
+			fmt.Fprintf(stderr, "cifha archive-wal: %v\n", err)
+			return 0
+		}
+		for _, p := range peers {
+			if err := archive.Push(ctx, hc, p, src, name); err != nil {
+				fmt.Fprintf(stderr, "cifha archive-wal: %s stored here, not on a peer: %v\n", name, err)
+			}
+		}
+		return 0
+	}
+	name, dst := a1, a2
+	err = archive.Fetch(dir, name, dst)
+	if err == nil {
+		return 0
+	}
+	if !errors.Is(err, archive.ErrNotFound) {
+		fmt.Fprintf(stderr, "cifha restore-wal: %v\n", err)
+	}
+	peers, perr := archivePeers(ctx, cfg)
+	if perr != nil {
+		fmt.Fprintf(stderr, "cifha restore-wal: %s not here, and the peers are unknown: %v\n", name, perr)
+		return 1
+	}
+	hc, herr := api.NewHTTPClient(api.TLS{CAFile: cfg.API.CAFile}, cfg.API.Token, 2*time.Minute)
+	if herr != nil {
+		fmt.Fprintf(stderr, "cifha restore-wal: %v\n", herr)
+		return 1
+	}
+	for _, p := range peers {
+		err := archive.Pull(ctx, hc, p, name, dst)
+		if err == nil {
+			return 0
+		}
+		if !errors.Is(err, archive.ErrNotFound) {
+			fmt.Fprintf(stderr, "cifha restore-wal: %v\n", err)
+		}
+	}
+	return 1 // nowhere: postgres goes on with streaming
+}
+
+// archivePeers lists the other members' API URLs, from etcd.
+func archivePeers(ctx context.Context, cfg *config.Config) ([]string, error) {
+	cli, err := election.NewClient(cfg.Etcd)
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	keys := election.KeysFor(cfg.Cluster)
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(gctx, keys.Member(""), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read the members from etcd: %w", err)
+	}
+	c := election.ParseCluster(keys, resp.Header.Revision, resp.Kvs)
+	var out []string
+	for name, m := range c.Members {
+		if name != cfg.Name && m.APIURL != "" {
+			out = append(out, m.APIURL)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // runDoctor is `cifha doctor`: read-only preflight checks (pkg/doctor).

@@ -80,6 +80,9 @@ type Options struct {
 	Control Control
 	// Token is the bearer token the control API requires ("" disables it).
 	Token string
+	// ArchiveDir, in archive mode "peers", receives the primary's WAL
+	// segments and serves them to standbys (PUT/GET /archive/<name>).
+	ArchiveDir string
 	// SwitchoverTimeout bounds each wait of a planned switchover (the
 	// candidate's replay, then its promotion).
 	SwitchoverTimeout time.Duration

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/cifha/cifha/pkg/api"
+	"github.com/cifha/cifha/pkg/archive"
 	"github.com/cifha/cifha/pkg/ha"
 	"net/http"
 	"sort"
@@ -104,6 +105,12 @@ func Handler(a *Agent) http.Handler {
 		resp.ReceiveLSN, resp.ReplayLSN, resp.ReplayPaused = st.ReceiveLSN.String(), st.ReplayLSN.String(), st.ReplayPaused
 		writeJSON(w, http.StatusOK, resp)
 	}))
+	// Archive mode "peers": the primary's segments arrive here, and
+	// standbys fetch what they lack (the control credentials: WAL holds
+	// every row).
+	if a.opt.ArchiveDir != "" {
+		mux.Handle("/archive/", archive.Handler(a.opt.ArchiveDir, 1<<30+1<<20, a.authorized))
+	}
 	// Every response names the member, so a preflight (cifha doctor) can
 	// tell this host's own agent from another program on its port.
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -70,7 +70,11 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	}
 	pc := cfg.Postgres
 	var restore, cleanup string
-	if cfg.Archive.Mode == "directory" {
+	peersDir := ""
+	switch cfg.Archive.Mode {
+	case "command":
+		pc.ArchiveCommand, restore, cleanup = cfg.Archive.ArchiveCommand, cfg.Archive.RestoreCommand, cfg.Archive.CleanupCommand
+	case "directory", "peers":
 		// postgres runs these through sh: both paths single-quoted.
 		// The path cifha was started by (the unit's ExecStart), not the
 		// symlink's target os.Executable gives: an upgrade that replaces
@@ -84,6 +88,17 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		}
 		pc.ArchiveCommand = fmt.Sprintf("%s archive-wal --dir %s %%p %%f", shellQuote(self), shellQuote(cfg.Archive.Dir))
 		restore = fmt.Sprintf("%s restore-wal --dir %s %%f %%p", shellQuote(self), shellQuote(cfg.Archive.Dir))
+		if cfg.Archive.Mode == "peers" {
+			// The same commands with this configuration: they find the
+			// peers in etcd and reach them with the API token.
+			cf, err := filepath.Abs(cfg.Path)
+			if err != nil || cfg.Path == "" {
+				return fmt.Errorf("archive: the configuration file's path (for postgres' archive commands): %v", err)
+			}
+			pc.ArchiveCommand = fmt.Sprintf("%s archive-wal --config %s %%p %%f", shellQuote(self), shellQuote(cf))
+			restore = fmt.Sprintf("%s restore-wal --config %s %%f %%p", shellQuote(self), shellQuote(cf))
+			peersDir = cfg.Archive.Dir
+		}
 		if cfg.Archive.Cleanup {
 			cleanup = fmt.Sprintf("%s %s %%r", shellQuote(filepath.Join(binDir, "pg_archivecleanup")), shellQuote(cfg.Archive.Dir))
 		}
@@ -174,6 +189,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		Username:          cfg.API.Username,
 		ProtectReads:      cfg.API.ProtectReads,
 		Token:             cfg.API.Token,
+		ArchiveDir:        peersDir,
 	})
 
 	ln, err := net.Listen("tcp", cfg.API.Listen)

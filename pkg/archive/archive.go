@@ -173,3 +173,41 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// StoreFrom is Store for a segment that arrives as a stream (a peer's
+// PUT): written to a temporary file in dir and fsynced first, then linked
+// under name; identical content already there succeeds, different
+// content is ErrConflict and the original stays. Nothing partial is
+// ever visible under name.
+func StoreFrom(dir, name string, r io.Reader) error {
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	dst := filepath.Join(dir, name)
+	tmp, err := os.CreateTemp(dir, ".cifha-"+name+"-")
+	if err != nil {
+		return fmt.Errorf("archive %s: %w", name, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := copyFn(tmp, r); err != nil {
+		tmp.Close()
+		return fmt.Errorf("archive %s: write: %w", name, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("archive %s: fsync: %w", name, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("archive %s: %w", name, err)
+	}
+	if err := os.Link(tmp.Name(), dst); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			if same, err := sameContent(tmp.Name(), dst); err == nil && same {
+				return syncDir(dir)
+			}
+			return fmt.Errorf("%s: %w", dst, ErrConflict)
+		}
+		return fmt.Errorf("archive %s: %w", name, err)
+	}
+	return syncDir(dir)
+}

@@ -24,6 +24,8 @@ const DefaultPath = "/etc/cifha/cifha.toml"
 
 // Config is one node's configuration, decoded from TOML.
 type Config struct {
+	// Path is the file it was read from (set by Load and Parse).
+	Path string `toml:"-"`
 	// Cluster names the cluster; all members of one cluster share it. It is
 	// part of every etcd key (/cifha/<cluster>/...).
 	Cluster string `toml:"cluster"`
@@ -48,6 +50,14 @@ type Config struct {
 // restore-wal` when streaming cannot give it what it needs (the primary
 // recycled the WAL). "none" (the default) leaves postgres.archive_command,
 // if any, as the operator set it.
+//
+// Mode "peers" (the seed's scp, without ssh): the primary stores each
+// segment in its own Dir and sends it over the agents' authenticated API
+// (api.token_file) to every other member's Dir; a standby restores from
+// its own Dir first, then asks the peers.
+//
+// Mode "command": the operator's own ArchiveCommand and RestoreCommand
+// (pgBackRest, WAL-G), and CleanupCommand if any, written as they are.
 type Archive struct {
 	Mode string `toml:"mode"`
 	Dir  string `toml:"dir"`
@@ -55,6 +65,11 @@ type Archive struct {
 	// restartpoint (the seed's archive_cleanup_command). Only for an
 	// archive no other member or backup still needs.
 	Cleanup bool `toml:"cleanup"`
+	// ArchiveCommand, RestoreCommand and CleanupCommand are mode
+	// "command"'s postgres commands (%p, %f, %r as postgres expands them).
+	ArchiveCommand string `toml:"archive_command"`
+	RestoreCommand string `toml:"restore_command"`
+	CleanupCommand string `toml:"cleanup_command"`
 }
 
 // Bootstrap names the application's roles and databases (CIF's `cif`
@@ -367,6 +382,7 @@ func Load(path string) (*Config, error) {
 // resolve nothing else.
 func Parse(path string, data []byte) (*Config, error) {
 	cfg := Default()
+	cfg.Path = path
 	loc := newLocator(data)
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
 	if err != nil {
@@ -614,20 +630,44 @@ func (c *Config) validate() []*FieldError {
 	if c.Postgres.SuperuserPasswordFile == "" {
 		bad("postgres.superuser_password_file", "required (file holding the superuser's password)")
 	}
-	switch c.Archive.Mode {
-	case "", "none":
-		if c.Archive.Dir != "" {
-			bad("archive.dir", "set, but archive.mode is not \"directory\"")
+	a := c.Archive
+	if a.Mode != "command" {
+		for key, v := range map[string]string{"archive.archive_command": a.ArchiveCommand, "archive.restore_command": a.RestoreCommand, "archive.cleanup_command": a.CleanupCommand} {
+			if v != "" {
+				bad(key, "set, but archive.mode is not \"command\"")
+			}
 		}
-	case "directory":
-		if c.Archive.Dir == "" || !filepath.IsAbs(c.Archive.Dir) {
-			bad("archive.dir", "%q must be an absolute path (the archive directory)", c.Archive.Dir)
+	}
+	switch a.Mode {
+	case "", "none":
+		if a.Dir != "" {
+			bad("archive.dir", "set, but archive.mode is not \"directory\" or \"peers\"")
+		}
+		if a.Cleanup {
+			bad("archive.cleanup", "set, but archive.mode is not \"directory\" or \"peers\"")
+		}
+	case "directory", "peers":
+		if a.Dir == "" || !filepath.IsAbs(a.Dir) {
+			bad("archive.dir", "%q must be an absolute path (the archive directory)", a.Dir)
 		}
 		if c.Postgres.ArchiveCommand != "" {
-			bad("postgres.archive_command", "set together with archive.mode = \"directory\": choose one")
+			bad("postgres.archive_command", "set together with archive.mode = %q: choose one", a.Mode)
+		}
+		if a.Mode == "peers" && c.API.TokenFile == "" {
+			bad("archive.mode", "\"peers\" sends WAL over the agents' authenticated API: set api.token_file (the same token on every member)")
+		}
+	case "command":
+		if a.ArchiveCommand == "" || a.RestoreCommand == "" {
+			bad("archive.archive_command", "mode \"command\" needs archive_command and restore_command (a standby restores with the latter)")
+		}
+		if a.Dir != "" || a.Cleanup {
+			bad("archive.dir", "mode \"command\" uses its own commands: remove dir and cleanup (use cleanup_command)")
+		}
+		if c.Postgres.ArchiveCommand != "" {
+			bad("postgres.archive_command", "set together with archive.mode = \"command\": use archive.archive_command")
 		}
 	default:
-		bad("archive.mode", "%q: must be \"none\" or \"directory\"", c.Archive.Mode)
+		bad("archive.mode", "%q: must be \"none\", \"directory\", \"peers\" or \"command\"", a.Mode)
 	}
 	roles := map[string]bool{}
 	for i, r := range c.Bootstrap.Roles {
