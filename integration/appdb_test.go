@@ -18,15 +18,32 @@ import (
 // creates CIF's `cif` role (password from its file) and `cif` database
 // owned by it. A client logging in as cif with that password (the one in
 // CIF's ~/.cif) works against the primary and on the standby; the
-// password never reaches the agent's log.
+// password never reaches the agent's log. The client gets in through the
+// pg_hba line of [bootstrap] clients (the cluster's own client lines
+// allow only the postgres database). The sql_files and then the
+// post_bootstrap command ran once on the first primary, before any
+// standby cloned it.
 func TestBootstrapApplicationDatabase(t *testing.T) {
 	const pw = "cif-s3cret pass'word"
 	c := newCluster(t, 2, func(o *cluster.Options) {
 		pwFile := filepath.Join(o.Root, "secrets", "cif-db.password")
-		o.Extra += fmt.Sprintf("\n[bootstrap]\nroles = [{ name = \"cif\", password_file = %q }]\ndatabases = [{ name = \"cif\", owner = \"cif\" }]\n", pwFile)
-		o.Files = map[string]string{pwFile: pw + "\n"}
+		sqlFile := filepath.Join(o.Root, "secrets", "schema.sql")
+		o.Extra += fmt.Sprintf("\n[bootstrap]\nroles = [{ name = \"cif\", password_file = %q }]\ndatabases = [{ name = \"cif\", owner = \"cif\" }]\n", pwFile) +
+			"clients = [\"127.0.0.0/8\"]\n" +
+			fmt.Sprintf("sql_files = [%q]\n", sqlFile) +
+			fmt.Sprintf("post_bootstrap = [\"/bin/sh\", \"-c\", %q]\n", filepath.Join(testutil.PGBinDir(t), "psql")+` -v ON_ERROR_STOP=1 -c "INSERT INTO bootstrap_probe VALUES ('command', (SELECT count(*) FROM pg_stat_replication))"`)
+		o.Files = map[string]string{pwFile: pw + "\n",
+			sqlFile: "CREATE TABLE bootstrap_probe (step text, standbys bigint);\nINSERT INTO bootstrap_probe VALUES ('sql', (SELECT count(*) FROM pg_stat_replication));\n"}
+		o.HBA = []string{"host postgres all 127.0.0.0/8 scram-sha-256"}
 	})
 	p := waitHealthy(t, c, 60*time.Second)
+	// Both steps ran, in order, once, while no standby was attached yet.
+	if got := queryInt(t, p, "SELECT count(*)::int FROM bootstrap_probe WHERE standbys = 0"); got != 2 {
+		t.Errorf("bootstrap_probe has %d rows written before any standby, want 2 (sql, command)", got)
+	}
+	if !strings.Contains(p.Log(), "post_bootstrap done") {
+		t.Errorf("%s did not log post_bootstrap done", p.Name)
+	}
 	login := func(n *cluster.Node) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -26,6 +26,10 @@ type Options struct {
 	DCS  DCS
 	// Wake signals that the cluster's keys changed (election.Store.Watch).
 	Wake <-chan struct{}
+	// PostBootstrap, if set, runs once on the new cluster's first primary
+	// after its roles, tablespaces and databases exist ([bootstrap]
+	// sql_files and post_bootstrap), outside the loop.
+	PostBootstrap func(ctx context.Context) error
 	// LeaseChanged signals that the lease was granted or lost.
 	LeaseChanged <-chan struct{}
 	// LeaseRenewed signals each successful renewal (the fencer passes the
@@ -167,6 +171,11 @@ type Agent struct {
 	// bootstrapPending: this member ran initdb and its first leader
 	// housekeeping (roles, tablespaces, databases) has not succeeded yet.
 	bootstrapPending bool
+	// postBootstrap delivers PostBootstrap's result (nil: not running).
+	postBootstrap chan error
+	// runCtx is Run's context (work that outlives one step, such as
+	// PostBootstrap, ends with it).
+	runCtx context.Context
 	// seenExit is the exit channel of a postgres whose exit the loop has
 	// already handled, so a closed channel does not spin the loop.
 	seenExit <-chan struct{}
@@ -293,6 +302,7 @@ const minGap = 20 * time.Millisecond
 // Run observes, decides and acts until ctx ends, then shuts down cleanly:
 // postgres is stopped and, if this member leads, the leader key released.
 func (a *Agent) Run(ctx context.Context) error {
+	a.runCtx = ctx
 	ticker := time.NewTicker(a.opt.LoopInterval)
 	defer ticker.Stop()
 	fctx, stopFencer := context.WithCancel(ctx)
@@ -382,6 +392,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.idleTick():
 		case <-a.opt.Wake:
 			a.quiet = 0
+		case err := <-a.postBootstrap:
+			a.postBootstrap, a.bootstrapPending, a.quiet = nil, false, 0
+			if err != nil {
+				// Never retried: it may have done part of its work. The
+				// cluster serves; the operator finishes it by hand.
+				a.log.Error("post_bootstrap failed; the cluster serves without it: finish its work by hand", "error", err)
+			} else {
+				a.log.Info("post_bootstrap done")
+			}
 		case <-a.opt.LeaseChanged:
 			a.quiet = 0
 		case <-a.fenceDue():
@@ -1065,7 +1084,18 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 			a.log.Error("ensure roles and databases", "error", err)
 		} else {
 			a.roleOK = true
-			a.bootstrapPending = false
+			if a.bootstrapPending && a.postBootstrap == nil {
+				if a.opt.PostBootstrap == nil {
+					a.bootstrapPending = false
+				} else {
+					// Outside the loop: a schema load may take minutes; the
+					// leader stays "bootstrapping" (no clone) until it ends.
+					done := make(chan error, 1)
+					a.postBootstrap = done
+					a.log.Info("running post_bootstrap")
+					go func() { done <- a.opt.PostBootstrap(a.runCtx) }()
+				}
+			}
 		}
 	}
 	if a.opt.TriggerFile != "" {

@@ -107,13 +107,17 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		Version: ver, ClusterName: cfg.Name, Listen: pc.Listen, Port: pc.Port, SocketDir: pc.SocketDir,
 		OSUser: osUser, Superuser: pc.Superuser, ReplicationUser: pc.ReplicationUser,
 		Params: MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand, TriggerFile: triggerFile}), pc.Parameters),
-		HBA:    pc.HBA,
+		HBA:    append(append([]string{}, pc.HBA...), bootstrapHBA(cfg, ver)...),
 	}
 	inst := pgctl.New(pgctl.Config{BinDir: binDir, DataDir: pc.DataDir, WalDir: pc.WalDir, Tablespaces: pc.Tablespaces, SocketDir: pc.SocketDir, Port: pc.Port,
 		Superuser: pc.Superuser, LogFile: pc.LogFile, PassFile: pc.PassFile}, ver)
 	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
 	pg.TriggerFile = triggerFile
 	pg.Bootstrap = cfg.Bootstrap
+	var postBootstrap func(context.Context) error
+	if len(cfg.Bootstrap.SQLFiles) > 0 || len(cfg.Bootstrap.PostBootstrap) > 0 {
+		postBootstrap = pg.PostBootstrap
+	}
 	pg.RestoreCommand, pg.ArchiveCleanupCommand = restore, cleanup
 
 	if removed, err := pgctl.CleanTempDirs(pc.DataDir, pc.WalDir, pc.Tablespaces); err != nil {
@@ -190,6 +194,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		ProtectReads:      cfg.API.ProtectReads,
 		Token:             cfg.API.Token,
 		ArchiveDir:        peersDir,
+		PostBootstrap:     postBootstrap,
 	})
 
 	ln, err := net.Listen("tcp", cfg.API.Listen)
@@ -260,4 +265,24 @@ func clusterTTL(ctx context.Context, cli *clientv3.Client, cfg *config.Config, l
 // through it); "%" is doubled, since postgres expands %-escapes first.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(strings.ReplaceAll(s, "%", "%%"), "'", `'\''`) + "'"
+}
+
+// bootstrapHBA allows [bootstrap] clients into each bootstrap database as
+// its owner, by password (scram-sha-256; md5 before 10).
+func bootstrapHBA(cfg *config.Config, ver pgctl.Version) []string {
+	method := "scram-sha-256"
+	if ver < 100000 {
+		method = "md5"
+	}
+	var out []string
+	for _, d := range cfg.Bootstrap.Databases {
+		owner := d.Owner
+		if owner == "" {
+			owner = cfg.Postgres.Superuser
+		}
+		for _, cl := range cfg.Bootstrap.Clients {
+			out = append(out, fmt.Sprintf("host %s %s %s %s", d.Name, owner, cl, method))
+		}
+	}
+	return out
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"github.com/cifha/cifha/pkg/config"
 	"github.com/cifha/cifha/pkg/state"
+	"os"
+	"os/exec"
 	"slices"
 	"sort"
 	"strings"
@@ -212,4 +214,38 @@ func SlotName(name string) string { return state.SlotName(name) }
 // ReadSettings implements Postgres.
 func (p *PG) ReadSettings(ctx context.Context) (map[string]pgctl.Setting, error) {
 	return p.Instance.Settings(ctx)
+}
+
+// PostBootstrap runs [bootstrap] sql_files as the superuser (each file in
+// one simple-protocol round trip: one implicit transaction unless it has
+// its own), then the post_bootstrap command with libpq's environment set
+// for the superuser over the local socket.
+func (p *PG) PostBootstrap(ctx context.Context) error {
+	for _, f := range p.Bootstrap.SQLFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("bootstrap sql file: %w", err)
+		}
+		if err := p.Exec(ctx, string(b)); err != nil {
+			return fmt.Errorf("bootstrap sql file %s: %w", f, err)
+		}
+	}
+	if argv := p.Bootstrap.PostBootstrap; len(argv) > 0 {
+		cfg := p.Config()
+		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+		cmd.Env = append(os.Environ(), "PGHOST="+cfg.SocketDir, fmt.Sprintf("PGPORT=%d", cfg.Port),
+			"PGUSER="+cfg.Superuser, "PGDATABASE=postgres", "PGPASSFILE="+cfg.PassFile)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("post_bootstrap %s: %w: %s", argv[0], err, strings.TrimSpace(tailLines(string(out), 5)))
+		}
+	}
+	return nil
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

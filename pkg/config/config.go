@@ -79,6 +79,18 @@ type Archive struct {
 type Bootstrap struct {
 	Roles     []BootstrapRole     `toml:"roles"`
 	Databases []BootstrapDatabase `toml:"databases"`
+	// Clients are the addresses (CIDR, e.g. the CIF node's "10.0.1.3/32")
+	// allowed to log in to each database as its owner, by password: one
+	// pg_hba line per database and client.
+	Clients []string `toml:"clients"`
+	// SQLFiles run once, in order, as the superuser on the new cluster's
+	// first primary, after the roles, tablespaces and databases exist
+	// (each file in one transaction unless it manages its own).
+	SQLFiles []string `toml:"sql_files"`
+	// PostBootstrap is a command (argv) run once after SQLFiles, like
+	// Patroni's post_bootstrap, with PGHOST, PGPORT, PGUSER, PGDATABASE
+	// and PGPASSFILE set for the superuser.
+	PostBootstrap []string `toml:"post_bootstrap"`
 }
 
 // BootstrapRole is a login role whose password is read from a file.
@@ -700,6 +712,22 @@ func (c *Config) validate() []*FieldError {
 		if d.Owner != "" && !roles[d.Owner] && d.Owner != c.Postgres.Superuser {
 			bad(key+".owner", "%q is not one of bootstrap.roles (or the superuser)", d.Owner)
 		}
+	}
+	for i, cl := range c.Bootstrap.Clients {
+		if _, _, err := net.ParseCIDR(cl); err != nil {
+			bad(fmt.Sprintf("bootstrap.clients[%d]", i), "%q is not an address range (CIDR, e.g. \"10.0.1.3/32\")", cl)
+		}
+	}
+	if len(c.Bootstrap.Clients) > 0 && len(c.Bootstrap.Databases) == 0 {
+		bad("bootstrap.clients", "set, but there are no bootstrap.databases to allow them to")
+	}
+	for i, f := range c.Bootstrap.SQLFiles {
+		if !filepath.IsAbs(f) {
+			bad(fmt.Sprintf("bootstrap.sql_files[%d]", i), "%q must be an absolute path", f)
+		}
+	}
+	if pb := c.Bootstrap.PostBootstrap; len(pb) > 0 && (pb[0] == "" || !filepath.IsAbs(pb[0])) {
+		bad("bootstrap.post_bootstrap", "%q: the command must be an absolute path (an argv, not a shell line)", pb[0])
 	}
 	if c.Postgres.ReplicationPasswordFile == "" {
 		bad("postgres.replication_password_file", "required (file holding the replication user's password)")
