@@ -202,7 +202,18 @@ func run(args []string) int {
 	}).With("member", cfg.Name)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := agent.Run(ctx, cfg, log); err != nil {
+	// SIGHUP reloads the file; SIGUSR1/2 are logged and ignored (their
+	// default would end the agent, and postgres with it, silently).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	other := make(chan os.Signal, 1)
+	signal.Notify(other, syscall.SIGUSR1, syscall.SIGUSR2)
+	go func() {
+		for sig := range other {
+			log.Warn("signal ignored (SIGHUP reloads, SIGTERM stops)", "signal", sig.String())
+		}
+	}()
+	if err := agent.Run(ctx, cfg, log, hup); err != nil {
 		log.Error("fatal", "error", err)
 		return 1
 	}

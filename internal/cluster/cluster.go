@@ -272,6 +272,10 @@ func (c *Cluster) mkdir(dir string) error {
 	return c.chown(dir)
 }
 
+// WriteFile writes path (mode 0600) owned by the postgres user, as the
+// nodes' own files are (tests that change a node's file).
+func (c *Cluster) WriteFile(path, text string) error { return c.writeFile(path, text) }
+
 func (c *Cluster) writeFile(path, text string) error {
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		return err

@@ -214,8 +214,12 @@ type Agent struct {
 	lastSwitchover string
 	// ops carries operator requests from the API to the loop; pending is
 	// the one being handled.
-	ops     chan *opRequest
-	pending *opRequest
+	ops chan *opRequest
+	// creds are the control API's credentials (atomic: read by requests).
+	creds atomic.Pointer[Credentials]
+	// restartNeeded: keys changed in the file that need an agent restart.
+	restartNeeded atomic.Pointer[[]string]
+	pending       *opRequest
 	// Cluster-wide settings as applied: maxLag is read by the API too.
 	maxLag atomic.Int64
 	// syncCfg is the effective synchronous mode (loop goroutine only);
@@ -266,6 +270,45 @@ type Agent struct {
 }
 
 // New returns an Agent; it does nothing until Run.
+// Credentials are the control API's token and basic-auth user name; a
+// SIGHUP replaces them (SetCredentials) while requests read them.
+type Credentials struct{ Token, Username string }
+
+// SetCredentials replaces the control API's credentials (a reload).
+func (a *Agent) SetCredentials(c Credentials) { a.creds.Store(&c) }
+
+// Token is the control API's current token (the peer client sends it).
+func (a *Agent) Token() string { return a.creds.Load().Token }
+
+// SetRestartNeeded records the configuration keys changed in the file
+// that take effect only when the agent restarts (shown in /status).
+func (a *Agent) SetRestartNeeded(keys []string) { a.restartNeeded.Store(&keys) }
+
+// RestartNeeded is what SetRestartNeeded recorded.
+func (a *Agent) RestartNeeded() []string {
+	if p := a.restartNeeded.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// ApplyConfig runs apply on the loop goroutine, then rewrites postgres'
+// configuration and reloads it (a SIGHUP's live settings).
+func (a *Agent) ApplyConfig(ctx context.Context, apply func()) error {
+	r := &opRequest{op: ha.OpReload, apply: apply, done: make(chan error, 1)}
+	select {
+	case a.ops <- r:
+	case <-ctx.Done():
+		return fmt.Errorf("reload: the agent's loop is busy: %w", ctx.Err())
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("reload: requested, but not finished in time: %w", ctx.Err())
+	}
+}
+
 func New(opt Options) *Agent {
 	if opt.Now == nil {
 		opt.Now = time.Now
@@ -282,6 +325,7 @@ func New(opt Options) *Agent {
 	a := &Agent{opt: opt, log: opt.Log, now: opt.Now, loggedInvalid: map[string]string{}, ops: make(chan *opRequest),
 		loopInterval: opt.LoopInterval, keysConfig: opt.ConfigKey}
 	a.maxLag.Store(opt.MaxLag)
+	a.creds.Store(&Credentials{Token: opt.Token, Username: opt.Username})
 	a.syncCfg = opt.Sync
 	a.failsafeOn = opt.Failsafe
 	a.fs = newFailsafe(a)
@@ -351,6 +395,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				// An operator's request (restart, reinit, ...) is often
 				// the remedy for a failing action: take it at once.
 				a.pending = r
+				if r.apply != nil {
+					r.apply() // a reload's new settings, on this goroutine
+				}
 			case <-ticker.C:
 			}
 			continue
@@ -387,6 +434,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case r := <-a.ops:
 			a.pending = r
+			if r.apply != nil {
+				r.apply() // a reload's new settings, on this goroutine
+			}
 			continue // at once, without the minimum gap
 		case <-tick:
 		case <-a.idleTick():
@@ -1179,9 +1229,9 @@ func (a *Agent) ensureSlots(ctx context.Context, o ha.Observation) {
 		}
 		have[slot] = true
 		if err := a.opt.PG.CreateSlot(ctx, slot); err != nil {
-			a.log.Error("create replication slot", "member", name, "error", err)
+			a.log.Error("create replication slot", "for", name, "error", err)
 		} else {
-			a.log.Info("created replication slot", "member", name)
+			a.log.Info("created replication slot", "for", name)
 		}
 	}
 }

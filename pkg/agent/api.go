@@ -41,6 +41,7 @@ func Handler(a *Agent) http.Handler {
 			if wd := a.opt.Watchdog; wd != nil {
 				st.FenceWatchdogError = wd.Err()
 			}
+			st.RestartNeeded = a.RestartNeeded()
 			if s != nil {
 				st.LoopInterval = s.LoopInterval.String()
 				st.SynchronousMode = "off"

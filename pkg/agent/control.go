@@ -67,7 +67,7 @@ func (a *Agent) control(timeout time.Duration, do func(ctx context.Context, body
 			writeJSON(w, http.StatusMethodNotAllowed, api.ControlResponse{Message: "use POST"})
 			return
 		}
-		if a.opt.Token == "" || a.opt.Control == nil {
+		if a.creds.Load().Token == "" || a.opt.Control == nil {
 			writeJSON(w, http.StatusForbidden, api.ControlResponse{Message: "control API disabled: set api.token_file on this member"})
 			return
 		}
@@ -95,28 +95,29 @@ func (a *Agent) control(timeout time.Duration, do func(ctx context.Context, body
 // authorized checks the request's credentials in constant time: the bearer
 // token, or HTTP basic auth with api.username and the token as password.
 func (a *Agent) authorized(r *http.Request) bool {
-	if a.opt.Token == "" {
+	c := a.creds.Load()
+	if c.Token == "" {
 		return false
 	}
 	h := r.Header.Get("Authorization")
 	if got, found := strings.CutPrefix(h, "Bearer "); found {
-		return subtle.ConstantTimeCompare([]byte(got), []byte(a.opt.Token)) == 1
+		return subtle.ConstantTimeCompare([]byte(got), []byte(c.Token)) == 1
 	}
-	if a.opt.Username == "" {
+	if c.Username == "" {
 		return false
 	}
 	user, pass, found := r.BasicAuth()
 	if !found {
 		return false
 	}
-	u := subtle.ConstantTimeCompare([]byte(user), []byte(a.opt.Username))
-	p := subtle.ConstantTimeCompare([]byte(pass), []byte(a.opt.Token))
+	u := subtle.ConstantTimeCompare([]byte(user), []byte(c.Username))
+	p := subtle.ConstantTimeCompare([]byte(pass), []byte(c.Token))
 	return u&p == 1
 }
 
 func (a *Agent) unauthorized(w http.ResponseWriter) {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="cifha"`)
-	if a.opt.Username != "" {
+	if a.creds.Load().Username != "" {
 		w.Header().Add("WWW-Authenticate", `Basic realm="cifha"`)
 	}
 	writeJSON(w, http.StatusUnauthorized, api.ControlResponse{Message: "missing or wrong token"})

@@ -27,7 +27,11 @@ import (
 
 // Run is the whole daemon: it wires etcd, postgres, the loop and the API
 // from cfg and runs until ctx ends, then shuts down cleanly.
-func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
+//
+// reload, if not nil, delivers SIGHUP: the file is read again; settings
+// that can change live take effect, the others are logged and shown in
+// /status as needing a restart; an invalid file changes nothing.
+func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-chan os.Signal) error {
 	binDir := cfg.Postgres.BinDir
 	if binDir == "" {
 		d, err := pgctl.DetectBinDir()
@@ -40,75 +44,18 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	if err != nil {
 		return err
 	}
-	log.Info("starting", "member", cfg.Name, "cluster", cfg.Cluster, "postgres", ver.String(), "bin_dir", binDir,
+	log.Info("starting", "cluster", cfg.Cluster, "postgres", ver.String(), "bin_dir", binDir,
 		"data_dir", cfg.Postgres.DataDir, "ttl", cfg.HA.TTL.Duration, "version", version.Version)
 
 	if err := tuning.SupportedVersion(int(ver)); err != nil {
 		return fmt.Errorf("%s in bin_dir %s: %w", ver, binDir, err)
 	}
-	triggerFile := ""
-	if cfg.HA.PromoteMethod == "trigger_file" {
-		if ver >= 160000 {
-			return fmt.Errorf("ha.promote_method = \"trigger_file\": promote_trigger_file was removed in PostgreSQL 16 (this is %s)", ver)
-		}
-		triggerFile = cfg.HA.TriggerFile
-	}
-	var tuned []tuning.Param
-	if cfg.Tuning.Profile == "cif" {
-		mem, err := tuning.HostMemory()
-		if cfg.Tuning.Memory != "" {
-			mem, err = config.ParseBytes(cfg.Tuning.Memory)
-		}
-		if err != nil {
-			return err
-		}
-		tuned = append(tuning.CIF(mem, int(ver)), tuning.CPU(runtime.NumCPU(), int(ver))...)
-	}
-	osUser := "postgres"
-	if u, err := user.Current(); err == nil {
-		osUser = u.Username
+	ps, err := pgSettings(cfg, ver, binDir)
+	if err != nil {
+		return err
 	}
 	pc := cfg.Postgres
-	var restore, cleanup string
-	peersDir := ""
-	switch cfg.Archive.Mode {
-	case "command":
-		pc.ArchiveCommand, restore, cleanup = cfg.Archive.ArchiveCommand, cfg.Archive.RestoreCommand, cfg.Archive.CleanupCommand
-	case "directory", "peers":
-		// postgres runs these through sh: both paths single-quoted.
-		// The path cifha was started by (the unit's ExecStart), not the
-		// symlink's target os.Executable gives: an upgrade that replaces
-		// a versioned target must not break postgres' commands.
-		self := os.Args[0]
-		if !filepath.IsAbs(self) {
-			var err error
-			if self, err = os.Executable(); err != nil {
-				return fmt.Errorf("archive: locate the cifha binary: %w", err)
-			}
-		}
-		pc.ArchiveCommand = fmt.Sprintf("%s archive-wal --dir %s %%p %%f", shellQuote(self), shellQuote(cfg.Archive.Dir))
-		restore = fmt.Sprintf("%s restore-wal --dir %s %%f %%p", shellQuote(self), shellQuote(cfg.Archive.Dir))
-		if cfg.Archive.Mode == "peers" {
-			// The same commands with this configuration: they find the
-			// peers in etcd and reach them with the API token.
-			cf, err := filepath.Abs(cfg.Path)
-			if err != nil || cfg.Path == "" {
-				return fmt.Errorf("archive: the configuration file's path (for postgres' archive commands): %v", err)
-			}
-			pc.ArchiveCommand = fmt.Sprintf("%s archive-wal --config %s %%p %%f", shellQuote(self), shellQuote(cf))
-			restore = fmt.Sprintf("%s restore-wal --config %s %%f %%p", shellQuote(self), shellQuote(cf))
-			peersDir = cfg.Archive.Dir
-		}
-		if cfg.Archive.Cleanup {
-			cleanup = fmt.Sprintf("%s %s %%r", shellQuote(filepath.Join(binDir, "pg_archivecleanup")), shellQuote(cfg.Archive.Dir))
-		}
-	}
-	settings := pgctl.Settings{
-		Version: ver, ClusterName: cfg.Name, Listen: pc.Listen, Port: pc.Port, SocketDir: pc.SocketDir,
-		OSUser: osUser, Superuser: pc.Superuser, ReplicationUser: pc.ReplicationUser,
-		Params: MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand, TriggerFile: triggerFile}), pc.Parameters),
-		HBA:    append(append([]string{}, pc.HBA...), bootstrapHBA(cfg, ver)...),
-	}
+	triggerFile, settings, restore, cleanup, peersDir := ps.triggerFile, ps.settings, ps.restore, ps.cleanup, ps.peersDir
 	inst := pgctl.New(pgctl.Config{BinDir: binDir, DataDir: pc.DataDir, WalDir: pc.WalDir, Tablespaces: pc.Tablespaces, SocketDir: pc.SocketDir, Port: pc.Port,
 		Superuser: pc.Superuser, LogFile: pc.LogFile, PassFile: pc.PassFile}, ver)
 	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
@@ -156,10 +103,17 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 
-	peerClient, err := api.NewHTTPClient(api.TLS{CAFile: cfg.API.CAFile}, cfg.API.Token, time.Second)
+	peerClient, err := api.NewHTTPClient(api.TLS{CAFile: cfg.API.CAFile}, "", time.Second)
 	if err != nil {
 		return err
 	}
+	var self *Agent // the peers get this agent's current token (a SIGHUP may change it)
+	peerClient = api.WithTokenFunc(peerClient, func() string {
+		if self == nil {
+			return cfg.API.Token
+		}
+		return self.Token()
+	})
 	wd, err := NewProcessWatchdog(log.Named("watchdog"))
 	if err != nil {
 		return err
@@ -196,6 +150,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		ArchiveDir:        peersDir,
 		PostBootstrap:     postBootstrap,
 	})
+	self = a
 
 	ln, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
@@ -222,6 +177,9 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		_ = srv.Shutdown(c)
 	}()
 
+	if reload != nil {
+		go reloadLoop(ctx, reload, cfg, ver, binDir, a, pg, log)
+	}
 	err = a.Run(ctx)
 	if pg.Running() {
 		// postgres could not be stopped: keep the lease until it runs out so
@@ -285,4 +243,164 @@ func bootstrapHBA(cfg *config.Config, ver pgctl.Version) []string {
 		}
 	}
 	return out
+}
+
+// pgSetup is what the configuration makes of postgres' settings.
+type pgSetup struct {
+	triggerFile, restore, cleanup, peersDir string
+	settings                                pgctl.Settings
+}
+
+// pgSettings builds postgres' settings from the configuration: tuning,
+// HA settings, the archive's commands, the operator's parameters and
+// pg_hba lines. Run at start and by a SIGHUP reload.
+func pgSettings(cfg *config.Config, ver pgctl.Version, binDir string) (pgSetup, error) {
+	triggerFile := ""
+	if cfg.HA.PromoteMethod == "trigger_file" {
+		if ver >= 160000 {
+			return pgSetup{}, fmt.Errorf("ha.promote_method = \"trigger_file\": promote_trigger_file was removed in PostgreSQL 16 (this is %s)", ver)
+		}
+		triggerFile = cfg.HA.TriggerFile
+	}
+	var tuned []tuning.Param
+	if cfg.Tuning.Profile == "cif" {
+		mem, err := tuning.HostMemory()
+		if cfg.Tuning.Memory != "" {
+			mem, err = config.ParseBytes(cfg.Tuning.Memory)
+		}
+		if err != nil {
+			return pgSetup{}, err
+		}
+		tuned = append(tuning.CIF(mem, int(ver)), tuning.CPU(runtime.NumCPU(), int(ver))...)
+	}
+	osUser := "postgres"
+	if u, err := user.Current(); err == nil {
+		osUser = u.Username
+	}
+	pc := cfg.Postgres
+	var restore, cleanup string
+	peersDir := ""
+	switch cfg.Archive.Mode {
+	case "command":
+		pc.ArchiveCommand, restore, cleanup = cfg.Archive.ArchiveCommand, cfg.Archive.RestoreCommand, cfg.Archive.CleanupCommand
+	case "directory", "peers":
+		// postgres runs these through sh: both paths single-quoted.
+		// The path cifha was started by (the unit's ExecStart), not the
+		// symlink's target os.Executable gives: an upgrade that replaces
+		// a versioned target must not break postgres' commands.
+		self := os.Args[0]
+		if !filepath.IsAbs(self) {
+			var err error
+			if self, err = os.Executable(); err != nil {
+				return pgSetup{}, fmt.Errorf("archive: locate the cifha binary: %w", err)
+			}
+		}
+		pc.ArchiveCommand = fmt.Sprintf("%s archive-wal --dir %s %%p %%f", shellQuote(self), shellQuote(cfg.Archive.Dir))
+		restore = fmt.Sprintf("%s restore-wal --dir %s %%f %%p", shellQuote(self), shellQuote(cfg.Archive.Dir))
+		if cfg.Archive.Mode == "peers" {
+			// The same commands with this configuration: they find the
+			// peers in etcd and reach them with the API token.
+			cf, err := filepath.Abs(cfg.Path)
+			if err != nil || cfg.Path == "" {
+				return pgSetup{}, fmt.Errorf("archive: the configuration file's path (for postgres' archive commands): %v", err)
+			}
+			pc.ArchiveCommand = fmt.Sprintf("%s archive-wal --config %s %%p %%f", shellQuote(self), shellQuote(cf))
+			restore = fmt.Sprintf("%s restore-wal --config %s %%f %%p", shellQuote(self), shellQuote(cf))
+			peersDir = cfg.Archive.Dir
+		}
+		if cfg.Archive.Cleanup {
+			cleanup = fmt.Sprintf("%s %s %%r", shellQuote(filepath.Join(binDir, "pg_archivecleanup")), shellQuote(cfg.Archive.Dir))
+		}
+	}
+	settings := pgctl.Settings{
+		Version: ver, ClusterName: cfg.Name, Listen: pc.Listen, Port: pc.Port, SocketDir: pc.SocketDir,
+		OSUser: osUser, Superuser: pc.Superuser, ReplicationUser: pc.ReplicationUser,
+		Params: MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand, TriggerFile: triggerFile}), pc.Parameters),
+		HBA:    append(append([]string{}, pc.HBA...), bootstrapHBA(cfg, ver)...),
+	}
+	return pgSetup{triggerFile: triggerFile, restore: restore, cleanup: cleanup, peersDir: peersDir, settings: settings}, nil
+}
+
+// liveKeys are the configuration keys a SIGHUP applies without a restart
+// (by prefix): the control API's credentials, the log level, and what
+// only rewrites postgres' files (parameters, pg_hba, tuning, bootstrap).
+var liveKeys = []string{"api.token_file", "api.username", "log.level", "postgres.parameters", "postgres.hba", "tuning.", "bootstrap."}
+
+func isLive(key string) bool {
+	for _, p := range liveKeys {
+		if key == p || strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// reloadLoop handles SIGHUP (see Run).
+func reloadLoop(ctx context.Context, hup <-chan os.Signal, start *config.Config, ver pgctl.Version, binDir string, a *Agent, pg *PG, log hclog.Logger) {
+	cur := start
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		log.Info("SIGHUP: reading the configuration again", "file", start.Path)
+		next, err := config.Load(start.Path)
+		if err != nil {
+			log.Error("reload refused: the file is invalid; the running configuration stays", "error", err)
+			continue
+		}
+		var restart []string
+		for _, k := range config.Diff(start, next) {
+			if !isLive(k) {
+				restart = append(restart, k)
+			}
+		}
+		a.SetRestartNeeded(restart)
+		if len(restart) > 0 {
+			log.Warn("restart needed: these settings take effect when the agent restarts", "keys", restart)
+		}
+		changed := config.Diff(cur, next)
+		var live []string
+		for _, k := range changed {
+			if isLive(k) {
+				live = append(live, k)
+			}
+		}
+		if len(live) == 0 {
+			log.Info("reload: no setting that applies live changed")
+			cur = next
+			continue
+		}
+		if next.Log.Level != cur.Log.Level {
+			log.SetLevel(hclog.LevelFromString(next.Log.Level))
+		}
+		if next.API.Token != cur.API.Token || next.API.Username != cur.API.Username {
+			a.SetCredentials(Credentials{Token: next.API.Token, Username: next.API.Username})
+			log.Info("control API credentials replaced")
+		}
+		// postgres' files from the running configuration with the new
+		// live sections (listen, port, paths... stay as started).
+		mix := *start
+		mix.Postgres.Parameters, mix.Postgres.HBA = next.Postgres.Parameters, next.Postgres.HBA
+		mix.Tuning, mix.Bootstrap = next.Tuning, next.Bootstrap
+		ps, err := pgSettings(&mix, ver, binDir)
+		if err != nil {
+			log.Error("reload: postgres settings", "error", err)
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = a.ApplyConfig(rctx, func() {
+			pg.Settings = ps.settings
+			pg.Bootstrap = next.Bootstrap
+			a.roleOK = false // a leader makes sure of the (new) roles and databases again
+		})
+		cancel()
+		if err != nil {
+			log.Error("reload: postgres configuration not applied", "error", err)
+			continue
+		}
+		cur = next
+		log.Info("configuration reloaded", "changed", live)
+	}
 }

@@ -396,7 +396,7 @@ func (a *Agent) postFailsafe(w http.ResponseWriter, r *http.Request) {
 		no(http.StatusUnauthorized, "a client certificate signed by api.client_ca_file is required")
 		return
 	}
-	if a.opt.Token != "" && !a.authorized(r) {
+	if a.creds.Load().Token != "" && !a.authorized(r) {
 		a.unauthorized(w)
 		return
 	}

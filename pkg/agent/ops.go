@@ -16,6 +16,9 @@ type opRequest struct {
 	op   ha.Op
 	arg  string
 	done chan error
+	// apply, if set, runs on the loop goroutine when the loop takes the
+	// request (a SIGHUP's new settings), before the op is decided.
+	apply func()
 }
 
 // request hands op to the loop and waits for its outcome.

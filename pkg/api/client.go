@@ -102,14 +102,34 @@ func WithToken(c *http.Client, token string) *http.Client {
 	return &cc
 }
 
+// WithTokenFunc is WithToken with a token read at every request (a
+// SIGHUP may change it); an empty token sends none.
+func WithTokenFunc(c *http.Client, token func() string) *http.Client {
+	cc := *c
+	base := c.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	cc.Transport = bearer{base: base, fn: token}
+	return &cc
+}
+
 type bearer struct {
 	base  http.RoundTripper
 	token string
+	fn    func() string
 }
 
 func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	tok := b.token
+	if b.fn != nil {
+		tok = b.fn()
+	}
+	if tok == "" {
+		return b.base.RoundTrip(r)
+	}
 	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
+	r.Header.Set("Authorization", "Bearer "+tok)
 	return b.base.RoundTrip(r)
 }
 

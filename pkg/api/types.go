@@ -26,6 +26,9 @@ type StatusResponse struct {
 	// FenceWatchdogError says why the fence watchdog does not work ("":
 	// it does); while it is set no step makes postgres writable.
 	FenceWatchdogError string `json:"fence_watchdog_error,omitempty"`
+	// RestartNeeded lists configuration keys changed in the file (and
+	// read by a SIGHUP) that take effect only when the agent restarts.
+	RestartNeeded []string `json:"restart_needed,omitempty"`
 	// SynchronousMode is this member's effective setting: "off", "on" or
 	// "strict"; Sync the leader's record (who has every acknowledged
 	// commit), nil when absent.
