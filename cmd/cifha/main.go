@@ -13,7 +13,10 @@ package main
 import (
 	"context"
 	"errors"
+	"net"
+	"net/http"
 	"sort"
+	"sync"
 
 	"flag"
 	"fmt"
@@ -348,13 +351,27 @@ func runArchivePeers(cmd, cfgPath, a1, a2 string, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "cifha archive-wal: %s stored here, not sent to the peers: %v\n", name, err)
 			return 0
 		}
-		hc, err := api.NewHTTPClient(api.TLS{CAFile: cfg.API.CAFile}, cfg.API.Token, 2*time.Minute)
+		hc, err := archiveClient(cfg)
 		if err != nil {
 			fmt.Fprintf(stderr, "cifha archive-wal: %v\n", err)
 			return 0
 		}
-		for _, p := range peers {
-			if err := archive.Push(ctx, hc, p, src, name); err != nil {
+		// In parallel, each bounded: a peer that does not answer (a black
+		// hole) costs one dial timeout, not a stalled archiver.
+		var wg sync.WaitGroup
+		errs := make([]error, len(peers))
+		for i, p := range peers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				pctx, cancel := context.WithTimeout(ctx, time.Minute)
+				defer cancel()
+				errs[i] = archive.Push(pctx, hc, p, src, name)
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
 				fmt.Fprintf(stderr, "cifha archive-wal: %s stored here, not on a peer: %v\n", name, err)
 			}
 		}
@@ -373,7 +390,7 @@ func runArchivePeers(cmd, cfgPath, a1, a2 string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cifha restore-wal: %s not here, and the peers are unknown: %v\n", name, perr)
 		return 1
 	}
-	hc, herr := api.NewHTTPClient(api.TLS{CAFile: cfg.API.CAFile}, cfg.API.Token, 2*time.Minute)
+	hc, herr := archiveClient(cfg)
 	if herr != nil {
 		fmt.Fprintf(stderr, "cifha restore-wal: %v\n", herr)
 		return 1
@@ -388,6 +405,24 @@ func runArchivePeers(cmd, cfgPath, a1, a2 string, stderr io.Writer) int {
 		}
 	}
 	return 1 // nowhere: postgres goes on with streaming
+}
+
+// archiveClient reaches the peers' APIs: their CA, the client
+// certificate cifhactl would present (api.client_cert_file) when the
+// peers require one, the token, and a short dial timeout.
+func archiveClient(cfg *config.Config) (*http.Client, error) {
+	hc, err := api.NewHTTPClient(api.TLS{CAFile: cfg.API.CAFile, CertFile: cfg.API.ClientCertFile, KeyFile: cfg.API.ClientKeyFile}, "", 2*time.Minute)
+	if err != nil {
+		return nil, err
+	}
+	tr, ok := hc.Transport.(*http.Transport)
+	if !ok || tr == nil {
+		tr = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	tr.DialContext = (&net.Dialer{Timeout: 3 * time.Second}).DialContext
+	tr.TLSHandshakeTimeout = 5 * time.Second
+	hc.Transport = tr
+	return api.WithToken(hc, cfg.API.Token), nil
 }
 
 // archivePeers lists the other members' API URLs, from etcd.

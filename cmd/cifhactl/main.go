@@ -10,6 +10,7 @@ import (
 	"github.com/cifha/cifha/pkg/version"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -71,7 +72,37 @@ type clientConfig struct {
 	} `toml:"etcd"`
 }
 
+// configSearch is where cifhactl looks for its configuration when --config
+// is not given: an operator's own file first, then the host's, then the
+// agent's configuration (which cifhactl also reads, the parts above only).
+func configSearch(getenv func(string) string, home string) []string {
+	var out []string
+	if p := getenv("CIFHACTL_CONFIG"); p != "" {
+		return []string{p} // named explicitly: no fallback hides a typo
+	}
+	if home != "" {
+		out = append(out, filepath.Join(home, ".config", "cifha", "cifhactl.toml"))
+	}
+	return append(out, "/etc/cifha/cifhactl.toml", config.DefaultPath)
+}
+
+// findConfig returns the first existing file of configSearch (or the
+// last candidate, whose absence is then reported).
+func findConfig() (string, bool) {
+	home, _ := os.UserHomeDir()
+	cands := configSearch(os.Getenv, home)
+	for _, c := range cands {
+		if _, err := os.Stat(c); err == nil {
+			return c, os.Getenv("CIFHACTL_CONFIG") != ""
+		}
+	}
+	return cands[len(cands)-1], os.Getenv("CIFHACTL_CONFIG") != ""
+}
+
 func (g *globals) etcdConfig(explicitConfig bool) (config.Etcd, string, error) {
+	if !explicitConfig {
+		g.configPath, explicitConfig = findConfig()
+	}
 	var cc clientConfig
 	// The config file supplies TLS and credentials even when --endpoints
 	// overrides its endpoints; it may be absent only if it was not asked for.
@@ -147,7 +178,7 @@ Exit status:
 		SilenceErrors: true,
 		Version:       version.Version,
 	}
-	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", config.DefaultPath, "cifha configuration file (for [etcd] and cluster)")
+	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", config.DefaultPath, "configuration file (cluster, [etcd], [api] token_file...); default: the first of $CIFHACTL_CONFIG, ~/.config/cifha/cifhactl.toml, /etc/cifha/cifhactl.toml, /etc/cifha/cifha.toml")
 	root.PersistentFlags().StringSliceVar(&g.endpoints, "endpoints", nil, "etcd endpoints (override the config)")
 	root.PersistentFlags().StringVar(&g.cluster, "cluster", "", "cluster name (overrides the config)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 3*time.Second, "overall timeout")
@@ -250,7 +281,7 @@ func statusCmd(g *globals) *cobra.Command {
 					}
 					ctl.RenderTable(cmd.OutOrStdout(), st)
 				}
-				if !st.Healthy() {
+				if !st.Healthy {
 					return &exitError{exitUnhealthy, nil} // the problems are in the output already
 				}
 				return nil

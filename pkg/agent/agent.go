@@ -347,6 +347,7 @@ const minGap = 20 * time.Millisecond
 // postgres is stopped and, if this member leads, the leader key released.
 func (a *Agent) Run(ctx context.Context) error {
 	a.runCtx = ctx
+	a.bootstrapPending = a.opt.PG.BootstrapMarked()
 	ticker := time.NewTicker(a.opt.LoopInterval)
 	defer ticker.Stop()
 	fctx, stopFencer := context.WithCancel(ctx)
@@ -796,6 +797,11 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 		// member clones a half-made cluster (a tablespace created after a
 		// clone would be replayed at the primary's path, not the member's).
 		a.bootstrapPending = true
+		// Kept beside the data directory: an agent restarted before the
+		// first housekeeping still knows the cluster is half-made.
+		if err := pg.MarkBootstrap(true); err != nil {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
 		return a.acquireAndStart(ctx, o, p.Reason)
 
 	case ha.Clone:
@@ -1130,11 +1136,16 @@ func (a *Agent) acquire(ctx context.Context, rec election.LastLeader, o ha.Obser
 // record's timeline current.
 func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 	if !a.roleOK {
-		if err := a.opt.PG.EnsureRoles(ctx); err != nil {
+		if err := a.opt.PG.EnsureRoles(ctx, a.bootstrapPending); err != nil {
 			a.log.Error("ensure roles and databases", "error", err)
 		} else {
 			a.roleOK = true
 			if a.bootstrapPending && a.postBootstrap == nil {
+				// Tablespaces exist now; post_bootstrap runs at most once
+				// (an agent restart while it runs does not start it again).
+				if err := a.opt.PG.MarkBootstrap(false); err != nil {
+					a.log.Warn("remove the bootstrap marker", "error", err)
+				}
 				if a.opt.PostBootstrap == nil {
 					a.bootstrapPending = false
 				} else {
@@ -1335,6 +1346,12 @@ func (a *Agent) member(o ha.Observation, p ha.Plan) election.Member {
 		if st.ReplayLSN != 0 {
 			m.ReplayLSN = st.ReplayLSN.String()
 		}
+		if !st.InRecovery {
+			for _, sl := range st.Slots {
+				m.Slots = append(m.Slots, sl.Name)
+			}
+			slices.Sort(m.Slots)
+		}
 		for _, r := range st.Replication {
 			if r.ReplayLSN == 0 {
 				continue // connected but not reported yet: lag unknown, not "everything"
@@ -1351,7 +1368,7 @@ func (a *Agent) member(o ha.Observation, p ha.Plan) election.Member {
 func significant(a, b election.Member) bool {
 	return a.Role != b.Role || a.State != b.State || a.Timeline != b.Timeline || a.Reason != b.Reason ||
 		a.ConnAddress != b.ConnAddress || a.APIURL != b.APIURL || a.ReplayPaused != b.ReplayPaused ||
-		!slices.Equal(a.PendingRestart, b.PendingRestart)
+		!slices.Equal(a.PendingRestart, b.PendingRestart) || !slices.Equal(a.Slots, b.Slots)
 }
 
 // publishEvery is how often an unchanged member state is republished (its

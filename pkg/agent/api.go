@@ -110,7 +110,12 @@ func Handler(a *Agent) http.Handler {
 	// standbys fetch what they lack (the control credentials: WAL holds
 	// every row).
 	if a.opt.ArchiveDir != "" {
-		mux.Handle("/archive/", archive.Handler(a.opt.ArchiveDir, 1<<30+1<<20, a.authorized))
+		mux.Handle("/archive/", archive.Handler(a.opt.ArchiveDir, 1<<30+1<<20, func(r *http.Request) bool {
+			if a.opt.RequireClientCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+				return false // the same rule as the control endpoints
+			}
+			return a.authorized(r)
+		}))
 	}
 	// Every response names the member, so a preflight (cifha doctor) can
 	// tell this host's own agent from another program on its port.

@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/cifha/cifha/pkg/config"
 	"github.com/cifha/cifha/pkg/state"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -103,6 +105,10 @@ func (p *PG) Clone(ctx context.Context, host string, port int, slot string, sb p
 	if err != nil {
 		return err
 	}
+	// A clone is never a new cluster's first primary.
+	if err := p.MarkBootstrap(false); err != nil {
+		return err
+	}
 	return p.Instance.Clone(ctx, host, port, p.ReplicationUser, slot, p.AppName, tsArgs, func(dir string) error {
 		if err := pgctl.WriteConfig(dir, p.settings()); err != nil {
 			return err
@@ -125,6 +131,11 @@ func (p *PG) tablespaceMapping(ctx context.Context, host string, port int) ([]st
 		return nil, fmt.Errorf("clone: %w", err)
 	}
 	args, unmapped := p.TablespaceMapping(src)
+	if len(unmapped) > 0 && len(p.Config().Tablespaces) == 0 {
+		// A member that configures none clones as before cifha knew
+		// tablespaces: at the source's paths (the same on every host).
+		return nil, nil
+	}
 	if len(unmapped) > 0 {
 		var want []string
 		for _, n := range unmapped {
@@ -164,7 +175,7 @@ func (p *PG) SetPrimary() error { return pgctl.ClearStandby(p.Config().DataDir, 
 // EnsureRoles implements Postgres: the replication role, then the
 // [bootstrap] roles (created, or their password set from the file) and
 // databases (created when missing, never changed otherwise).
-func (p *PG) EnsureRoles(ctx context.Context) error {
+func (p *PG) EnsureRoles(ctx context.Context, fresh bool) error {
 	if p.ReplicationUser != p.Settings.Superuser {
 		if err := p.EnsureRole(ctx, p.ReplicationUser, p.ReplicationPassword, true); err != nil {
 			return err
@@ -181,8 +192,13 @@ func (p *PG) EnsureRoles(ctx context.Context) error {
 			owners = append(owners, d.Owner)
 		}
 	}
-	if err := p.EnsureTablespaces(ctx, owners); err != nil {
-		return err
+	// Only on a new cluster's first primary: a tablespace added to the
+	// configuration later would be created at this leader's path and
+	// replayed there by every standby (whatever their configuration).
+	if fresh {
+		if err := p.EnsureTablespaces(ctx, owners); err != nil {
+			return err
+		}
 	}
 	for _, d := range p.Bootstrap.Databases {
 		if err := p.EnsureDatabase(ctx, d.Name, d.Owner); err != nil {
@@ -226,7 +242,7 @@ func (p *PG) PostBootstrap(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("bootstrap sql file: %w", err)
 		}
-		if err := p.Exec(ctx, string(b)); err != nil {
+		if err := p.ExecScript(ctx, string(b)); err != nil {
 			return fmt.Errorf("bootstrap sql file %s: %w", f, err)
 		}
 	}
@@ -248,4 +264,31 @@ func tailLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// bootstrapMarker is beside the data directory, not in it: a clone or a
+// rewind must not copy it.
+func (p *PG) bootstrapMarker() string {
+	return filepath.Clean(p.Config().DataDir) + ".cifha-bootstrap-pending"
+}
+
+// MarkBootstrap implements Postgres.
+func (p *PG) MarkBootstrap(set bool) error {
+	if !set {
+		if err := os.Remove(p.bootstrapMarker()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	return os.WriteFile(p.bootstrapMarker(), []byte("initdb done; tablespaces and post_bootstrap pending\n"), 0o600)
+}
+
+// BootstrapMarked implements Postgres: the marker exists and the data
+// directory it belongs to does too.
+func (p *PG) BootstrapMarked() bool {
+	if _, err := os.Stat(p.bootstrapMarker()); err != nil {
+		return false
+	}
+	st, err := p.DataDirState()
+	return err == nil && st == pgctl.DataDirValid
 }

@@ -50,7 +50,10 @@ type ClusterStatus struct {
 	Cluster string         `json:"cluster"`
 	Leader  string         `json:"leader"`
 	Members []MemberStatus `json:"members"`
-	// Problems make the exit status non-zero.
+	// Healthy: a leader whose postgres runs, every other member streaming
+	// from it, every member's agent answering, no slot kept for a member
+	// that is gone. Problems say why not; they make the exit status 1.
+	Healthy  bool     `json:"healthy"`
 	Problems []string `json:"problems,omitempty"`
 	// Invalid are keys in etcd that hold garbage.
 	Invalid map[string]string `json:"invalid_keys,omitempty"`
@@ -68,8 +71,8 @@ type ClusterStatus struct {
 	Failsafe *state.FailsafeState `json:"failsafe,omitempty"`
 }
 
-// Healthy reports whether there is a leader and every member answered.
-func (s ClusterStatus) Healthy() bool { return len(s.Problems) == 0 }
+// IsHealthy reports whether no problem was found.
+func (s ClusterStatus) IsHealthy() bool { return len(s.Problems) == 0 }
 
 // Status reads the cluster from etcd, then asks every member's API for its
 // current state (concurrently, each bounded by apiTimeout).
@@ -160,7 +163,41 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 	} else if !hasLeader {
 		out.Problems = append(out.Problems, fmt.Sprintf("leader %s has not published its state", out.Leader))
 	}
+	out.Problems = append(out.Problems, replicationProblems(out.Leader, hasLeader, leader, names, members)...)
+	out.Healthy = len(out.Problems) == 0
 	return out, nil
+}
+
+// replicationProblems: the leader's postgres not running, a member not
+// streaming, a slot on the leader for a member that is not registered.
+func replicationProblems(leaderName string, hasLeader bool, leader election.Member, names []string, members map[string]election.Member) []string {
+	var out []string
+	slotOwner := map[string]string{}
+	for _, n := range names {
+		m := members[n]
+		slotOwner[state.SlotName(n)] = n
+		switch {
+		case n == leaderName && hasLeader && m.State != "running":
+			out = append(out, fmt.Sprintf("leader %s: postgres is %s, not running", n, orUnknown(m.State)))
+		case n != leaderName && m.State != "streaming":
+			out = append(out, fmt.Sprintf("member %s: not streaming (%s)", n, orUnknown(m.State)))
+		}
+	}
+	if hasLeader {
+		for _, sl := range leader.Slots {
+			if _, ok := slotOwner[sl]; !ok {
+				out = append(out, fmt.Sprintf("leader %s keeps replication slot %s for a member that is not registered (its agent is down?): WAL is held for it up to max_slot_wal_keep_size; `cifhactl remove` drops it if the member is gone for good", leaderName, sl))
+			}
+		}
+	}
+	return out
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 // lag is the leader's current LSN minus m's replay LSN, taken from the

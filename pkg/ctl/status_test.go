@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/cifha/cifha/pkg/election"
+	"github.com/cifha/cifha/pkg/state"
 )
 
 func TestLag(t *testing.T) {
@@ -42,7 +43,35 @@ func TestRenderTable(t *testing.T) {
 	if len(lines[1]) != len(lines[2]) || len(lines[2]) != len(lines[3]) {
 		t.Errorf("columns not aligned:\n%s", out)
 	}
-	if s.Healthy() {
+	if s.IsHealthy() {
 		t.Error("a status with problems is healthy")
+	}
+}
+
+// replicationProblems: healthy only with the leader running, every other
+// member streaming, and no slot kept for an unregistered member.
+func TestReplicationProblems(t *testing.T) {
+	leader := election.Member{Name: "db1", State: "running", Slots: []string{state.SlotName("db2"), state.SlotName("db3")}}
+	members := map[string]election.Member{
+		"db1": leader,
+		"db2": {Name: "db2", State: "streaming"},
+		"db3": {Name: "db3", State: "streaming"},
+	}
+	names := []string{"db1", "db2", "db3"}
+	if p := replicationProblems("db1", true, leader, names, members); len(p) != 0 {
+		t.Fatalf("healthy cluster: %v", p)
+	}
+	members["db2"] = election.Member{Name: "db2", State: "stopped"}
+	members["db1"] = election.Member{Name: "db1", State: "stopped", Slots: leader.Slots}
+	delete(members, "db3")
+	p := replicationProblems("db1", true, members["db1"], []string{"db1", "db2"}, members)
+	want := []string{"leader db1: postgres is stopped", "member db2: not streaming (stopped)", "replication slot " + state.SlotName("db3")}
+	if len(p) != len(want) {
+		t.Fatalf("problems %v", p)
+	}
+	for i, w := range want {
+		if !strings.Contains(p[i], w) {
+			t.Errorf("problem %d = %q, want %q", i, p[i], w)
+		}
 	}
 }

@@ -134,13 +134,19 @@ func checkDirs(r *Report, cfg *config.Config, o HostOptions) {
 	} else {
 		checkOwned(r, "data_dir", pc.DataDir, false, o, "created by cifha (initdb or clone)")
 	}
+	// Without a data directory, bootstrap or a clone is next: the WAL and
+	// tablespace directories must then be empty, as the agent requires.
+	st, _ := pgctl.InspectDataDir(pc.DataDir)
+	fresh := st == pgctl.DataDirMissing
 	if pc.WalDir != "" {
 		checkOwned(r, "wal_dir", pc.WalDir, false, o, "created by initdb or pg_basebackup")
+		checkEmpty(r, "wal_dir", pc.WalDir, fresh)
 	}
 	for _, name := range sortedKeys(pc.Tablespaces) {
 		checkOwned(r, "tablespace", pc.Tablespaces[name], false, o, "created by cifha (tablespace "+name+")")
+		checkEmpty(r, "tablespace", pc.Tablespaces[name], fresh)
 	}
-	if cfg.Archive.Mode == "directory" {
+	if cfg.Archive.Mode == "directory" || cfg.Archive.Mode == "peers" {
 		checkOwned(r, "archive", cfg.Archive.Dir, true, o, "")
 	}
 	if pc.SocketDir != "" {
@@ -195,7 +201,13 @@ func checkOwned(r *Report, check, dir string, mustExist bool, o HostOptions, abs
 		r.ok(check, "%s writable by %s", dir, o.User)
 		return
 	}
-	if fi.Mode().Perm()&0o027 != 0 {
+	// The data directory may be 0750 (group access, PostgreSQL 11+); the
+	// WAL and tablespace directories must be 0700, as the agent checks.
+	mask := os.FileMode(0o077)
+	if check == "data_dir" {
+		mask = 0o027
+	}
+	if fi.Mode().Perm()&mask != 0 {
 		r.fail(check, "chmod 0700 "+dir, "%s has mode %04o: postgres' files must not be open to others", dir, fi.Mode().Perm())
 		return
 	}
@@ -588,4 +600,16 @@ func procIP(h string) net.IP {
 		b[i], b[i+1], b[i+2], b[i+3] = b[i+3], b[i+2], b[i+1], b[i]
 	}
 	return net.IP(b)
+}
+
+// checkEmpty: before bootstrap or a clone (fresh), a WAL or tablespace
+// directory that exists must be empty; cifha never deletes what is there.
+func checkEmpty(r *Report, check, dir string, fresh bool) {
+	if !fresh {
+		return
+	}
+	ents, err := os.ReadDir(dir)
+	if err == nil && len(ents) > 0 {
+		r.fail(check, "move its contents aside (an earlier cluster's files?) or empty it", "%s holds %d entries, and this member has no data directory yet: bootstrap and clones need it empty", dir, len(ents))
+	}
 }

@@ -104,6 +104,26 @@ func (i *Instance) ConnConfig() (*pgx.ConnConfig, error) {
 	return cc, nil
 }
 
+// ExecScript runs sql (several statements, one simple-protocol round
+// trip) on a connection of its own, without the control connection's
+// statement_timeout: long work (a schema load) neither waits on nor
+// blocks the loop's connection, and session state it leaves behind ends
+// with it.
+func (i *Instance) ExecScript(ctx context.Context, sql string) error {
+	cc, err := i.ConnConfig()
+	if err != nil {
+		return err
+	}
+	cc.RuntimeParams = map[string]string{"application_name": "cifha-bootstrap"}
+	c, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("connect to local postgres: %w", err)
+	}
+	defer c.Close(context.Background())
+	_, err = c.Exec(ctx, sql)
+	return err
+}
+
 // withConn runs f on the shared local connection, reconnecting if needed.
 func (i *Instance) withConn(ctx context.Context, f func(*pgx.Conn) error) error {
 	if !i.Running() {

@@ -27,7 +27,10 @@ type Member struct {
 	ReplayPaused bool `json:"replay_paused,omitempty"`
 	// Replicas is the leader's view of its standbys (pg_stat_replication).
 	Replicas []ReplicaLag `json:"replicas,omitempty"`
-	APIURL   string       `json:"api_url"`
+	// Slots are the physical replication slots a primary keeps (for
+	// `cifhactl status`: a slot of a member that is gone holds WAL).
+	Slots  []string `json:"slots,omitempty"`
+	APIURL string   `json:"api_url"`
 	// ConnAddress is host:port of this member's postgres.
 	ConnAddress      string `json:"conn_address"`
 	Version          string `json:"version,omitempty"`

@@ -131,7 +131,13 @@ func (f *Postgres) Promote(context.Context) error {
 	f.InRecovery = false
 	return nil
 }
-func (f *Postgres) EnsureRoles(context.Context) error { return nil }
+func (f *Postgres) EnsureRoles(context.Context, bool) error { return nil }
+
+// MarkBootstrap implements port.Postgres.
+func (f *Postgres) MarkBootstrap(bool) error { return nil }
+
+// BootstrapMarked implements port.Postgres.
+func (f *Postgres) BootstrapMarked() bool { return false }
 func (f *Postgres) CreateSlot(_ context.Context, name string) error {
 	f.call("create-slot " + name)
 	f.Slots = append(f.Slots, pgctl.Slot{Name: name})

@@ -44,7 +44,13 @@ type Postgres interface {
 	CreateSlot(ctx context.Context, name string) error
 	// EnsureRoles makes sure of the replication role and the configured
 	// application roles and databases (on the leader).
-	EnsureRoles(ctx context.Context) error
+	// fresh: the new cluster's first primary (tablespaces are created then only).
+	EnsureRoles(ctx context.Context, fresh bool) error
+	// MarkBootstrap sets or clears the marker of a new cluster whose first
+	// housekeeping (tablespaces, post_bootstrap) has not run yet;
+	// BootstrapMarked reads it.
+	MarkBootstrap(set bool) error
+	BootstrapMarked() bool
 	// StandbyFor returns the standby settings to follow leader at addr.
 	StandbyFor(leader, host string, port int) pgctl.Standby
 	// Rewind runs pg_rewind against the leader at host:port.
