@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"github.com/cifha/cifha/pkg/api"
+	"github.com/cifha/cifha/pkg/doctor"
 	"github.com/cifha/cifha/pkg/ha"
 	"github.com/cifha/cifha/pkg/version"
 	"net"
@@ -49,6 +51,14 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 
 	if err := tuning.SupportedVersion(int(ver)); err != nil {
 		return fmt.Errorf("%s in bin_dir %s: %w", ver, binDir, err)
+	}
+	// Nothing is claimed in etcd (the initialize key, the leader key)
+	// until this host can run postgres: a busy port or socket, or a data
+	// directory that cannot be made, is reported with its fix and waited
+	// out here.
+	if !waitPreflight(ctx, cfg, log) {
+		log.Info("stopped before the preflight passed")
+		return nil
 	}
 	ps, err := pgSettings(cfg, ver, binDir)
 	if err != nil {
@@ -402,5 +412,43 @@ func reloadLoop(ctx context.Context, hup <-chan os.Signal, start *config.Config,
 		}
 		cur = next
 		log.Info("configuration reloaded", "changed", live)
+	}
+}
+
+// waitPreflight runs doctor.Preflight until it passes, logging each
+// failure with its fix once per change, retrying with a growing pause
+// (1 s doubling to 30 s). It returns false if the agent is stopped first.
+func waitPreflight(ctx context.Context, cfg *config.Config, log hclog.Logger) bool {
+	name := "postgres"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	delay, last := time.Second, ""
+	for {
+		rep := doctor.Preflight(cfg, os.Geteuid(), os.Getegid(), name)
+		var msgs []string
+		for _, x := range rep.Results {
+			if x.Status == doctor.Fail {
+				msgs = append(msgs, x.Check+": "+x.Detail+"; fix: "+x.Fix)
+			}
+		}
+		if len(msgs) == 0 {
+			if last != "" {
+				log.Info("preflight passed: starting")
+			}
+			return true
+		}
+		if joined := strings.Join(msgs, "\n"); joined != last {
+			for _, m := range msgs {
+				log.Error("preflight: waiting, nothing claimed in etcd: " + m)
+			}
+			last = joined
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 30*time.Second)
 	}
 }

@@ -613,3 +613,26 @@ func checkEmpty(r *Report, check, dir string, fresh bool) {
 		r.fail(check, "move its contents aside (an earlier cluster's files?) or empty it", "%s holds %d entries, and this member has no data directory yet: bootstrap and clones need it empty", dir, len(ents))
 	}
 }
+
+// Preflight is the part of CheckHost the agent runs at start, before it
+// claims anything in etcd: the directories (their parents only when
+// initdb or a clone is next) and postgres' port and socket. Local and
+// quick; no network beyond binding the port.
+func Preflight(cfg *config.Config, uid, gid int, user string) Report {
+	o := HostOptions{Config: cfg, UID: uid, GID: gid, User: user, Timeout: time.Second, HTTP: &http.Client{Timeout: time.Second}}
+	var r Report
+	checkDirs(&r, cfg, o)
+	if st, _ := pgctl.InspectDataDir(cfg.Postgres.DataDir); st == pgctl.DataDirValid {
+		// A running cluster's parent directory only matters to a later
+		// reinit (which refuses cleanly): advice, not a reason to wait.
+		for i, x := range r.Results {
+			if x.Check == "data_dir" && x.Status == Fail && strings.Contains(x.Detail, "is not writable by") {
+				r.Results[i].Status = Warn
+			}
+		}
+	}
+	cfg2 := *cfg
+	cfg2.API.Listen = "" // the agent binds its API itself, with its own error
+	checkPorts(context.Background(), &r, &cfg2, o)
+	return r
+}
