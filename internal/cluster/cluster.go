@@ -242,6 +242,7 @@ dial_timeout = "1s"
 data_dir = %q
 listen = %q
 port = 5432
+member_networks = ["127.0.0.0/8"]
 %ssocket_dir = %q
 superuser_password_file = %q
 replication_password_file = %q

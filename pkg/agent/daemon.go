@@ -325,8 +325,9 @@ func pgSettings(cfg *config.Config, ver pgctl.Version, binDir string) (pgSetup, 
 	settings := pgctl.Settings{
 		Version: ver, ClusterName: cfg.Name, Listen: pc.Listen, Port: pc.Port, SocketDir: pc.SocketDir,
 		OSUser: osUser, Superuser: pc.Superuser, ReplicationUser: pc.ReplicationUser,
-		Params: MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand, TriggerFile: triggerFile}), pc.Parameters),
-		HBA:    append(append([]string{}, pc.HBA...), bootstrapHBA(cfg, ver)...),
+		Params:         MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand, TriggerFile: triggerFile}), pc.Parameters),
+		HBA:            append(append([]string{}, pc.HBA...), bootstrapHBA(cfg, ver)...),
+		MemberNetworks: pc.MemberNetworks,
 	}
 	return pgSetup{triggerFile: triggerFile, restore: restore, cleanup: cleanup, peersDir: peersDir, settings: settings}, nil
 }
@@ -334,7 +335,7 @@ func pgSettings(cfg *config.Config, ver pgctl.Version, binDir string) (pgSetup, 
 // liveKeys are the configuration keys a SIGHUP applies without a restart
 // (by prefix): the control API's credentials, the log level, and what
 // only rewrites postgres' files (parameters, pg_hba, tuning, bootstrap).
-var liveKeys = []string{"api.token_file", "api.username", "log.level", "postgres.parameters", "postgres.hba", "tuning.", "bootstrap."}
+var liveKeys = []string{"api.token_file", "api.username", "log.level", "postgres.parameters", "postgres.hba", "postgres.member_networks", "tuning.", "bootstrap."}
 
 func isLive(key string) bool {
 	for _, p := range liveKeys {
@@ -392,7 +393,7 @@ func reloadLoop(ctx context.Context, hup <-chan os.Signal, start *config.Config,
 		// postgres' files from the running configuration with the new
 		// live sections (listen, port, paths... stay as started).
 		mix := *start
-		mix.Postgres.Parameters, mix.Postgres.HBA = next.Postgres.Parameters, next.Postgres.HBA
+		mix.Postgres.Parameters, mix.Postgres.HBA, mix.Postgres.MemberNetworks = next.Postgres.Parameters, next.Postgres.HBA, next.Postgres.MemberNetworks
 		mix.Tuning, mix.Bootstrap = next.Tuning, next.Bootstrap
 		ps, err := pgSettings(&mix, ver, binDir)
 		if err != nil {

@@ -184,6 +184,10 @@ type Postgres struct {
 	// there and link it from the data directory. Moved aside with the data
 	// directory by reinit; never deleted.
 	WalDir string `toml:"wal_dir"`
+	// MemberNetworks limit where the replication user and the superuser
+	// may log in from (CIDRs: the DB hosts' network); empty: anywhere,
+	// by password.
+	MemberNetworks []string `toml:"member_networks"`
 	// Tablespaces maps a tablespace name to this member's directory for it
 	// (CIF's schema wants "archive" and "index"). Checked or created (owner
 	// postgres, mode 0700) before bootstrap or clone, created as
@@ -711,6 +715,11 @@ func (c *Config) validate() []*FieldError {
 		dbs[d.Name] = true
 		if d.Owner != "" && !roles[d.Owner] && d.Owner != c.Postgres.Superuser {
 			bad(key+".owner", "%q is not one of bootstrap.roles (or the superuser)", d.Owner)
+		}
+	}
+	for i, n := range c.Postgres.MemberNetworks {
+		if _, _, err := net.ParseCIDR(n); err != nil {
+			bad(fmt.Sprintf("postgres.member_networks[%d]", i), "%q is not an address range (CIDR, e.g. \"10.0.1.0/24\")", n)
 		}
 	}
 	for i, cl := range c.Bootstrap.Clients {

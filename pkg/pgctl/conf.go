@@ -45,6 +45,9 @@ type Settings struct {
 	Params []tuning.Param
 	// HBA lines appended after cifha's own.
 	HBA []string
+	// MemberNetworks limit the replication and superuser lines (CIDRs);
+	// empty: any address ("all"), password-protected either way.
+	MemberNetworks []string
 }
 
 var paramNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
@@ -108,20 +111,31 @@ func RenderHBA(s Settings) string {
 	if s.Version < 100000 {
 		method = "md5"
 	}
+	nets := s.MemberNetworks
+	if len(nets) == 0 {
+		nets = []string{"all"}
+	}
 	var b strings.Builder
 	b.WriteString(managedHeader)
 	b.WriteString("# TYPE  DATABASE     USER  ADDRESS  METHOD\n")
+	b.WriteString("# The agent itself, over the local socket as its OS user (peer).\n")
 	b.WriteString("local   all          all            peer map=cifha\n")
 	b.WriteString("local   replication  all            peer map=cifha\n")
-	fmt.Fprintf(&b, "host    replication  %s  all  %s\n", s.ReplicationUser, method)
-	b.WriteString("# from postgres.hba\n")
+	b.WriteString("# Standbys stream and clone (pg_basebackup) as the replication user,\n# by password, from the members' networks (postgres.member_networks).\n")
+	for _, n := range nets {
+		fmt.Fprintf(&b, "host    replication  %s  %s  %s\n", s.ReplicationUser, n, method)
+	}
+	b.WriteString("# from postgres.hba (and [bootstrap] clients)\n")
 	for _, l := range s.HBA {
 		b.WriteString(l)
 		b.WriteByte('\n')
 	}
 	// Last, so the operator's lines decide first (the seed trusts the CIF
 	// node); pg_rewind from peers needs at least this.
-	fmt.Fprintf(&b, "host    all          %s  all  %s\n", s.Superuser, method)
+	b.WriteString("# An old primary's pg_rewind, and a clone's tablespace query, log in as\n# the superuser, by password, from the members' networks.\n")
+	for _, n := range nets {
+		fmt.Fprintf(&b, "host    all          %s  %s  %s\n", s.Superuser, n, method)
+	}
 	return b.String()
 }
 

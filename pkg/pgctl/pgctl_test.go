@@ -141,8 +141,21 @@ func TestRenderConf(t *testing.T) {
 		t.Error("11 must not include the 12+ standby file")
 	}
 	hba := RenderHBA(s)
-	if !strings.Contains(hba, "host    replication  replicator  all  scram-sha-256") || !strings.Contains(hba, "host all all 10.0.0.1/32 scram-sha-256\nhost    all          postgres  all  scram-sha-256\n") {
+	if !strings.Contains(hba, "host    replication  replicator  all  scram-sha-256") || !strings.Contains(hba, "host    all          postgres  all  scram-sha-256\n") ||
+		!strings.Contains(hba, "host all all 10.0.0.1/32 scram-sha-256\n") {
 		t.Errorf("pg_hba.conf:\n%s", hba)
+	}
+	// member_networks: the replication and superuser lines only from there.
+	s.MemberNetworks = []string{"10.0.1.0/24", "10.0.2.0/24"}
+	hba = RenderHBA(s)
+	for _, want := range []string{"host    replication  replicator  10.0.1.0/24  scram-sha-256", "host    replication  replicator  10.0.2.0/24  scram-sha-256",
+		"host    all          postgres  10.0.1.0/24  scram-sha-256", "host    all          postgres  10.0.2.0/24  scram-sha-256"} {
+		if !strings.Contains(hba, want) {
+			t.Errorf("pg_hba.conf lacks %q:\n%s", want, hba)
+		}
+	}
+	if strings.Contains(hba, "  all  scram") {
+		t.Errorf("a line from anywhere remains:\n%s", hba)
 	}
 }
 
