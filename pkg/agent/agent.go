@@ -168,6 +168,7 @@ type Agent struct {
 	// roleOK is set once the replication role is known to be in place for
 	// this term as leader.
 	roleOK bool
+	actErr actErrLog
 	// bootstrapPending: this member ran initdb and its first leader
 	// housekeeping (roles, tablespaces, databases) has not succeeded yet.
 	bootstrapPending bool
@@ -335,6 +336,39 @@ func New(opt Options) *Agent {
 		a.hooks = newHookRunner(opt.Hooks, opt.Log.Named("hooks"))
 	}
 	return a
+}
+
+// logActErr logs a failed action once per change of error, and again
+// every minute while the same failure lasts (with how many times), so a
+// start that fails every loop round does not flood the log.
+func (a *Agent) logActErr(now time.Time, p ha.Plan, err error) {
+	if err == nil {
+		if a.actErr.msg != "" {
+			a.log.Info("action succeeded after failing", "action", p.Action.String(), "failures", a.actErr.repeats+1)
+		}
+		a.actErr = actErrLog{}
+		return
+	}
+	msg := p.Action.String() + ": " + err.Error()
+	switch {
+	case msg != a.actErr.msg:
+		a.actErr = actErrLog{msg: msg, at: now}
+		a.log.Error("action failed", "action", p.Action.String(), "error", err)
+	case now.Sub(a.actErr.at) >= time.Minute:
+		a.actErr.repeats++
+		a.log.Error("action still failing", "action", p.Action.String(), "error", err, "failures", a.actErr.repeats+1)
+		a.actErr.at = now
+	default:
+		a.actErr.repeats++
+		a.log.Debug("action failed again", "action", p.Action.String(), "error", err)
+	}
+}
+
+// actErrLog remembers the last logged action failure (loop goroutine).
+type actErrLog struct {
+	msg     string
+	at      time.Time
+	repeats int
 }
 
 // Snapshot returns the latest snapshot (nil before the first iteration).
@@ -531,9 +565,7 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		a.primeSyncNames(o.Cluster)
 	}
 	err := a.act(ctx, o, p)
-	if err != nil {
-		a.log.Error("action failed", "action", p.Action.String(), "error", err)
-	}
+	a.logActErr(o.Now, p, err)
 	if o.Op != ha.OpNone {
 		a.finishOp(p, err)
 	}
