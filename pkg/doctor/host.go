@@ -622,11 +622,13 @@ func Preflight(cfg *config.Config, uid, gid int, user string) Report {
 	o := HostOptions{Config: cfg, UID: uid, GID: gid, User: user, Timeout: time.Second, HTTP: &http.Client{Timeout: time.Second}}
 	var r Report
 	checkDirs(&r, cfg, o)
-	if st, _ := pgctl.InspectDataDir(cfg.Postgres.DataDir); st == pgctl.DataDirValid {
-		// A running cluster's parent directory only matters to a later
-		// reinit (which refuses cleanly): advice, not a reason to wait.
+	if st, _ := pgctl.InspectDataDir(cfg.Postgres.DataDir); st != pgctl.DataDirMissing {
+		// An existing data directory is the agent's to judge (a foreign
+		// one is refused and left alone, whoever owns it), and its parent
+		// only matters to a later reinit, which refuses cleanly: advice
+		// here, not a reason to wait.
 		for i, x := range r.Results {
-			if x.Check == "data_dir" && x.Status == Fail && strings.Contains(x.Detail, "is not writable by") {
+			if x.Check == "data_dir" && x.Status == Fail {
 				r.Results[i].Status = Warn
 			}
 		}
