@@ -105,6 +105,12 @@ func (p *PG) Clone(ctx context.Context, host string, port int, slot string, sb p
 	if err != nil {
 		return err
 	}
+	if slot == "" && p.Version() >= 110000 {
+		// Stream the clone through this member's own slot, made by
+		// pg_basebackup if the leader has not made it yet (see
+		// pgctl.Clone): it exists before the standby first starts.
+		slot = sb.SlotName
+	}
 	// A clone is never a new cluster's first primary.
 	if err := p.MarkBootstrap(false); err != nil {
 		return err

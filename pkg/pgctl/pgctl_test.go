@@ -586,8 +586,17 @@ func TestTablespaces(t *testing.T) {
 		t.Fatal("a data directory was left behind")
 	}
 	os.Remove(stray)
-	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", args, prepare); err != nil {
+	// Through a slot that does not exist yet: the clone makes it (11+).
+	if err := s.Clone(ctx, root, 5432, "replicator", "ts_s", "s", args, prepare); err != nil {
 		t.Fatal(err)
+	}
+	if s.Version() >= 110000 {
+		var slots int
+		if err := p.withConn(ctx, func(c *pgx.Conn) error {
+			return c.QueryRow(ctx, "SELECT count(*)::int FROM pg_replication_slots WHERE slot_name = 'ts_s'").Scan(&slots)
+		}); err != nil || slots != 1 {
+			t.Fatalf("the clone's slot on the primary: %d (%v)", slots, err)
+		}
 	}
 	links := func(dataDir string) []string {
 		ents, _ := os.ReadDir(filepath.Join(dataDir, "pg_tblspc"))

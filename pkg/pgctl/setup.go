@@ -169,12 +169,33 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 		return fmt.Errorf("clone: %w", err)
 	}
 	args = append(append(args, walArgs...), tsArgs...)
-	if slot != "" {
-		args = append(args, "-S", slot)
+	run := func(extra ...string) ([]byte, error) {
+		cmd := exec.CommandContext(ctx, filepath.Join(i.cfg.BinDir, "pg_basebackup"), append(append([]string{}, args...), extra...)...)
+		cmd.Env = append(i.cleanEnv(), "PGAPPNAME="+appName+"-clone", "PGCONNECT_TIMEOUT=3")
+		return cmd.CombinedOutput()
 	}
-	cmd := exec.CommandContext(ctx, filepath.Join(i.cfg.BinDir, "pg_basebackup"), args...)
-	cmd.Env = append(i.cleanEnv(), "PGAPPNAME="+appName+"-clone", "PGCONNECT_TIMEOUT=3")
-	out, err := cmd.CombinedOutput()
+	var out []byte
+	switch {
+	case slot == "":
+		out, err = run()
+	case i.version >= 110000:
+		// The clone streams its WAL through this member's slot, made
+		// now if the leader has not made it yet (--create-slot, 11+):
+		// the slot exists before the standby's first start, and WAL is
+		// kept for it from the clone's first byte.
+		out, err = run("-C", "-S", slot)
+		if err != nil && strings.Contains(string(out), "already exists") {
+			os.RemoveAll(tmp)
+			i.emptyWalDir()
+			i.emptyTablespaces()
+			if err := os.Mkdir(tmp, 0o700); err != nil {
+				return fmt.Errorf("clone: %w", err)
+			}
+			out, err = run("-S", slot)
+		}
+	default:
+		out, err = run("-S", slot)
+	}
 	if err != nil {
 		os.RemoveAll(tmp) // a partial copy of the primary, not the only copy of anything
 		i.emptyWalDir()   // checked empty before: only the partial copy's WAL
