@@ -98,6 +98,23 @@ func TestSIGHUPReload(t *testing.T) {
 		t.Errorf("the token after the refused reload: %d", code)
 	}
 
+	// A value postgres would refuse: refused before any file changes.
+	if err := c.WriteFile(p.ConfigPath, strings.Replace(text, `work_mem = "7MB"`, `work_mem = "lots"`, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SignalAgent(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the bad value refused", func() error {
+		if !strings.Contains(p.Log(), "reload refused: postgres configuration not applied") || !strings.Contains(p.Log(), "postgres.parameters.work_mem") {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	if b, err := os.ReadFile(p.DataDir + "/postgresql.conf"); err == nil && strings.Contains(string(b), "lots") {
+		t.Error("the refused value reached postgresql.conf")
+	}
+
 	// No restart, no failover, no new timeline.
 	if got := p.PostmasterPID(); got != pid {
 		t.Errorf("postmaster %d, was %d: postgres was restarted", got, pid)

@@ -29,7 +29,9 @@ type Options struct {
 	// PostBootstrap, if set, runs once on the new cluster's first primary
 	// after its roles, tablespaces and databases exist ([bootstrap]
 	// sql_files and post_bootstrap), outside the loop.
-	PostBootstrap func(ctx context.Context) error
+	// It is called on the loop goroutine and returns the job to run (with
+	// its own copy of the settings).
+	PostBootstrap func() func(ctx context.Context) error
 	// LeaseChanged signals that the lease was granted or lost.
 	LeaseChanged <-chan struct{}
 	// LeaseRenewed signals each successful renewal (the fencer passes the
@@ -295,7 +297,7 @@ func (a *Agent) RestartNeeded() []string {
 
 // ApplyConfig runs apply on the loop goroutine, then rewrites postgres'
 // configuration and reloads it (a SIGHUP's live settings).
-func (a *Agent) ApplyConfig(ctx context.Context, apply func()) error {
+func (a *Agent) ApplyConfig(ctx context.Context, apply func() error) error {
 	r := &opRequest{op: ha.OpReload, apply: apply, done: make(chan error, 1)}
 	select {
 	case a.ops <- r:
@@ -431,7 +433,11 @@ func (a *Agent) Run(ctx context.Context) error {
 				// the remedy for a failing action: take it at once.
 				a.pending = r
 				if r.apply != nil {
-					r.apply() // a reload's new settings, on this goroutine
+					// A reload's new settings, on this goroutine; refused: nothing changed.
+					if err := r.apply(); err != nil {
+						r.done <- err
+						a.pending = nil
+					}
 				}
 			case <-ticker.C:
 			}
@@ -470,7 +476,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		case r := <-a.ops:
 			a.pending = r
 			if r.apply != nil {
-				r.apply() // a reload's new settings, on this goroutine
+				// A reload's new settings, on this goroutine; refused: nothing changed.
+				if err := r.apply(); err != nil {
+					r.done <- err
+					a.pending = nil
+				}
 			}
 			continue // at once, without the minimum gap
 		case <-tick:
@@ -1186,7 +1196,8 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 					done := make(chan error, 1)
 					a.postBootstrap = done
 					a.log.Info("running post_bootstrap")
-					go func() { done <- a.opt.PostBootstrap(a.runCtx) }()
+					job := a.opt.PostBootstrap()
+					go func() { done <- job(a.runCtx) }()
 				}
 			}
 		}

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"maps"
+	"slices"
 
 	"crypto/tls"
 	"errors"
@@ -56,6 +58,13 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 	// until this host can run postgres: a busy port or socket, or a data
 	// directory that cannot be made, is reported with its fix and waited
 	// out here.
+	// First what an interrupted initdb or clone left (it would fail the
+	// preflight's emptiness checks of wal_dir and the tablespaces).
+	if removed, err := pgctl.CleanTempDirs(cfg.Postgres.DataDir, cfg.Postgres.WalDir, cfg.Postgres.Tablespaces); err != nil {
+		log.Warn("clean up interrupted clone", "error", err)
+	} else if len(removed) > 0 {
+		log.Info("removed directories of an interrupted initdb or clone", "paths", removed)
+	}
 	if !waitPreflight(ctx, cfg, log) {
 		log.Info("stopped before the preflight passed")
 		return nil
@@ -71,17 +80,15 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
 	pg.TriggerFile = triggerFile
 	pg.Bootstrap = cfg.Bootstrap
-	var postBootstrap func(context.Context) error
+	var postBootstrap func() func(context.Context) error
 	if len(cfg.Bootstrap.SQLFiles) > 0 || len(cfg.Bootstrap.PostBootstrap) > 0 {
-		postBootstrap = pg.PostBootstrap
+		postBootstrap = func() func(context.Context) error {
+			b := pg.Bootstrap // read on the loop goroutine (a reload writes it there)
+			return func(ctx context.Context) error { return pg.PostBootstrap(ctx, b) }
+		}
 	}
 	pg.RestoreCommand, pg.ArchiveCleanupCommand = restore, cleanup
 
-	if removed, err := pgctl.CleanTempDirs(pc.DataDir, pc.WalDir, pc.Tablespaces); err != nil {
-		log.Warn("clean up interrupted clone", "error", err)
-	} else if len(removed) > 0 {
-		log.Info("removed directories of an interrupted initdb or clone", "paths", removed)
-	}
 	cli, err := election.NewClient(cfg.Etcd)
 	if err != nil {
 		return err
@@ -401,14 +408,29 @@ func reloadLoop(ctx context.Context, hup <-chan os.Signal, start *config.Config,
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err = a.ApplyConfig(rctx, func() {
+		err = a.ApplyConfig(rctx, func() error {
+			// What postgres would refuse is refused here, before its files
+			// change: a reload it rejects would leave them for the next start.
+			if pg.Running() {
+				sctx, cancel := context.WithTimeout(rctx, 2*time.Second)
+				settings, err := pg.ReadSettings(sctx)
+				cancel()
+				if err == nil {
+					for _, name := range slices.Sorted(maps.Keys(next.Postgres.Parameters)) {
+						if err := checkValue(name, next.Postgres.Parameters[name], settings); err != nil {
+							return fmt.Errorf("postgres.parameters.%s: %w", name, err)
+						}
+					}
+				}
+			}
 			pg.Settings = ps.settings
 			pg.Bootstrap = next.Bootstrap
 			a.roleOK = false // a leader makes sure of the (new) roles and databases again
+			return nil
 		})
 		cancel()
 		if err != nil {
-			log.Error("reload: postgres configuration not applied", "error", err)
+			log.Error("reload refused: postgres configuration not applied; the running configuration stays", "error", err)
 			continue
 		}
 		cur = next

@@ -257,6 +257,12 @@ func checkParam(name, v string, settings map[string]pgctl.Setting) error {
 	if settings == nil {
 		return nil // stored config: structure only, no server to ask
 	}
+	return checkValue(name, v, settings)
+}
+
+// checkValue checks v against the running server's pg_settings entry for
+// name (type, enum values, range): what postgres would refuse.
+func checkValue(name, v string, settings map[string]pgctl.Setting) error {
 	s, ok := settings[name]
 	if !ok {
 		if strings.Contains(name, ".") {

@@ -17,8 +17,9 @@ type opRequest struct {
 	arg  string
 	done chan error
 	// apply, if set, runs on the loop goroutine when the loop takes the
-	// request (a SIGHUP's new settings), before the op is decided.
-	apply func()
+	// request (a SIGHUP's new settings), before the op is decided; an
+	// error ends the request there, with nothing changed.
+	apply func() error
 }
 
 // request hands op to the loop and waits for its outcome.

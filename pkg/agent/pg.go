@@ -105,17 +105,21 @@ func (p *PG) Clone(ctx context.Context, host string, port int, slot string, sb p
 	if err != nil {
 		return err
 	}
+	create := false
 	if slot == "" && p.Version() >= 110000 {
 		// Stream the clone through this member's own slot, made by
-		// pg_basebackup if the leader has not made it yet (see
-		// pgctl.Clone): it exists before the standby first starts.
-		slot = sb.SlotName
+		// pg_basebackup if the source has none yet (pgctl.Clone): it
+		// exists before the standby first starts. Unknown (the source
+		// cannot be asked): no slot for the copy, as before.
+		if has, err := p.SourceHasSlot(ctx, host, port, sb.SlotName); err == nil {
+			slot, create = sb.SlotName, !has
+		}
 	}
 	// A clone is never a new cluster's first primary.
 	if err := p.MarkBootstrap(false); err != nil {
 		return err
 	}
-	return p.Instance.Clone(ctx, host, port, p.ReplicationUser, slot, p.AppName, tsArgs, func(dir string) error {
+	return p.Instance.Clone(ctx, host, port, p.ReplicationUser, slot, p.AppName, create, tsArgs, func(dir string) error {
 		if err := pgctl.WriteConfig(dir, p.settings()); err != nil {
 			return err
 		}
@@ -242,8 +246,8 @@ func (p *PG) ReadSettings(ctx context.Context) (map[string]pgctl.Setting, error)
 // one simple-protocol round trip: one implicit transaction unless it has
 // its own), then the post_bootstrap command with libpq's environment set
 // for the superuser over the local socket.
-func (p *PG) PostBootstrap(ctx context.Context) error {
-	for _, f := range p.Bootstrap.SQLFiles {
+func (p *PG) PostBootstrap(ctx context.Context, b config.Bootstrap) error {
+	for _, f := range b.SQLFiles {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return fmt.Errorf("bootstrap sql file: %w", err)
@@ -252,7 +256,7 @@ func (p *PG) PostBootstrap(ctx context.Context) error {
 			return fmt.Errorf("bootstrap sql file %s: %w", f, err)
 		}
 	}
-	if argv := p.Bootstrap.PostBootstrap; len(argv) > 0 {
+	if argv := b.PostBootstrap; len(argv) > 0 {
 		cfg := p.Config()
 		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 		cmd.Env = append(os.Environ(), "PGHOST="+cfg.SocketDir, fmt.Sprintf("PGPORT=%d", cfg.Port),

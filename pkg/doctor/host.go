@@ -268,6 +268,12 @@ func checkPorts(ctx context.Context, r *Report, cfg *config.Config, o HostOption
 			r.ok("port", "%s free", hp)
 			continue
 		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			// Not on this host (yet): a VIP, or the network comes up
+			// late. Postgres starts if one listen address binds.
+			r.warn("port", "check [postgres] listen: the address must be on this host", "%s cannot be bound: %v", hp, err)
+			continue
+		}
 		pid, cmd := portHolder(addr, pc.Port)
 		if ours != 0 && (pid == 0 || pid == ours) {
 			r.ok("port", "%s in use by this member's postgres (pid %d)", hp, ours)
@@ -287,7 +293,9 @@ func checkPorts(ctx context.Context, r *Report, cfg *config.Config, o HostOption
 			switch {
 			case pid != 0 && pid == ours:
 				r.ok("socket", "%s is this member's postgres", lock)
-			case pid > 0 && syscall.Kill(pid, 0) != syscall.ESRCH:
+			case pid > 0 && pid != os.Getpid() && pid != os.Getppid() && syscall.Kill(pid, 0) == nil:
+				// As postgres judges it: ESRCH or EPERM (another user's
+				// process under a reused pid) means stale.
 				r.fail("socket", holderFix("-D "+dir, pc.Port), "%s is held by postmaster %d of data directory %s: cifha's postgres cannot start (lock file already exists)", lock, pid, dir)
 			default:
 				r.ok("socket", "%s is stale (postgres removes it at start)", lock)

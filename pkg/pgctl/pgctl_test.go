@@ -251,7 +251,7 @@ func TestRealPrimaryAndClone(t *testing.T) {
 		}
 		return WriteStandby(dir, s.Version(), sb)
 	}
-	if err := s.Clone(ctx, root, 5432, "replicator", "s", "s", nil, prepare); err != nil {
+	if err := s.Clone(ctx, root, 5432, "replicator", "s", "s", false, nil, prepare); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := ReadStandby(s.cfg.DataDir); err != nil || !st.Standby {
@@ -432,7 +432,7 @@ func TestWalDir(t *testing.T) {
 	if err := os.WriteFile(old, []byte("an earlier cluster's WAL"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", nil, prepare); !errors.Is(err, ErrWalDirInUse) {
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", false, nil, prepare); !errors.Is(err, ErrWalDirInUse) {
 		t.Fatalf("clone into a non-empty wal_dir: %v", err)
 	}
 	if b, err := os.ReadFile(old); err != nil || string(b) != "an earlier cluster's WAL" {
@@ -443,11 +443,11 @@ func TestWalDir(t *testing.T) {
 	}
 	os.Remove(old)
 	os.Chmod(s.cfg.WalDir, 0o755)
-	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", nil, prepare); err == nil || !strings.Contains(err.Error(), "chmod 0700") {
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", false, nil, prepare); err == nil || !strings.Contains(err.Error(), "chmod 0700") {
 		t.Fatalf("clone into a world-readable wal_dir: %v", err)
 	}
 	os.Chmod(s.cfg.WalDir, 0o700)
-	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", nil, prepare); err != nil {
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", false, nil, prepare); err != nil {
 		t.Fatal(err)
 	}
 	if l, err := os.Readlink(filepath.Join(s.cfg.DataDir, walName)); err != nil || l != s.cfg.WalDir {
@@ -576,7 +576,7 @@ func TestTablespaces(t *testing.T) {
 	os.Mkdir(s.cfg.Tablespaces["index"], 0o700)
 	stray := filepath.Join(s.cfg.Tablespaces["index"], "PG_old")
 	os.WriteFile(stray, []byte("x"), 0o600)
-	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", args, prepare); !errors.Is(err, ErrTablespaceInUse) {
+	if err := s.Clone(ctx, root, 5432, "replicator", "", "s", false, args, prepare); !errors.Is(err, ErrTablespaceInUse) {
 		t.Fatalf("clone into a non-empty tablespace directory: %v", err)
 	}
 	if _, err := os.Stat(stray); err != nil {
@@ -587,7 +587,11 @@ func TestTablespaces(t *testing.T) {
 	}
 	os.Remove(stray)
 	// Through a slot that does not exist yet: the clone makes it (11+).
-	if err := s.Clone(ctx, root, 5432, "replicator", "ts_s", "s", args, prepare); err != nil {
+	has, err := s.SourceHasSlot(ctx, root, 5432, "ts_s")
+	if err != nil || has {
+		t.Fatalf("source has slot ts_s: %v %v", has, err)
+	}
+	if err := s.Clone(ctx, root, 5432, "replicator", "ts_s", "s", s.Version() >= 110000, args, prepare); err != nil {
 		t.Fatal(err)
 	}
 	if s.Version() >= 110000 {

@@ -150,7 +150,11 @@ func (i *Instance) InitDB(ctx context.Context, superuserPassword string) error {
 // tsArgs are --tablespace-mapping options (TablespaceMapping); every
 // configured tablespace directory is checked empty (or created) first,
 // with the WAL directory, before anything is written.
-func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot, appName string, tsArgs []string, prepare func(dir string) error) error {
+//
+// slot, if set, is streamed through; createSlot makes it on the source
+// first (pg_basebackup --create-slot, 11+; the caller has checked that the
+// source has no such slot).
+func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot, appName string, createSlot bool, tsArgs []string, prepare func(dir string) error) error {
 	if _, err := i.walDirArgs(); err != nil {
 		return fmt.Errorf("clone: %w", err)
 	}
@@ -178,21 +182,11 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 	switch {
 	case slot == "":
 		out, err = run()
-	case i.version >= 110000:
-		// The clone streams its WAL through this member's slot, made
-		// now if the leader has not made it yet (--create-slot, 11+):
-		// the slot exists before the standby's first start, and WAL is
-		// kept for it from the clone's first byte.
+	case createSlot:
+		// The clone streams its WAL through this member's slot, made now
+		// because the source has none yet (--create-slot, 11+): it exists
+		// before the standby's first start, WAL kept from the first byte.
 		out, err = run("-C", "-S", slot)
-		if err != nil && strings.Contains(string(out), "already exists") {
-			os.RemoveAll(tmp)
-			i.emptyWalDir()
-			i.emptyTablespaces()
-			if err := os.Mkdir(tmp, 0o700); err != nil {
-				return fmt.Errorf("clone: %w", err)
-			}
-			out, err = run("-S", slot)
-		}
 	default:
 		out, err = run("-S", slot)
 	}

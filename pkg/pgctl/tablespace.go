@@ -158,6 +158,34 @@ func (i *Instance) TablespaceMapping(source map[string]string) (args, unmapped [
 // escapeMapping escapes '=' as pg_basebackup's --tablespace-mapping wants.
 func escapeMapping(p string) string { return strings.ReplaceAll(p, "=", `\=`) }
 
+// SourceHasSlot reports whether the postgres at host:port has a
+// replication slot named slot (connecting as SourceTablespaces does).
+func (i *Instance) SourceHasSlot(ctx context.Context, host string, port int, slot string) (bool, error) {
+	c, err := i.sourceConn(ctx, host, port)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close(context.Background())
+	var n int
+	if err := c.QueryRow(ctx, "SELECT count(*)::int FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&n); err != nil {
+		return false, fmt.Errorf("slots of %s:%d: %w", host, port, err)
+	}
+	return n > 0, nil
+}
+
+func (i *Instance) sourceConn(ctx context.Context, host string, port int) (*pgx.Conn, error) {
+	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres passfile=%s sslmode=prefer connect_timeout=3 application_name=cifha-clone",
+		connQuote(host), port, connQuote(i.cfg.Superuser), connQuote(i.cfg.PassFile)))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s:%d: %w", host, port, err)
+	}
+	c, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s:%d: %w", host, port, err)
+	}
+	return c, nil
+}
+
 // SourceTablespaces reads the tablespaces (name -> location) of the
 // postgres at host:port, connecting as the superuser through the passfile
 // (as pg_rewind does).
