@@ -111,7 +111,7 @@ func TestSIGHUPReload(t *testing.T) {
 		}
 		return nil
 	})
-	if b, err := os.ReadFile(p.DataDir + "/postgresql.conf"); err == nil && strings.Contains(string(b), "lots") {
+	if b, err := os.ReadFile(p.DataDir + "/postgresql.conf"); err == nil && strings.Contains(string(b), "'lots'") {
 		t.Error("the refused value reached postgresql.conf")
 	}
 
