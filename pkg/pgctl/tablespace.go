@@ -190,14 +190,9 @@ func (i *Instance) sourceConn(ctx context.Context, host string, port int) (*pgx.
 // postgres at host:port, connecting as the superuser through the passfile
 // (as pg_rewind does).
 func (i *Instance) SourceTablespaces(ctx context.Context, host string, port int) (map[string]string, error) {
-	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres passfile=%s sslmode=prefer connect_timeout=3 application_name=cifha-clone",
-		connQuote(host), port, connQuote(i.cfg.Superuser), connQuote(i.cfg.PassFile)))
+	c, err := i.sourceConn(ctx, host, port)
 	if err != nil {
-		return nil, fmt.Errorf("tablespaces of %s:%d: %w", host, port, err)
-	}
-	c, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		return nil, fmt.Errorf("tablespaces of %s:%d: %w", host, port, err)
+		return nil, fmt.Errorf("tablespaces: %w", err)
 	}
 	defer c.Close(context.Background())
 	rows, err := c.Query(ctx, "SELECT spcname::text, pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')")
