@@ -15,6 +15,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -22,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,7 +41,7 @@ func run() (code int) {
 	rounds := flag.Int("rounds", 20, "fault rounds")
 	seed := flag.Uint64("seed", uint64(time.Now().UnixNano()), "seed of the fault sequence (printed; reuse it to replay)")
 	faultList := flag.String("faults", "", "comma-separated faults (default all: "+faultNames()+")")
-	sync := flag.Bool("sync", true, "synchronous mode (false: asynchronous, loss bounded by maximum_lag_on_failover)")
+	syncMode := flag.Bool("sync", true, "synchronous mode (false: asynchronous, loss bounded by maximum_lag_on_failover)")
 	ttl := flag.Duration("ttl", config.DefaultTTL, "lease ttl")
 	bound := flag.Duration("bound", 60*time.Second, "writes and health must be back within this after a fault")
 	etcdMembers := flag.Int("etcd-members", 3, "etcd members (processes)")
@@ -48,6 +50,7 @@ func run() (code int) {
 	outage := flag.Duration("outage-hold", 30*time.Second, "how long etcd-outage keeps every etcd member down")
 	load := flag.Duration("load", 0, "instead of fault rounds: a pgbench load for this long with no fault injected (reports failovers, demotions, fences, agent memory and loop latency; use with -ttl 3s)")
 	loadClients := flag.Int("load-clients", 8, "pgbench clients for -load")
+	lanes := flag.Int("lanes", 1, "independent clusters run side by side (lane i: its own 3-member etcd, agents on 127.0.0.(31+10i)-(33+10i), seed+i, its share of the rounds); the table sums them")
 	flag.Parse()
 	var faults []checker.Fault
 	if *faultList != "" {
@@ -64,9 +67,15 @@ func run() (code int) {
 			faults = append(faults, checker.Fault(f))
 		}
 	}
-	if *rounds < 1 || *etcdMembers < 1 {
-		fmt.Fprintln(os.Stderr, "cifha-check: -rounds and -etcd-members must be at least 1")
+	if *rounds < 1 || *etcdMembers < 1 || *lanes < 1 || *lanes > 20 {
+		fmt.Fprintln(os.Stderr, "cifha-check: -rounds and -etcd-members must be at least 1, -lanes 1 to 20")
 		return 2
+	}
+	if *lanes > *rounds {
+		*lanes = *rounds
+	}
+	if *load > 0 {
+		*lanes = 1
 	}
 	binAbs, err := filepath.Abs(*bin)
 	if err != nil {
@@ -86,70 +95,168 @@ func run() (code int) {
 			os.RemoveAll(root)
 		}
 	}()
-	// The postgres user must be able to execute the agent's binaries.
-	agentBin, err := cluster.CopyAgentBinaries(binAbs, root)
-	if err != nil {
-		return fail(err)
+	if *lanes == 1 {
+		rep, err := runLane(ctx, laneOpts{root: root, bin: binAbs, lane: 0, seed: *seed, rounds: *rounds, faults: faults, sync: *syncMode,
+			ttl: *ttl, bound: *bound, etcdMembers: *etcdMembers, failsafe: *failsafe, outage: *outage, load: *load, loadClients: *loadClients})
+		return report(rep, err, *load > 0)
 	}
-	ec, err := etcdcluster.Start(filepath.Join(binAbs, "cifha-devetcd"), filepath.Join(root, "etcd"), *etcdMembers)
-	if err != nil {
-		return fail(err)
-	}
-	defer ec.Close()
-	extra := ""
-	if *sync {
-		extra = "synchronous_mode = true\n"
-	}
-	if *failsafe {
-		extra += "failsafe_mode = true\n"
-	}
-	c, err := cluster.New(cluster.Options{BinDir: agentBin, Root: root, EtcdEndpoints: ec.Endpoints(), EtcdProxies: true, PeerProxies: true,
-		Cluster: "check", Addrs: []string{"127.0.0.31", "127.0.0.32", "127.0.0.33"}, TTL: *ttl, LoopInterval: time.Second,
-		APIToken: "check-token", Extra: extra})
-	if err != nil {
-		return fail(err)
-	}
-	defer c.Close(15 * time.Second)
-	if err := c.Start(); err != nil {
-		return fail(err)
-	}
-	if *load > 0 {
-		if _, err := checker.WaitHealthy(ctx, c, *bound, *sync); err != nil {
+	// Lanes: each its own cluster and etcd under root/laneN, its own seed
+	// (seed+i: replay a failed lane alone with -seed seed+i -lanes 1, on
+	// the first lane's addresses) and its share of the rounds. Faults act on
+	// one lane's processes and proxies only, so lanes do not disturb each
+	// other beyond sharing the CPU.
+	var (
+		mu   sync.Mutex
+		all  = checker.Report{Seed: *seed, ByFault: map[checker.Fault]*checker.Stats{}, Async: !*syncMode}
+		wg   sync.WaitGroup
+		errs []error
+	)
+	for i := 0; i < *lanes; i++ {
+		n := *rounds / *lanes
+		if i < *rounds%*lanes {
+			n++
+		}
+		dir := filepath.Join(root, fmt.Sprintf("lane%d", i))
+		if err := mkdirForPostgres(dir); err != nil {
 			return fail(err)
 		}
-		lrep, err := checker.RunLoad(ctx, c, checker.LoadOptions{Duration: *load, Clients: *loadClients,
-			Logf: func(format string, args ...any) {
-				fmt.Printf("%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
-			}})
-		fmt.Println()
-		fmt.Printf("ttl %s, seed unused\n", *ttl)
-		lrep.Print(os.Stdout)
-		if err != nil {
-			return fail(err)
-		}
-		if !lrep.OK() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rep, err := runLane(ctx, laneOpts{root: dir, bin: binAbs, lane: i, laned: true, seed: *seed + uint64(i), rounds: n, faults: faults, sync: *syncMode,
+				ttl: *ttl, bound: *bound, etcdMembers: *etcdMembers, failsafe: *failsafe, outage: *outage})
+			mu.Lock()
+			defer mu.Unlock()
+			fmt.Printf("\nlane %d (seed %d):\n", i, *seed+uint64(i))
+			rep.faults.Table(os.Stdout)
+			all.Merge(rep.faults)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("lane %d (seed %d): %w", i, *seed+uint64(i), err))
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Printf("\nall %d lanes, %d rounds:\n", *lanes, *rounds)
+	return report(laneReport{faults: all}, errors.Join(errs...), false)
+}
+
+type laneOpts struct {
+	root, bin          string
+	lane               int
+	laned              bool // one of several lanes: log lines say which
+	seed               uint64
+	rounds             int
+	faults             []checker.Fault
+	sync, failsafe     bool
+	ttl, bound, outage time.Duration
+	etcdMembers        int
+	load               time.Duration
+	loadClients        int
+}
+
+// laneReport is what one lane found: the fault table, or (load mode) the
+// load report.
+type laneReport struct {
+	faults checker.Report
+	load   *checker.LoadReport
+}
+
+func report(rep laneReport, err error, load bool) int {
+	fmt.Println()
+	if load && rep.load != nil {
+		rep.load.Print(os.Stdout)
+	} else if !load {
+		rep.faults.Table(os.Stdout)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if load {
+		if rep.load == nil || !rep.load.OK() {
 			return 1
 		}
 		return 0
 	}
-	rep, err := checker.Run(ctx, c, checker.Options{Seed: *seed, Rounds: *rounds, Faults: faults, Bound: *bound, Etcd: ec, Async: !*sync,
-		Failsafe: *failsafe, OutageHold: *outage,
-		// The agents' maximum_lag_on_failover (the default, 1MB): an
-		// asynchronous round that loses more fails.
-		MaxLag: 1 << 20,
-		Switch: Switcher(filepath.Join(agentBin, "cifhactl"), ec.Endpoints(), "check", filepath.Join(root, "secrets", "api.token")),
-		Logf: func(format string, args ...any) {
-			fmt.Printf("%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
-		}})
-	fmt.Println()
-	rep.Table(os.Stdout)
-	if err != nil {
-		return fail(err)
-	}
-	if !rep.OK() {
+	if !rep.faults.OK() {
 		return 1
 	}
 	return 0
+}
+
+// mkdirForPostgres makes dir (0755) owned by the postgres user when root.
+func mkdirForPostgres(dir string) error {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	cred, err := testutil.PostgresCredential()
+	if err != nil {
+		return err
+	}
+	return os.Chown(dir, int(cred.Uid), int(cred.Gid))
+}
+
+// runLane starts one cluster (etcd and three agents) under o.root and runs
+// the fault rounds or the load on it.
+func runLane(ctx context.Context, o laneOpts) (laneReport, error) {
+	var out laneReport
+	prefix := ""
+	if o.laned {
+		prefix = fmt.Sprintf("[lane %d] ", o.lane)
+	}
+	logf := func(format string, args ...any) {
+		fmt.Printf("%s %s"+format+"\n", append([]any{time.Now().Format("15:04:05"), prefix}, args...)...)
+	}
+	// The postgres user must be able to execute the agent's binaries.
+	agentBin, err := cluster.CopyAgentBinaries(o.bin, o.root)
+	if err != nil {
+		return out, err
+	}
+	ec, err := etcdcluster.Start(filepath.Join(o.bin, "cifha-devetcd"), filepath.Join(o.root, "etcd"), o.etcdMembers)
+	if err != nil {
+		return out, err
+	}
+	defer ec.Close()
+	extra := ""
+	if o.sync {
+		extra = "synchronous_mode = true\n"
+	}
+	if o.failsafe {
+		extra += "failsafe_mode = true\n"
+	}
+	var addrs []string
+	for i := 1; i <= 3; i++ {
+		addrs = append(addrs, fmt.Sprintf("127.0.0.%d", 30+10*o.lane+i))
+	}
+	c, err := cluster.New(cluster.Options{BinDir: agentBin, Root: o.root, EtcdEndpoints: ec.Endpoints(), EtcdProxies: true, PeerProxies: true,
+		Cluster: "check", Addrs: addrs, TTL: o.ttl, LoopInterval: time.Second,
+		APIToken: "check-token", Extra: extra})
+	if err != nil {
+		return out, err
+	}
+	defer c.Close(15 * time.Second)
+	if err := c.Start(); err != nil {
+		return out, err
+	}
+	if o.load > 0 {
+		if _, err := checker.WaitHealthy(ctx, c, o.bound, o.sync); err != nil {
+			return out, err
+		}
+		lrep, err := checker.RunLoad(ctx, c, checker.LoadOptions{Duration: o.load, Clients: o.loadClients, Logf: logf})
+		fmt.Printf("\nttl %s, seed unused\n", o.ttl)
+		out.load = &lrep
+		return out, err
+	}
+	out.faults, err = checker.Run(ctx, c, checker.Options{Seed: o.seed, Rounds: o.rounds, Faults: o.faults, Bound: o.bound, Etcd: ec, Async: !o.sync,
+		Failsafe: o.failsafe, OutageHold: o.outage,
+		// The agents' maximum_lag_on_failover (the default, 1MB): an
+		// asynchronous round that loses more fails.
+		MaxLag: 1 << 20,
+		Switch: Switcher(filepath.Join(agentBin, "cifhactl"), ec.Endpoints(), "check", filepath.Join(o.root, "secrets", "api.token")),
+		Logf:   logf})
+	return out, err
 }
 
 // Switcher runs `cifhactl switchover --force --to NAME`.

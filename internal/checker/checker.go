@@ -146,6 +146,29 @@ func (r Report) OK() bool {
 	return true
 }
 
+// Merge adds o's figures to r (the lanes of one run, each a cluster of its
+// own on its own seed). r.Seed stays the run's seed.
+func (r *Report) Merge(o Report) {
+	if r.ByFault == nil {
+		r.ByFault = map[Fault]*Stats{}
+	}
+	for f, s := range o.ByFault {
+		t := r.ByFault[f]
+		if t == nil {
+			t = &Stats{}
+			r.ByFault[f] = t
+		}
+		t.Rounds += s.Rounds
+		t.Acked += s.Acked
+		t.Lost += s.Lost
+		t.Overlaps += s.Overlaps
+		t.MaxLostBytes = max(t.MaxLostBytes, s.MaxLostBytes)
+		t.MaxUnavailable = max(t.MaxUnavailable, s.MaxUnavailable)
+		t.Failures = append(t.Failures, s.Failures...)
+	}
+	r.Async = r.Async || o.Async
+}
+
 // Table prints the per-fault table and the seed.
 func (r Report) Table(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

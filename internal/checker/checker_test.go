@@ -46,6 +46,20 @@ func TestReport(t *testing.T) {
 	}
 }
 
+func TestReportMerge(t *testing.T) {
+	var r Report
+	r.Merge(Report{Seed: 1, ByFault: map[Fault]*Stats{HostLoss: {Rounds: 2, Acked: 40, MaxUnavailable: 3 * time.Second}}})
+	r.Merge(Report{Seed: 2, ByFault: map[Fault]*Stats{HostLoss: {Rounds: 3, Acked: 10, MaxUnavailable: 2 * time.Second, Failures: []string{"round 1: x"}},
+		Switchover: {Rounds: 1}}})
+	h := r.ByFault[HostLoss]
+	if h.Rounds != 5 || h.Acked != 50 || h.MaxUnavailable != 3*time.Second || len(h.Failures) != 1 || r.ByFault[Switchover].Rounds != 1 {
+		t.Fatalf("merged: %+v %+v", h, r.ByFault[Switchover])
+	}
+	if r.OK() {
+		t.Fatal("a lane's failure fails the merged run")
+	}
+}
+
 func TestParsePgbench(t *testing.T) {
 	out := `pgbench (15.18 (Debian 15.18-0+deb12u1))
 transaction type: <builtin: TPC-B (sort of)>
