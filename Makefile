@@ -6,12 +6,27 @@ GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cifha/cifha/pkg/version.Version=$(VERSION)
 
-.PHONY: all build deps test unit integration lint demo bench fuzz soak clean
+.PHONY: all build deps test unit integration lint demo bench fuzz soak dist clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/cifha ./cmd/cifhactl
+
+# make dist: the install tarball of docs/install.md, to unpack with
+# tar -xzf dist/cifha-*.tar.gz -C /usr/local (bin/, lib/systemd/system/
+# for the units, share/doc/cifha/ for the docs and examples).
+DISTDIR ?= dist
+GOARCH  ?= $(shell $(GO) env GOARCH)
+dist: build
+	rm -rf $(DISTDIR)/stage
+	mkdir -p $(DISTDIR)/stage/bin $(DISTDIR)/stage/lib/systemd/system $(DISTDIR)/stage/share/doc/cifha/examples
+	install -m 0755 bin/cifha bin/cifhactl $(DISTDIR)/stage/bin/
+	install -m 0644 deploy/systemd/*.service $(DISTDIR)/stage/lib/systemd/system/
+	install -m 0644 README.md docs/*.md $(DISTDIR)/stage/share/doc/cifha/
+	install -m 0644 docs/*.toml deploy/prometheus/*.yml deploy/haproxy/haproxy.cfg $(DISTDIR)/stage/share/doc/cifha/examples/
+	tar --owner=0 --group=0 --numeric-owner -czf $(DISTDIR)/cifha-$(VERSION)-linux-$(GOARCH).tar.gz -C $(DISTDIR)/stage bin lib share
+	rm -rf $(DISTDIR)/stage
 
 deps:
 	@scripts/deps.sh
@@ -68,4 +83,4 @@ bench: deps build
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 40m ./integration/... | tee bench.out
 
 clean:
-	rm -rf bin bench.out
+	rm -rf bin dist bench.out
