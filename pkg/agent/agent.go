@@ -171,6 +171,8 @@ type Agent struct {
 	// this term as leader.
 	roleOK bool
 	actErr actErrLog
+	// retry backs off repeated failures of the same action (backoff.go).
+	retry backoff
 	// bootstrapPending: this member ran initdb and its first leader
 	// housekeeping (roles, tablespaces, databases) has not succeeded yet.
 	bootstrapPending bool
@@ -432,6 +434,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				// An operator's request (restart, reinit, ...) is often
 				// the remedy for a failing action: take it at once.
 				a.pending = r
+				a.retry = backoff{}
 				if r.apply != nil {
 					// A reload's new settings, on this goroutine; refused: nothing changed.
 					if err := r.apply(); err != nil {
@@ -475,6 +478,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case r := <-a.ops:
 			a.pending = r
+			a.retry = backoff{} // an operator's request or a reload is often the fix: retry at once
 			if r.apply != nil {
 				// A reload's new settings, on this goroutine; refused: nothing changed.
 				if err := r.apply(); err != nil {
@@ -560,6 +564,13 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		// A new term: it gets a full primary_start_timeout.
 		a.startFailingSince = o.Now
 	}
+	// A failing clone, start or rewind is retried with a growing delay
+	// (backoff.go); meanwhile the round acts on nothing and the last error
+	// stands in the member's state.
+	until, backingOff := a.retry.wait(o.Now, p)
+	if backingOff && (p.WakeAt.IsZero() || until.Before(p.WakeAt)) {
+		p.WakeAt = until
+	}
 	q, last := p, a.lastPlan
 	q.WakeAt, last.WakeAt = time.Time{}, time.Time{}
 	if q != last {
@@ -574,10 +585,17 @@ func (a *Agent) Iterate(ctx context.Context) error {
 	if !o.Running && o.DCSErr == nil {
 		a.primeSyncNames(o.Cluster)
 	}
-	err := a.act(ctx, o, p)
-	a.logActErr(o.Now, p, err)
-	if o.Op != ha.OpNone {
-		a.finishOp(p, err)
+	var err error
+	if backingOff {
+		err = a.retry.lastErr
+		a.log.Debug("backing off a failing action", "action", p.Action.String(), "until", until, "failures", a.retry.failures)
+	} else {
+		err = a.act(ctx, o, p)
+		a.logActErr(o.Now, p, err)
+		a.retry.record(o.Now, p, err, a.loopInterval)
+		if o.Op != ha.OpNone {
+			a.finishOp(p, err)
+		}
 	}
 	if o.HoldsLeader && o.PG != nil && !o.PG.InRecovery && p.Action == ha.None {
 		a.leaderHousekeeping(ctx, o)

@@ -34,6 +34,8 @@ type Postgres struct {
 	Dynamic   map[string]string
 	// failStart makes Start fail.
 	FailStart bool
+	// CloneErr is what Clone returns (the data directory stays missing).
+	CloneErr error
 	// Replication is what a primary's pg_stat_replication shows.
 	Replication []pgctl.Replica
 	// SyncNames is synchronous_standby_names as written to the config
@@ -81,6 +83,9 @@ func (f *Postgres) InitDB(context.Context) error {
 }
 func (f *Postgres) Clone(_ context.Context, host string, _ int, _ string, sb pgctl.Standby) error {
 	f.call("clone " + host)
+	if f.CloneErr != nil {
+		return f.CloneErr
+	}
 	f.Dir = pgctl.DataDirValid
 	f.Standby = pgctl.StandbyState{Standby: true, Target: sb.Target()}
 	return nil
