@@ -4,7 +4,9 @@
 export PATH := $(PATH):/usr/local/go/bin
 GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/cifha/cifha/pkg/version.Version=$(VERSION)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS := -X github.com/cifha/cifha/pkg/version.Version=$(VERSION) -X github.com/cifha/cifha/pkg/version.Commit=$(COMMIT) -X github.com/cifha/cifha/pkg/version.BuildDate=$(BUILD_DATE)
 
 .PHONY: all build deps test unit integration lint demo bench fuzz soak dist clean
 

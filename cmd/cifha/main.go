@@ -104,7 +104,7 @@ func dispatch(args []string) int {
 		agent.RunWatchdog(os.Stdin, hclog.New(&hclog.LoggerOptions{Name: "fence-watchdog"}), election.BootNow)
 		return 0
 	case "version":
-		fmt.Println("cifha", version.Version)
+		fmt.Println("cifha", version.Get())
 		return 0
 	case "help":
 		fmt.Print(usage)
@@ -183,7 +183,7 @@ func run(args []string) int {
 		return 2
 	}
 	if *showVersion {
-		fmt.Println("cifha", version.Version)
+		fmt.Println("cifha", version.Get())
 		return 0
 	}
 	cfg, err := config.Load(*cfgPath)

@@ -176,7 +176,7 @@ Exit status:
   2  bad arguments or configuration, or etcd unreachable`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       version.Version,
+		Version:       version.Get().String(),
 	}
 	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", config.DefaultPath, "configuration file (cluster, [etcd], [api] token_file...); default: the first of $CIFHACTL_CONFIG, ~/.config/cifha/cifhactl.toml, /etc/cifha/cifhactl.toml, /etc/cifha/cifha.toml")
 	root.PersistentFlags().StringSliceVar(&g.endpoints, "endpoints", nil, "etcd endpoints (override the config)")
@@ -189,7 +189,12 @@ Exit status:
 		switchoverCmd(g), failoverCmd(g),
 		memberOpCmd(g, "restart", "Restart MEMBER's postgres (fast stop, start; the leader keeps its key, no failover)", "/restart", 2*time.Minute),
 		memberOpCmd(g, "reinit", "Re-clone standby MEMBER from the leader (refused on the leader; old data moved aside)", "/reinit", time.Hour),
-		reloadCmd(g), removeCmd(g), setCmd(g), showConfigCmd(g), editConfigCmd(g))
+		reloadCmd(g), removeCmd(g), setCmd(g), showConfigCmd(g), editConfigCmd(g),
+		&cobra.Command{Use: "version", Short: "Print the version, commit and build date", Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				fmt.Fprintln(cmd.OutOrStdout(), "cifhactl", version.Get())
+				return nil
+			}})
 	return root
 }
 
