@@ -16,6 +16,7 @@ import (
 
 	"github.com/cifha/cifha/pkg/election"
 	"github.com/cifha/cifha/pkg/pgctl"
+	"github.com/cifha/cifha/pkg/state"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -173,6 +174,9 @@ type Agent struct {
 	actErr actErrLog
 	// retry backs off repeated failures of the same action (backoff.go).
 	retry backoff
+	// acting is the action the loop is carrying out now (nil between
+	// actions), for /liveness: a clone holds the loop for minutes.
+	acting atomic.Pointer[actingInfo]
 	// bootstrapPending: this member ran initdb and its first leader
 	// housekeeping (roles, tablespaces, databases) has not succeeded yet.
 	bootstrapPending bool
@@ -366,6 +370,22 @@ func (a *Agent) logActErr(now time.Time, p ha.Plan, err error) {
 		a.actErr.repeats++
 		a.log.Debug("action failed again", "action", p.Action.String(), "error", err)
 	}
+}
+
+// actingInfo is an action under way.
+type actingInfo struct {
+	action ha.Action
+	since  time.Time
+}
+
+// longAction: actions that may hold the loop for minutes by design, each
+// bounded by its own timeout.
+func longAction(a ha.Action) bool {
+	switch a {
+	case ha.Bootstrap, ha.Clone, ha.Rewind, ha.Reclone, ha.Reinit:
+		return true
+	}
+	return false
 }
 
 // actErrLog remembers the last logged action failure (loop goroutine).
@@ -590,7 +610,9 @@ func (a *Agent) Iterate(ctx context.Context) error {
 		err = a.retry.lastErr
 		a.log.Debug("backing off a failing action", "action", p.Action.String(), "until", until, "failures", a.retry.failures)
 	} else {
+		a.acting.Store(&actingInfo{action: p.Action, since: time.Now()})
 		err = a.act(ctx, o, p)
+		a.acting.Store(nil)
 		a.logActErr(o.Now, p, err)
 		a.retry.record(o.Now, p, err, a.loopInterval)
 		if o.Op != ha.OpNone {
@@ -1418,7 +1440,8 @@ func (a *Agent) member(o ha.Observation, p ha.Plan) election.Member {
 				continue // connected but not reported yet: lag unknown, not "everything"
 			}
 			m.Replicas = append(m.Replicas, election.ReplicaLag{Name: r.Name, State: r.State,
-				ReplayLSN: r.ReplayLSN.String(), LagBytes: st.CurrentLSN.Sub(r.ReplayLSN)})
+				ReplayLSN: r.ReplayLSN.String(), LagBytes: st.CurrentLSN.Sub(r.ReplayLSN),
+				LagSeconds: state.ReplayLagSeconds(st.CurrentLSN, r.ReplayLSN, r.ReplayLagSeconds)})
 		}
 	}
 	return m

@@ -10,17 +10,27 @@ import (
 	"github.com/cifha/cifha/pkg/ha"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
+	"github.com/cifha/cifha/pkg/config"
 	"github.com/cifha/cifha/pkg/pgctl"
 )
 
 // Handler serves the agent's read-only API:
 //
-//	GET /health   200 when postgres is running
-//	GET /primary  200 only on the lease holder whose postgres is read-write
-//	GET /replica  200 only on a streaming standby
-//	GET /status   JSON: this member and the cluster as last observed
+//	GET /health      200 when postgres is running
+//	GET /primary     200 only on the lease holder whose postgres is read-write
+//	GET /read-write  the same (Patroni's name)
+//	GET /replica     200 only on a streaming standby; ?lag=16MB or ?lag=10s
+//	                 also needs its replay lag, as the leader last published
+//	                 it, at most that (unknown lag: 503); a bad value is 400
+//	GET /read-only   200 on the primary and on a streaming standby
+//	GET /readiness   200 when postgres serves in its role (/read-only's rule)
+//	GET /liveness    200 while the HA loop runs: its last observation is at
+//	                 most ttl old (2 ttl on a standby), or it is busy in a
+//	                 long action (clone, bootstrap, rewind, reinit)
+//	GET /status      JSON: this member and the cluster as last observed
 //
 // Each answers 503 otherwise (HAProxy's httpchk treats that as down).
 func Handler(a *Agent) http.Handler {
@@ -64,12 +74,35 @@ func Handler(a *Agent) http.Handler {
 		}
 	}
 	mux.HandleFunc("/health", check(func(s *Snapshot, _ time.Time) bool { return s.Running && a.opt.PG.Running() }))
-	mux.HandleFunc("/primary", check(func(s *Snapshot, now time.Time) bool {
+	primary := func(s *Snapshot, now time.Time) bool {
 		// The fence rule is applied again now: a snapshot taken before the
 		// lease ran low must not keep routing writes here after the fence.
 		return s.IsLeader && ha.MayStayWritable(now, s.Lease, a.opt.FenceMargin) && s.Running && !s.InRecovery && s.Member.State == "running" && a.opt.PG.Running()
+	}
+	replica := func(s *Snapshot, _ time.Time) bool { return s.Running && s.Streaming && a.opt.PG.Running() }
+	readable := func(s *Snapshot, now time.Time) bool { return primary(s, now) || replica(s, now) }
+	mux.HandleFunc("/primary", check(primary))
+	mux.HandleFunc("/read-write", check(primary))
+	mux.HandleFunc("/read-only", check(readable))
+	mux.HandleFunc("/readiness", check(readable))
+	mux.HandleFunc("/replica", func(w http.ResponseWriter, r *http.Request) {
+		maxLag, err := parseLagLimit(r.URL.Query().Get("lag"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		check(func(s *Snapshot, now time.Time) bool { return replica(s, now) && maxLag.allows(ownLag(s, a.opt.Name)) })(w, r)
+	})
+	mux.HandleFunc("/liveness", check(func(s *Snapshot, now time.Time) bool {
+		if act := a.acting.Load(); act != nil && longAction(act.action) {
+			return true // a clone or rewind holds the loop; it has its own timeouts
+		}
+		limit := 2 * a.opt.TTL
+		if s.IsLeader {
+			limit = a.opt.TTL
+		}
+		return limit > 0 && now.Sub(s.ObservedAt) <= limit
 	}))
-	mux.HandleFunc("/replica", check(func(s *Snapshot, _ time.Time) bool { return s.Running && s.Streaming && a.opt.PG.Running() }))
 	// /status and /wal carry the cluster's details; api.protect_reads puts
 	// them behind the control credentials. /health, /primary and /replica
 	// stay open for load balancers.
@@ -194,3 +227,72 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // StatusResponse is kept as an alias for callers of the agent package.
 type StatusResponse = api.StatusResponse
+
+// lagLimit is /replica's ?lag=: a size ("16MB", "1048576") or a duration
+// ("10s", "500ms"); zero value: no limit.
+type lagLimit struct {
+	set     bool
+	bytes   int64
+	seconds float64
+	inTime  bool
+}
+
+func parseLagLimit(v string) (lagLimit, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return lagLimit{}, nil
+	}
+	if v == "0" {
+		return lagLimit{set: true}, nil
+	}
+	if n, err := config.ParseBytes(v); err == nil {
+		return lagLimit{set: true, bytes: n}, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
+		return lagLimit{set: true, seconds: d.Seconds(), inTime: true}, nil
+	}
+	return lagLimit{}, fmt.Errorf("lag=%q is neither a size (16MB, 1048576) nor a duration (10s, 500ms)", v)
+}
+
+// allows reports whether a lag within the limit is known.
+func (l lagLimit) allows(lag replicaLag) bool {
+	if !l.set {
+		return true
+	}
+	if l.inTime {
+		return lag.seconds != nil && *lag.seconds <= l.seconds
+	}
+	return lag.bytes != nil && *lag.bytes <= l.bytes
+}
+
+type replicaLag struct {
+	bytes   *int64
+	seconds *float64
+}
+
+// ownLag is this standby's lag as the leader last published it (its
+// pg_stat_replication row), else the leader's published current LSN minus
+// this member's replay LSN (bytes only). Unknown parts are nil.
+func ownLag(s *Snapshot, self string) replicaLag {
+	l := s.Cluster.Leader
+	if l == nil || !l.Valid {
+		return replicaLag{}
+	}
+	lm, ok := s.Cluster.Members[l.Name]
+	if !ok {
+		return replicaLag{}
+	}
+	for _, r := range lm.Replicas {
+		if r.Name == self {
+			b := r.LagBytes
+			return replicaLag{bytes: &b, seconds: r.LagSeconds}
+		}
+	}
+	cur, err1 := pgctl.ParseLSN(lm.CurrentLSN)
+	rep, err2 := pgctl.ParseLSN(s.Member.ReplayLSN)
+	if err1 != nil || err2 != nil || cur == 0 || rep == 0 {
+		return replicaLag{}
+	}
+	b := max(cur.Sub(rep), 0)
+	return replicaLag{bytes: &b}
+}

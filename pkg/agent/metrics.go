@@ -52,12 +52,13 @@ func (m *Metrics) Handler() http.Handler {
 type stateCollector struct {
 	a        *Agent
 	descs    map[string]*prometheus.Desc // the stateDescs gauges
-	lag, lsn *prometheus.Desc
+	lag, lagSeconds, lsn *prometheus.Desc
 }
 
 func newStateCollector(a *Agent, labels prometheus.Labels) *stateCollector {
 	c := &stateCollector{a: a, descs: map[string]*prometheus.Desc{},
 		lag: prometheus.NewDesc("cifha_replication_lag_bytes", "On the leader: its current WAL LSN minus each standby's replay LSN.", []string{"standby"}, labels),
+		lagSeconds: prometheus.NewDesc("cifha_replication_lag_seconds", "On the leader: how far each standby's replay is behind in time (0 when it has replayed all WAL; else pg_stat_replication.replay_lag; absent when unknown).", []string{"standby"}, labels),
 		lsn: prometheus.NewDesc("cifha_wal_lsn_bytes", "This member's WAL positions as byte offsets.", []string{"kind"}, labels)}
 	for _, d := range stateDescs {
 		c.descs[d.name] = prometheus.NewDesc(d.name, d.help, nil, labels)
@@ -94,6 +95,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- c.descs[d.name]
 	}
 	ch <- c.lag
+	ch <- c.lagSeconds
 	ch <- c.lsn
 }
 
@@ -173,6 +175,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if s.IsLeader {
 		for _, r := range s.Member.Replicas {
 			ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(max(r.LagBytes, 0)), r.Name)
+			if r.LagSeconds != nil {
+				ch <- prometheus.MustNewConstMetric(c.lagSeconds, prometheus.GaugeValue, *r.LagSeconds, r.Name)
+			}
 		}
 	}
 	for kind, v := range map[string]string{"current": s.Member.CurrentLSN, "receive": s.Member.ReceiveLSN, "replay": s.Member.ReplayLSN} {

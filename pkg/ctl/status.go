@@ -27,8 +27,12 @@ type MemberStatus struct {
 	Timeline int    `json:"timeline,omitempty"`
 	// LagBytes is the leader's current WAL LSN minus this member's replay
 	// LSN; nil when it cannot be known (shown as "unknown").
-	LagBytes     *int64 `json:"lag_bytes,omitempty"`
-	ReplayPaused bool   `json:"replay_paused,omitempty"`
+	LagBytes *int64 `json:"lag_bytes,omitempty"`
+	// LagSeconds is the leader's view of how far this member's replay is
+	// behind in time (the same number as /metrics'
+	// cifha_replication_lag_seconds and /status); nil when unknown.
+	LagSeconds   *float64 `json:"lag_seconds,omitempty"`
+	ReplayPaused bool     `json:"replay_paused,omitempty"`
 	// Synchronous: recorded by the leader as a synchronous standby (it has
 	// every acknowledged commit; only such a member is promoted).
 	Synchronous bool   `json:"synchronous,omitempty"`
@@ -143,6 +147,7 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 		}
 		if n != out.Leader && hasLeader {
 			row.LagBytes = lag(leader, m)
+			row.LagSeconds = lagSeconds(leader, m)
 		}
 		out.Members = append(out.Members, row)
 	}
@@ -200,6 +205,16 @@ func orUnknown(s string) string {
 	return s
 }
 
+// lagSeconds is the leader's published replay lag of m in seconds.
+func lagSeconds(leader, m election.Member) *float64 {
+	for _, r := range leader.Replicas {
+		if r.Name == m.Name {
+			return r.LagSeconds
+		}
+	}
+	return nil
+}
+
 // lag is the leader's current LSN minus m's replay LSN, taken from the
 // leader's own pg_stat_replication view when m is connected to it, else
 // from the two published positions. nil when either is unknown.
@@ -240,7 +255,7 @@ func fetch(ctx context.Context, hc *http.Client, base string, timeout time.Durat
 
 // RenderTable writes the status as a table in the style of `patronictl list`.
 func RenderTable(w io.Writer, s ClusterStatus) {
-	header := []string{"Member", "Host", "Role", "State", "TL", "Lag (bytes)", "Lag (MB)"}
+	header := []string{"Member", "Host", "Role", "State", "TL", "Lag (bytes)", "Lag (MB)", "Lag (s)"}
 	rows := [][]string{}
 	for _, m := range s.Members {
 		name := m.Name
@@ -264,15 +279,18 @@ func RenderTable(w io.Writer, s ClusterStatus) {
 		if m.Timeline > 0 {
 			tl = fmt.Sprint(m.Timeline)
 		}
-		lb, lm := "", ""
+		lb, lm, ls := "", "", ""
 		if m.Name != s.Leader {
-			lb, lm = "unknown", "unknown"
+			lb, lm, ls = "unknown", "unknown", "unknown"
 			if m.LagBytes != nil {
 				lb = fmt.Sprint(*m.LagBytes)
 				lm = fmt.Sprintf("%.1f", float64(*m.LagBytes)/(1<<20))
 			}
+			if m.LagSeconds != nil {
+				ls = fmt.Sprintf("%.1f", *m.LagSeconds)
+			}
 		}
-		rows = append(rows, []string{name, m.Host, m.Role, state, tl, lb, lm})
+		rows = append(rows, []string{name, m.Host, m.Role, state, tl, lb, lm, ls})
 	}
 	widths := make([]int, len(header))
 	for i, h := range header {

@@ -51,7 +51,8 @@ func queriesFor(v Version) Queries {
   (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1),
   current_setting('synchronous_standby_names')`,
 			Replication: `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_lsn::text, ''),
-  coalesce(replay_lsn::text, ''), coalesce(sync_state, ''), coalesce(flush_lsn::text, '') FROM pg_stat_replication`,
+  coalesce(replay_lsn::text, ''), coalesce(sync_state, ''), coalesce(flush_lsn::text, ''),
+  coalesce(extract(epoch FROM replay_lag)::float8, -1) FROM pg_stat_replication`,
 			Slots: `SELECT slot_name, active, false FROM pg_replication_slots WHERE slot_type = 'physical'`,
 		}
 	}
@@ -66,7 +67,8 @@ func queriesFor(v Version) Queries {
   (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1),
   current_setting('synchronous_standby_names')`,
 		Replication: `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_location::text, ''),
-  coalesce(replay_location::text, ''), coalesce(sync_state, ''), coalesce(flush_location::text, '') FROM pg_stat_replication`,
+  coalesce(replay_location::text, ''), coalesce(sync_state, ''), coalesce(flush_location::text, ''),
+  -1::float8 FROM pg_stat_replication`,
 		Slots: `SELECT slot_name, active, false FROM pg_replication_slots WHERE slot_type = 'physical'`,
 	}
 }
@@ -206,7 +208,7 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		for rows.Next() {
 			var r Replica
 			var sent, replay, flush string
-			if err := rows.Scan(&r.Name, &r.State, &sent, &replay, &r.SyncState, &flush); err != nil {
+			if err := rows.Scan(&r.Name, &r.State, &sent, &replay, &r.SyncState, &flush, &r.ReplayLagSeconds); err != nil {
 				rows.Close()
 				return err
 			}

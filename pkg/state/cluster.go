@@ -54,6 +54,25 @@ type ReplicaLag struct {
 	ReplayLSN string `json:"replay_lsn"`
 	// LagBytes is the primary's current LSN minus the standby's replay LSN.
 	LagBytes int64 `json:"lag_bytes"`
+	// LagSeconds is how far the standby's replay is behind in time: 0 when
+	// it has replayed everything the primary wrote (an idle cluster is
+	// not "behind" however long ago the last commit was), else the
+	// primary's last measured replay_lag; absent when unknown.
+	LagSeconds *float64 `json:"lag_seconds,omitempty"`
+}
+
+// ReplayLagSeconds is LagSeconds for a standby that has replayed up to
+// replay while the primary is at current, with postgres' replay_lag
+// (seconds, -1 when it shows none).
+func ReplayLagSeconds(current, replay LSN, replayLag float64) *float64 {
+	switch {
+	case replay != 0 && replay >= current:
+		zero := 0.0
+		return &zero
+	case replayLag >= 0:
+		return &replayLag
+	}
+	return nil
 }
 
 // LastLeader is the record of the most recent leadership, kept after the

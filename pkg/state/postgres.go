@@ -76,6 +76,11 @@ type Replica struct {
 	// synchronous commit with synchronous_commit = on waits for).
 	FlushLSN  LSN    `json:"-"`
 	SyncState string `json:"sync_state"`
+	// ReplayLagSeconds is pg_stat_replication.replay_lag (10+): the time
+	// between the primary flushing recent WAL and the standby applying
+	// it, as last measured; -1 when postgres shows none (not measured
+	// lately, or before 10).
+	ReplayLagSeconds float64 `json:"-"`
 }
 
 // Slot is one physical replication slot.
