@@ -50,16 +50,16 @@ func (m *Metrics) Handler() http.Handler {
 
 // stateCollector turns the last snapshot into gauges.
 type stateCollector struct {
-	a        *Agent
-	descs    map[string]*prometheus.Desc // the stateDescs gauges
+	a                    *Agent
+	descs                map[string]*prometheus.Desc // the stateDescs gauges
 	lag, lagSeconds, lsn *prometheus.Desc
 }
 
 func newStateCollector(a *Agent, labels prometheus.Labels) *stateCollector {
 	c := &stateCollector{a: a, descs: map[string]*prometheus.Desc{},
-		lag: prometheus.NewDesc("cifha_replication_lag_bytes", "On the leader: its current WAL LSN minus each standby's replay LSN.", []string{"standby"}, labels),
+		lag:        prometheus.NewDesc("cifha_replication_lag_bytes", "On the leader: its current WAL LSN minus each standby's replay LSN.", []string{"standby"}, labels),
 		lagSeconds: prometheus.NewDesc("cifha_replication_lag_seconds", "On the leader: how far each standby's replay is behind in time (0 when it has replayed all WAL; else pg_stat_replication.replay_lag; absent when unknown).", []string{"standby"}, labels),
-		lsn: prometheus.NewDesc("cifha_wal_lsn_bytes", "This member's WAL positions as byte offsets.", []string{"kind"}, labels)}
+		lsn:        prometheus.NewDesc("cifha_wal_lsn_bytes", "This member's WAL positions as byte offsets.", []string{"kind"}, labels)}
 	for _, d := range stateDescs {
 		c.descs[d.name] = prometheus.NewDesc(d.name, d.help, nil, labels)
 	}
