@@ -8,12 +8,17 @@ COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -X github.com/cifha/cifha/pkg/version.Version=$(VERSION) -X github.com/cifha/cifha/pkg/version.Commit=$(COMMIT) -X github.com/cifha/cifha/pkg/version.BuildDate=$(BUILD_DATE)
 
-.PHONY: all build deps test unit integration lint demo bench fuzz soak dist clean
+.PHONY: all build deps test unit integration lint demo bench fuzz soak dist docs clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/cifha ./cmd/cifhactl
+
+# make docs: regenerate docs/configuration.md from the configuration structs
+# (TestReferenceUpToDate fails when it is out of date).
+docs:
+	UPDATE_CONFREF=1 $(GO) test -count=1 -run TestReferenceUpToDate ./internal/confref
 
 # make dist: the install tarball of docs/install.md, to unpack with
 # tar -xzf dist/cifha-*.tar.gz -C /usr/local (bin/, lib/systemd/system/

@@ -15,6 +15,8 @@ import (
 
 // Config is cif-sync's configuration (/etc/cifha/cif-sync.toml).
 type Config struct {
+	// Cluster is the cifha cluster whose primary ~/.cif must name (the
+	// agents' cluster).
 	Cluster string `toml:"cluster"`
 	// CIFFile is the ~/.cif to keep pointing at the primary.
 	CIFFile string `toml:"cif_file"`
@@ -32,10 +34,22 @@ type Config struct {
 	APICAFile string `toml:"api_ca_file"`
 	// PostChange runs after every change of the file.
 	PostChange struct {
-		Command []string        `toml:"command"`
+		// Command is an argv (e.g. ["apachectl", "graceful"]) run once per
+		// change of the file; a failure is logged and it runs again on the
+		// next change.
+		Command []string `toml:"command"`
+		// Timeout bounds Command.
 		Timeout config.Duration `toml:"timeout"`
 	} `toml:"post_change"`
 	Log config.Log `toml:"log"`
+}
+
+// DefaultConfig is the configuration before the file is read.
+func DefaultConfig() Config {
+	c := Config{Log: config.Log{Level: "info", Format: "text"}}
+	c.Etcd.DialTimeout.Duration = 2 * time.Second
+	c.PostChange.Timeout.Duration = 30 * time.Second
+	return c
 }
 
 // LoadConfig reads and validates a cif-sync configuration strictly.
@@ -44,9 +58,8 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	c := &Config{Log: config.Log{Level: "info", Format: "text"}}
-	c.Etcd.DialTimeout.Duration = 2 * time.Second
-	c.PostChange.Timeout.Duration = 30 * time.Second
+	d := DefaultConfig()
+	c := &d
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(c)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

@@ -59,8 +59,12 @@ type Config struct {
 // Mode "command": the operator's own ArchiveCommand and RestoreCommand
 // (pgBackRest, WAL-G), and CleanupCommand if any, written as they are.
 type Archive struct {
+	// Mode is "none" (default: postgres.archive_command, if any, as set),
+	// "directory", "peers" or "command" (above).
 	Mode string `toml:"mode"`
-	Dir  string `toml:"dir"`
+	// Dir is the archive directory of modes "directory" and "peers"; it
+	// must exist, owned by postgres.
+	Dir string `toml:"dir"`
 	// Cleanup: a standby trims the archive with pg_archivecleanup at each
 	// restartpoint (the seed's archive_cleanup_command). Only for an
 	// archive no other member or backup still needs.
@@ -68,7 +72,10 @@ type Archive struct {
 	// ArchiveCommand, RestoreCommand and CleanupCommand are mode
 	// "command"'s postgres commands (%p, %f, %r as postgres expands them).
 	ArchiveCommand string `toml:"archive_command"`
+	// RestoreCommand is mode "command"'s restore_command (%f, %p).
 	RestoreCommand string `toml:"restore_command"`
+	// CleanupCommand is mode "command"'s archive_cleanup_command (%r);
+	// optional.
 	CleanupCommand string `toml:"cleanup_command"`
 }
 
@@ -95,7 +102,10 @@ type Bootstrap struct {
 
 // BootstrapRole is a login role whose password is read from a file.
 type BootstrapRole struct {
-	Name         string `toml:"name"`
+	// Name is the role's name (a login role).
+	Name string `toml:"name"`
+	// PasswordFile holds its password (mode 0600, owned by postgres); set
+	// on the role by every new leader.
 	PasswordFile string `toml:"password_file"`
 	// Password is read from PasswordFile by Load; never logged.
 	Password string `toml:"-"`
@@ -104,7 +114,10 @@ type BootstrapRole struct {
 // BootstrapDatabase is a database and its owner (a role of Roles, or the
 // superuser when empty).
 type BootstrapDatabase struct {
-	Name  string `toml:"name"`
+	// Name is the database's name.
+	Name string `toml:"name"`
+	// Owner is its owner: a role of bootstrap.roles, or the superuser when
+	// empty.
 	Owner string `toml:"owner"`
 }
 
@@ -113,10 +126,14 @@ type BootstrapDatabase struct {
 // on_role_change), the new role (primary, replica) and the cluster name.
 // They run outside the HA loop, one at a time, each bounded by Timeout.
 type Callbacks struct {
-	OnStart      []string `toml:"on_start"`
-	OnStop       []string `toml:"on_stop"`
+	// OnStart runs after the agent started postgres.
+	OnStart []string `toml:"on_start"`
+	// OnStop runs after the agent stopped postgres.
+	OnStop []string `toml:"on_stop"`
+	// OnRoleChange runs after a promotion or a demotion.
 	OnRoleChange []string `toml:"on_role_change"`
-	Timeout      Duration `toml:"timeout"`
+	// Timeout bounds each callback; it is killed after it.
+	Timeout Duration `toml:"timeout"`
 }
 
 // API configures the agent's HTTP API.
@@ -128,7 +145,8 @@ type API struct {
 	AdvertiseURL string `toml:"advertise_url"`
 	// CertFile and KeyFile enable TLS on the API when both are set.
 	CertFile string `toml:"cert_file"`
-	KeyFile  string `toml:"key_file"`
+	// KeyFile is the private key of CertFile (mode 0600).
+	KeyFile string `toml:"key_file"`
 	// CAFile verifies the other members' APIs when they use TLS with a
 	// private CA (default: the system's roots).
 	CAFile string `toml:"ca_file"`
@@ -148,7 +166,8 @@ type API struct {
 	// ClientCertFile and ClientKeyFile are the certificate cifhactl
 	// presents to the control endpoints (read by cifhactl only).
 	ClientCertFile string `toml:"client_cert_file"`
-	ClientKeyFile  string `toml:"client_key_file"`
+	// ClientKeyFile is the private key of ClientCertFile.
+	ClientKeyFile string `toml:"client_key_file"`
 
 	// Token is read from TokenFile by Load; never logged.
 	Token string `toml:"-"`
@@ -156,13 +175,22 @@ type API struct {
 
 // Etcd configures the connection to the etcd cluster holding the leader lease.
 type Etcd struct {
-	Endpoints    []string `toml:"endpoints"`
-	DialTimeout  Duration `toml:"dial_timeout"`
-	Username     string   `toml:"username"`
-	PasswordFile string   `toml:"password_file"`
-	CAFile       string   `toml:"ca_file"`
-	CertFile     string   `toml:"cert_file"`
-	KeyFile      string   `toml:"key_file"`
+	// Endpoints are the etcd members' client addresses (host:port, or
+	// http(s)://host:port); list every member.
+	Endpoints []string `toml:"endpoints"`
+	// DialTimeout bounds connecting to a member; must be below ttl/2.
+	DialTimeout Duration `toml:"dial_timeout"`
+	// Username enables etcd's password authentication (with PasswordFile).
+	Username string `toml:"username"`
+	// PasswordFile holds the etcd user's password (mode 0600).
+	PasswordFile string `toml:"password_file"`
+	// CAFile verifies etcd's server certificates (TLS; https endpoints).
+	CAFile string `toml:"ca_file"`
+	// CertFile is the client certificate presented to etcd (client-cert
+	// authentication).
+	CertFile string `toml:"cert_file"`
+	// KeyFile is the private key of CertFile.
+	KeyFile string `toml:"key_file"`
 	// AllowUnsafeServer lets the agent run against an etcd server whose
 	// leases a stalled etcd leader can revoke early (etcd issue 15247,
 	// fixed in 3.4.31 and 3.5.13): the fencing argument does not hold
@@ -177,7 +205,11 @@ type Etcd struct {
 type Postgres struct {
 	// BinDir holds postgres, initdb, pg_basebackup, ...; auto-detected under
 	// /usr/lib/postgresql/*/bin (highest version) when empty.
-	BinDir  string `toml:"bin_dir"`
+	BinDir string `toml:"bin_dir"`
+	// DataDir is the data directory, made by cifha (initdb on the first
+	// member, a clone on the others); its parent must exist and be
+	// writable by postgres (the unit's StateDirectory makes
+	// /var/lib/cifha).
 	DataDir string `toml:"data_dir"`
 	// WalDir, if set, holds the WAL outside the data directory (the seed's
 	// pg_xlog partition): initdb --waldir and pg_basebackup --waldir put it
@@ -197,7 +229,8 @@ type Postgres struct {
 	Tablespaces map[string]string `toml:"tablespaces"`
 	// Listen is postgres' listen_addresses.
 	Listen string `toml:"listen"`
-	Port   int    `toml:"port"`
+	// Port is postgres' port (CIF's ~/.cif has no port key: keep 5432).
+	Port int `toml:"port"`
 	// ConnectAddress is the host:port peers and clients use to reach this
 	// postgres; defaults to <listen>:<port> when listen is a single address.
 	ConnectAddress string `toml:"connect_address"`
@@ -209,9 +242,16 @@ type Postgres struct {
 	// pg_basebackup, pg_rewind and primary_conninfo.
 	PassFile string `toml:"pass_file"`
 
-	Superuser               string `toml:"superuser"`
-	SuperuserPasswordFile   string `toml:"superuser_password_file"`
-	ReplicationUser         string `toml:"replication_user"`
+	// Superuser is the superuser initdb makes and the agent connects as.
+	Superuser string `toml:"superuser"`
+	// SuperuserPasswordFile holds its password (mode 0600, owner postgres);
+	// required.
+	SuperuserPasswordFile string `toml:"superuser_password_file"`
+	// ReplicationUser is the role standbys, pg_basebackup and pg_rewind
+	// connect as.
+	ReplicationUser string `toml:"replication_user"`
+	// ReplicationPasswordFile holds its password (mode 0600, owner
+	// postgres); required.
 	ReplicationPasswordFile string `toml:"replication_password_file"`
 
 	// ArchiveCommand, when set, turns archive_mode on (the seed ships WAL
@@ -295,14 +335,18 @@ type HA struct {
 
 // Log configures the agent's own log.
 type Log struct {
+	// Level is trace, debug, info, warn or error.
 	Level  string `toml:"level"`
 	Format string `toml:"format"` // "text" or "json"
 }
 
 // Tags are per-member flags read by other members (failover rules use them).
 type Tags struct {
-	NoFailover       bool `toml:"nofailover"`
-	FailoverPriority int  `toml:"failover_priority"`
+	// NoFailover: this member is never promoted (failover or switchover).
+	NoFailover bool `toml:"nofailover"`
+	// FailoverPriority orders candidates that are equally far ahead:
+	// higher first.
+	FailoverPriority int `toml:"failover_priority"`
 }
 
 // Duration is a time.Duration written as a string ("10s", "500ms").
