@@ -127,6 +127,10 @@ func run() (code int) {
 				ttl: *ttl, bound: *bound, etcdMembers: *etcdMembers, failsafe: *failsafe, outage: *outage})
 			mu.Lock()
 			defer mu.Unlock()
+			if err != nil {
+				// Said at once: the other lanes may run for hours yet.
+				fmt.Printf("%s [lane %d] stopped: %v\n", time.Now().Format("15:04:05"), i, err)
+			}
 			fmt.Printf("\nlane %d (seed %d):\n", i, *seed+uint64(i))
 			rep.faults.Table(os.Stdout)
 			all.Merge(rep.faults)

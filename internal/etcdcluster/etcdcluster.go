@@ -18,11 +18,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -257,13 +259,31 @@ func (c *Cluster) Close() {
 	}
 }
 
+// freePort picks a free port below the kernel's ephemeral range: a member's
+// port must still be free when the member is restarted after being
+// stopped, and a port from the ephemeral range (":0") can meanwhile become
+// the source port of any outgoing connection on the machine (seen when
+// several checker lanes ran side by side: a restarted member could not
+// bind, and the cluster never became healthy again).
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 12000 {
+				low = n
+			}
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	for i := 0; i < 200; i++ {
+		port := low - 10000 + rand.IntN(10000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return port, nil
+	}
+	return 0, fmt.Errorf("no free port in [%d, %d)", low-10000, low)
 }
 
 // peerProxy forwards one member's peer port and drops the connections of
