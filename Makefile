@@ -16,9 +16,11 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/cifha ./cmd/cifhactl
 
 # make docs: regenerate docs/configuration.md from the configuration structs
-# (TestReferenceUpToDate fails when it is out of date).
+# and docs/metrics.md from the agent's metrics registry (TestReferenceUpToDate
+# and TestMetricsReference fail when they are out of date).
 docs:
 	UPDATE_CONFREF=1 $(GO) test -count=1 -run TestReferenceUpToDate ./internal/confref
+	UPDATE_METRICSREF=1 $(GO) test -count=1 -run TestMetricsReference ./pkg/agent
 
 # make dist: the install tarball of docs/install.md, to unpack with
 # tar -xzf dist/cifha-*.tar.gz -C /usr/local (bin/, lib/systemd/system/
