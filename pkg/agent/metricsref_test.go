@@ -34,9 +34,9 @@ func metricsReference(t *testing.T) string {
 	a.snap.Store(&Snapshot{Member: election.Member{Name: "db1", Role: "primary", State: "running", Timeline: 2, CurrentLSN: "0/5000",
 		ReceiveLSN: "0/5000", ReplayLSN: "0/5000", PendingRestart: []string{"shared_buffers"},
 		Replicas: []election.ReplicaLag{{Name: "db2", LagBytes: 10, LagSeconds: &half}}},
-		Cluster: election.Cluster{Leader: &election.Leader{Name: "db1", Valid: true}, Members: map[string]election.Member{"db1": {}}},
+		Cluster:  election.Cluster{Leader: &election.Leader{Name: "db1", Valid: true}, Members: map[string]election.Member{"db1": {}}},
 		IsLeader: true, Running: true, Lease: election.LeaseState{ID: 1, ValidUntil: time.Now().Add(time.Hour)}, ObservedAt: time.Now(),
-		Sync:     ha.SyncConfig{On: true}, Archiver: &Archiver{On: true, Archived: 1, LastArchivedAt: time.Now()}})
+		Sync: ha.SyncConfig{On: true}, Archiver: &Archiver{On: true, Archived: 1, LastArchivedAt: time.Now()}})
 	fams, err := a.metrics.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
