@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cifha's tests and demo need, only where it is missing:
 # Debian's PostgreSQL server (binaries under /usr/lib/postgresql/*/bin), the
-# postgres OS user, HAProxy and promtool. Go itself must already be installed.
+# postgres OS user, HAProxy, promtool and systemd-analyze. Go itself must
+# already be installed.
 set -euo pipefail
 
 need_pg=1
@@ -54,6 +55,17 @@ if ! command -v promtool >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
   if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
   systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+# systemd-analyze: the tests verify deploy/systemd's units with it.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "systemd-analyze is missing; run as root (or: sudo apt-get install systemd)" >&2
+    exit 1
+  fi
+  echo ">> installing systemd-analyze (apt-get systemd)"
+  export DEBIAN_FRONTEND=noninteractive
+  [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update -qq
+  apt-get install -y -qq --no-install-recommends systemd >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
 fi
 if ! command -v go >/dev/null 2>&1; then
   echo "Go is not on PATH (expected /usr/local/go/bin/go)" >&2

@@ -177,6 +177,9 @@ type Agent struct {
 	// acting is the action the loop is carrying out now (nil between
 	// actions), for /liveness: a clone holds the loop for minutes.
 	acting atomic.Pointer[actingInfo]
+	// observedUp: an observation with the lease session held and postgres'
+	// state read (systemd's READY=1).
+	observedUp atomic.Bool
 	// bootstrapPending: this member ran initdb and its first leader
 	// housekeeping (roles, tablespaces, databases) has not succeeded yet.
 	bootstrapPending bool
@@ -573,6 +576,9 @@ func (a *Agent) planWake() <-chan time.Time {
 func (a *Agent) Iterate(ctx context.Context) error {
 	started := time.Now()
 	o := a.observe(ctx)
+	if o.Lease.ID != 0 && o.DCSErr == nil {
+		a.observedUp.Store(true)
+	}
 	a.applyParams(o)
 	p := ha.Decide(o)
 	switch {

@@ -93,16 +93,7 @@ func Handler(a *Agent) http.Handler {
 		}
 		check(func(s *Snapshot, now time.Time) bool { return replica(s, now) && maxLag.allows(ownLag(s, a.opt.Name)) })(w, r)
 	})
-	mux.HandleFunc("/liveness", check(func(s *Snapshot, now time.Time) bool {
-		if act := a.acting.Load(); act != nil && longAction(act.action) {
-			return true // a clone or rewind holds the loop; it has its own timeouts
-		}
-		limit := 2 * a.opt.TTL
-		if s.IsLeader {
-			limit = a.opt.TTL
-		}
-		return limit > 0 && now.Sub(s.ObservedAt) <= limit
-	}))
+	mux.HandleFunc("/liveness", check(func(_ *Snapshot, now time.Time) bool { return a.Alive(now) }))
 	// /status and /wal carry the cluster's details; api.protect_reads puts
 	// them behind the control credentials. /health, /primary and /replica
 	// stay open for load balancers.

@@ -197,6 +197,9 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 	if reload != nil {
 		go reloadLoop(ctx, reload, cfg, ver, binDir, a, pg, log)
 	}
+	sdCtx, sdStop := context.WithCancel(ctx)
+	defer sdStop()
+	go newSDNotifier(a).run(sdCtx)
 	err = a.Run(ctx)
 	if pg.Running() {
 		// postgres could not be stopped: keep the lease until it runs out so
