@@ -33,7 +33,7 @@ dist: build
 	install -m 0755 bin/cifha bin/cifhactl $(DISTDIR)/stage/bin/
 	install -m 0644 deploy/systemd/*.service $(DISTDIR)/stage/lib/systemd/system/
 	install -m 0644 README.md docs/*.md $(DISTDIR)/stage/share/doc/cifha/
-	install -m 0644 docs/*.toml deploy/prometheus/*.yml deploy/haproxy/haproxy.cfg $(DISTDIR)/stage/share/doc/cifha/examples/
+	install -m 0644 docs/*.toml deploy/prometheus/*.yml deploy/haproxy/haproxy.cfg deploy/grafana/cifha-dashboard.json $(DISTDIR)/stage/share/doc/cifha/examples/
 	tar --owner=0 --group=0 --numeric-owner -czf $(DISTDIR)/cifha-$(VERSION)-linux-$(GOARCH).tar.gz -C $(DISTDIR)/stage bin lib share
 	rm -rf $(DISTDIR)/stage
 

@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -106,5 +108,48 @@ func TestMetricsReference(t *testing.T) {
 	}
 	if string(want) != got {
 		t.Fatal("docs/metrics.md is out of date with the agent's metrics: run make docs")
+	}
+}
+
+// TestGrafanaDashboardUsesExistingMetrics: every cifha_* metric in
+// deploy/grafana/cifha-dashboard.json is one the agent exports (a
+// histogram's _bucket/_sum/_count series count as its name), and the file
+// is valid JSON with panels.
+func TestGrafanaDashboardUsesExistingMetrics(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/grafana/cifha-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	ref := metricsReference(t)
+	n := 0
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			for _, m := range regexp.MustCompile(`cifha_[a-z_]+`).FindAllString(tg.Expr, -1) {
+				n++
+				base := m
+				for _, suf := range []string{"_bucket", "_sum", "_count"} {
+					if strings.HasSuffix(m, suf) && strings.Contains(ref, "`"+strings.TrimSuffix(m, suf)+"` | histogram") {
+						base = strings.TrimSuffix(m, suf)
+					}
+				}
+				if !strings.Contains(ref, "`"+base+"`") {
+					t.Errorf("panel %q uses %s, which the agent does not export", p.Title, m)
+				}
+			}
+		}
+	}
+	if n < 10 {
+		t.Fatalf("only %d metric uses in the dashboard", n)
 	}
 }
