@@ -8,7 +8,7 @@ COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -X github.com/cifha/cifha/pkg/version.Version=$(VERSION) -X github.com/cifha/cifha/pkg/version.Commit=$(COMMIT) -X github.com/cifha/cifha/pkg/version.BuildDate=$(BUILD_DATE)
 
-.PHONY: all build deps test unit integration lint demo bench fuzz soak dist docs clean
+.PHONY: all build deps test unit integration lint demo bench fuzz soak dist deb docs clean
 
 all: build
 
@@ -36,6 +36,28 @@ dist: build
 	install -m 0644 docs/*.toml deploy/prometheus/*.yml deploy/haproxy/haproxy.cfg deploy/grafana/cifha-dashboard.json $(DISTDIR)/stage/share/doc/cifha/examples/
 	tar --owner=0 --group=0 --numeric-owner -czf $(DISTDIR)/cifha-$(VERSION)-linux-$(GOARCH).tar.gz -C $(DISTDIR)/stage bin lib share
 	rm -rf $(DISTDIR)/stage
+
+# make deb: a Debian package (nfpm, pinned in go.mod as a tool) with the
+# binaries in /usr/bin, the cifha and cif-sync units in /lib/systemd/system,
+# the docs and examples in /usr/share/doc/cifha and shell completions; its
+# postinst makes /etc/cifha and enables nothing.
+DEB_VERSION ?= 0.0.0~git$(shell git log -1 --format=%cd --date=format:%Y%m%d%H%M%S 2>/dev/null || echo 0).$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+deb: build
+	rm -rf $(DISTDIR)/deb-stage
+	mkdir -p $(DISTDIR)/deb-stage/usr/bin $(DISTDIR)/deb-stage/lib/systemd/system $(DISTDIR)/deb-stage/usr/share/doc/cifha/examples \
+		$(DISTDIR)/deb-stage/usr/share/bash-completion/completions $(DISTDIR)/deb-stage/usr/share/zsh/vendor-completions $(DISTDIR)/deb-stage/usr/share/fish/vendor_completions.d
+	install -m 0755 bin/cifha bin/cifhactl $(DISTDIR)/deb-stage/usr/bin/
+	for u in cifha cifha-cif-sync; do sed -e 's#/usr/local/bin/#/usr/bin/#g' -e 's#/usr/local/share/doc/#/usr/share/doc/#g' -e 's#/usr/local/lib/systemd/system/#/lib/systemd/system/#g' \
+		deploy/systemd/$$u.service > $(DISTDIR)/deb-stage/lib/systemd/system/$$u.service; done
+	install -m 0644 README.md docs/*.md $(DISTDIR)/deb-stage/usr/share/doc/cifha/
+	install -m 0644 docs/*.toml deploy/prometheus/*.yml deploy/haproxy/haproxy.cfg deploy/grafana/cifha-dashboard.json deploy/systemd/etcd.service $(DISTDIR)/deb-stage/usr/share/doc/cifha/examples/
+	bin/cifhactl completion bash > $(DISTDIR)/deb-stage/usr/share/bash-completion/completions/cifhactl
+	bin/cifhactl completion zsh > $(DISTDIR)/deb-stage/usr/share/zsh/vendor-completions/_cifhactl
+	bin/cifhactl completion fish > $(DISTDIR)/deb-stage/usr/share/fish/vendor_completions.d/cifhactl.fish
+	install -m 0755 deploy/deb-postinst.sh $(DISTDIR)/deb-stage/postinst
+	$(GO) build -o bin/nfpm github.com/goreleaser/nfpm/v2/cmd/nfpm
+	cd $(DISTDIR)/deb-stage && GOARCH=$(GOARCH) DEB_VERSION=$(DEB_VERSION) $(abspath bin/nfpm) package --config $(abspath deploy/nfpm.yaml) --packager deb --target $(abspath $(DISTDIR))/
+	rm -rf $(DISTDIR)/deb-stage
 
 deps:
 	@scripts/deps.sh
