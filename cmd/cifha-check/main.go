@@ -140,7 +140,11 @@ func run() (code int) {
 		}()
 	}
 	wg.Wait()
-	fmt.Printf("\nall %d lanes, %d rounds:\n", *lanes, *rounds)
+	done := 0
+	for _, st := range all.ByFault {
+		done += st.Rounds
+	}
+	fmt.Printf("\nall %d lanes, %d of %d rounds run:\n", *lanes, done, *rounds)
 	return report(laneReport{faults: all}, errors.Join(errs...), false)
 }
 
