@@ -76,7 +76,7 @@ func TestPausedLeaderRestartsAfterFence(t *testing.T) {
 	if pg.Up {
 		t.Fatal("not fenced inside the margin")
 	}
-	dcs.LeaseNow.ValidUntil = clk.T.Add(3 * time.Second) // renewed in time, same lease
+	dcs.LeaseNow.ValidUntil = clk.Now().Add(3 * time.Second) // renewed in time, same lease
 	if err := a.Iterate(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestLeaderGivesUpKeyWhenPostgresCannotStart(t *testing.T) {
 	pg.Up = false
 	for i := 0; i < 30 && dcs.Cluster.Leader != nil; i++ {
 		clk.Advance(500 * time.Millisecond)
-		dcs.LeaseNow.ValidUntil = clk.T.Add(3 * time.Second)
+		dcs.LeaseNow.ValidUntil = clk.Now().Add(3 * time.Second)
 		_ = a.Iterate(ctx)
 	}
 	if dcs.Cluster.Leader != nil {
@@ -102,7 +102,7 @@ func TestLeaderGivesUpKeyWhenPostgresCannotStart(t *testing.T) {
 	}
 	// It does not take the key straight back.
 	clk.Advance(time.Second)
-	dcs.LeaseNow.ValidUntil = clk.T.Add(3 * time.Second)
+	dcs.LeaseNow.ValidUntil = clk.Now().Add(3 * time.Second)
 	_ = a.Iterate(ctx)
 	if dcs.Cluster.Leader != nil {
 		t.Fatal("took the key back at once")

@@ -352,17 +352,29 @@ func (d *DCS) TakeBack(_ context.Context, id string, rec election.LastLeader, re
 
 func (d *DCS) DeleteUnboundMember(context.Context, string) error { return nil }
 
-// Clock is a settable clock.
-type Clock struct{ T time.Time }
+// Clock is a settable clock, safe for use by several goroutines (the
+// loop, the API and the systemd notifier read it while a test advances it).
+type Clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
 
 // NewClock returns a clock at t.
-func NewClock(t time.Time) *Clock { return &Clock{T: t} }
+func NewClock(t time.Time) *Clock { return &Clock{t: t} }
 
 // Now returns the clock's time.
-func (c *Clock) Now() time.Time { return c.T }
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
 
 // Advance moves the clock forward.
-func (c *Clock) Advance(d time.Duration) { c.T = c.T.Add(d) }
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
 
 // Settings is a small pg_settings for ReadSettings and validation tests.
 var Settings = map[string]pgctl.Setting{
