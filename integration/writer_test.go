@@ -154,8 +154,14 @@ func (w *clientWriter) maxGapSince(t time.Time) time.Duration {
 	return gap
 }
 
-// missing counts acknowledged rows that node n does not have.
+// missing counts acknowledged rows that node n does not have. The
+// acknowledged ids are taken before the query: the writer may still be
+// running, and a row acknowledged after the query's snapshot is not
+// missing (reading the list afterwards counted one as lost in a CI run).
 func (w *clientWriter) missing(ctx context.Context, n *cluster.Node) (int, error) {
+	w.mu.Lock()
+	acked := append([]int(nil), w.acked...)
+	w.mu.Unlock()
 	conn, err := n.Connect(ctx)
 	if err != nil {
 		return 0, err
@@ -176,10 +182,8 @@ func (w *clientWriter) missing(ctx context.Context, n *cluster.Node) (int, error
 	if err := rows.Err(); err != nil {
 		return 0, err
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	lost := 0
-	for _, id := range w.acked {
+	for _, id := range acked {
 		if !have[id] {
 			lost++
 		}
