@@ -261,9 +261,8 @@ type replicaLag struct {
 	seconds *float64
 }
 
-// ownLag is this standby's lag as the leader last published it (its
-// pg_stat_replication row), else the leader's published current LSN minus
-// this member's replay LSN (bytes only). Unknown parts are nil.
+// ownLag is this standby's lag as the leader last published it
+// (state.Member.LagOf). Unknown parts are nil.
 func ownLag(s *Snapshot, self string) replicaLag {
 	l := s.Cluster.Leader
 	if l == nil || !l.Valid {
@@ -273,17 +272,8 @@ func ownLag(s *Snapshot, self string) replicaLag {
 	if !ok {
 		return replicaLag{}
 	}
-	for _, r := range lm.Replicas {
-		if r.Name == self {
-			b := r.LagBytes
-			return replicaLag{bytes: &b, seconds: r.LagSeconds}
-		}
-	}
-	cur, err1 := pgctl.ParseLSN(lm.CurrentLSN)
-	rep, err2 := pgctl.ParseLSN(s.Member.ReplayLSN)
-	if err1 != nil || err2 != nil || cur == 0 || rep == 0 {
-		return replicaLag{}
-	}
-	b := max(cur.Sub(rep), 0)
-	return replicaLag{bytes: &b}
+	me := s.Member
+	me.Name = self
+	b, sec := lm.LagOf(me)
+	return replicaLag{bytes: b, seconds: sec}
 }

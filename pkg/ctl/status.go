@@ -146,8 +146,7 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 			out.Problems = append(out.Problems, fmt.Sprintf("member %s unreachable: %v", n, errs[i]))
 		}
 		if n != out.Leader && hasLeader {
-			row.LagBytes = lag(leader, m)
-			row.LagSeconds = lagSeconds(leader, m)
+			row.LagBytes, row.LagSeconds = leader.LagOf(m)
 		}
 		out.Members = append(out.Members, row)
 	}
@@ -205,33 +204,10 @@ func orUnknown(s string) string {
 	return s
 }
 
-// lagSeconds is the leader's published replay lag of m in seconds.
-func lagSeconds(leader, m election.Member) *float64 {
-	for _, r := range leader.Replicas {
-		if r.Name == m.Name {
-			return r.LagSeconds
-		}
-	}
-	return nil
-}
-
-// lag is the leader's current LSN minus m's replay LSN, taken from the
-// leader's own pg_stat_replication view when m is connected to it, else
-// from the two published positions. nil when either is unknown.
+// lag is m's replay lag in bytes as the leader shows it (state.Member.LagOf).
 func lag(leader, m election.Member) *int64 {
-	for _, r := range leader.Replicas {
-		if r.Name == m.Name {
-			v := r.LagBytes
-			return &v
-		}
-	}
-	cur, err1 := state.ParseLSN(leader.CurrentLSN)
-	rep, err2 := state.ParseLSN(m.ReplayLSN)
-	if err1 != nil || err2 != nil {
-		return nil
-	}
-	v := cur.Sub(rep)
-	return &v
+	b, _ := leader.LagOf(m)
+	return b
 }
 
 func fetch(ctx context.Context, hc *http.Client, base string, timeout time.Duration) (*election.Member, error) {

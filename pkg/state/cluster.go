@@ -61,6 +61,27 @@ type ReplicaLag struct {
 	LagSeconds *float64 `json:"lag_seconds,omitempty"`
 }
 
+// LagOf is standby m's lag as leader (the leader's member record) shows
+// it: bytes and seconds from the leader's own pg_stat_replication row for
+// m, else bytes from the two published positions (leader's current LSN
+// minus m's replay LSN) and seconds unknown. nil parts are unknown. The
+// one rule for cifhactl status and the agent's /replica?lag=.
+func (leader Member) LagOf(m Member) (bytes *int64, seconds *float64) {
+	for _, r := range leader.Replicas {
+		if r.Name == m.Name {
+			v := r.LagBytes
+			return &v, r.LagSeconds
+		}
+	}
+	cur, err1 := ParseLSN(leader.CurrentLSN)
+	rep, err2 := ParseLSN(m.ReplayLSN)
+	if err1 != nil || err2 != nil {
+		return nil, nil
+	}
+	v := cur.Sub(rep)
+	return &v, nil
+}
+
 // ReplayLagSeconds is LagSeconds for a standby that has replayed up to
 // replay while the primary is at current, with postgres' replay_lag
 // (seconds, -1 when it shows none).
