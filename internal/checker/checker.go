@@ -284,7 +284,7 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 	}
 	if err := waitFor(ctx, opt.Bound, func() bool { return w.count() >= 10 }); err != nil {
 		stopAll()
-		return p, res, fmt.Errorf("no writes before the fault: %w", err)
+		return p, res, fmt.Errorf("no writes before the fault: %w (the writer's last error: %v)", err, w.lastError())
 	}
 	injected := time.Now()
 	var restore func() error
@@ -416,13 +416,13 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			}
 			return false
 		}); err != nil {
-			res.failure = fmt.Sprintf("no other member accepted writes within %s of the fault", opt.Bound)
+			res.failure = fmt.Sprintf("no other member accepted writes within %s of the fault (the writer's last error: %v)", opt.Bound, w.lastError())
 		}
 	default:
 		// Writes must resume within the bound (for a fault that changes
 		// nothing, they never stopped).
 		if err := waitFor(ctx, opt.Bound, func() bool { return w.ackedAfter(injected.Add(100 * time.Millisecond)) }); err != nil {
-			res.failure = fmt.Sprintf("no acknowledged write within %s of the fault", opt.Bound)
+			res.failure = fmt.Sprintf("no acknowledged write within %s of the fault (the writer's last error: %v)", opt.Bound, w.lastError())
 		}
 	}
 	if f == EtcdMemberLoss || f == MemberPartition || (f == EtcdPartition && opt.Failsafe) {
@@ -618,8 +618,9 @@ type writer struct {
 	ackAt []time.Time
 	// ackLSN is the WAL insert position each acknowledged row was
 	// written at (just before its commit record).
-	ackLSN []uint64
-	next   int64
+	ackLSN  []uint64
+	next    int64
+	lastErr error
 }
 
 func startWriter(ctx context.Context, c *cluster.Cluster, p *cluster.Node) (*writer, error) {
@@ -658,21 +659,30 @@ func (w *writer) run() {
 			return
 		case <-time.After(50 * time.Millisecond): // write pacing
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		if conn == nil {
+			// Connecting gets its own budget: finding the primary through
+			// the multi-host string may try every host, each with a
+			// password exchange, which on a loaded machine took longer
+			// than the one second an insert is given (a soak lane once
+			// saw no acknowledgement for a minute while the primary
+			// committed its pinned probes).
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			c, err := pgx.Connect(ctx, w.dsn)
+			cancel()
 			if err != nil {
-				cancel()
+				w.setErr(fmt.Errorf("connect: %w", err))
 				continue
 			}
 			conn = c
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		w.next++
 		id := w.next
 		var at string
 		err := conn.QueryRow(ctx, "INSERT INTO checker_rows VALUES ($1) RETURNING pg_current_wal_insert_lsn()::text", id).Scan(&at)
 		cancel()
 		if err != nil {
+			w.setErr(fmt.Errorf("insert: %w", err))
 			conn.Close(context.Background())
 			conn = nil
 			continue
@@ -682,6 +692,21 @@ func (w *writer) run() {
 		w.acked, w.ackAt, w.ackLSN = append(w.acked, id), append(w.ackAt, time.Now()), append(w.ackLSN, uint64(lsn))
 		w.mu.Unlock()
 	}
+}
+
+// setErr records the writer's latest failure, for the message when no
+// write is acknowledged within the bound.
+func (w *writer) setErr(err error) {
+	w.mu.Lock()
+	w.lastErr = err
+	w.mu.Unlock()
+}
+
+// lastError is the writer's latest failure, or nil.
+func (w *writer) lastError() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastErr
 }
 
 func (w *writer) count() int {
