@@ -42,6 +42,8 @@ type Session struct {
 	// makes Run reschedule when it changes.
 	writable atomic.Bool
 	kick     chan struct{}
+	// ka carries the steady-state renewals (keepalive.go).
+	ka keepAliveStream
 }
 
 // NewSession returns a session with no lease yet; call Run. now is the
@@ -51,7 +53,8 @@ func NewSession(cli *clientv3.Client, ttl time.Duration, log hclog.Logger, now f
 	if now == nil {
 		now = BootClock()
 	}
-	return &Session{cli: cli, ttl: ttl, log: log, now: now, changed: make(chan struct{}, 1), renewed: make(chan struct{}, 1), kick: make(chan struct{}, 1), checkKey: "/cifha/"}
+	return &Session{cli: cli, ttl: ttl, log: log, now: now, changed: make(chan struct{}, 1), renewed: make(chan struct{}, 1), kick: make(chan struct{}, 1), checkKey: "/cifha/",
+		ka: keepAliveStream{cli: cli}}
 }
 
 // SetCheckKey names the key read to confirm renewals (see renew); call
@@ -260,7 +263,7 @@ func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.Lea
 			defer wg.Done()
 			g, gerr = s.cli.Get(ctx, s.checkKey, clientv3.WithCountOnly())
 		}()
-		resp, err := s.cli.KeepAliveOnce(ctx, id)
+		resp, err := s.ka.renew(ctx, id)
 		wg.Wait()
 		if err != nil {
 			return nil, err
@@ -277,6 +280,10 @@ func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.Lea
 		}
 		// A new term: confirmed below like after a failure.
 	}
+	// After a failure or a term change: fresh streams, hedged over the
+	// endpoints (the long-lived one may be on a member that lost etcd's
+	// leader).
+	s.ka.close()
 	hedge := max(len(s.cli.Endpoints()), 1)
 	cur, err := firstOf(ctx, hedge, func(ctx context.Context) (uint64, error) {
 		g, err := s.cli.Get(ctx, s.checkKey, clientv3.WithCountOnly()) // linearizable: needs a leader with a quorum
@@ -340,6 +347,7 @@ func firstOf[T any](ctx context.Context, n int, f func(context.Context) (T, erro
 }
 
 func (s *Session) revoke() {
+	s.ka.close()
 	s.mu.Lock()
 	abandoned := s.abandoned
 	s.mu.Unlock()
