@@ -21,6 +21,8 @@ import (
 	"github.com/cifha/cifha/pkg/election"
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Exit codes, documented in --help.
@@ -148,11 +150,11 @@ func main() {
 		var ee *exitError
 		if errors.As(err, &ee) {
 			if ee.err != nil {
-				fmt.Fprintln(os.Stderr, "cifhactl:", ee.err)
+				fmt.Fprintln(os.Stderr, "cifhactl:", explain(ee.err))
 			}
 			os.Exit(ee.code)
 		}
-		fmt.Fprintln(os.Stderr, "cifhactl:", err)
+		fmt.Fprintln(os.Stderr, "cifhactl:", explain(err))
 		os.Exit(exitUsage)
 	}
 }
@@ -208,7 +210,44 @@ func (g *globals) connect(cmd *cobra.Command) (*clientv3.Client, string, error) 
 	if err != nil {
 		return nil, "", &exitError{exitUsage, err}
 	}
+	connected = &ec
 	return cli, cluster, nil
+}
+
+// connected is the etcd configuration of this run's client, for explain.
+var connected *config.Etcd
+
+// explain adds to an error that may come from an unreachable etcd (a
+// timeout, an unavailable endpoint) what a direct probe of each endpoint
+// finds, when etcd indeed does not answer: gRPC reports a refused client
+// certificate, or TLS on one side only, as a timeout.
+func explain(err error) error {
+	if connected == nil || err == nil || !unreachable(err) {
+		return err
+	}
+	cli, cerr := election.NewClient(*connected)
+	if cerr != nil {
+		return fmt.Errorf("%w (%v)", err, cerr)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), max(connected.DialTimeout.Duration, time.Second)+time.Second)
+	defer cancel()
+	if cerr := election.Check(ctx, cli, *connected); cerr != nil {
+		return fmt.Errorf("%w (%v)", err, cerr)
+	}
+	return err
+}
+
+func unreachable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, election.ErrNoEndpoint) {
+		return true
+	}
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if c := status.Code(e); c == codes.Unavailable || c == codes.DeadlineExceeded {
+			return true
+		}
+	}
+	return false
 }
 
 func historyCmd(g *globals) *cobra.Command {

@@ -71,6 +71,10 @@ type Options struct {
 	// NodeExtra is appended to one node's configuration (by name: db1...)
 	// after Extra; start it with a [section] header.
 	NodeExtra map[string]string
+	// EtcdExtra is added to every node's [etcd] section (TLS, username).
+	EtcdExtra string
+	// PostgresExtra is added to one node's [postgres] section (by name).
+	PostgresExtra map[string]string
 }
 
 // Cluster is a set of nodes.
@@ -228,6 +232,10 @@ func (c *Cluster) config(n *Node, secrets string, endpoints []string) string {
 		}
 		return strings.Join(out, ", ")
 	}
+	pgExtra := c.Opt.PostgresExtra[n.Name]
+	if pgExtra != "" && !strings.HasSuffix(pgExtra, "\n") {
+		pgExtra += "\n"
+	}
 	return fmt.Sprintf(`cluster = %q
 name = %q
 
@@ -237,13 +245,14 @@ listen = "%s:8008"
 [etcd]
 endpoints = [%s]
 dial_timeout = "1s"
+%s
 
 [postgres]
 data_dir = %q
 listen = %q
 port = 5432
 member_networks = ["127.0.0.0/8"]
-%ssocket_dir = %q
+%s%ssocket_dir = %q
 superuser_password_file = %q
 replication_password_file = %q
 hba = [%s]
@@ -261,7 +270,7 @@ start_timeout = "10s"
 %s
 [log]
 level = "debug"
-`, c.Opt.Cluster, n.Name, n.Addr, tokenLine, q(endpoints), n.DataDir, n.Addr, pgPeer, n.Dir,
+`, c.Opt.Cluster, n.Name, n.Addr, tokenLine, q(endpoints), c.Opt.EtcdExtra, n.DataDir, n.Addr, pgPeer, pgExtra, n.Dir,
 		filepath.Join(secrets, "superuser.password"), filepath.Join(secrets, "replication.password"),
 		q(hba), c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra, c.Opt.NodeExtra[n.Name], tsSection)
 }

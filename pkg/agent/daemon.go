@@ -76,7 +76,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 	pc := cfg.Postgres
 	triggerFile, settings, restore, cleanup, peersDir := ps.triggerFile, ps.settings, ps.restore, ps.cleanup, ps.peersDir
 	inst := pgctl.New(pgctl.Config{BinDir: binDir, DataDir: pc.DataDir, WalDir: pc.WalDir, Tablespaces: pc.Tablespaces, SocketDir: pc.SocketDir, Port: pc.Port,
-		Superuser: pc.Superuser, LogFile: pc.LogFile, PassFile: pc.PassFile}, ver)
+		Superuser: pc.Superuser, LogFile: pc.LogFile, PassFile: pc.PassFile, TLS: ps.settings.TLS}, ver)
 	pg := NewPG(inst, settings, pc.SuperuserPassword, pc.ReplicationUser, pc.ReplicationPassword, cfg.Name)
 	pg.TriggerFile = triggerFile
 	pg.Bootstrap = cfg.Bootstrap
@@ -95,7 +95,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 	}
 	defer cli.Close()
 	vctx, cancelV := context.WithTimeout(ctx, cfg.Etcd.DialTimeout.Duration+time.Second)
-	verr := election.CheckServers(vctx, cli)
+	verr := election.Check(vctx, cli, cfg.Etcd)
 	cancelV()
 	if verr != nil {
 		if !cfg.Etcd.AllowUnsafeServer {
@@ -252,6 +252,10 @@ func bootstrapHBA(cfg *config.Config, ver pgctl.Version) []string {
 	if ver < 100000 {
 		method = "md5"
 	}
+	host := "host"
+	if cfg.Postgres.SSLCertFile != "" {
+		host = "hostssl" // with TLS on, CIF logs in over TLS only
+	}
 	var out []string
 	for _, d := range cfg.Bootstrap.Databases {
 		owner := d.Owner
@@ -259,7 +263,7 @@ func bootstrapHBA(cfg *config.Config, ver pgctl.Version) []string {
 			owner = cfg.Postgres.Superuser
 		}
 		for _, cl := range cfg.Bootstrap.Clients {
-			out = append(out, fmt.Sprintf("host %s %s %s %s", d.Name, owner, cl, method))
+			out = append(out, fmt.Sprintf("%s %s %s %s %s", host, d.Name, owner, cl, method))
 		}
 	}
 	return out
@@ -338,6 +342,7 @@ func pgSettings(cfg *config.Config, ver pgctl.Version, binDir string) (pgSetup, 
 		Params:         MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand, TriggerFile: triggerFile}), pc.Parameters),
 		HBA:            append(append([]string{}, pc.HBA...), bootstrapHBA(cfg, ver)...),
 		MemberNetworks: pc.MemberNetworks,
+		TLS:            pgctl.TLS{CertFile: pc.SSLCertFile, KeyFile: pc.SSLKeyFile, CAFile: pc.SSLCAFile, Mode: pc.SSLMode},
 	}
 	return pgSetup{triggerFile: triggerFile, restore: restore, cleanup: cleanup, peersDir: peersDir, settings: settings}, nil
 }

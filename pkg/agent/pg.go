@@ -221,7 +221,7 @@ func (p *PG) EnsureRoles(ctx context.Context, fresh bool) error {
 // StandbyFor implements Postgres.
 func (p *PG) StandbyFor(leader, host string, port int) pgctl.Standby {
 	sb := pgctl.Standby{Leader: leader, Host: host, Port: port, User: p.ReplicationUser,
-		PassFile: p.Config().PassFile, AppName: p.AppName, SlotName: SlotName(p.AppName)}
+		PassFile: p.Config().PassFile, AppName: p.AppName, SlotName: SlotName(p.AppName), TLS: p.Config().TLS}
 	if p.Version() < 120000 {
 		sb.TriggerFile = p.TriggerFile
 	}

@@ -2,24 +2,15 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"github.com/cifha/cifha/pkg/agent/agenttest"
 	"github.com/cifha/cifha/pkg/api"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cifha/cifha/internal/testpki"
 	"github.com/cifha/cifha/pkg/election"
 )
 
@@ -39,38 +30,17 @@ func (fakeControl) PutConfig(context.Context, election.DynamicConfig, int64) err
 // certificate into dir and returns their paths.
 func pki(t *testing.T, dir string) (ca, srvCert, srvKey, cliCert, cliKey string) {
 	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTpl, caTpl, &caKey.PublicKey, caKey)
+	c, err := testpki.NewCA(dir, "ca")
 	if err != nil {
 		t.Fatal(err)
 	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	write := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
+	if srvCert, srvKey, err = c.Issue("server", "127.0.0.1"); err != nil {
+		t.Fatal(err)
 	}
-	ca = write("ca.crt", "CERTIFICATE", caDER)
-	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string) {
-		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
-		der, err := x509.CreateCertificate(rand.Reader, tpl, caCert, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kb, _ := x509.MarshalECPrivateKey(k)
-		return write(name+".crt", "CERTIFICATE", der), write(name+".key", "EC PRIVATE KEY", kb)
+	if cliCert, cliKey, err = c.Issue("client", "127.0.0.1"); err != nil {
+		t.Fatal(err)
 	}
-	srvCert, srvKey = leaf("server", 2, x509.ExtKeyUsageServerAuth)
-	cliCert, cliKey = leaf("client", 3, x509.ExtKeyUsageClientAuth)
-	return
+	return c.Path, srvCert, srvKey, cliCert, cliKey
 }
 
 // TestControlRequiresClientCert: with api.client_ca_file, a control request

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -262,6 +263,28 @@ type Postgres struct {
 	HBA []string `toml:"hba"`
 	// Parameters are extra postgresql.conf settings; they win over tuning.
 	Parameters map[string]string `toml:"parameters"`
+
+	// SSLCertFile and SSLKeyFile turn TLS on in postgres (ssl = on):
+	// replication, pg_basebackup, pg_rewind and the [bootstrap] clients
+	// then log in over TLS only (hostssl lines), and members verify each
+	// other's certificates (SSLMode, against SSLCAFile). The certificate
+	// must name every address peers use for this member (connect_address:
+	// an IP address or DNS name in subjectAltName).
+	SSLCertFile string `toml:"ssl_cert_file"`
+	// SSLKeyFile is the private key of SSLCertFile: owned by postgres with
+	// mode 0600, or by root with mode 0640 and group postgres (postgres'
+	// own rule).
+	SSLKeyFile string `toml:"ssl_key_file"`
+	// SSLCAFile is the CA that signed the members' certificates: standbys,
+	// pg_basebackup and pg_rewind verify the member they connect to
+	// against it (sslrootcert), and postgres' ssl_ca_file. Required with
+	// SSLCertFile.
+	SSLCAFile string `toml:"ssl_ca_file"`
+	// SSLMode is how members verify each other: "verify-full" (the
+	// certificate must name the address connected to) or "verify-ca" (any
+	// certificate signed by SSLCAFile). Default "verify-full" when TLS is
+	// on.
+	SSLMode string `toml:"ssl_mode"`
 
 	// Passwords read from the files by Load; never logged.
 	SuperuserPassword   string `toml:"-"`
@@ -530,6 +553,12 @@ func (c *Config) applyDerivedDefaults() {
 	}
 	if len(c.Postgres.HBA) == 0 {
 		c.Postgres.HBA = []string{"host all all all scram-sha-256"}
+		if c.Postgres.SSLCertFile != "" {
+			c.Postgres.HBA = []string{"hostssl all all all scram-sha-256"}
+		}
+	}
+	if c.Postgres.SSLCertFile != "" && c.Postgres.SSLMode == "" {
+		c.Postgres.SSLMode = "verify-full"
 	}
 }
 
@@ -689,6 +718,31 @@ func (c *Config) validate() []*FieldError {
 	}
 	if c.Postgres.SuperuserPasswordFile == "" {
 		bad("postgres.superuser_password_file", "required (file holding the superuser's password)")
+	}
+	if (c.Postgres.SSLCertFile == "") != (c.Postgres.SSLKeyFile == "") {
+		bad("postgres.ssl_cert_file", "ssl_cert_file and ssl_key_file must be set together")
+	}
+	if c.Postgres.SSLCertFile != "" {
+		if c.Postgres.SSLCAFile == "" {
+			bad("postgres.ssl_ca_file", "required with ssl_cert_file: members verify each other's certificates against it")
+		}
+		switch c.Postgres.SSLMode {
+		case "verify-full", "verify-ca":
+		default:
+			bad("postgres.ssl_mode", "%q must be \"verify-full\" or \"verify-ca\"", c.Postgres.SSLMode)
+		}
+	} else {
+		if c.Postgres.SSLCAFile != "" {
+			bad("postgres.ssl_ca_file", "set, but TLS is off: set ssl_cert_file and ssl_key_file too")
+		}
+		if c.Postgres.SSLMode != "" {
+			bad("postgres.ssl_mode", "set, but TLS is off: set ssl_cert_file and ssl_key_file too")
+		}
+	}
+	for key, p := range map[string]string{"postgres.ssl_cert_file": c.Postgres.SSLCertFile, "postgres.ssl_key_file": c.Postgres.SSLKeyFile, "postgres.ssl_ca_file": c.Postgres.SSLCAFile} {
+		if p != "" && !filepath.IsAbs(p) {
+			bad(key, "%q must be an absolute path (postgres resolves relative paths against its data directory)", p)
+		}
 	}
 	a := c.Archive
 	if a.Mode != "command" {
@@ -916,6 +970,27 @@ func (c *Config) readSecrets() []*FieldError {
 		}
 		*dst = s
 	}
+	// Certificates and keys are read by the etcd client and by postgres
+	// later; a missing or unreadable one is reported now, by its key.
+	for _, f := range []struct{ key, path string }{
+		{"etcd.ca_file", c.Etcd.CAFile}, {"etcd.cert_file", c.Etcd.CertFile}, {"etcd.key_file", c.Etcd.KeyFile},
+		{"postgres.ssl_cert_file", c.Postgres.SSLCertFile}, {"postgres.ssl_key_file", c.Postgres.SSLKeyFile}, {"postgres.ssl_ca_file", c.Postgres.SSLCAFile},
+	} {
+		if f.path == "" {
+			continue
+		}
+		fh, err := os.Open(f.path)
+		if err != nil {
+			errs = append(errs, &FieldError{Key: f.key, Msg: fmt.Sprintf("cannot read %q: %v", f.path, unwrapPathErr(err))})
+			continue
+		}
+		fh.Close()
+	}
+	if k := c.Postgres.SSLKeyFile; k != "" {
+		if msg := keyModeProblem(k); msg != "" {
+			errs = append(errs, &FieldError{Key: "postgres.ssl_key_file", Msg: msg})
+		}
+	}
 	read("etcd.password_file", c.Etcd.PasswordFile, &c.Etcd.Password)
 	read("api.token_file", c.API.TokenFile, &c.API.Token)
 	read("postgres.superuser_password_file", c.Postgres.SuperuserPasswordFile, &c.Postgres.SuperuserPassword)
@@ -925,6 +1000,31 @@ func (c *Config) readSecrets() []*FieldError {
 		read(fmt.Sprintf("bootstrap.roles[%d].password_file", i), r.PasswordFile, &r.Password)
 	}
 	return errs
+}
+
+// keyModeProblem says why postgres would refuse the private key at path
+// (its rule: no group or other access when owned by the server's user;
+// at most group read when owned by root), or "".
+func keyModeProblem(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	perm := fi.Mode().Perm()
+	if st.Uid == 0 {
+		if perm&0o037 != 0 {
+			return fmt.Sprintf("%q is owned by root with mode %04o: postgres refuses it unless the mode is 0640 or stricter (chmod 640)", path, perm)
+		}
+		return ""
+	}
+	if perm&0o077 != 0 {
+		return fmt.Sprintf("%q has mode %04o: postgres refuses a private key that group or others can read (chmod 600)", path, perm)
+	}
+	return ""
 }
 
 func unwrapPathErr(err error) error {

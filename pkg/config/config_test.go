@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -17,10 +18,13 @@ func exampleConfig(t *testing.T) (string, string) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	for _, f := range []string{"superuser.password", "replication.password"} {
+	for _, f := range []string{"superuser.password", "replication.password", "pg.crt", "pg.key", "ca.crt"} {
 		if err := os.WriteFile(filepath.Join(dir, f), []byte("s3cret\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "open.key"), []byte("key\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	return strings.ReplaceAll(string(b), "/etc/cifha/", dir+"/"), dir
 }
@@ -130,6 +134,13 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bad maximum lag", replace(`maximum_lag_on_failover = "1MB"`, `maximum_lag_on_failover = "a lot"`), "ha.maximum_lag_on_failover", "not a size", true},
 		{"trigger file without path", replace(`promote_method = "pg_ctl"`, `promote_method = "trigger_file"`), "ha.trigger_file", "absolute", false},
 		{"unknown promote method", replace(`promote_method = "pg_ctl"`, `promote_method = "touch"`), "ha.promote_method", "must be", true},
+		{"postgres TLS without key", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nssl_cert_file = \""+dir+"/pg.crt\""), "postgres.ssl_cert_file", "together", true},
+		{"postgres TLS without CA", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nssl_cert_file = \""+dir+"/pg.crt\"\nssl_key_file = \""+dir+"/pg.key\""), "postgres.ssl_ca_file", "required", true},
+		{"postgres TLS bad mode", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nssl_cert_file = \""+dir+"/pg.crt\"\nssl_key_file = \""+dir+"/pg.key\"\nssl_ca_file = \""+dir+"/ca.crt\"\nssl_mode = \"require\""), "postgres.ssl_mode", "verify-full", true},
+		{"postgres ssl_mode without TLS", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nssl_mode = \"verify-ca\""), "postgres.ssl_mode", "TLS is off", true},
+		{"postgres key readable by others", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nssl_cert_file = \""+dir+"/pg.crt\"\nssl_key_file = \""+dir+"/open.key\"\nssl_ca_file = \""+dir+"/ca.crt\""), "postgres.ssl_key_file", "chmod", true},
+		{"postgres certificate missing", replace(`data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+"\nssl_cert_file = \""+dir+"/none.crt\"\nssl_key_file = \""+dir+"/pg.key\"\nssl_ca_file = \""+dir+"/ca.crt\""), "postgres.ssl_cert_file", "cannot read", true},
+		{"etcd CA missing", replace(`dial_timeout = "2s"`, `dial_timeout = "2s"`+"\nca_file = \""+dir+"/none.crt\""), "etcd.ca_file", "cannot read", true},
 		{"half of api TLS", replace(`# cert_file = "`+dir+`/api.crt"`, `cert_file = "/x.crt"`), "api.cert_file", "together", true},
 	}
 	if len(cases) < 15 {
@@ -162,6 +173,29 @@ func TestBrokenConfigs(t *testing.T) {
 				t.Errorf("error leaks a password: %s", msg)
 			}
 		})
+	}
+}
+
+// TestPostgresTLSDefaults: TLS on makes members verify each other fully,
+// and the default client line TLS-only.
+func TestPostgresTLSDefaults(t *testing.T) {
+	base, dir := exampleConfig(t)
+	text := strings.Replace(base, `data_dir = "/var/lib/cifha/main"`, `data_dir = "/var/lib/cifha/main"`+
+		"\nssl_cert_file = \""+dir+"/pg.crt\"\nssl_key_file = \""+dir+"/pg.key\"\nssl_ca_file = \""+dir+"/ca.crt\"", 1)
+	text = regexp.MustCompile(`(?s)\nhba = \[.*?\]\n`).ReplaceAllString(text, "\n")
+	path := filepath.Join(dir, "tls.toml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Postgres.SSLMode != "verify-full" {
+		t.Errorf("ssl_mode = %q, want verify-full", cfg.Postgres.SSLMode)
+	}
+	if len(cfg.Postgres.HBA) != 1 || cfg.Postgres.HBA[0] != "hostssl all all all scram-sha-256" {
+		t.Errorf("default hba with TLS = %q", cfg.Postgres.HBA)
 	}
 }
 

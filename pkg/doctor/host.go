@@ -447,7 +447,7 @@ func checkEtcd(ctx context.Context, r *Report, ec config.Etcd, cluster string, t
 		st, err := cli.Status(sctx, ep)
 		cancel()
 		if err != nil {
-			down = append(down, fmt.Sprintf("%s: %v", ep, err))
+			down = append(down, fmt.Sprintf("%s: %v (%s)", ep, err, election.Probe(ec, ep)))
 			continue
 		}
 		answered++

@@ -1,9 +1,17 @@
 package election
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/cifha/cifha/pkg/config"
@@ -43,17 +51,129 @@ func NewClient(c config.Etcd) (*clientv3.Client, error) {
 				MinConnectTimeout: max(c.DialTimeout.Duration, time.Second),
 			})},
 	}
-	if c.CAFile != "" || c.CertFile != "" {
-		ti := transport.TLSInfo{TrustedCAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
-		tc, err := ti.ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("etcd TLS: %w", err)
-		}
-		cc.TLS = tc
+	tc, err := tlsConfig(c)
+	if err != nil {
+		return nil, err
 	}
+	cc.TLS = tc
 	cli, err := clientv3.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
 	return cli, nil
+}
+
+// tlsConfig is the client's TLS configuration, nil without TLS.
+func tlsConfig(c config.Etcd) (*tls.Config, error) {
+	if c.CAFile == "" && c.CertFile == "" {
+		return nil, nil
+	}
+	ti := transport.TLSInfo{TrustedCAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
+	tc, err := ti.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("etcd TLS (ca_file, cert_file, key_file): %w", err)
+	}
+	return tc, nil
+}
+
+// Check is CheckServers, and when no endpoint answers it says why for
+// each: gRPC reports a refused certificate or a TLS mismatch only as a
+// timeout, so every endpoint is probed directly (Probe).
+func Check(ctx context.Context, cli *clientv3.Client, c config.Etcd) error {
+	err := CheckServers(ctx, cli)
+	if !errors.Is(err, ErrNoEndpoint) {
+		return err
+	}
+	return fmt.Errorf("%w: %s", err, Diagnose(c))
+}
+
+// Diagnose probes every endpoint (Probe) and joins what it found.
+func Diagnose(c config.Etcd) string {
+	why := make([]string, len(c.Endpoints))
+	var wg sync.WaitGroup
+	for i, ep := range c.Endpoints {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			why[i] = ep + ": " + Probe(c, ep)
+		}()
+	}
+	wg.Wait()
+	return strings.Join(why, "; ")
+}
+
+// Probe connects to one endpoint the way the client would and says what
+// stands in the way, in terms of the [etcd] settings: a refused
+// connection, a server certificate that ca_file does not verify, a client
+// certificate the server refuses, or TLS on one side only. It sends
+// nothing but a TLS handshake.
+func Probe(c config.Etcd, ep string) string {
+	addr, secure := ep, false
+	if u, err := url.Parse(ep); err == nil && u.Host != "" {
+		addr, secure = u.Host, u.Scheme == "https"
+	}
+	tc, err := tlsConfig(c)
+	if err != nil {
+		return err.Error()
+	}
+	if tc != nil {
+		secure = true
+	}
+	timeout := max(c.DialTimeout.Duration, time.Second)
+	conn, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return fmt.Sprintf("cannot connect: %v", err)
+	}
+	defer conn.Close()
+	if !secure {
+		// Does it speak TLS? Then the endpoint wants https:// and ca_file.
+		tconn := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only asks whether TLS is spoken
+		tconn.SetDeadline(time.Now().Add(timeout))
+		if tconn.Handshake() == nil {
+			return "the server speaks TLS: use an https:// endpoint and set etcd.ca_file (and cert_file, key_file if it requires client certificates)"
+		}
+		return "connects, but etcd does not answer over plain HTTP/2 (is this an etcd client port?)"
+	}
+	if tc == nil {
+		tc = &tls.Config{}
+	}
+	tc = tc.Clone()
+	if tc.ServerName == "" {
+		if h, _, err := net.SplitHostPort(addr); err == nil {
+			tc.ServerName = h
+		}
+	}
+	tconn := tls.Client(conn, tc)
+	tconn.SetDeadline(time.Now().Add(timeout))
+	if err := tconn.Handshake(); err != nil {
+		var uerr x509.UnknownAuthorityError
+		var herr x509.HostnameError
+		switch {
+		case errors.As(err, &uerr):
+			return fmt.Sprintf("the server's certificate is not signed by etcd.ca_file (%v)", err)
+		case errors.As(err, &herr):
+			return fmt.Sprintf("the server's certificate does not name this endpoint's host (%v)", err)
+		case strings.Contains(err.Error(), "first record does not look like a TLS handshake"):
+			return "the server does not speak TLS: use an http:// endpoint without etcd.ca_file"
+		case strings.Contains(err.Error(), "remote error"):
+			return fmt.Sprintf("the server refused this client's certificate (etcd.cert_file): %v", err)
+		}
+		return fmt.Sprintf("TLS handshake failed: %v", err)
+	}
+	// With TLS 1.3 a server refuses the client's certificate after the
+	// handshake: its alert is the first thing read.
+	tconn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	var b [1]byte
+	_, err = tconn.Read(b[:])
+	var nerr net.Error
+	switch {
+	case err == nil, errors.As(err, &nerr) && nerr.Timeout():
+		return "TLS is accepted, but etcd did not answer in time (overloaded, or a wrong port?)"
+	case strings.Contains(err.Error(), "remote error"):
+		if c.CertFile == "" {
+			return fmt.Sprintf("the server requires a client certificate: set etcd.cert_file and key_file (%v)", err)
+		}
+		return fmt.Sprintf("the server refused this client's certificate (etcd.cert_file is not signed by the CA etcd trusts): %v", err)
+	}
+	return fmt.Sprintf("the server closed the connection after the TLS handshake (client certificate refused?): %v", err)
 }

@@ -2,6 +2,7 @@ package election
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -45,6 +46,9 @@ func ServerVersionSafe(v string) (bool, string) {
 	return false, fmt.Sprintf("etcd %s can revoke leases early when its leader stalls (etcd issue 15247; fixed in 3.4.31, 3.5.13 and 3.6): cifha's fencing argument needs a fixed server", v)
 }
 
+// ErrNoEndpoint: no etcd endpoint answered (Check says why).
+var ErrNoEndpoint = errors.New("no etcd endpoint answered a version check")
+
 // CheckServers asks every endpoint for its version and returns an error
 // naming the first one without the lease fix. Endpoints that do not answer
 // are skipped (the cluster may be partly down at start); at least one must
@@ -62,7 +66,7 @@ func CheckServers(ctx context.Context, cli *clientv3.Client) error {
 		}
 	}
 	if answered == 0 {
-		return fmt.Errorf("no etcd endpoint answered a version check")
+		return ErrNoEndpoint
 	}
 	return nil
 }

@@ -48,6 +48,53 @@ type Settings struct {
 	// MemberNetworks limit the replication and superuser lines (CIDRs);
 	// empty: any address ("all"), password-protected either way.
 	MemberNetworks []string
+	// TLS, when on, makes postgres serve TLS and the members' own lines
+	// hostssl.
+	TLS TLS
+}
+
+// TLS is how postgres serves TLS ([postgres] ssl_*) and how a member
+// connecting to another (streaming, pg_basebackup, pg_rewind, the
+// clone's queries) verifies it. The zero value is TLS off: peers are
+// reached with sslmode=prefer, as before TLS was configurable.
+type TLS struct {
+	CertFile, KeyFile, CAFile string
+	// Mode is the sslmode of connections to peers: verify-full or
+	// verify-ca.
+	Mode string
+}
+
+// On says whether postgres serves TLS.
+func (t TLS) On() bool { return t.CertFile != "" }
+
+// SSLMode is the sslmode for connections to a peer.
+func (t TLS) SSLMode() string {
+	switch {
+	case !t.On():
+		return "prefer"
+	case t.Mode == "":
+		return "verify-full"
+	}
+	return t.Mode
+}
+
+// connParams are the conninfo keywords for a connection to a peer.
+func (t TLS) connParams() []string {
+	kv := []string{"sslmode=" + t.SSLMode()}
+	if t.On() && t.CAFile != "" {
+		kv = append(kv, "sslrootcert="+connQuote(t.CAFile))
+	}
+	return kv
+}
+
+// env is connParams for client programs (pg_basebackup), as libpq's
+// environment variables.
+func (t TLS) env() []string {
+	e := []string{"PGSSLMODE=" + t.SSLMode()}
+	if t.On() && t.CAFile != "" {
+		e = append(e, "PGSSLROOTCERT="+t.CAFile)
+	}
+	return e
 }
 
 var paramNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
@@ -94,6 +141,14 @@ func RenderConf(s Settings) string {
 	w("unix_socket_directories", tuning.Quote(s.SocketDir), "")
 	w("cluster_name", tuning.Quote(s.ClusterName), "")
 	w("logging_collector", "off", "stderr goes to the file cifha opens")
+	if s.TLS.On() {
+		w("ssl", "on", "[postgres] ssl_cert_file: members and clients log in over TLS")
+		w("ssl_cert_file", tuning.Quote(s.TLS.CertFile), "")
+		w("ssl_key_file", tuning.Quote(s.TLS.KeyFile), "")
+		if s.TLS.CAFile != "" {
+			w("ssl_ca_file", tuning.Quote(s.TLS.CAFile), "")
+		}
+	}
 	for _, p := range s.Params {
 		w(p.Name, p.Value, p.Comment)
 	}
@@ -115,6 +170,10 @@ func RenderHBA(s Settings) string {
 	if len(nets) == 0 {
 		nets = []string{"all"}
 	}
+	host := "host   "
+	if s.TLS.On() {
+		host = "hostssl"
+	}
 	var b strings.Builder
 	b.WriteString(managedHeader)
 	b.WriteString("# TYPE  DATABASE     USER  ADDRESS  METHOD\n")
@@ -123,7 +182,7 @@ func RenderHBA(s Settings) string {
 	b.WriteString("local   replication  all            peer map=cifha\n")
 	b.WriteString("# Standbys stream and clone (pg_basebackup) as the replication user,\n# by password, from the members' networks (postgres.member_networks).\n")
 	for _, n := range nets {
-		fmt.Fprintf(&b, "host    replication  %s  %s  %s\n", s.ReplicationUser, n, method)
+		fmt.Fprintf(&b, "%s replication  %s  %s  %s\n", host, s.ReplicationUser, n, method)
 	}
 	b.WriteString("# from postgres.hba (and [bootstrap] clients)\n")
 	for _, l := range s.HBA {
@@ -134,7 +193,7 @@ func RenderHBA(s Settings) string {
 	// node); pg_rewind from peers needs at least this.
 	b.WriteString("# An old primary's pg_rewind, and a clone's tablespace query, log in as\n# the superuser, by password, from the members' networks.\n")
 	for _, n := range nets {
-		fmt.Fprintf(&b, "host    all          %s  %s  %s\n", s.Superuser, n, method)
+		fmt.Fprintf(&b, "%s all          %s  %s  %s\n", host, s.Superuser, n, method)
 	}
 	return b.String()
 }
@@ -190,6 +249,8 @@ type Standby struct {
 	// sees in pg_stat_replication.
 	AppName  string
 	SlotName string
+	// TLS: how the standby verifies its upstream (sslmode, sslrootcert).
+	TLS TLS
 	// TriggerFile, before 12, is recovery.conf's trigger_file (from 12 it is
 	// the promote_trigger_file parameter, see Settings.Params).
 	TriggerFile string
@@ -223,12 +284,14 @@ func (s Standby) Conninfo() string {
 		"user=" + connQuote(s.User),
 		"passfile=" + connQuote(s.PassFile),
 		"application_name=" + connQuote(s.AppName),
-		"sslmode=prefer",
+	}
+	kv = append(kv, s.TLS.connParams()...)
+	kv = append(kv,
 		"connect_timeout=2",
 		"keepalives_idle=2",
 		"keepalives_interval=1",
 		"keepalives_count=3",
-	}
+	)
 	return strings.Join(kv, " ")
 }
 

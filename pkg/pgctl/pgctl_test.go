@@ -159,6 +159,53 @@ func TestRenderConf(t *testing.T) {
 	}
 }
 
+// TestRenderTLS: with [postgres] ssl_* set, postgres serves TLS, the
+// members' own pg_hba lines accept TLS only, and every connection a member
+// makes to a peer (streaming, pg_rewind, pg_basebackup) verifies it.
+func TestRenderTLS(t *testing.T) {
+	tlsOn := TLS{CertFile: "/etc/cifha/db1.crt", KeyFile: "/etc/cifha/db1.key", CAFile: "/etc/cifha/ca.crt"}
+	s := Settings{Version: 150018, ClusterName: "db1", Listen: "127.0.0.11", Port: 5432, SocketDir: "/run/x",
+		OSUser: "postgres", Superuser: "postgres", ReplicationUser: "replicator", TLS: tlsOn}
+	conf := RenderConf(s)
+	for _, want := range []string{"ssl = on", "ssl_cert_file = '/etc/cifha/db1.crt'", "ssl_key_file = '/etc/cifha/db1.key'", "ssl_ca_file = '/etc/cifha/ca.crt'"} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("postgresql.conf lacks %q:\n%s", want, conf)
+		}
+	}
+	hba := RenderHBA(s)
+	for _, want := range []string{"hostssl replication  replicator  all  scram-sha-256", "hostssl all          postgres  all  scram-sha-256"} {
+		if !strings.Contains(hba, want) {
+			t.Errorf("pg_hba.conf lacks %q:\n%s", want, hba)
+		}
+	}
+	if strings.Contains(hba, "\nhost ") {
+		t.Errorf("a member line accepts plain TCP:\n%s", hba)
+	}
+	sb := Standby{Leader: "db2", Host: "127.0.0.12", Port: 5432, User: "replicator", PassFile: "/p", AppName: "db1", TLS: tlsOn}
+	if ci := sb.Conninfo(); !strings.Contains(ci, "sslmode=verify-full sslrootcert=/etc/cifha/ca.crt") {
+		t.Errorf("primary_conninfo does not verify the upstream: %s", ci)
+	}
+	sb.TLS.Mode = "verify-ca"
+	if ci := sb.Conninfo(); !strings.Contains(ci, "sslmode=verify-ca ") {
+		t.Errorf("ssl_mode verify-ca not used: %s", ci)
+	}
+	if e := strings.Join(tlsOn.env(), " "); e != "PGSSLMODE=verify-full PGSSLROOTCERT=/etc/cifha/ca.crt" {
+		t.Errorf("pg_basebackup environment = %q", e)
+	}
+	// Off: nothing about TLS is written, and peers are reached as before.
+	s.TLS = TLS{}
+	if conf := RenderConf(s); strings.Contains(conf, "ssl") {
+		t.Errorf("TLS off, yet postgresql.conf has:\n%s", conf)
+	}
+	if hba := RenderHBA(s); strings.Contains(hba, "hostssl") {
+		t.Errorf("TLS off, yet pg_hba.conf has hostssl:\n%s", hba)
+	}
+	sb.TLS = TLS{}
+	if ci := sb.Conninfo(); !strings.Contains(ci, "sslmode=prefer") || strings.Contains(ci, "sslrootcert") {
+		t.Errorf("TLS off: %s", ci)
+	}
+}
+
 func TestInspectDataDir(t *testing.T) {
 	dir := t.TempDir()
 	if st, _ := InspectDataDir(filepath.Join(dir, "nope")); st != DataDirMissing {

@@ -61,6 +61,8 @@ type Config struct {
 	LogFile string
 	// PassFile is the libpq password file used by client programs.
 	PassFile string
+	// TLS is how client programs verify the peer they connect to.
+	TLS TLS
 }
 
 // Instance runs and observes one postgres. Start and Stop are called from

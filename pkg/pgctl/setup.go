@@ -175,7 +175,7 @@ func (i *Instance) Clone(ctx context.Context, host string, port int, user, slot,
 	args = append(append(args, walArgs...), tsArgs...)
 	run := func(extra ...string) ([]byte, error) {
 		cmd := exec.CommandContext(ctx, filepath.Join(i.cfg.BinDir, "pg_basebackup"), append(append([]string{}, args...), extra...)...)
-		cmd.Env = append(i.cleanEnv(), "PGAPPNAME="+appName+"-clone", "PGCONNECT_TIMEOUT=3")
+		cmd.Env = append(append(i.cleanEnv(), "PGAPPNAME="+appName+"-clone", "PGCONNECT_TIMEOUT=3"), i.cfg.TLS.env()...)
 		return cmd.CombinedOutput()
 	}
 	var out []byte

@@ -1,0 +1,215 @@
+package election
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cifha/cifha/internal/devetcd"
+	"github.com/cifha/cifha/internal/testpki"
+	"github.com/cifha/cifha/pkg/config"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// secureEtcd starts an embedded etcd serving TLS that requires client
+// certificates from the returned CA.
+func secureEtcd(t *testing.T) (endpoint string, ca *testpki.CA, dir string) {
+	t.Helper()
+	dir = t.TempDir()
+	ca, err := testpki.NewCA(dir, "etcd-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, sk, err := ca.Issue("etcd-server", "127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := devetcd.StartWith(filepath.Join(dir, "data"), "127.0.0.1:0", devetcd.Options{CertFile: sc, KeyFile: sk, ClientCAFile: ca.Path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s.Endpoint, ca, dir
+}
+
+func checkConnect(c config.Etcd) error {
+	cli, err := NewClient(c)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return Check(ctx, cli, c)
+}
+
+// TestEtcdClientCertificates: against an etcd that requires client
+// certificates, the right certificate connects; a certificate from another
+// CA, none at all, or a server the CA file does not vouch for, fails with
+// an error that says which.
+func TestEtcdClientCertificates(t *testing.T) {
+	ep, ca, dir := secureEtcd(t)
+	cc, ck, err := ca.Issue("cifha-client", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := config.Etcd{Endpoints: []string{ep}, DialTimeout: config.Duration{Duration: time.Second}, CAFile: ca.Path, CertFile: cc, KeyFile: ck}
+	if err := checkConnect(good); err != nil {
+		t.Fatalf("the right client certificate: %v", err)
+	}
+	rogue, err := testpki.NewCA(filepath.Join(dir), "rogue-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, rk, err := rogue.Issue("rogue-client", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		mut  func(*config.Etcd)
+		want string
+	}{
+		{"certificate from another CA", func(c *config.Etcd) { c.CertFile, c.KeyFile = rc, rk }, "refused this client's certificate"},
+		{"no client certificate", func(c *config.Etcd) { c.CertFile, c.KeyFile = "", "" }, "requires a client certificate"},
+		{"server not signed by ca_file", func(c *config.Etcd) { c.CAFile = rogue.Path }, "not signed by etcd.ca_file"},
+		{"plain http to a TLS server", func(c *config.Etcd) {
+			c.Endpoints = []string{strings.Replace(ep, "https://", "http://", 1)}
+			c.CAFile, c.CertFile, c.KeyFile = "", "", ""
+		}, "speaks TLS: use an https:// endpoint"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good
+			tc.mut(&c)
+			err := checkConnect(c)
+			if err == nil {
+				t.Fatal("connected")
+			}
+			t.Logf("error: %v", err)
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error does not say %q: %v", tc.want, err)
+			}
+		})
+	}
+}
+
+// TestEtcdPasswordAuth: against an etcd with authentication enabled, the
+// right user and password connect and may use the cluster's keys; a wrong
+// password fails with an error that says so.
+func TestEtcdPasswordAuth(t *testing.T) {
+	dir := t.TempDir()
+	s, err := devetcd.Start(filepath.Join(dir, "data"), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if err := devetcd.EnableAuth(context.Background(), s.Endpoint, "root-secret", "cifha", "cifha-secret", "/cifha/"); err != nil {
+		t.Fatal(err)
+	}
+	base := config.Etcd{Endpoints: []string{s.Endpoint}, DialTimeout: config.Duration{Duration: 5 * time.Second}, Username: "cifha", Password: "cifha-secret"}
+	if err := checkConnect(base); err != nil {
+		t.Fatalf("the right password: %v", err)
+	}
+	cli, err := NewClient(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	lease, err := cli.Grant(ctx, 3)
+	if err != nil {
+		t.Fatalf("grant a lease as cifha: %v", err)
+	}
+	if _, err := cli.Put(ctx, "/cifha/x/leader", "db1", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatalf("write the cluster's keys as cifha: %v", err)
+	}
+	if _, err := cli.KeepAliveOnce(ctx, lease.ID); err != nil {
+		t.Fatalf("renew a lease as cifha: %v", err)
+	}
+	if _, err := cli.Get(ctx, "/cifha/x/leader", clientv3.WithCountOnly()); err != nil {
+		t.Fatalf("read as cifha: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		mut  func(*config.Etcd)
+		want string
+	}{
+		{"wrong password", func(c *config.Etcd) { c.Password = "guess" }, "authentication failed"},
+		{"unknown user", func(c *config.Etcd) { c.Username = "nobody" }, "authentication failed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base
+			tc.mut(&c)
+			err := checkConnect(c)
+			if err == nil {
+				t.Fatal("connected")
+			}
+			t.Logf("error: %v", err)
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error does not say %q: %v", tc.want, err)
+			}
+			if strings.Contains(err.Error(), c.Password) {
+				t.Errorf("error shows the password: %v", err)
+			}
+		})
+	}
+}
+
+// TestKeepAliveStream: renewals go over one stream (against an etcd with
+// authentication a new stream means a new login); a revoked lease gives
+// ErrLeaseNotFound, and a failed attempt leaves no stream behind.
+func TestKeepAliveStream(t *testing.T) {
+	dir := t.TempDir()
+	s, err := devetcd.Start(filepath.Join(dir, "data"), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if err := devetcd.EnableAuth(context.Background(), s.Endpoint, "root-secret", "cifha", "cifha-secret", "/cifha/"); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := NewClient(config.Etcd{Endpoints: []string{s.Endpoint}, DialTimeout: config.Duration{Duration: 5 * time.Second}, Username: "cifha", Password: "cifha-secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lease, err := cli.Grant(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := keepAliveStream{cli: cli}
+	defer k.close()
+	var first any
+	for i := range 5 {
+		r, err := k.renew(ctx, lease.ID)
+		if err != nil {
+			t.Fatalf("renewal %d: %v", i, err)
+		}
+		if r.TTL <= 0 || r.ResponseHeader == nil || r.ResponseHeader.RaftTerm == 0 {
+			t.Fatalf("renewal %d: %+v", i, r)
+		}
+		if i == 0 {
+			first = k.stream
+		} else if k.stream != first {
+			t.Fatalf("renewal %d opened a new stream", i)
+		}
+	}
+	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.renew(ctx, lease.ID); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		t.Fatalf("renewing a revoked lease: %v, want ErrLeaseNotFound", err)
+	}
+	done, stop := context.WithCancel(ctx)
+	stop()
+	if _, err := k.renew(done, lease.ID); err == nil || k.stream != nil {
+		t.Fatalf("an attempt with a finished context: err %v, stream left %v", err, k.stream != nil)
+	}
+}
