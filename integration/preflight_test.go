@@ -131,3 +131,35 @@ func TestPreflightDataDirParent(t *testing.T) {
 		t.Fatal("the initialize key was taken with an unwritable data directory parent")
 	}
 }
+
+// TestPreflightReadOnlyPath: under the unit's ProtectSystem=strict every
+// directory outside its ReadWritePaths is read-only, whatever its mode.
+// The preflight (the same checks as cifha doctor) names such a directory
+// and the drop-in that allows it. The read-only mount is made in a
+// private mount namespace.
+func TestPreflightReadOnlyPath(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if testutil.InCI() {
+			t.Fatal("needs root (mount namespace)")
+		}
+		t.Skip("needs root")
+	}
+	c := newCluster(t, 1, func(o *cluster.Options) { o.NoStart = true; o.WalDirs = true })
+	n := c.Nodes[0]
+	if err := os.MkdirAll(n.WalDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cred, err := testutil.PostgresCredential()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(n.WalDir, int(cred.Uid), int(cred.Gid))
+	script := fmt.Sprintf("mount --bind %[1]s %[1]s && mount -o remount,bind,ro %[1]s && exec %[2]s doctor --config %[3]s --timeout 1s",
+		n.WalDir, filepath.Join(binDir, "cifha"), n.ConfigPath)
+	out, _ := exec.Command("unshare", "-m", "--propagation", "private", "--", "sh", "-c", script).CombinedOutput()
+	for _, want := range []string{n.WalDir + " is on a read-only file system here", "ReadWritePaths=" + n.WalDir} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("doctor output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io/fs"
 	"net"
 	"net/http"
@@ -128,6 +129,8 @@ func checkDirs(r *Report, cfg *config.Config, o HostOptions) {
 	parent := filepath.Dir(filepath.Clean(pc.DataDir))
 	if anc, fi, err := existingAncestor(parent); err != nil {
 		r.fail("data_dir", install(parent, "0700"), "%v", err)
+	} else if readOnly(anc) {
+		r.fail("data_dir", readWritePathsFix(anc), "%s is on a read-only file system here: cifha creates and moves %s there", anc, filepath.Base(pc.DataDir))
 	} else if !canWrite(fi, o.UID, o.GID) {
 		r.fail("data_dir", install(parent, "0700")+" (or chown "+o.User+" "+anc+")",
 			"%s is not writable by %s (owner uid %d, mode %04o): cifha creates and moves %s there", anc, o.User, owner(fi), fi.Mode().Perm(), filepath.Base(pc.DataDir))
@@ -149,11 +152,29 @@ func checkDirs(r *Report, cfg *config.Config, o HostOptions) {
 	if cfg.Archive.Mode == "directory" || cfg.Archive.Mode == "peers" {
 		checkOwned(r, "archive", cfg.Archive.Dir, true, o, "")
 	}
+	if cfg.HA.PromoteMethod == "trigger_file" && cfg.HA.TriggerFile != "" {
+		dir := filepath.Dir(cfg.HA.TriggerFile)
+		fi, err := os.Stat(dir)
+		switch {
+		case err != nil:
+			r.fail("trigger_file", install(dir, "0700"), "the trigger file's directory: %v", err)
+		case readOnly(dir):
+			r.fail("trigger_file", readWritePathsFix(dir), "%s is on a read-only file system here: cifha creates %s there to promote", dir, cfg.HA.TriggerFile)
+		case !canWrite(fi, o.UID, o.GID):
+			r.fail("trigger_file", "chown "+o.User+" "+dir, "%s is not writable by %s: cifha creates %s there to promote", dir, o.User, cfg.HA.TriggerFile)
+		case dir == "/tmp" || strings.HasPrefix(dir, "/tmp/") || dir == "/var/tmp" || strings.HasPrefix(dir, "/var/tmp/"):
+			r.warn("trigger_file", "use /var/lib/cifha/pgsql.trigger", "%s is in the service's private /tmp (PrivateTmp=yes): it works for cifha and postgres, but a file touched there by hand, as the seed's manual failover did, is never seen", cfg.HA.TriggerFile)
+		default:
+			r.ok("trigger_file", "%s writable by %s", dir, o.User)
+		}
+	}
 	if pc.SocketDir != "" {
 		fi, err := os.Stat(pc.SocketDir)
 		switch {
 		case err != nil:
 			r.fail("socket_dir", install(pc.SocketDir, "2775"), "%s: %v", pc.SocketDir, err)
+		case readOnly(pc.SocketDir):
+			r.fail("socket_dir", readWritePathsFix(pc.SocketDir), "%s is on a read-only file system here", pc.SocketDir)
 		case !canWrite(fi, o.UID, o.GID):
 			r.fail("socket_dir", "chown "+o.User+" "+pc.SocketDir, "%s is not writable by %s", pc.SocketDir, o.User)
 		default:
@@ -176,6 +197,8 @@ func checkOwned(r *Report, check, dir string, mustExist bool, o HostOptions, abs
 		anc, afi, aerr := existingAncestor(filepath.Dir(dir))
 		if aerr != nil {
 			r.fail(check, install, "%v", aerr)
+		} else if readOnly(anc) {
+			r.fail(check, readWritePathsFix(anc), "%s does not exist and cannot be created: %s is on a read-only file system here", dir, anc)
 		} else if !canWrite(afi, o.UID, o.GID) {
 			r.fail(check, install, "%s does not exist and %s cannot create it: %s is not writable by it", dir, o.User, anc)
 		} else {
@@ -187,6 +210,9 @@ func checkOwned(r *Report, check, dir string, mustExist bool, o HostOptions, abs
 		return
 	case !fi.IsDir():
 		r.fail(check, "move it away and "+install, "%s is not a directory", dir)
+		return
+	case readOnly(dir):
+		r.fail(check, readWritePathsFix(dir), "%s is on a read-only file system here", dir)
 		return
 	}
 	if owner(fi) != o.UID && check != "archive" {
@@ -212,6 +238,20 @@ func checkOwned(r *Report, check, dir string, mustExist bool, o HostOptions, abs
 		return
 	}
 	r.ok(check, "%s owned by %s, mode %04o", dir, o.User, fi.Mode().Perm())
+}
+
+// readOnly: is dir on a file system mounted read-only, as the cifha unit's
+// ProtectSystem=strict makes everything outside its ReadWritePaths= and
+// StateDirectory=? Mode bits cannot show it.
+func readOnly(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Flags&unix.ST_RDONLY != 0
+}
+
+// readWritePathsFix is the fix for a directory the agent must write that
+// is read-only: under the systemd unit, a drop-in that allows it.
+func readWritePathsFix(dir string) string {
+	return fmt.Sprintf("if cifha runs under systemd (ProtectSystem=strict), allow it: systemctl edit cifha, add [Service] ReadWritePaths=%s, restart; otherwise remount it read-write", dir)
 }
 
 func existingAncestor(dir string) (string, fs.FileInfo, error) {
