@@ -204,10 +204,19 @@ func TestTLSEverywhere(t *testing.T) {
 		unchanged(t, c, "db1", pm)
 	}
 
-	// cifhactl with the agents' configuration reads etcd over TLS.
+	// cifhactl with the agents' configuration reads etcd over TLS; without
+	// a client certificate it says that one is required.
 	out, code := cifhactlConfig(t, db1.ConfigPath, "status")
 	if code != 0 || !strings.Contains(out, "db2") {
 		t.Errorf("cifhactl status over TLS: exit %d\n%s", code, out)
+	}
+	noCert := filepath.Join(pkiDir, "ctl-nocert.toml")
+	if err := os.WriteFile(noCert, []byte(fmt.Sprintf("cluster = %q\n[etcd]\nendpoints = [%q]\nca_file = %q\n", c.Opt.Cluster, etcd.Endpoint, ca.Path)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code = cifhactlConfig(t, noCert, "history")
+	if code == 0 || !strings.Contains(out, "requires a client certificate") {
+		t.Errorf("cifhactl without a client certificate: exit %d\n%s", code, out)
 	}
 
 	// A failover: db1's host is lost; db2 takes over; db1 comes back
