@@ -409,6 +409,12 @@ func reloadLoop(ctx context.Context, hup <-chan os.Signal, start *config.Config,
 		// live sections (listen, port, paths... stay as started).
 		mix := *start
 		mix.Postgres.Parameters, mix.Postgres.HBA, mix.Postgres.MemberNetworks = next.Postgres.Parameters, next.Postgres.HBA, next.Postgres.MemberNetworks
+		if next.Postgres.HBADefault {
+			// The default client line follows TLS, which applies only at a
+			// restart: until then it is the running postgres' (a hostssl
+			// line before ssl is on would lock every client out).
+			mix.Postgres.HBA = config.DefaultHBA(start.Postgres.SSLCertFile != "")
+		}
 		mix.Tuning, mix.Bootstrap = next.Tuning, next.Bootstrap
 		ps, err := pgSettings(&mix, ver, binDir)
 		if err != nil {

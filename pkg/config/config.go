@@ -286,6 +286,10 @@ type Postgres struct {
 	// on.
 	SSLMode string `toml:"ssl_mode"`
 
+	// HBADefault is set by Load when HBA was not configured and holds
+	// DefaultHBA.
+	HBADefault bool `toml:"-"`
+
 	// Passwords read from the files by Load; never logged.
 	SuperuserPassword   string `toml:"-"`
 	ReplicationPassword string `toml:"-"`
@@ -552,14 +556,21 @@ func (c *Config) applyDerivedDefaults() {
 		}
 	}
 	if len(c.Postgres.HBA) == 0 {
-		c.Postgres.HBA = []string{"host all all all scram-sha-256"}
-		if c.Postgres.SSLCertFile != "" {
-			c.Postgres.HBA = []string{"hostssl all all all scram-sha-256"}
-		}
+		c.Postgres.HBA = DefaultHBA(c.Postgres.SSLCertFile != "")
+		c.Postgres.HBADefault = true
 	}
 	if c.Postgres.SSLCertFile != "" && c.Postgres.SSLMode == "" {
 		c.Postgres.SSLMode = "verify-full"
 	}
+}
+
+// DefaultHBA is the client line used when [postgres] hba is not set:
+// password access from anywhere, over TLS only when postgres serves TLS.
+func DefaultHBA(tls bool) []string {
+	if tls {
+		return []string{"hostssl all all all scram-sha-256"}
+	}
+	return []string{"host all all all scram-sha-256"}
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)

@@ -163,7 +163,7 @@ func checkDirs(r *Report, cfg *config.Config, o HostOptions) {
 		case !canWrite(fi, o.UID, o.GID):
 			r.fail("trigger_file", "chown "+o.User+" "+dir, "%s is not writable by %s: cifha creates %s there to promote", dir, o.User, cfg.HA.TriggerFile)
 		case dir == "/tmp" || strings.HasPrefix(dir, "/tmp/") || dir == "/var/tmp" || strings.HasPrefix(dir, "/var/tmp/"):
-			r.warn("trigger_file", "use /var/lib/cifha/pgsql.trigger", "%s is in the service's private /tmp (PrivateTmp=yes): it works for cifha and postgres, but a file touched there by hand, as the seed's manual failover did, is never seen", cfg.HA.TriggerFile)
+			r.warn("trigger_file", "use /var/lib/cifha/pgsql.trigger", "%s is in /tmp, which the cifha unit makes private (PrivateTmp=yes): it works for cifha and postgres, but a file touched there by hand, as the seed's manual failover did, is never seen", cfg.HA.TriggerFile)
 		default:
 			r.ok("trigger_file", "%s writable by %s", dir, o.User)
 		}
@@ -198,7 +198,7 @@ func checkOwned(r *Report, check, dir string, mustExist bool, o HostOptions, abs
 		if aerr != nil {
 			r.fail(check, install, "%v", aerr)
 		} else if readOnly(anc) {
-			r.fail(check, readWritePathsFix(anc), "%s does not exist and cannot be created: %s is on a read-only file system here", dir, anc)
+			r.fail(check, readWritePathsFixAbsent(dir, o.User), "%s does not exist and cannot be created: %s is on a read-only file system here", dir, anc)
 		} else if !canWrite(afi, o.UID, o.GID) {
 			r.fail(check, install, "%s does not exist and %s cannot create it: %s is not writable by it", dir, o.User, anc)
 		} else {
@@ -252,6 +252,12 @@ func readOnly(dir string) bool {
 // is read-only: under the systemd unit, a drop-in that allows it.
 func readWritePathsFix(dir string) string {
 	return fmt.Sprintf("if cifha runs under systemd (ProtectSystem=strict), allow it: systemctl edit cifha, add [Service] ReadWritePaths=%s, restart; otherwise remount it read-write", dir)
+}
+
+// readWritePathsFixAbsent is readWritePathsFix for a directory that does
+// not exist under a read-only ancestor: make it, then allow only it.
+func readWritePathsFixAbsent(dir, user string) string {
+	return fmt.Sprintf("install -d -o %s -g %s -m 0700 %s (as root, outside the service), then %s", user, user, dir, readWritePathsFix(dir))
 }
 
 func existingAncestor(dir string) (string, fs.FileInfo, error) {
@@ -597,7 +603,13 @@ func checkReplication(ctx context.Context, r *Report, cfg *config.Config, c stat
 		r.fail("replication", "", "the leader's address %q: %v", m.ConnAddress, err)
 		return
 	}
-	pc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%s dbname=replication sslmode=prefer connect_timeout=%d", host, port, max(1, int(timeout.Seconds()))))
+	tlsParams := "sslmode=prefer"
+	if p := cfg.Postgres; p.SSLCertFile != "" {
+		// As the standbys connect: the password goes only to a verified
+		// member.
+		tlsParams = fmt.Sprintf("sslmode=%s sslrootcert='%s'", p.SSLMode, strings.ReplaceAll(strings.ReplaceAll(p.SSLCAFile, `\`, `\\`), `'`, `\'`))
+	}
+	pc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%s dbname=replication %s connect_timeout=%d", host, port, tlsParams, max(1, int(timeout.Seconds()))))
 	if err != nil {
 		r.fail("replication", "", "%v", err)
 		return

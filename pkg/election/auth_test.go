@@ -201,6 +201,12 @@ func TestKeepAliveStream(t *testing.T) {
 			t.Fatalf("renewal %d opened a new stream", i)
 		}
 	}
+	// A stream that died while idle (here: its context cancelled behind
+	// its back) costs no failed renewal: the attempt retries on a new one.
+	k.cancel()
+	if _, err := k.renew(ctx, lease.ID); err != nil || k.stream == first {
+		t.Fatalf("renewal after the stream died: %v (same stream: %v)", err, k.stream == first)
+	}
 	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -58,6 +58,11 @@ func NewClient(c config.Etcd) (*clientv3.Client, error) {
 	cc.TLS = tc
 	cli, err := clientv3.New(cc)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			// With a username the client logs in while connecting: a
+			// refused certificate or a TLS mismatch is only a timeout.
+			return nil, fmt.Errorf("etcd client: %w (%s)", err, Diagnose(c))
+		}
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
 	return cli, nil
@@ -108,16 +113,15 @@ func Diagnose(c config.Etcd) string {
 // certificate the server refuses, or TLS on one side only. It sends
 // nothing but a TLS handshake.
 func Probe(c config.Etcd, ep string) string {
-	addr, secure := ep, false
-	if u, err := url.Parse(ep); err == nil && u.Host != "" {
-		addr, secure = u.Host, u.Scheme == "https"
-	}
 	tc, err := tlsConfig(c)
 	if err != nil {
 		return err.Error()
 	}
-	if tc != nil {
-		secure = true
+	// As clientv3 chooses: https:// always TLS, http:// never (even with
+	// ca_file), no scheme when TLS is configured.
+	addr, secure := ep, tc != nil
+	if u, err := url.Parse(ep); err == nil && u.Host != "" {
+		addr, secure = u.Host, u.Scheme == "https"
 	}
 	timeout := max(c.DialTimeout.Duration, time.Second)
 	conn, err := net.DialTimeout("tcp", addr, timeout)
@@ -132,7 +136,7 @@ func Probe(c config.Etcd, ep string) string {
 		if tconn.Handshake() == nil {
 			return "the server speaks TLS: use an https:// endpoint and set etcd.ca_file (and cert_file, key_file if it requires client certificates)"
 		}
-		return "connects, but etcd does not answer over plain HTTP/2 (is this an etcd client port?)"
+		return "connects without TLS, but etcd did not answer in time (overloaded, or not an etcd client port?)"
 	}
 	if tc == nil {
 		tc = &tls.Config{}
@@ -155,6 +159,8 @@ func Probe(c config.Etcd, ep string) string {
 			return fmt.Sprintf("the server's certificate does not name this endpoint's host (%v)", err)
 		case strings.Contains(err.Error(), "first record does not look like a TLS handshake"):
 			return "the server does not speak TLS: use an http:// endpoint without etcd.ca_file"
+		case strings.Contains(err.Error(), "remote error") && c.CertFile == "":
+			return fmt.Sprintf("the server refused the TLS handshake; it may require a client certificate (etcd.cert_file, key_file): %v", err)
 		case strings.Contains(err.Error(), "remote error"):
 			return fmt.Sprintf("the server refused this client's certificate (etcd.cert_file): %v", err)
 		}

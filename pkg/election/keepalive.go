@@ -2,10 +2,12 @@ package election
 
 import (
 	"context"
+	"errors"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 )
 
 // keepAliveStream renews leases over one long-lived LeaseKeepAlive stream,
@@ -37,22 +39,38 @@ type keepAliveResult struct {
 // done. A lease etcd no longer has gives rpctypes.ErrLeaseNotFound, as
 // KeepAliveOnce does.
 func (k *keepAliveStream) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
+	reused := k.stream != nil
+	r, err := k.once(ctx, id)
+	if err != nil && reused && ctx.Err() == nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		// The stream may have died while idle (its etcd member restarted,
+		// lost the leader, or closed the connection): the request never
+		// reached a live server. One fresh stream, within the same
+		// attempt; the dead one is closed, so nothing on it is taken.
+		r, err = k.once(ctx, id)
+	}
+	return r, err
+}
+
+func (k *keepAliveStream) once(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
 	if k.stream == nil {
 		// The stream outlives this attempt, so it gets its own context;
 		// setting it up is still bounded by the attempt's.
 		sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
 		stop := context.AfterFunc(ctx, cancel)
-		st, err := pb.NewLeaseClient(k.cli.ActiveConnection()).LeaseKeepAlive(sctx)
+		// WaitForReady: while the connection is being (re)established the
+		// stream waits for it within the attempt, as KeepAliveOnce does,
+		// rather than fail at once.
+		st, err := pb.NewLeaseClient(k.cli.ActiveConnection()).LeaseKeepAlive(sctx, grpc.WaitForReady(true))
 		if !stop() {
 			cancel()
 			if err == nil {
 				err = ctx.Err()
 			}
-			return nil, err
+			return nil, toErr(err)
 		}
 		if err != nil {
 			cancel()
-			return nil, err
+			return nil, toErr(err)
 		}
 		k.stream, k.cancel = st, cancel
 	}

@@ -299,19 +299,41 @@ func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.Lea
 	// lower than one seen before: etcd restored from a snapshot or
 	// replaced restarts its terms, and refusing them would fence every
 	// agent for good.
-	resp, err := firstOf(ctx, hedge, func(ctx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
-		r, err := s.cli.KeepAliveOnce(ctx, id)
+	// Each hedged attempt on a stream of its own; the winner's stream
+	// carries the renewals that follow (with a username, every new stream
+	// is a login, a bcrypt hash on the server), the others are closed.
+	type won struct {
+		r *clientv3.LeaseKeepAliveResponse
+		k *keepAliveStream
+	}
+	var (
+		pick  sync.Mutex
+		taken bool
+	)
+	w, err := firstOf(ctx, hedge, func(ctx context.Context) (won, error) {
+		k := &keepAliveStream{cli: s.cli}
+		r, err := k.renew(ctx, id)
 		if err != nil {
-			return nil, err
+			return won{}, err // renew closed its stream
 		}
 		if t := r.ResponseHeader.RaftTerm; t != cur {
-			return nil, fmt.Errorf("%w (raft term %d, current %d)", errStaleRenewal, t, cur)
+			k.close()
+			return won{}, fmt.Errorf("%w (raft term %d, current %d)", errStaleRenewal, t, cur)
 		}
-		return r, nil
+		pick.Lock()
+		defer pick.Unlock()
+		if taken {
+			k.close()
+			return won{}, errors.New("another attempt renewed first")
+		}
+		taken = true
+		return won{r, k}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	s.ka = *w.k
+	resp := w.r
 	s.mu.Lock()
 	s.maxTerm = cur
 	s.mu.Unlock()

@@ -698,3 +698,18 @@ func TestTablespaces(t *testing.T) {
 		t.Fatalf("moved copy reads %d rows: %v", n, err)
 	}
 }
+
+// TestForeignPIDStalePidFile: a postmaster.pid naming another user's
+// process (here PID 1) is stale: postgres runs as the data directory's
+// owner, so it is no postmaster of this data directory (it must not be
+// "stopped" forever, which EPERM would make impossible).
+func TestForeignPIDStalePidFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "postmaster.pid"), []byte("1\n"+dir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	i := New(Config{DataDir: dir}, 150018)
+	if pid := i.ForeignPID(); pid != 0 {
+		t.Fatalf("ForeignPID = %d for a pid file naming PID 1", pid)
+	}
+}

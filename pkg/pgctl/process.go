@@ -148,7 +148,12 @@ func (i *Instance) ForeignPID() int {
 	if pid <= 0 || pid == i.PID() {
 		return 0
 	}
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+	// EPERM: another user's process, which cannot be a postmaster of this
+	// data directory (postgres runs as its owner, as the agent does); the
+	// pid file is stale, as postgres' own lock-file check concludes. Its
+	// /proc entry may be hidden (the unit's ProtectProc=invisible), so it
+	// must not be judged by its name below.
+	if err := syscall.Kill(pid, 0); err != nil {
 		return 0
 	}
 	// A stale pid file can name a recycled PID; only a postgres counts.
