@@ -271,6 +271,10 @@ CREATE TABLE IF NOT EXISTS checker_probe (node text, at timestamptz DEFAULT cloc
 	return err
 }
 
+// lateGrace is how much longer a round waits for a cluster that missed the
+// health bound before the run stops.
+const lateGrace = 5 * time.Minute
+
 // runRound injects f and checks the round; it returns the primary after it.
 func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault, opt Options, rng *rand.Rand) (*cluster.Node, roundResult, error) {
 	var res roundResult
@@ -446,8 +450,16 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 		if res.failure == "" {
 			res.failure = fmt.Sprintf("not healthy within %s: %v", opt.Bound, err)
 		}
-		stopAll()
-		return p, res, err
+		// Late is a failure, counted as one; but the round's rows can
+		// still be checked, and the run go on, once the cluster recovers
+		// (a 50 s pg_rewind on an overloaded machine stopped a lane of a
+		// 1,000-round soak at round 167).
+		late := time.Now()
+		if next, err = waitHealthy(ctx, c, lateGrace, !opt.Async); err != nil {
+			stopAll()
+			return p, res, err
+		}
+		res.failure += fmt.Sprintf(" (healthy after %s; the run went on)", time.Since(late).Round(time.Second)+opt.Bound)
 	}
 	// A few writes on the healthy cluster, so the round ends acknowledged.
 	n := w.count() + 5
