@@ -10,6 +10,7 @@ import (
 
 	"github.com/cifha/cifha/internal/devetcd"
 	"github.com/cifha/cifha/internal/testpki"
+	"github.com/cifha/cifha/internal/testutil"
 	"github.com/cifha/cifha/pkg/config"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -217,5 +218,26 @@ func TestKeepAliveStream(t *testing.T) {
 	stop()
 	if _, err := k.renew(done, lease.ID); err == nil || k.stream != nil {
 		t.Fatalf("an attempt with a finished context: err %v, stream left %v", err, k.stream != nil)
+	}
+}
+
+// TestSessionRenewsOnOneStream: a writable member's renewals (every 500
+// ms) reuse one keepalive stream once the first has confirmed the term.
+func TestSessionRenewsOnOneStream(t *testing.T) {
+	n := newNode(t, testutil.Etcd(t), "db1", 3*time.Second)
+	n.sess.SetWritable(true)
+	renewals := 0
+	before := streamsOpened.Load()
+	deadline := time.After(4 * time.Second)
+	for renewals < 6 {
+		select {
+		case <-n.sess.Renewed():
+			renewals++
+		case <-deadline:
+			t.Fatalf("%d renewals in 4 s", renewals)
+		}
+	}
+	if opened := streamsOpened.Load() - before; opened > 2 {
+		t.Fatalf("%d renewals opened %d streams", renewals, opened)
 	}
 }

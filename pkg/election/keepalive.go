@@ -3,6 +3,7 @@ package election
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -24,6 +25,9 @@ import (
 // An attempt that fails or times out closes the stream, so a late answer
 // is never taken for a later request's; the next attempt opens a new one.
 // Only the Session's goroutine uses it.
+// streamsOpened counts keepalive streams opened (tests).
+var streamsOpened atomic.Int64
+
 type keepAliveStream struct {
 	cli    *clientv3.Client
 	stream pb.Lease_LeaseKeepAliveClient
@@ -73,6 +77,7 @@ func (k *keepAliveStream) once(ctx context.Context, id clientv3.LeaseID) (*clien
 			return nil, toErr(err)
 		}
 		k.stream, k.cancel = st, cancel
+		streamsOpened.Add(1)
 	}
 	st := k.stream
 	ch := make(chan keepAliveResult, 1)
