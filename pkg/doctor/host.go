@@ -603,12 +603,10 @@ func checkReplication(ctx context.Context, r *Report, cfg *config.Config, c stat
 		r.fail("replication", "", "the leader's address %q: %v", m.ConnAddress, err)
 		return
 	}
-	tlsParams := "sslmode=prefer"
-	if p := cfg.Postgres; p.SSLCertFile != "" {
-		// As the standbys connect: the password goes only to a verified
-		// member.
-		tlsParams = fmt.Sprintf("sslmode=%s sslrootcert='%s'", p.SSLMode, strings.ReplaceAll(strings.ReplaceAll(p.SSLCAFile, `\`, `\\`), `'`, `\'`))
-	}
+	// As the standbys connect: under TLS the password goes only to a
+	// verified member.
+	p := cfg.Postgres
+	tlsParams := strings.Join(pgctl.TLS{CertFile: p.SSLCertFile, KeyFile: p.SSLKeyFile, CAFile: p.SSLCAFile, Mode: p.SSLMode}.ConnParams(), " ")
 	pc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%s dbname=replication %s connect_timeout=%d", host, port, tlsParams, max(1, int(timeout.Seconds()))))
 	if err != nil {
 		r.fail("replication", "", "%v", err)

@@ -78,8 +78,8 @@ func (t TLS) SSLMode() string {
 	return t.Mode
 }
 
-// connParams are the conninfo keywords for a connection to a peer.
-func (t TLS) connParams() []string {
+// ConnParams are the conninfo keywords for a connection to a peer.
+func (t TLS) ConnParams() []string {
 	kv := []string{"sslmode=" + t.SSLMode()}
 	if t.On() && t.CAFile != "" {
 		kv = append(kv, "sslrootcert="+connQuote(t.CAFile))
@@ -87,7 +87,7 @@ func (t TLS) connParams() []string {
 	return kv
 }
 
-// env is connParams for client programs (pg_basebackup), as libpq's
+// env is ConnParams for client programs (pg_basebackup), as libpq's
 // environment variables.
 func (t TLS) env() []string {
 	e := []string{"PGSSLMODE=" + t.SSLMode()}
@@ -285,7 +285,7 @@ func (s Standby) Conninfo() string {
 		"passfile=" + connQuote(s.PassFile),
 		"application_name=" + connQuote(s.AppName),
 	}
-	kv = append(kv, s.TLS.connParams()...)
+	kv = append(kv, s.TLS.ConnParams()...)
 	kv = append(kv,
 		"connect_timeout=2",
 		"keepalives_idle=2",

@@ -36,7 +36,7 @@ func (i *Instance) Rewind(ctx context.Context, host string, port int) error {
 		}
 	}
 	src := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres passfile=%s %s connect_timeout=3 application_name=cifha-rewind",
-		connQuote(host), port, connQuote(i.cfg.Superuser), connQuote(i.cfg.PassFile), strings.Join(i.cfg.TLS.connParams(), " "))
+		connQuote(host), port, connQuote(i.cfg.Superuser), connQuote(i.cfg.PassFile), strings.Join(i.cfg.TLS.ConnParams(), " "))
 	cmd := exec.CommandContext(ctx, filepath.Join(i.cfg.BinDir, "pg_rewind"), "--target-pgdata="+i.cfg.DataDir, "--source-server="+src)
 	cmd.Env = i.cleanEnv()
 	out, err := cmd.CombinedOutput()

@@ -175,7 +175,7 @@ func (i *Instance) SourceHasSlot(ctx context.Context, host string, port int, slo
 
 func (i *Instance) sourceConn(ctx context.Context, host string, port int) (*pgx.Conn, error) {
 	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres passfile=%s %s connect_timeout=3 application_name=cifha-clone",
-		connQuote(host), port, connQuote(i.cfg.Superuser), connQuote(i.cfg.PassFile), strings.Join(i.cfg.TLS.connParams(), " ")))
+		connQuote(host), port, connQuote(i.cfg.Superuser), connQuote(i.cfg.PassFile), strings.Join(i.cfg.TLS.ConnParams(), " ")))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s:%d: %w", host, port, err)
 	}
