@@ -74,11 +74,11 @@ func Start(bin, root string, n int) (*Cluster, error) {
 	var initial []string
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("etcd%d", i+1)
-		clientPort, err := freePort()
+		clientPort, err := pickPort()
 		if err != nil {
 			return nil, err
 		}
-		peerPort, err := freePort()
+		peerPort, err := pickPort()
 		if err != nil {
 			return nil, err
 		}
@@ -100,11 +100,76 @@ func Start(bin, root string, n int) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	if err := c.WaitHealthy(30 * time.Second); err != nil {
-		c.Close()
-		return nil, err
+	// A port picked free can be taken before the member binds it (another
+	// process on the machine, or a test beside this one). Such a member
+	// exits at once, and WaitHealthy, which skips stopped members, would
+	// hand out a cluster short of a member (seen in CI: every agent's
+	// first etcd endpoint was dead). A member that exits at start gets
+	// new ports and starts again; the others have formed the cluster by
+	// then, and it joins them under the same peer URL (its proxy's).
+	for attempt := 1; ; attempt++ {
+		if err := c.WaitHealthy(30 * time.Second); err != nil {
+			c.Close()
+			return nil, err
+		}
+		var dead []*Member
+		for _, m := range c.Members {
+			if !m.Running() {
+				dead = append(dead, m)
+			}
+		}
+		if len(dead) == 0 {
+			return c, nil
+		}
+		if attempt == 3 {
+			c.Close()
+			return nil, fmt.Errorf("%s exited at start: %s", dead[0].Name, dead[0].logTail())
+		}
+		for _, m := range dead {
+			if err := c.rebind(m); err != nil {
+				c.Close()
+				return nil, err
+			}
+		}
 	}
-	return c, nil
+}
+
+// rebind starts a member that exited at start again, on new client and
+// peer ports, with an empty data directory.
+func (c *Cluster) rebind(m *Member) error {
+	clientPort, err := pickPort()
+	if err != nil {
+		return err
+	}
+	peerPort, err := pickPort()
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	if m.log != nil {
+		m.log.Close()
+		m.log = nil
+	}
+	m.mu.Unlock()
+	if err := os.RemoveAll(filepath.Join(m.Dir, "data")); err != nil {
+		return err
+	}
+	m.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", clientPort)
+	m.peerListen = fmt.Sprintf("127.0.0.1:%d", peerPort)
+	m.proxy.setTarget(m.peerListen)
+	return c.start(m, "new")
+}
+
+// logTail returns the end of the member's log, for an error message.
+func (m *Member) logTail() string {
+	b, err := os.ReadFile(filepath.Join(m.Dir, "etcd.log"))
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) > 600 {
+		b = b[len(b)-600:]
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func (c *Cluster) start(m *Member, state string) error {
@@ -265,6 +330,16 @@ func (c *Cluster) Close() {
 // the source port of any outgoing connection on the machine (seen when
 // several checker lanes ran side by side: a restarted member could not
 // bind, and the cluster never became healthy again).
+// pickPort is freePort; a test replaces it to hand out a taken port.
+var pickPort = freePort
+
+// Ports freePort has handed out in this process: a member keeps its ports
+// across restarts, so none is handed out twice.
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
+
 func freePort() (int, error) {
 	low := 32768
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
@@ -274,13 +349,19 @@ func freePort() (int, error) {
 			}
 		}
 	}
+	portsMu.Lock()
+	defer portsMu.Unlock()
 	for i := 0; i < 200; i++ {
 		port := low - 10000 + rand.IntN(10000)
+		if portsGiven[port] {
+			continue // free now, but handed to a member that may not have bound it yet
+		}
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue
 		}
 		ln.Close()
+		portsGiven[port] = true
 		return port, nil
 	}
 	return 0, fmt.Errorf("no free port in [%d, %d)", low-10000, low)
@@ -289,10 +370,10 @@ func freePort() (int, error) {
 // peerProxy forwards one member's peer port and drops the connections of
 // blocked senders (by their X-PeerURLs header) or of everyone.
 type peerProxy struct {
-	ln     net.Listener
-	target string
+	ln net.Listener
 
 	mu      sync.Mutex
+	target  string // the member's peer listener
 	all     bool
 	blocked map[string]bool
 	conns   map[net.Conn]string // -> sender's peer URLs
@@ -312,6 +393,12 @@ func startPeerProxy(target string) (*peerProxy, error) {
 }
 
 func (p *peerProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *peerProxy) setTarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
+}
 
 func (p *peerProxy) accept() {
 	defer p.wg.Done()
@@ -341,7 +428,10 @@ func (p *peerProxy) serve(c net.Conn) {
 		return
 	}
 	defer p.untrack(c)
-	up, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+	p.mu.Lock()
+	target := p.target
+	p.mu.Unlock()
+	up, err := net.DialTimeout("tcp", target, 2*time.Second)
 	if err != nil {
 		return
 	}

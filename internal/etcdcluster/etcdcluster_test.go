@@ -2,6 +2,7 @@ package etcdcluster
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,19 +13,63 @@ import (
 	"go.uber.org/zap"
 )
 
-// TestIsolateKillFreeze: a real 3-member cluster keeps serving writes with
-// one member killed, frozen or isolated; the isolated member itself has no
-// leader (it answers no linearizable request) while its client port is open.
-func TestIsolateKillFreeze(t *testing.T) {
+// build builds cifha-devetcd into a new directory, removed at the end.
+func build(t *testing.T) (root, bin string) {
+	t.Helper()
 	root, err := os.MkdirTemp("", "etcdcluster-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer os.RemoveAll(root)
-	bin := filepath.Join(root, "cifha-devetcd")
+	t.Cleanup(func() { os.RemoveAll(root) })
+	bin = filepath.Join(root, "cifha-devetcd")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/cifha/cifha/cmd/cifha-devetcd").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
+	return root, bin
+}
+
+// TestStartPastATakenPort: a member whose port was taken between being
+// picked and being bound (seen in CI) is started again on other ports, and
+// Start returns a cluster with every member running and healthy.
+func TestStartPastATakenPort(t *testing.T) {
+	root, bin := build(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	calls := 0
+	pickPort = func() (int, error) {
+		calls++
+		if calls == 2 { // the first member's peer port
+			return taken.Addr().(*net.TCPAddr).Port, nil
+		}
+		return freePort()
+	}
+	defer func() { pickPort = freePort }()
+	c, err := Start(bin, root, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, m := range c.Members {
+		if !m.Running() {
+			t.Errorf("%s is not running", m.Name)
+		}
+		if err := m.health(); err != nil {
+			t.Errorf("%s: %v", m.Name, err)
+		}
+	}
+	if calls < 8 {
+		t.Errorf("the member was not given new ports (%d ports picked)", calls)
+	}
+}
+
+// TestIsolateKillFreeze: a real 3-member cluster keeps serving writes with
+// one member killed, frozen or isolated; the isolated member itself has no
+// leader (it answers no linearizable request) while its client port is open.
+func TestIsolateKillFreeze(t *testing.T) {
+	root, bin := build(t)
 	c, err := Start(bin, root, 3)
 	if err != nil {
 		t.Fatal(err)

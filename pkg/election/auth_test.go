@@ -3,6 +3,7 @@ package election
 import (
 	"context"
 	"errors"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -239,5 +240,49 @@ func TestSessionRenewsOnOneStream(t *testing.T) {
 	}
 	if opened := streamsOpened.Load() - before; opened > 2 {
 		t.Fatalf("%d renewals opened %d streams", renewals, opened)
+	}
+}
+
+// TestCheckPastADeadEndpoint: an endpoint that accepts connections and
+// never answers (a member behind a dead proxy or a black-holed host) must
+// not use up the whole check for the others. Seen in CI: the first of three
+// endpoints was down, the check asked the endpoints one after another
+// with one deadline, and an agent refused to start although two members
+// were healthy.
+func TestCheckPastADeadEndpoint(t *testing.T) {
+	dir := t.TempDir()
+	s, err := devetcd.Start(filepath.Join(dir, "data"), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	var dead []string
+	for i := 0; i < 2; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		// Accept and hold every connection, never answer.
+		go func() {
+			var held []net.Conn
+			defer func() {
+				for _, c := range held {
+					c.Close()
+				}
+			}()
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				held = append(held, c)
+			}
+		}()
+		dead = append(dead, "http://"+ln.Addr().String())
+	}
+	c := config.Etcd{Endpoints: append(dead, s.Endpoint), DialTimeout: config.Duration{Duration: time.Second}}
+	if err := checkConnect(c); err != nil {
+		t.Fatalf("two silent endpoints before a healthy one: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -52,20 +53,36 @@ var ErrNoEndpoint = errors.New("no etcd endpoint answered a version check")
 // CheckServers asks every endpoint for its version and returns an error
 // naming the first one without the lease fix. Endpoints that do not answer
 // are skipped (the cluster may be partly down at start); at least one must
-// answer.
+// answer. The endpoints are asked at the same time: asked one after
+// another under ctx's one deadline, an endpoint that accepts connections
+// and never answers (a black-holed host) used up the deadline, and an
+// agent refused to start beside two healthy members.
 func CheckServers(ctx context.Context, cli *clientv3.Client) error {
-	answered := 0
-	for _, ep := range cli.Endpoints() {
-		st, err := cli.Status(ctx, ep)
-		if err != nil {
+	eps := cli.Endpoints()
+	versions := make([]string, len(eps))
+	answered := make([]bool, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if st, err := cli.Status(ctx, ep); err == nil {
+				versions[i], answered[i] = st.Version, true
+			}
+		}()
+	}
+	wg.Wait()
+	n := 0
+	for i, ep := range eps {
+		if !answered[i] {
 			continue
 		}
-		answered++
-		if ok, why := ServerVersionSafe(st.Version); !ok {
+		n++
+		if ok, why := ServerVersionSafe(versions[i]); !ok {
 			return fmt.Errorf("%s: %s", ep, why)
 		}
 	}
-	if answered == 0 {
+	if n == 0 {
 		return ErrNoEndpoint
 	}
 	return nil
