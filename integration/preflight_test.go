@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cifha/cifha/internal/cluster"
+	"github.com/cifha/cifha/internal/devetcd"
 	"github.com/cifha/cifha/internal/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -161,5 +162,54 @@ func TestPreflightReadOnlyPath(t *testing.T) {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("doctor output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestAgentWaitsForEtcd: hosts boot together, and etcd may come up after
+// the agent. The agent waits, says so, starts nothing and claims nothing;
+// when etcd answers it bootstraps.
+func TestAgentWaitsForEtcd(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens until etcd starts below
+	// Registered before the cluster's cleanup, so it runs after it: the
+	// agent stops while etcd still answers.
+	var etcd *devetcd.Server
+	t.Cleanup(func() {
+		if etcd != nil {
+			etcd.Close()
+		}
+	})
+	dir := testutil.Dir(t, "cifha-late-etcd-")
+	c := newCluster(t, 1, func(o *cluster.Options) {
+		o.NoStart = true
+		o.EtcdEndpoints = []string{"http://" + addr}
+	})
+	n := c.Nodes[0]
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, "the agent says it waits for etcd", func() error {
+		if l := n.Log(); !strings.Contains(l, "waiting for etcd, nothing claimed and postgres not started") || !strings.Contains(l, "cannot connect") {
+			return fmt.Errorf("log:\n%s", tail(l, 10))
+		}
+		return nil
+	})
+	if !n.Running() {
+		t.Fatalf("the agent exited:\n%s", tail(n.Log(), 10))
+	}
+	if _, err := os.Stat(n.DataDir); err == nil {
+		t.Fatal("a data directory was made before etcd answered")
+	}
+	etcd, err = devetcd.Start(filepath.Join(dir, "data"), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHealthy(t, c, 90*time.Second)
+	if !strings.Contains(n.Log(), "etcd answers: starting") {
+		t.Error("no 'etcd answers: starting' in the log")
 	}
 }

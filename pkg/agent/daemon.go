@@ -94,9 +94,15 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 		return err
 	}
 	defer cli.Close()
-	vctx, cancelV := context.WithTimeout(ctx, cfg.Etcd.DialTimeout.Duration+time.Second)
-	verr := election.Check(vctx, cli, cfg.Etcd)
-	cancelV()
+	verr := waitEtcd(ctx, log, func(ctx context.Context) error {
+		vctx, cancel := context.WithTimeout(ctx, cfg.Etcd.DialTimeout.Duration+time.Second)
+		defer cancel()
+		return election.Check(vctx, cli, cfg.Etcd)
+	}, time.Second)
+	if ctx.Err() != nil {
+		log.Info("stopped while waiting for etcd")
+		return nil
+	}
 	if verr != nil {
 		if !cfg.Etcd.AllowUnsafeServer {
 			return fmt.Errorf("etcd server check: %w (etcd.allow_unsafe_server overrides this for tests only)", verr)
@@ -455,6 +461,40 @@ func reloadLoop(ctx context.Context, hup <-chan os.Signal, start *config.Config,
 // waitPreflight runs doctor.Preflight until it passes, logging each
 // failure with its fix once per change, retrying with a growing pause
 // (1 s doubling to 30 s). It returns false if the agent is stopped first.
+// waitEtcd runs check until it passes or fails for a reason other than an
+// unreachable etcd (election.ErrUnreachable: every endpoint down or
+// silent). Hosts boot together, and an etcd member that is restarting or
+// behind a dead proxy is no reason to exit: nothing has been claimed and
+// postgres has not been started, so the agent waits, as Patroni does for
+// its DCS, and says so. A wrong setting (a refused certificate, a server
+// without the lease fix) is returned at once. It returns ctx's error when
+// ctx ends first.
+func waitEtcd(ctx context.Context, log hclog.Logger, check func(context.Context) error, delay time.Duration) error {
+	last := ""
+	for {
+		err := check(ctx)
+		if err == nil || !errors.Is(err, election.ErrUnreachable) {
+			if err == nil && last != "" {
+				log.Info("etcd answers: starting")
+			}
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if msg := err.Error(); msg != last {
+			log.Error("waiting for etcd, nothing claimed and postgres not started: " + msg)
+			last = msg
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Second)
+	}
+}
+
 func waitPreflight(ctx context.Context, cfg *config.Config, log hclog.Logger) bool {
 	name := "postgres"
 	if u, err := user.Current(); err == nil {

@@ -95,6 +95,9 @@ func TestEtcdClientCertificates(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error does not say %q: %v", tc.want, err)
 			}
+			if errors.Is(err, ErrUnreachable) {
+				t.Error("a wrong setting is reported as an unreachable etcd (the agent would wait instead of saying what to fix)")
+			}
 		})
 	}
 }
@@ -154,6 +157,9 @@ func TestEtcdPasswordAuth(t *testing.T) {
 			t.Logf("error: %v", err)
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error does not say %q: %v", tc.want, err)
+			}
+			if errors.Is(err, ErrUnreachable) {
+				t.Error("a wrong setting is reported as an unreachable etcd (the agent would wait instead of saying what to fix)")
 			}
 			if strings.Contains(err.Error(), c.Password) {
 				t.Errorf("error shows the password: %v", err)
@@ -284,5 +290,30 @@ func TestCheckPastADeadEndpoint(t *testing.T) {
 	c := config.Etcd{Endpoints: append(dead, s.Endpoint), DialTimeout: config.Duration{Duration: time.Second}}
 	if err := checkConnect(c); err != nil {
 		t.Fatalf("two silent endpoints before a healthy one: %v", err)
+	}
+}
+
+// TestCheckUnreachable: endpoints that are down or silent make Check wrap
+// ErrUnreachable (the agent waits for etcd); one healthy endpoint among
+// them passes.
+func TestCheckUnreachable(t *testing.T) {
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "http://" + closed.Addr().String()
+	closed.Close()
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	c := config.Etcd{Endpoints: []string{down, "http://" + silent.Addr().String()}, DialTimeout: config.Duration{Duration: time.Second}}
+	err = checkConnect(c)
+	if !errors.Is(err, ErrUnreachable) || !errors.Is(err, ErrNoEndpoint) {
+		t.Fatalf("want ErrUnreachable and ErrNoEndpoint, got %v", err)
+	}
+	if !strings.Contains(err.Error(), "cannot connect") || !strings.Contains(err.Error(), "did not answer in time") {
+		t.Errorf("error does not say what each endpoint did: %v", err)
 	}
 }

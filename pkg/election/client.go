@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"io"
 	"net"
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cifha/cifha/pkg/config"
@@ -84,27 +86,51 @@ func tlsConfig(c config.Etcd) (*tls.Config, error) {
 // Check is CheckServers, and when no endpoint answers it says why for
 // each: gRPC reports a refused certificate or a TLS mismatch only as a
 // timeout, so every endpoint is probed directly (Probe).
+//
+// When every endpoint was down or silent (nothing says the settings are
+// wrong), the error also wraps ErrUnreachable: a caller may wait for etcd
+// rather than give up.
 func Check(ctx context.Context, cli *clientv3.Client, c config.Etcd) error {
 	err := CheckServers(ctx, cli)
 	if !errors.Is(err, ErrNoEndpoint) {
 		return err
 	}
-	return fmt.Errorf("%w: %s", err, Diagnose(c))
+	why, transient := diagnose(c)
+	if transient {
+		return fmt.Errorf("%w (%w): %s", err, ErrUnreachable, why)
+	}
+	return fmt.Errorf("%w: %s", err, why)
 }
+
+// ErrUnreachable: no etcd endpoint could be reached, or none answered in
+// time, and none refused this client's settings (TLS, certificates).
+var ErrUnreachable = errors.New("etcd unreachable")
 
 // Diagnose probes every endpoint (Probe) and joins what it found.
 func Diagnose(c config.Etcd) string {
+	why, _ := diagnose(c)
+	return why
+}
+
+// diagnose is Diagnose, and whether every endpoint was only down or silent.
+func diagnose(c config.Etcd) (string, bool) {
 	why := make([]string, len(c.Endpoints))
+	down := make([]bool, len(c.Endpoints))
 	var wg sync.WaitGroup
 	for i, ep := range c.Endpoints {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			why[i] = ep + ": " + Probe(c, ep)
+			msg, transient := probe(c, ep)
+			why[i], down[i] = ep+": "+msg, transient
 		}()
 	}
 	wg.Wait()
-	return strings.Join(why, "; ")
+	transient := len(c.Endpoints) > 0
+	for _, d := range down {
+		transient = transient && d
+	}
+	return strings.Join(why, "; "), transient
 }
 
 // Probe connects to one endpoint the way the client would and says what
@@ -113,9 +139,16 @@ func Diagnose(c config.Etcd) string {
 // certificate the server refuses, or TLS on one side only. It sends
 // nothing but a TLS handshake.
 func Probe(c config.Etcd, ep string) string {
+	msg, _ := probe(c, ep)
+	return msg
+}
+
+// probe is Probe, and whether the endpoint was only down or silent (not
+// refusing this client's settings).
+func probe(c config.Etcd, ep string) (string, bool) {
 	tc, err := tlsConfig(c)
 	if err != nil {
-		return err.Error()
+		return err.Error(), false
 	}
 	// As clientv3 chooses: https:// always TLS, http:// never (even with
 	// ca_file), no scheme when TLS is configured.
@@ -126,7 +159,7 @@ func Probe(c config.Etcd, ep string) string {
 	timeout := max(c.DialTimeout.Duration, time.Second)
 	conn, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {
-		return fmt.Sprintf("cannot connect: %v", err)
+		return fmt.Sprintf("cannot connect: %v", err), true
 	}
 	defer conn.Close()
 	if !secure {
@@ -134,9 +167,9 @@ func Probe(c config.Etcd, ep string) string {
 		tconn := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only asks whether TLS is spoken
 		tconn.SetDeadline(time.Now().Add(timeout))
 		if tconn.Handshake() == nil {
-			return "the server speaks TLS: use an https:// endpoint and set etcd.ca_file (and cert_file, key_file if it requires client certificates)"
+			return "the server speaks TLS: use an https:// endpoint and set etcd.ca_file (and cert_file, key_file if it requires client certificates)", false
 		}
-		return "connects without TLS, but etcd did not answer in time (overloaded, or not an etcd client port?)"
+		return "connects without TLS, but etcd did not answer in time (overloaded, or not an etcd client port?)", true
 	}
 	if tc == nil {
 		tc = &tls.Config{}
@@ -154,17 +187,21 @@ func Probe(c config.Etcd, ep string) string {
 		var herr x509.HostnameError
 		switch {
 		case errors.As(err, &uerr):
-			return fmt.Sprintf("the server's certificate is not signed by etcd.ca_file (%v)", err)
+			return fmt.Sprintf("the server's certificate is not signed by etcd.ca_file (%v)", err), false
 		case errors.As(err, &herr):
-			return fmt.Sprintf("the server's certificate does not name this endpoint's host (%v)", err)
+			return fmt.Sprintf("the server's certificate does not name this endpoint's host (%v)", err), false
 		case strings.Contains(err.Error(), "first record does not look like a TLS handshake"):
-			return "the server does not speak TLS: use an http:// endpoint without etcd.ca_file"
+			return "the server does not speak TLS: use an http:// endpoint without etcd.ca_file", false
 		case strings.Contains(err.Error(), "remote error") && c.CertFile == "":
-			return fmt.Sprintf("the server refused the TLS handshake; it may require a client certificate (etcd.cert_file, key_file): %v", err)
+			return fmt.Sprintf("the server refused the TLS handshake; it may require a client certificate (etcd.cert_file, key_file): %v", err), false
 		case strings.Contains(err.Error(), "remote error"):
-			return fmt.Sprintf("the server refused this client's certificate (etcd.cert_file): %v", err)
+			return fmt.Sprintf("the server refused this client's certificate (etcd.cert_file): %v", err), false
+		case isTimeout(err):
+			return fmt.Sprintf("connects, but the TLS handshake did not finish in time (overloaded?): %v", err), true
+		case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
+			return fmt.Sprintf("connects, but the connection was closed during the TLS handshake (a member down behind a proxy?): %v", err), true
 		}
-		return fmt.Sprintf("TLS handshake failed: %v", err)
+		return fmt.Sprintf("TLS handshake failed: %v", err), false
 	}
 	// With TLS 1.3 a server refuses the client's certificate after the
 	// handshake: its alert is the first thing read.
@@ -174,12 +211,17 @@ func Probe(c config.Etcd, ep string) string {
 	var nerr net.Error
 	switch {
 	case err == nil, errors.As(err, &nerr) && nerr.Timeout():
-		return "TLS is accepted, but etcd did not answer in time (overloaded, or a wrong port?)"
+		return "TLS is accepted, but etcd did not answer in time (overloaded, or a wrong port?)", true
 	case strings.Contains(err.Error(), "remote error"):
 		if c.CertFile == "" {
-			return fmt.Sprintf("the server requires a client certificate: set etcd.cert_file and key_file (%v)", err)
+			return fmt.Sprintf("the server requires a client certificate: set etcd.cert_file and key_file (%v)", err), false
 		}
-		return fmt.Sprintf("the server refused this client's certificate (etcd.cert_file is not signed by the CA etcd trusts): %v", err)
+		return fmt.Sprintf("the server refused this client's certificate (etcd.cert_file is not signed by the CA etcd trusts): %v", err), false
 	}
-	return fmt.Sprintf("the server closed the connection after the TLS handshake (client certificate refused?): %v", err)
+	return fmt.Sprintf("the server closed the connection after the TLS handshake (client certificate refused?): %v", err), false
+}
+
+func isTimeout(err error) bool {
+	var nerr net.Error
+	return errors.As(err, &nerr) && nerr.Timeout()
 }
