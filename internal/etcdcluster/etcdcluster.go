@@ -106,7 +106,9 @@ func Start(bin, root string, n int) (*Cluster, error) {
 	// hand out a cluster short of a member (seen in CI: every agent's
 	// first etcd endpoint was dead). A member that exits at start gets
 	// new ports and starts again; the others have formed the cluster by
-	// then, and it joins them under the same peer URL (its proxy's).
+	// then, and it joins them under the same peer URL (its proxy's). This
+	// needs the others to have a quorum without it: with two members, or
+	// two of three dead, WaitHealthy times out instead.
 	for attempt := 1; ; attempt++ {
 		if err := c.WaitHealthy(30 * time.Second); err != nil {
 			c.Close()
@@ -324,12 +326,6 @@ func (c *Cluster) Close() {
 	}
 }
 
-// freePort picks a free port below the kernel's ephemeral range: a member's
-// port must still be free when the member is restarted after being
-// stopped, and a port from the ephemeral range (":0") can meanwhile become
-// the source port of any outgoing connection on the machine (seen when
-// several checker lanes ran side by side: a restarted member could not
-// bind, and the cluster never became healthy again).
 // pickPort is freePort; a test replaces it to hand out a taken port.
 var pickPort = freePort
 
@@ -340,6 +336,12 @@ var (
 	portsGiven = map[int]bool{}
 )
 
+// freePort picks a free port below the kernel's ephemeral range: a member's
+// port must still be free when the member is restarted after being
+// stopped, and a port from the ephemeral range (":0") can meanwhile become
+// the source port of any outgoing connection on the machine (seen when
+// several checker lanes ran side by side: a restarted member could not
+// bind, and the cluster never became healthy again).
 func freePort() (int, error) {
 	low := 32768
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {

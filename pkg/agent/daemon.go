@@ -89,12 +89,22 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 	}
 	pg.RestoreCommand, pg.ArchiveCleanupCommand = restore, cleanup
 
-	cli, err := election.NewClient(cfg.Etcd)
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
+	// The client is made inside the wait: with a username it logs in
+	// while connecting, and fails while etcd is down.
+	var cli *clientv3.Client
+	defer func() {
+		if cli != nil {
+			cli.Close()
+		}
+	}()
 	verr := waitEtcd(ctx, log, func(ctx context.Context) error {
+		if cli == nil {
+			c, err := election.NewClient(cfg.Etcd)
+			if err != nil {
+				return err
+			}
+			cli = c
+		}
 		vctx, cancel := context.WithTimeout(ctx, cfg.Etcd.DialTimeout.Duration+time.Second)
 		defer cancel()
 		return election.Check(vctx, cli, cfg.Etcd)
@@ -102,6 +112,9 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 	if ctx.Err() != nil {
 		log.Info("stopped while waiting for etcd")
 		return nil
+	}
+	if cli == nil {
+		return verr // no client: a wrong setting (TLS files, a refused login)
 	}
 	if verr != nil {
 		if !cfg.Etcd.AllowUnsafeServer {
@@ -458,9 +471,6 @@ func reloadLoop(ctx context.Context, hup <-chan os.Signal, start *config.Config,
 	}
 }
 
-// waitPreflight runs doctor.Preflight until it passes, logging each
-// failure with its fix once per change, retrying with a growing pause
-// (1 s doubling to 30 s). It returns false if the agent is stopped first.
 // waitEtcd runs check until it passes or fails for a reason other than an
 // unreachable etcd (election.ErrUnreachable: every endpoint down or
 // silent). Hosts boot together, and an etcd member that is restarting or
@@ -470,7 +480,7 @@ func reloadLoop(ctx context.Context, hup <-chan os.Signal, start *config.Config,
 // without the lease fix) is returned at once. It returns ctx's error when
 // ctx ends first.
 func waitEtcd(ctx context.Context, log hclog.Logger, check func(context.Context) error, delay time.Duration) error {
-	last := ""
+	last, said := "", time.Time{}
 	for {
 		err := check(ctx)
 		if err == nil || !errors.Is(err, election.ErrUnreachable) {
@@ -482,9 +492,11 @@ func waitEtcd(ctx context.Context, log hclog.Logger, check func(context.Context)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if msg := err.Error(); msg != last {
+		// Said when it changes, and again every 5 minutes: a wrong
+		// endpoint (a typo, another service's port) looks like a down one.
+		if msg := err.Error(); msg != last || time.Since(said) >= 5*time.Minute {
 			log.Error("waiting for etcd, nothing claimed and postgres not started: " + msg)
-			last = msg
+			last, said = msg, time.Now()
 		}
 		select {
 		case <-ctx.Done():
@@ -495,6 +507,9 @@ func waitEtcd(ctx context.Context, log hclog.Logger, check func(context.Context)
 	}
 }
 
+// waitPreflight runs doctor.Preflight until it passes, logging each
+// failure with its fix once per change, retrying with a growing pause
+// (1 s doubling to 30 s). It returns false if the agent is stopped first.
 func waitPreflight(ctx context.Context, cfg *config.Config, log hclog.Logger) bool {
 	name := "postgres"
 	if u, err := user.Current(); err == nil {

@@ -316,4 +316,53 @@ func TestCheckUnreachable(t *testing.T) {
 	if !strings.Contains(err.Error(), "cannot connect") || !strings.Contains(err.Error(), "did not answer in time") {
 		t.Errorf("error does not say what each endpoint did: %v", err)
 	}
+	// With a username the client logs in while it connects, so NewClient
+	// itself fails: the same classification.
+	c.Username, c.Password = "cifha", "secret"
+	err = checkConnect(c)
+	if !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("with a username: want ErrUnreachable, got %v", err)
+	}
+	if strings.Contains(err.Error(), "secret") {
+		t.Errorf("error shows the password: %v", err)
+	}
+	// TLS towards endpoints that are down or silent: still waiting.
+	ca, err := testpki.NewCA(t.TempDir(), "ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsc := config.Etcd{Endpoints: []string{strings.Replace(down, "http://", "https://", 1), "https://" + silent.Addr().String()},
+		DialTimeout: config.Duration{Duration: time.Second}, CAFile: ca.Path}
+	if err := checkConnect(tlsc); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("TLS, endpoints down or silent: want ErrUnreachable, got %v", err)
+	}
+}
+
+// TestCheckTLSToPlainEtcd: an https:// endpoint (with ca_file) pointed at
+// an etcd without TLS is a wrong setting, said as such, not an etcd that
+// is down: a plain etcd port closes a TLS ClientHello or waits, which
+// looks like a dead member until it is asked in plain HTTP.
+func TestCheckTLSToPlainEtcd(t *testing.T) {
+	dir := t.TempDir()
+	s, err := devetcd.Start(filepath.Join(dir, "data"), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	ca, err := testpki.NewCA(dir, "ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := config.Etcd{Endpoints: []string{strings.Replace(s.Endpoint, "http://", "https://", 1)}, DialTimeout: config.Duration{Duration: time.Second}, CAFile: ca.Path}
+	err = checkConnect(c)
+	if err == nil {
+		t.Fatal("connected")
+	}
+	t.Logf("error: %v", err)
+	if errors.Is(err, ErrUnreachable) {
+		t.Error("reported as an unreachable etcd: the agent would wait for ever")
+	}
+	if !strings.Contains(err.Error(), "does not speak TLS") {
+		t.Errorf("error does not say the server does not speak TLS: %v", err)
+	}
 }

@@ -62,8 +62,13 @@ func NewClient(c config.Etcd) (*clientv3.Client, error) {
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			// With a username the client logs in while connecting: a
-			// refused certificate or a TLS mismatch is only a timeout.
-			return nil, fmt.Errorf("etcd client: %w (%s)", err, Diagnose(c))
+			// refused certificate or a TLS mismatch is only a timeout,
+			// and so is an etcd that is down (ErrUnreachable).
+			why, transient := diagnose(c)
+			if transient {
+				return nil, fmt.Errorf("etcd client: %w (%w): %s", err, ErrUnreachable, why)
+			}
+			return nil, fmt.Errorf("etcd client: %w (%s)", err, why)
 		}
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
@@ -94,6 +99,9 @@ func Check(ctx context.Context, cli *clientv3.Client, c config.Etcd) error {
 	err := CheckServers(ctx, cli)
 	if !errors.Is(err, ErrNoEndpoint) {
 		return err
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return ctx.Err() // stopping: no probes
 	}
 	why, transient := diagnose(c)
 	if transient {
@@ -159,7 +167,7 @@ func probe(c config.Etcd, ep string) (string, bool) {
 	timeout := max(c.DialTimeout.Duration, time.Second)
 	conn, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {
-		return fmt.Sprintf("cannot connect: %v", err), true
+		return fmt.Sprintf("cannot connect: %v", inner(err)), true
 	}
 	defer conn.Close()
 	if !secure {
@@ -196,10 +204,16 @@ func probe(c config.Etcd, ep string) (string, bool) {
 			return fmt.Sprintf("the server refused the TLS handshake; it may require a client certificate (etcd.cert_file, key_file): %v", err), false
 		case strings.Contains(err.Error(), "remote error"):
 			return fmt.Sprintf("the server refused this client's certificate (etcd.cert_file): %v", err), false
-		case isTimeout(err):
-			return fmt.Sprintf("connects, but the TLS handshake did not finish in time (overloaded?): %v", err), true
-		case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
-			return fmt.Sprintf("connects, but the connection was closed during the TLS handshake (a member down behind a proxy?): %v", err), true
+		case isTimeout(err), errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
+			// A plain etcd port does not answer a ClientHello either: it
+			// closes the connection or waits. Ask it in plain HTTP.
+			if speaksHTTP(addr, timeout) {
+				return "the server does not speak TLS: use an http:// endpoint without etcd.ca_file", false
+			}
+			if isTimeout(err) {
+				return fmt.Sprintf("connects, but the TLS handshake did not finish in time (overloaded?): %v", inner(err)), true
+			}
+			return fmt.Sprintf("connects, but the connection was closed during the TLS handshake (a member down behind a proxy?): %v", inner(err)), true
 		}
 		return fmt.Sprintf("TLS handshake failed: %v", err), false
 	}
@@ -212,6 +226,10 @@ func probe(c config.Etcd, ep string) (string, bool) {
 	switch {
 	case err == nil, errors.As(err, &nerr) && nerr.Timeout():
 		return "TLS is accepted, but etcd did not answer in time (overloaded, or a wrong port?)", true
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
+		// Go servers refuse a certificate with an alert (above); a bare
+		// close is a member going away (a rolling restart).
+		return fmt.Sprintf("the server closed the connection after the TLS handshake (restarting?): %v", inner(err)), true
 	case strings.Contains(err.Error(), "remote error"):
 		if c.CertFile == "" {
 			return fmt.Sprintf("the server requires a client certificate: set etcd.cert_file and key_file (%v)", err), false
@@ -219,6 +237,33 @@ func probe(c config.Etcd, ep string) (string, bool) {
 		return fmt.Sprintf("the server refused this client's certificate (etcd.cert_file is not signed by the CA etcd trusts): %v", err), false
 	}
 	return fmt.Sprintf("the server closed the connection after the TLS handshake (client certificate refused?): %v", err), false
+}
+
+// speaksHTTP reports whether addr answers a plain HTTP request (an etcd
+// client port without TLS does).
+func speaksHTTP(addr string, timeout time.Duration) bool {
+	conn, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := io.WriteString(conn, "GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n"); err != nil {
+		return false
+	}
+	b := make([]byte, 5)
+	_, err = io.ReadFull(conn, b)
+	return err == nil && string(b) == "HTTP/"
+}
+
+// inner drops a network error's addresses (the local port differs on every
+// attempt, and the agent logs a wait only when its message changes).
+func inner(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Err
+	}
+	return err
 }
 
 func isTimeout(err error) bool {
