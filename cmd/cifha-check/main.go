@@ -45,7 +45,7 @@ func run() (code int) {
 	ttl := flag.Duration("ttl", config.DefaultTTL, "lease ttl")
 	bound := flag.Duration("bound", 60*time.Second, "writes and health must be back within this after a fault")
 	etcdMembers := flag.Int("etcd-members", 3, "etcd members (processes)")
-	keep := flag.Bool("keep", false, "keep the files (logs) afterwards (a failed run always keeps them)")
+	keep := flag.Bool("keep", false, "keep every file afterwards, data directories included (a failed run keeps its logs and configuration)")
 	failsafe := flag.Bool("failsafe", false, "DCS failsafe mode (etcd-outage then stops no write; etcd-partition causes no failover)")
 	outage := flag.Duration("outage-hold", 30*time.Second, "how long etcd-outage keeps every etcd member down")
 	load := flag.Duration("load", 0, "instead of fault rounds: a pgbench load for this long with no fault injected (reports failovers, demotions, fences, agent memory and loop latency; use with -ttl 3s)")
@@ -88,10 +88,18 @@ func run() (code int) {
 		return fail(err)
 	}
 	defer func() {
-		// A failed run keeps its logs: a failure must be explainable.
-		if *keep || code != 0 {
-			fmt.Println("files (agent and postgres logs) kept in", root)
-		} else {
+		// A failed run keeps its logs (a failure must be explainable), not
+		// its gigabytes of data directories (checker.PruneToLogs).
+		switch {
+		case *keep:
+			fmt.Println("files kept in", root)
+		case code != 0:
+			if freed, err := checker.PruneToLogs(root); err != nil {
+				fmt.Fprintln(os.Stderr, "cifha-check: remove data directories:", err)
+			} else {
+				fmt.Printf("logs kept in %s (data directories removed: %d MB; -keep keeps them)\n", root, freed>>20)
+			}
+		default:
 			os.RemoveAll(root)
 		}
 	}()
