@@ -361,7 +361,7 @@ func pgSettings(cfg *config.Config, ver pgctl.Version, binDir string) (pgSetup, 
 		Params:         MergeParams(tuned, tuning.HA(int(ver), tuning.HAOptions{ArchiveCommand: pc.ArchiveCommand, TriggerFile: triggerFile}), pc.Parameters),
 		HBA:            append(append([]string{}, pc.HBA...), bootstrapHBA(cfg, ver)...),
 		MemberNetworks: pc.MemberNetworks,
-		TLS:            pgctl.TLS{CertFile: pc.SSLCertFile, KeyFile: pc.SSLKeyFile, CAFile: pc.SSLCAFile, Mode: pc.SSLMode},
+		TLS:            pgctl.TLSFor(pc),
 	}
 	return pgSetup{triggerFile: triggerFile, restore: restore, cleanup: cleanup, peersDir: peersDir, settings: settings}, nil
 }

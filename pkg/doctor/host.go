@@ -605,8 +605,7 @@ func checkReplication(ctx context.Context, r *Report, cfg *config.Config, c stat
 	}
 	// As the standbys connect: under TLS the password goes only to a
 	// verified member.
-	p := cfg.Postgres
-	tlsParams := strings.Join(pgctl.TLS{CertFile: p.SSLCertFile, KeyFile: p.SSLKeyFile, CAFile: p.SSLCAFile, Mode: p.SSLMode}.ConnParams(), " ")
+	tlsParams := strings.Join(pgctl.TLSFor(cfg.Postgres).ConnParams(), " ")
 	pc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%s dbname=replication %s connect_timeout=%d", host, port, tlsParams, max(1, int(timeout.Seconds()))))
 	if err != nil {
 		r.fail("replication", "", "%v", err)

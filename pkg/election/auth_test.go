@@ -38,6 +38,30 @@ func secureEtcd(t *testing.T) (endpoint string, ca *testpki.CA, dir string) {
 	return s.Endpoint, ca, dir
 }
 
+// plainEtcd starts an embedded etcd without TLS or authentication; dir is
+// the test's directory it lives in.
+func plainEtcd(t *testing.T) (s *devetcd.Server, dir string) {
+	t.Helper()
+	dir = t.TempDir()
+	s, err := devetcd.Start(filepath.Join(dir, "data"), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s, dir
+}
+
+// authEtcd is plainEtcd with authentication on: user cifha, password
+// cifha-secret, read-write on /cifha/.
+func authEtcd(t *testing.T) *devetcd.Server {
+	t.Helper()
+	s, _ := plainEtcd(t)
+	if err := devetcd.EnableAuth(context.Background(), s.Endpoint, "root-secret", "cifha", "cifha-secret", "/cifha/"); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func checkConnect(c config.Etcd) error {
 	cli, err := NewClient(c)
 	if err != nil {
@@ -106,15 +130,7 @@ func TestEtcdClientCertificates(t *testing.T) {
 // right user and password connect and may use the cluster's keys; a wrong
 // password fails with an error that says so.
 func TestEtcdPasswordAuth(t *testing.T) {
-	dir := t.TempDir()
-	s, err := devetcd.Start(filepath.Join(dir, "data"), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	if err := devetcd.EnableAuth(context.Background(), s.Endpoint, "root-secret", "cifha", "cifha-secret", "/cifha/"); err != nil {
-		t.Fatal(err)
-	}
+	s := authEtcd(t)
 	base := config.Etcd{Endpoints: []string{s.Endpoint}, DialTimeout: config.Duration{Duration: 5 * time.Second}, Username: "cifha", Password: "cifha-secret"}
 	if err := checkConnect(base); err != nil {
 		t.Fatalf("the right password: %v", err)
@@ -172,15 +188,7 @@ func TestEtcdPasswordAuth(t *testing.T) {
 // authentication a new stream means a new login); a revoked lease gives
 // ErrLeaseNotFound, and a failed attempt leaves no stream behind.
 func TestKeepAliveStream(t *testing.T) {
-	dir := t.TempDir()
-	s, err := devetcd.Start(filepath.Join(dir, "data"), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	if err := devetcd.EnableAuth(context.Background(), s.Endpoint, "root-secret", "cifha", "cifha-secret", "/cifha/"); err != nil {
-		t.Fatal(err)
-	}
+	s := authEtcd(t)
 	cli, err := NewClient(config.Etcd{Endpoints: []string{s.Endpoint}, DialTimeout: config.Duration{Duration: 5 * time.Second}, Username: "cifha", Password: "cifha-secret"})
 	if err != nil {
 		t.Fatal(err)
@@ -256,12 +264,7 @@ func TestSessionRenewsOnOneStream(t *testing.T) {
 // with one deadline, and an agent refused to start although two members
 // were healthy.
 func TestCheckPastADeadEndpoint(t *testing.T) {
-	dir := t.TempDir()
-	s, err := devetcd.Start(filepath.Join(dir, "data"), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s, _ := plainEtcd(t)
 	var dead []string
 	for i := 0; i < 2; i++ {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -343,12 +346,7 @@ func TestCheckUnreachable(t *testing.T) {
 // is down: a plain etcd port closes a TLS ClientHello or waits, which
 // looks like a dead member until it is asked in plain HTTP.
 func TestCheckTLSToPlainEtcd(t *testing.T) {
-	dir := t.TempDir()
-	s, err := devetcd.Start(filepath.Join(dir, "data"), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s, dir := plainEtcd(t)
 	ca, err := testpki.NewCA(dir, "ca")
 	if err != nil {
 		t.Fatal(err)

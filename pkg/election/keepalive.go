@@ -25,14 +25,14 @@ import (
 // An attempt that fails or times out closes the stream, so a late answer
 // is never taken for a later request's; the next attempt opens a new one.
 // Only the Session's goroutine uses it.
-// streamsOpened counts keepalive streams opened (tests).
-var streamsOpened atomic.Int64
-
 type keepAliveStream struct {
 	cli    *clientv3.Client
 	stream pb.Lease_LeaseKeepAliveClient
 	cancel context.CancelFunc
 }
+
+// streamsOpened counts keepalive streams opened (tests).
+var streamsOpened atomic.Int64
 
 type keepAliveResult struct {
 	resp *pb.LeaseKeepAliveResponse

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/cifha/cifha/pkg/config"
 	"github.com/cifha/cifha/pkg/state"
 	"net"
 	"os"
@@ -76,6 +77,12 @@ func (t TLS) SSLMode() string {
 		return "verify-full"
 	}
 	return t.Mode
+}
+
+// TLSFor is the TLS a member's [postgres] section configures (standbys,
+// pg_rewind, clones, and cifha doctor's replication check use it).
+func TLSFor(p config.Postgres) TLS {
+	return TLS{CertFile: p.SSLCertFile, KeyFile: p.SSLKeyFile, CAFile: p.SSLCAFile, Mode: p.SSLMode}
 }
 
 // ConnParams are the conninfo keywords for a connection to a peer.
