@@ -755,6 +755,9 @@ func (a *Agent) observe(ctx context.Context) ha.Observation {
 	a.applyLimits(c)
 	o.MaxLag = a.maxLag.Load()
 	o.HoldsLeader = a.opt.DCS.Holds(c)
+	if o.HoldsLeader {
+		o.Term = a.opt.DCS.Term()
+	}
 	o.OwnsLeaderKey = a.opt.DCS.OwnsKey(c)
 	if l := c.Leader; l != nil && l.Valid && a.rewindFailedFor == l.Name {
 		o.RewindFailed = a.rewindFailed
@@ -1281,7 +1284,7 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, o ha.Observation) {
 	// candidates with the last position the leader published.
 	ll := o.Cluster.LastLeader
 	// (Only when it moved: an idle primary writes nothing.)
-	if ll == nil || ll.Name != o.Self || ll.Timeline < o.PG.Timeline ||
+	if ll == nil || ll.Name != o.Self || ll.Term != o.Term || ll.Timeline < o.PG.Timeline ||
 		(o.Now.Sub(a.lastLeaderAt) >= a.opt.LastLeaderEvery && ll.LSN != o.PG.CurrentLSN.String()) {
 		if err := a.opt.DCS.PutLastLeader(ctx, election.LastLeader{Timeline: o.PG.Timeline, LSN: o.PG.CurrentLSN.String(), At: o.Now.UTC()}); err != nil {
 			a.log.Warn("update last-leader", "error", err)

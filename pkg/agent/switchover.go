@@ -61,7 +61,7 @@ func (w *switchWaiters) report(id string, r switchResult) {
 // checkCandidate reads the candidate's live state from its API and applies
 // the one switchover candidate rule (ha.CheckCandidate).
 func (a *Agent) checkCandidate(ctx context.Context, c election.Cluster, name string, leaderLSN pgctl.LSN) error {
-	chk := ha.CandidateCheck{Cluster: c, Self: a.opt.Name, Candidate: name, LeaderLSN: leaderLSN,
+	chk := ha.CandidateCheck{Cluster: c, Self: a.opt.Name, Term: a.opt.DCS.Term(), Candidate: name, LeaderLSN: leaderLSN,
 		MaxLag: a.maxLag.Load(), RecentWindow: a.opt.RecentWindow}
 	if m, ok := c.Members[name]; ok && name != a.opt.Name && !c.Paused && !m.NoFailover {
 		if a.opt.Peers == nil {

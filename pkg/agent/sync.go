@@ -44,7 +44,7 @@ func (a *Agent) syncStep(ctx context.Context, o ha.Observation) bool {
 		}
 		a.syncMark = ha.SyncMark{Names: names, LSN: o.PG.CurrentLSN}
 	}
-	s := ha.DecideSync(ha.SyncInput{Self: a.opt.Name, Config: a.syncCfg, Record: o.Cluster.Sync, Effective: eff,
+	s := ha.DecideSync(ha.SyncInput{Self: a.opt.Name, Term: a.opt.DCS.Term(), Config: a.syncCfg, Record: o.Cluster.Sync, Effective: eff,
 		Replicas: o.PG.Replication, Members: o.Cluster.Members, Mark: a.syncMark})
 	if s.Reason != a.lastSyncReason {
 		a.lastSyncReason = s.Reason

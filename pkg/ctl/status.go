@@ -134,7 +134,7 @@ func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.
 		switch {
 		case n == out.Leader:
 			row.Role = "Leader"
-		case c.Sync != nil && c.Sync.Leader == out.Leader && c.Sync.Has(n):
+		case c.Sync != nil && c.LastLeader != nil && c.LastLeader.Name == out.Leader && c.Sync.Of(out.Leader, c.LastLeader.Term) && c.Sync.Has(n):
 			row.Role, row.Synchronous = "Sync Standby", true
 		case m.Role == "replica":
 			row.Role = "Replica"

@@ -350,3 +350,59 @@ func TestSessionIntervalWhileWritable(t *testing.T) {
 		t.Fatalf("interval %s after SetWritable(false)", got)
 	}
 }
+
+// TestRecordsCarryTheTerm: the sync record and last-leader are stamped with
+// the writer's tenure of the leader key, and a member that resigns and
+// takes the key again has a new term, so its earlier sync record no longer
+// matches it (state.SyncState.Of).
+func TestRecordsCarryTheTerm(t *testing.T) {
+	ep := testutil.Etcd(t)
+	ctx := context.Background()
+	n := newNode(t, ep, "a", 3*time.Second)
+	read := func() Cluster {
+		t.Helper()
+		c, err := n.store.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !n.store.Holds(c) {
+			t.Fatalf("a does not hold the key: %+v", c.Leader)
+		}
+		return c
+	}
+	if ok, err := n.store.Acquire(ctx, LastLeader{Timeline: 1}, 0); err != nil || !ok {
+		t.Fatalf("acquire: %v %v", ok, err)
+	}
+	c := read()
+	first := n.store.Term()
+	if first == 0 || first != c.Leader.CreateRev {
+		t.Fatalf("term %d, leader key created at %d", first, c.Leader.CreateRev)
+	}
+	if err := n.store.PutSync(ctx, []string{"b"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.store.PutLastLeader(ctx, LastLeader{Timeline: 1, LSN: "0/100"}); err != nil {
+		t.Fatal(err)
+	}
+	c = read()
+	if !c.Sync.Of("a", first) || c.LastLeader.Term != first {
+		t.Fatalf("records not stamped with term %d: sync %+v, last-leader %+v", first, c.Sync, c.LastLeader)
+	}
+	if err := n.store.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n.store.Term() != 0 {
+		t.Fatalf("term %d after resigning, want 0", n.store.Term())
+	}
+	if ok, err := n.store.Acquire(ctx, LastLeader{Timeline: 1}, 0); err != nil || !ok {
+		t.Fatalf("acquire again: %v %v", ok, err)
+	}
+	c = read()
+	second := n.store.Term()
+	if second <= first {
+		t.Fatalf("second term %d not after the first %d", second, first)
+	}
+	if c.Sync.Of("a", second) {
+		t.Fatalf("the first term's sync record %+v is taken as the second term's (%d)", c.Sync, second)
+	}
+}

@@ -377,6 +377,18 @@ func (s *Store) Acquire(ctx context.Context, rec LastLeader, failsafeRev int64) 
 	return true, nil
 }
 
+// Term is this agent's tenure of the leader key: the revision at which it
+// acquired the key, or at which it adopted a key handed over by a
+// switchover (that key keeps its create revision across holders, so the
+// create revision alone does not tell one tenure from another). 0 when it
+// holds no key.
+func (s *Store) Term() int64 {
+	if s.leaderRev == 0 {
+		return 0
+	}
+	return s.termRev
+}
+
 // Holds reports whether the leader key read in c is this agent's: its name
 // on this agent's current lease.
 //
@@ -511,6 +523,7 @@ func (s *Store) PutLastLeader(ctx context.Context, rec LastLeader) error {
 		return ErrNotLeader
 	}
 	rec.Name = s.name
+	rec.Term = s.termRev
 	rec.TTL = int(s.sess.ttl / time.Second)
 	b, _ := json.Marshal(rec)
 	ctx, cancel := s.rpc(ctx)
@@ -533,7 +546,7 @@ func (s *Store) PutSync(ctx context.Context, members []string, strict bool) erro
 	if s.leaderRev == 0 {
 		return ErrNotLeader
 	}
-	b, _ := json.Marshal(SyncState{Leader: s.name, Members: append([]string{}, members...), Strict: strict})
+	b, _ := json.Marshal(SyncState{Leader: s.name, Term: s.termRev, Members: append([]string{}, members...), Strict: strict})
 	return s.leaderTxn(ctx, "write sync record", clientv3.OpPut(s.keys.Sync(), string(b)))
 }
 

@@ -411,6 +411,12 @@ func decideFailover(o Observation) Plan {
 		switch {
 		case sy.Leader != ll.Name:
 			return plan(Wait, "no leader; synchronous mode: the sync record is %s's, not the last leader %s's: no standby provably has every acknowledged commit", sy.Leader, ll.Name)
+		case !sy.Of(ll.Name, ll.Term):
+			// Same leader, another tenure: the record was written before
+			// the leader lost its key and took it again (or the new
+			// tenure has not republished last-leader yet). What it lists
+			// had that tenure's commits, not provably the latest one's.
+			return plan(Wait, "no leader; synchronous mode: the sync record is from %s's term %d, not its last term %d: no standby provably has every acknowledged commit", sy.Leader, sy.Term, ll.Term)
 		case !sy.Has(o.Self):
 			recorded := "none"
 			if len(sy.Members) > 0 {

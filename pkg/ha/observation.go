@@ -35,6 +35,10 @@ type Observation struct {
 	Lease   state.LeaseState
 	// HoldsLeader: the leader key names Self and is bound to Self's current lease.
 	HoldsLeader bool
+	// Term identifies this agent's tenure of the leader key (the
+	// revision at which it became the holder, DCS.Term); 0 when it holds
+	// none. The sync record is trusted only in the term it was written in.
+	Term int64
 	// OwnsLeaderKey: the leader key was created by Self's Acquire (even if its
 	// value was since overwritten by hand).
 	OwnsLeaderKey bool

@@ -39,7 +39,7 @@ func decideSwitchover(o Observation, sw *state.SwitchoverRequest) Plan {
 	}
 	// The candidate's live position, read for this round: the same rule
 	// the control API applied when the request arrived.
-	chk := CandidateCheck{Cluster: o.Cluster, Self: o.Self, Candidate: sw.To, LeaderLSN: o.PG.CurrentLSN,
+	chk := CandidateCheck{Cluster: o.Cluster, Self: o.Self, Term: o.Term, Candidate: sw.To, LeaderLSN: o.PG.CurrentLSN,
 		MaxLag: o.MaxLag, RecentWindow: o.RecentWindow, LiveErr: o.SwitchoverTargetErr}
 	if o.SwitchoverTarget != nil {
 		chk.Live = *o.SwitchoverTarget
@@ -57,6 +57,9 @@ func decideSwitchover(o Observation, sw *state.SwitchoverRequest) Plan {
 type CandidateCheck struct {
 	Cluster   state.Cluster
 	Self      string
+	// Term is the leader's tenure (Observation.Term): only a sync record
+	// of this term lists standbys that have every acknowledged commit.
+	Term      int64
 	Candidate string
 	LeaderLSN state.LSN
 	MaxLag    int64
@@ -86,9 +89,9 @@ func CheckCandidate(c CandidateCheck) error {
 	if m.NoFailover {
 		return fmt.Errorf("%s is tagged nofailover", name)
 	}
-	if sy := c.Cluster.Sync; sy != nil && (sy.Leader != c.Self || !sy.Has(name)) {
+	if sy := c.Cluster.Sync; sy != nil && (!sy.Of(c.Self, c.Term) || !sy.Has(name)) {
 		recorded := "none yet"
-		if sy.Leader == c.Self && len(sy.Members) > 0 {
+		if sy.Of(c.Self, c.Term) && len(sy.Members) > 0 {
 			recorded = strings.Join(sy.Members, ", ")
 		}
 		return fmt.Errorf("%s is not a recorded synchronous standby (synchronous mode; recorded: %s)", name, recorded)

@@ -58,7 +58,9 @@ type SyncMark struct {
 
 // SyncInput is the leader's view for one synchronous-replication step.
 type SyncInput struct {
-	Self   string
+	Self string
+	// Term is this leader's tenure (Observation.Term).
+	Term   int64
 	Config SyncConfig
 	// Record is the sync key as read (nil: absent).
 	Record *state.SyncState
@@ -119,8 +121,9 @@ func DecideSync(in SyncInput) SyncStep {
 	}
 	count := max(cfg.Count, 1)
 	rec := in.Record
-	if rec == nil || rec.Leader != in.Self {
-		// A new term (or a record someone else wrote): no standby
+	if rec == nil || !rec.Of(in.Self, in.Term) {
+		// A new term (or a record someone else wrote, or this member's
+		// own from an earlier tenure of the key): no standby
 		// provably has this leader's commits yet. Writing an empty list
 		// only narrows who may be promoted, so it is always safe first.
 		return SyncStep{Kind: SyncRecord, Members: []string{}, Strict: cfg.Strict,

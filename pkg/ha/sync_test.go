@@ -250,3 +250,70 @@ func TestCheckCandidateSynchronous(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncRecordTerm: a sync record counts only in the leader term it was
+// written in. A leader that lost its key and took it again (a new term,
+// same name) starts from an empty record; a failover does not trust a
+// record from an earlier term of the last leader; a switchover from the
+// leader goes only to a standby recorded in its current term. Before terms
+// were kept, the name alone matched and the stale record was taken as
+// current (issue 22, "close the known hole").
+func TestSyncRecordTerm(t *testing.T) {
+	on := SyncConfig{On: true, Count: 1}
+	stale := &state.SyncState{Leader: "db1", Term: 5, Members: []string{"db2"}}
+	current := &state.SyncState{Leader: "db1", Term: 9, Members: []string{"db2"}}
+	in := SyncInput{Self: "db1", Term: 9, Config: on, Effective: eff("db2"),
+		Replicas: []state.Replica{rep("db2", 100, "sync")}, Members: members("db2"), Mark: SyncMark{[]string{"db2"}, 100}}
+
+	t.Run("leader: a record of its earlier term is rewritten empty first", func(t *testing.T) {
+		in := in
+		in.Record = stale
+		s := DecideSync(in)
+		if s.Kind != SyncRecord || len(s.Members) != 0 {
+			t.Fatalf("got %+v, want an empty record for term 9", s)
+		}
+	})
+	t.Run("leader: its current term's record stands", func(t *testing.T) {
+		in := in
+		in.Record = current
+		if s := DecideSync(in); s.Kind != SyncNone {
+			t.Fatalf("got %+v, want no change", s)
+		}
+	})
+
+	// failover(): db1 is a standby of the lost last leader db9.
+	term := func(recTerm, llTerm int64) func(*Observation) {
+		return func(o *Observation) {
+			o.Cluster.LastLeader.Term = llTerm
+			o.Cluster.Sync = &state.SyncState{Leader: "db9", Term: recTerm, Members: []string{"db1"}}
+		}
+	}
+	t.Run("failover: a record of the last leader's earlier term promotes nobody", func(t *testing.T) {
+		if p := Decide(failover(0x1000, term(5, 9))); p.Action != Wait || !strings.Contains(p.Reason, "term 5, not its last term 9") {
+			t.Fatalf("got %s (%s), want Wait on the stale term", p.Action, p.Reason)
+		}
+	})
+	t.Run("failover: a record of the last leader's last term promotes", func(t *testing.T) {
+		if p := Decide(failover(0x1000, term(9, 9))); p.Action != TakeOver {
+			t.Fatalf("got %s (%s), want TakeOver", p.Action, p.Reason)
+		}
+	})
+
+	chk := CandidateCheck{Self: "db1", Term: 9, Candidate: "db2", LeaderLSN: 0x1000, MaxLag: 1 << 20, RecentWindow: 6e9,
+		Live:    Candidate{Running: true, InRecovery: true, ReceiveLSN: 0x1000, ReplayLSN: 0x1000, StreamedAgo: 1e9},
+		Cluster: state.Cluster{Members: members("db2")}}
+	t.Run("switchover: refused to a standby recorded in an earlier term", func(t *testing.T) {
+		c := chk
+		c.Cluster.Sync = stale
+		if err := CheckCandidate(c); err == nil || !strings.Contains(err.Error(), "not a recorded synchronous standby") {
+			t.Fatalf("got %v, want a refusal", err)
+		}
+	})
+	t.Run("switchover: allowed to a standby recorded in this term", func(t *testing.T) {
+		c := chk
+		c.Cluster.Sync = current
+		if err := CheckCandidate(c); err != nil {
+			t.Fatalf("got %v, want nil", err)
+		}
+	})
+}

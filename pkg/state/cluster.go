@@ -114,6 +114,10 @@ type LastLeader struct {
 	// "streamed recently" window must cover that (members may run with
 	// different ttls while a cluster-wide ttl change rolls out).
 	TTL int `json:"ttl_seconds,omitempty"`
+	// Term is the create revision of the leader key this record was
+	// written under (0 before terms were kept): a sync record counts for
+	// a failover only if it has the same term.
+	Term int64 `json:"term,omitempty"`
 }
 
 // Leader is the leader key as read.
@@ -346,7 +350,13 @@ func DecodeStrict(b []byte, v any) error {
 // failover or a switchover. An empty list means no standby provably has
 // everything: no automatic failover until one has.
 type SyncState struct {
-	Leader  string   `json:"leader"`
+	Leader string `json:"leader"`
+	// Term is the create revision of the leader key the record was
+	// written under: the leader's term. A record counts only in its own
+	// term (a leader that lost its key and took it again starts afresh;
+	// a failover trusts it only if it is the last leader's latest term).
+	// 0 in a record written before terms were kept.
+	Term    int64    `json:"term,omitempty"`
 	Members []string `json:"members"`
 	// Strict: the leader keeps writes blocked rather than acknowledge
 	// them without a synchronous standby (synchronous_mode_strict).
@@ -360,6 +370,15 @@ func (s *SyncState) Has(name string) bool {
 	return s != nil && slices.Contains(s.Members, name)
 }
 
+// Of reports whether the record was written by leader in the term term
+// (the leader key's create revision). A record without a term (written
+// before terms were kept) matches on the name alone when term is 0 too;
+// any other mismatch means the record belongs to another term, and no
+// standby it lists provably has that term's commits.
+func (s *SyncState) Of(leader string, term int64) bool {
+	return s != nil && s.Leader == leader && s.Term == term
+}
+
 // ParseSync decodes the sync key strictly: unknown fields, a bad leader
 // or member name, or a name listed twice are refused (the record decides
 // who may be promoted; a guess here could promote a member that lacks
@@ -371,6 +390,9 @@ func ParseSync(b []byte) (*SyncState, error) {
 	}
 	if !ValidName(s.Leader) {
 		return nil, fmt.Errorf("sync record: leader %q is not a member name", truncateName(s.Leader))
+	}
+	if s.Term < 0 {
+		return nil, fmt.Errorf("sync record: term %d is negative", s.Term)
 	}
 	seen := map[string]bool{}
 	for _, m := range s.Members {

@@ -239,6 +239,14 @@ func (d *DCS) Holds(c election.Cluster) bool {
 	return c.Leader != nil && c.Leader.Name == d.Self && c.Leader.Lease == int64(d.LeaseNow.ID) && d.LeaseNow.ID != 0
 }
 func (d *DCS) OwnsKey(c election.Cluster) bool { return d.Holds(c) }
+
+// Term is the held key's create revision (the fake hands no key over).
+func (d *DCS) Term() int64 {
+	if !d.Holds(d.Cluster) {
+		return 0
+	}
+	return d.Cluster.Leader.CreateRev
+}
 func (d *DCS) ClaimInitialize(context.Context) (bool, error) {
 	if d.Cluster.Initialize != "" {
 		return false, nil
@@ -272,6 +280,7 @@ func (d *DCS) AppendHistory(_ context.Context, rec election.HistoryRecord) error
 }
 func (d *DCS) PutLastLeader(_ context.Context, rec election.LastLeader) error {
 	rec.Name = d.Self
+	rec.Term = d.Term()
 	d.Cluster.LastLeader = &rec
 	return nil
 }
@@ -281,7 +290,7 @@ func (d *DCS) PutSync(_ context.Context, members []string, strict bool) error {
 		return election.ErrNotLeader
 	}
 	d.Rev++
-	d.Cluster.Sync = &election.SyncState{Leader: d.Self, Members: append([]string{}, members...), Strict: strict, ModRev: d.Rev}
+	d.Cluster.Sync = &election.SyncState{Leader: d.Self, Term: d.Term(), Members: append([]string{}, members...), Strict: strict, ModRev: d.Rev}
 	d.SyncWrites = append(d.SyncWrites, append([]string{}, members...))
 	return nil
 }

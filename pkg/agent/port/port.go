@@ -83,6 +83,10 @@ type DCS interface {
 	ReadFresh(ctx context.Context) (election.Cluster, error)
 	Lease() election.LeaseState
 	Holds(c election.Cluster) bool
+	// Term identifies the tenure of the leader key this agent holds (the
+	// revision at which it became the holder; 0 when it holds none).
+	// PutLastLeader and PutSync stamp their records with it.
+	Term() int64
 	OwnsKey(c election.Cluster) bool
 	ClaimInitialize(ctx context.Context) (bool, error)
 	ReleaseInitialize(ctx context.Context) error
