@@ -55,8 +55,8 @@ func decideSwitchover(o Observation, sw *state.SwitchoverRequest) Plan {
 // CandidateCheck is what the switchover candidate check looks at: the
 // cluster as read, the leader's position and the candidate's live state.
 type CandidateCheck struct {
-	Cluster   state.Cluster
-	Self      string
+	Cluster state.Cluster
+	Self    string
 	// Term is the leader's tenure (Observation.Term): only a sync record
 	// of this term lists standbys that have every acknowledged commit.
 	Term      int64
