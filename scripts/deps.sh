@@ -67,6 +67,21 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update -qq
   apt-get install -y -qq --no-install-recommends systemd >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
 fi
+# The fault lab (internal/lab, TestLab): network namespaces (iproute2) and
+# packet filters (nftables) inside them.
+for pair in ip:iproute2 nft:nftables; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/sbin/$cmd" ]; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "$cmd is missing; run as root (or: sudo apt-get install $pkg)" >&2
+      exit 1
+    fi
+    echo ">> installing $pkg (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null; }
+  fi
+done
 if ! command -v go >/dev/null 2>&1; then
   echo "Go is not on PATH (expected /usr/local/go/bin/go)" >&2
   exit 1
