@@ -37,6 +37,9 @@ import (
 func main() { os.Exit(run()) }
 
 func run() (code int) {
+	if len(os.Args) > 1 && os.Args[1] == "lab" {
+		return runLab(os.Args[2:])
+	}
 	bin := flag.String("bin", "bin", "directory holding cifha, cifhactl and cifha-devetcd")
 	rounds := flag.Int("rounds", 20, "fault rounds")
 	seed := flag.Uint64("seed", uint64(time.Now().UnixNano()), "seed of the fault sequence (printed; reuse it to replay)")

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"sort"
 	"strings"
@@ -116,11 +117,27 @@ type Options struct {
 	// MaxLag is the cluster's maximum_lag_on_failover in bytes: in
 	// asynchronous mode a round that loses more fails (0: not checked).
 	MaxLag int64
+	// ClientDial is where the multi-host writer connects from (the lab's
+	// client host; nil: this machine's network).
+	ClientDial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Lab: the cluster runs on the lab's namespace hosts, and its faults
+	// (LabFaults) are available.
+	Lab *Lab
+	// BeforeRound is called before each round; an error stops the run
+	// (the lab's disk bound).
+	BeforeRound func() error
+	// CIF checks the CIF node after every round (nil: not checked).
+	CIF func(ctx context.Context, primary *cluster.Node) error
 }
 
 // Stats are one fault's figures.
 type Stats struct {
 	Rounds, Acked, Lost, Overlaps int
+	// FalseFailovers counts rounds of a fault that must change nothing
+	// in which the primary changed or refused a write.
+	FalseFailovers int
+	// Gaps are each round's longest write gap (the median is printed).
+	Gaps []time.Duration
 	// MaxLostBytes is the most WAL past the new timeline's fork that one
 	// round's lost rows were written at (asynchronous mode).
 	MaxLostBytes   int64
@@ -140,7 +157,7 @@ type Report struct {
 // or failed.
 func (r Report) OK() bool {
 	for _, s := range r.ByFault {
-		if (s.Lost > 0 && !r.Async) || s.Overlaps > 0 || len(s.Failures) > 0 {
+		if (s.Lost > 0 && !r.Async) || s.Overlaps > 0 || s.FalseFailovers > 0 || len(s.Failures) > 0 {
 			return false
 		}
 	}
@@ -163,6 +180,8 @@ func (r *Report) Merge(o Report) {
 		t.Acked += s.Acked
 		t.Lost += s.Lost
 		t.Overlaps += s.Overlaps
+		t.FalseFailovers += s.FalseFailovers
+		t.Gaps = append(t.Gaps, s.Gaps...)
 		t.MaxLostBytes = max(t.MaxLostBytes, s.MaxLostBytes)
 		t.MaxUnavailable = max(t.MaxUnavailable, s.MaxUnavailable)
 		t.Failures = append(t.Failures, s.Failures...)
@@ -173,7 +192,7 @@ func (r *Report) Merge(o Report) {
 // Table prints the per-fault table and the seed.
 func (r Report) Table(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "fault\trounds\trows acknowledged\trows lost\tmax bytes lost\toverlaps\tmax unavailability\tfailures\t")
+	fmt.Fprintln(tw, "fault\trounds\trows acknowledged\trows lost\tmax bytes lost\toverlaps\tfalse failovers\tmedian unavailability\tmax unavailability\tfailures\t")
 	for _, f := range slices.Sorted(func(yield func(Fault) bool) {
 		for f := range r.ByFault {
 			if !yield(f) {
@@ -182,7 +201,8 @@ func (r Report) Table(w io.Writer) {
 		}
 	}) {
 		s := r.ByFault[f]
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\t%d\t\n", f, s.Rounds, s.Acked, s.Lost, s.MaxLostBytes, s.Overlaps, s.MaxUnavailable.Round(time.Millisecond), len(s.Failures))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%d\t\n", f, s.Rounds, s.Acked, s.Lost, s.MaxLostBytes, s.Overlaps, s.FalseFailovers,
+			Median(s.Gaps).Round(time.Millisecond), s.MaxUnavailable.Round(time.Millisecond), len(s.Failures))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "seed %d\n", r.Seed)
@@ -197,6 +217,20 @@ func (r Report) Table(w io.Writer) {
 			fmt.Fprintf(w, "FAIL %s: %s\n", f, msg)
 		}
 	}
+}
+
+// Median is the median of ds (0 for none; the mean of the middle two for
+// an even count).
+func Median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // Run runs the rounds against c (started, healthy) and returns the report;
@@ -224,6 +258,11 @@ func Run(ctx context.Context, c *cluster.Cluster, opt Options) (Report, error) {
 		return rep, err
 	}
 	for round := 0; round < opt.Rounds; round++ {
+		if opt.BeforeRound != nil {
+			if err := opt.BeforeRound(); err != nil {
+				return rep, fmt.Errorf("before round %d: %w", round+1, err)
+			}
+		}
 		f := faults[rng.IntN(len(faults))]
 		if opt.EachInTurn {
 			f = faults[round%len(faults)]
@@ -241,6 +280,10 @@ func Run(ctx context.Context, c *cluster.Cluster, opt Options) (Report, error) {
 		st.MaxLostBytes = max(st.MaxLostBytes, res.lostBytes)
 		st.Overlaps += res.overlaps
 		st.MaxUnavailable = max(st.MaxUnavailable, res.unavailable)
+		st.Gaps = append(st.Gaps, res.unavailable)
+		if res.falseFailover {
+			st.FalseFailovers++
+		}
 		if res.failure != "" {
 			st.Failures = append(st.Failures, fmt.Sprintf("round %d: %s", round+1, res.failure))
 			logf("round %d: %s FAILED: %s", round+1, f, res.failure)
@@ -255,6 +298,7 @@ func Run(ctx context.Context, c *cluster.Cluster, opt Options) (Report, error) {
 
 type roundResult struct {
 	acked, lost, overlaps int
+	falseFailover         bool
 	lostBytes             int64
 	unavailable           time.Duration
 	failure               string
@@ -278,14 +322,17 @@ const lateGrace = 5 * time.Minute
 // runRound injects f and checks the round; it returns the primary after it.
 func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault, opt Options, rng *rand.Rand) (*cluster.Node, roundResult, error) {
 	var res roundResult
-	w, err := startWriter(ctx, c, p)
+	w, err := startWriter(ctx, c, p, opt.ClientDial)
 	if err != nil {
 		return p, res, err
 	}
 	pinned := startPinned(c)
+	var refused map[string]int
 	stopAll := func() (time.Duration, map[string][]span) {
 		gap := w.finish()
-		return gap, pinned()
+		spans, ref := pinned()
+		refused = ref
+		return gap, spans
 	}
 	if err := waitFor(ctx, opt.Bound, func() bool { return w.count() >= 10 }); err != nil {
 		stopAll()
@@ -293,6 +340,7 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 	}
 	injected := time.Now()
 	var restore func() error
+	var hold time.Duration
 	switch f {
 	case HostLoss:
 		p.KillHost()
@@ -334,6 +382,18 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 		p.CutPeers()
 		restore = func() error { p.RestorePeers(); return nil }
 	case EtcdOutage:
+		if opt.Lab != nil {
+			hold := opt.OutageHold
+			if hold <= 0 {
+				hold = 30 * time.Second
+			}
+			if err := labEtcdOutage(ctx, opt.Lab, hold, opt.Bound); err != nil {
+				stopAll()
+				return p, res, fmt.Errorf("etcd outage: %w", err)
+			}
+			injected = time.Now()
+			break
+		}
 		if opt.Etcd == nil {
 			stopAll()
 			return p, res, errors.New("etcd-outage needs Options.Etcd")
@@ -405,8 +465,18 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 		if errs != nil {
 			res.failure = "every switchover was refused: " + strings.Join(errs, "; ")
 		}
+	default:
+		var err error
+		restore, hold, err = injectLab(ctx, c, p, f, opt, rng)
+		if err != nil {
+			if restore != nil {
+				_ = restore()
+			}
+			stopAll()
+			return p, res, err
+		}
 	}
-	held := f == AgentStop || (f == EtcdPartition && !opt.Failsafe)
+	held := heldUntilMoved(f, opt.Failsafe)
 	switch {
 	case held:
 		// Held until another member accepts writes (the old primary must
@@ -430,7 +500,9 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			res.failure = fmt.Sprintf("no acknowledged write within %s of the fault (the writer's last error: %v)", opt.Bound, w.lastError())
 		}
 	}
-	if f == EtcdMemberLoss || f == MemberPartition || (f == EtcdPartition && opt.Failsafe) {
+	if hold > 0 {
+		sleepCtx(ctx, hold)
+	} else if f == EtcdMemberLoss || f == MemberPartition || (f == EtcdPartition && opt.Failsafe) {
 		// Held for a while under writes (the partitions past the ttl:
 		// 100 rows at one per 50 ms or slower).
 		n := w.count() + 100
@@ -470,6 +542,17 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 	res.overlaps = overlaps(spans)
 	if res.overlaps > 0 && res.failure == "" {
 		res.failure = "two members acknowledged writes in overlapping intervals: " + describe(spans)
+	}
+	if benign(f, opt.Failsafe) && (next != p || refused[p.Name] > 0) {
+		res.falseFailover = true
+		if res.failure == "" {
+			res.failure = fmt.Sprintf("a fault that must change nothing moved or demoted the primary: %s before, %s after, %d writes refused by %s", p.Name, next.Name, refused[p.Name], p.Name)
+		}
+	}
+	if opt.CIF != nil {
+		if err := opt.CIF(ctx, next); err != nil && res.failure == "" {
+			res.failure = "CIF node: " + err.Error()
+		}
 	}
 	lost, lostBytes, err := w.missing(ctx, next)
 	if err != nil {
@@ -623,6 +706,7 @@ func waitFor(ctx context.Context, bound time.Duration, ok func() bool) error {
 // multi-host connection string (target_session_attrs=read-write).
 type writer struct {
 	dsn  string
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	stop chan struct{}
 	done chan struct{}
 
@@ -636,7 +720,7 @@ type writer struct {
 	lastErr error
 }
 
-func startWriter(ctx context.Context, c *cluster.Cluster, p *cluster.Node) (*writer, error) {
+func startWriter(ctx context.Context, c *cluster.Cluster, p *cluster.Node, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (*writer, error) {
 	conn, err := p.Connect(ctx)
 	if err != nil {
 		return nil, err
@@ -651,7 +735,7 @@ func startWriter(ctx context.Context, c *cluster.Cluster, p *cluster.Node) (*wri
 	for _, n := range c.Nodes {
 		hosts = append(hosts, n.Addr)
 	}
-	w := &writer{stop: make(chan struct{}), done: make(chan struct{}), next: first,
+	w := &writer{stop: make(chan struct{}), done: make(chan struct{}), next: first, dial: dial,
 		dsn: fmt.Sprintf("host=%s port=5432 user=postgres password=%s dbname=postgres sslmode=disable connect_timeout=1 target_session_attrs=read-write",
 			strings.Join(hosts, ","), c.Opt.SuperuserPassword)}
 	go w.run()
@@ -680,7 +764,7 @@ func (w *writer) run() {
 			// saw no acknowledgement for a minute while the primary
 			// committed its pinned probes).
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			c, err := pgx.Connect(ctx, w.dsn)
+			c, err := w.connect(ctx)
 			cancel()
 			if err != nil {
 				w.setErr(fmt.Errorf("connect: %w", err))
@@ -705,6 +789,18 @@ func (w *writer) run() {
 		w.acked, w.ackAt, w.ackLSN = append(w.acked, id), append(w.ackAt, time.Now()), append(w.ackLSN, uint64(lsn))
 		w.mu.Unlock()
 	}
+}
+
+// connect opens the writer's session (from the client host in the lab).
+func (w *writer) connect(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(w.dsn)
+	if err != nil {
+		return nil, err
+	}
+	if w.dial != nil {
+		cfg.DialFunc = w.dial
+	}
+	return pgx.ConnectConfig(ctx, cfg)
 }
 
 // setErr records the writer's latest failure, for the message when no
@@ -827,11 +923,12 @@ type span struct{ start, end time.Time }
 
 // startPinned pins one writer to each member: every 20 ms it inserts a row
 // there and records the interval of each acknowledged write.
-func startPinned(c *cluster.Cluster) func() map[string][]span {
+func startPinned(c *cluster.Cluster) func() (map[string][]span, map[string]int) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	acks := map[string][]span{}
+	refused := map[string]int{}
 	for _, n := range c.Nodes {
 		wg.Add(1)
 		go func(n *cluster.Node) {
@@ -850,7 +947,7 @@ func startPinned(c *cluster.Cluster) func() map[string][]span {
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				if conn == nil {
-					conn, _ = pgx.Connect(ctx, n.DSN()+" connect_timeout=1")
+					conn, _ = c.ConnectDSN(ctx, n.DSN()+" connect_timeout=1")
 				}
 				if conn != nil {
 					start := time.Now()
@@ -862,6 +959,9 @@ func startPinned(c *cluster.Cluster) func() map[string][]span {
 						acks[n.Name] = append(acks[n.Name], span{start, time.Now()})
 						mu.Unlock()
 					case errors.As(err, &pgErr) && pgErr.Code == "25006":
+						mu.Lock()
+						refused[n.Name]++
+						mu.Unlock()
 						// A standby refused (read-only transaction): the
 						// session stays usable, and writes in it once the
 						// member is promoted. Reconnecting after every
@@ -876,12 +976,12 @@ func startPinned(c *cluster.Cluster) func() map[string][]span {
 			}
 		}(n)
 	}
-	return func() map[string][]span {
+	return func() (map[string][]span, map[string]int) {
 		close(done)
 		wg.Wait()
 		mu.Lock()
 		defer mu.Unlock()
-		return acks
+		return acks, refused
 	}
 }
 

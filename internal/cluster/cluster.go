@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -75,13 +77,27 @@ type Options struct {
 	EtcdExtra string
 	// PostgresExtra is added to one node's [postgres] section (by name).
 	PostgresExtra map[string]string
+	// DialTimeout is [etcd] dial_timeout (default 1s).
+	DialTimeout time.Duration
+	// MemberNetworks is [postgres] member_networks (default 127.0.0.0/8);
+	// HBA's default client line allows the first one.
+	MemberNetworks []string
+	// Command, when set, makes the agent's command (the fault lab runs
+	// each agent inside its host's network namespace): it must run path
+	// with args as cred's user. Default: exec.Command with cred.
+	Command func(n *Node, cred *syscall.Credential, path string, args ...string) *exec.Cmd
+	// Dial, when set, is how the tests reach the nodes' postgres and API
+	// (the lab's observer host). Default: the local network.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Cluster is a set of nodes.
 type Cluster struct {
-	Opt   Options
-	Nodes []*Node
-	cred  *syscall.Credential
+	Opt      Options
+	Nodes    []*Node
+	cred     *syscall.Credential
+	httpOnce sync.Once
+	http     *http.Client
 }
 
 // Node is one cifha process and its postgres.
@@ -118,6 +134,12 @@ func New(opt Options) (*Cluster, error) {
 	}
 	if opt.SuperuserPassword == "" {
 		opt.SuperuserPassword = "cifha-test"
+	}
+	if opt.DialTimeout == 0 {
+		opt.DialTimeout = time.Second
+	}
+	if len(opt.MemberNetworks) == 0 {
+		opt.MemberNetworks = []string{"127.0.0.0/8"}
 	}
 	c := &Cluster{Opt: opt}
 	if os.Geteuid() == 0 {
@@ -223,7 +245,7 @@ func (c *Cluster) config(n *Node, secrets string, endpoints []string) string {
 	}
 	hba := c.Opt.HBA
 	if len(hba) == 0 {
-		hba = []string{"host all all 127.0.0.0/8 scram-sha-256"}
+		hba = []string{"host all all " + c.Opt.MemberNetworks[0] + " scram-sha-256"}
 	}
 	q := func(ss []string) string {
 		var out []string
@@ -244,14 +266,14 @@ listen = "%s:8008"
 %s
 [etcd]
 endpoints = [%s]
-dial_timeout = "1s"
+dial_timeout = %q
 %s
 
 [postgres]
 data_dir = %q
 listen = %q
 port = 5432
-member_networks = ["127.0.0.0/8"]
+member_networks = [%s]
 %s%ssocket_dir = %q
 superuser_password_file = %q
 replication_password_file = %q
@@ -270,7 +292,7 @@ start_timeout = "10s"
 %s
 [log]
 level = "debug"
-`, c.Opt.Cluster, n.Name, n.Addr, tokenLine, q(endpoints), c.Opt.EtcdExtra, n.DataDir, n.Addr, pgPeer, pgExtra, n.Dir,
+`, c.Opt.Cluster, n.Name, n.Addr, tokenLine, q(endpoints), c.Opt.DialTimeout.String(), c.Opt.EtcdExtra, n.DataDir, n.Addr, q(c.Opt.MemberNetworks), pgPeer, pgExtra, n.Dir,
 		filepath.Join(secrets, "superuser.password"), filepath.Join(secrets, "replication.password"),
 		q(hba), c.Opt.Tuning, c.Opt.TTL.String(), c.Opt.LoopInterval.String(), c.Opt.Extra, c.Opt.NodeExtra[n.Name], tsSection)
 }
@@ -361,13 +383,18 @@ func (n *Node) Start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(n.c.Opt.BinDir, "cifha"), "--config", n.ConfigPath)
+	var cmd *exec.Cmd
+	if n.c.Opt.Command != nil {
+		cmd = n.c.Opt.Command(n, n.c.cred, filepath.Join(n.c.Opt.BinDir, "cifha"), "--config", n.ConfigPath)
+	} else {
+		cmd = exec.Command(filepath.Join(n.c.Opt.BinDir, "cifha"), "--config", n.ConfigPath)
+		// Own process group: a Ctrl-C in the demo's terminal is handled
+		// by the demo, which stops the agents in order.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: n.c.cred}
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = n.Dir
 	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + n.Dir, "LANG=C.UTF-8"}
-	// Own process group: a Ctrl-C in the demo's terminal is handled by the
-	// demo, which stops the agents in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: n.c.cred}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", n.Name, err)
@@ -476,7 +503,31 @@ func (n *Node) DSN() string {
 
 // Connect opens a connection to this node's postgres.
 func (n *Node) Connect(ctx context.Context) (*pgx.Conn, error) {
-	return pgx.Connect(ctx, n.DSN())
+	return n.c.ConnectDSN(ctx, n.DSN())
+}
+
+// ConnectDSN connects to dsn the way the tests reach the nodes
+// (Options.Dial).
+func (c *Cluster) ConnectDSN(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	if c.Opt.Dial != nil {
+		cfg.DialFunc = c.Opt.Dial
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// HTTPClient is how the tests reach the agents' APIs (Options.Dial).
+func (c *Cluster) HTTPClient() *http.Client {
+	if c.Opt.Dial == nil {
+		return http.DefaultClient
+	}
+	c.httpOnce.Do(func() {
+		c.http = &http.Client{Transport: &http.Transport{DialContext: c.Opt.Dial, MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second}}
+	})
+	return c.http
 }
 
 // API performs GET path on this node's agent API and returns the status code and body.
@@ -485,7 +536,7 @@ func (n *Node) API(ctx context.Context, path string) (int, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := n.c.HTTPClient().Do(req)
 	if err != nil {
 		return 0, nil, err
 	}

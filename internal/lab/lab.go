@@ -63,7 +63,7 @@ type Host struct {
 
 // HostSpec names a host and the last byte of its address.
 type HostSpec struct {
-	Name string
+	Name  string
 	Octet int
 }
 
@@ -193,8 +193,25 @@ func Cleanup(id string) error {
 	if err != nil {
 		return err
 	}
+	errs := []error{KillAndDelete(names)}
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), Prefix+id+"*"))
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// KillAndDelete kills the processes inside the named namespaces and
+// deletes them.
+func KillAndDelete(names []string) error {
 	var errs []error
 	for _, ns := range names {
+		if !strings.HasPrefix(ns, Prefix) {
+			errs = append(errs, fmt.Errorf("%s is not a lab namespace", ns))
+			continue
+		}
 		for attempt := 0; attempt < 50; attempt++ {
 			pids := nsPIDs(ns)
 			if len(pids) == 0 {
@@ -210,12 +227,6 @@ func Cleanup(id string) error {
 			errs = append(errs, fmt.Errorf("%s: processes %v survive SIGKILL", ns, pids))
 		}
 		if err := ip("netns", "delete", ns); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), Prefix+id+"*"))
-	for _, d := range dirs {
-		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, err)
 		}
 	}

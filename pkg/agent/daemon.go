@@ -129,6 +129,14 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 	sess := election.NewSession(cli, ttl, log.Named("lease"), clock)
 	store := election.NewStore(cli, cfg.Cluster, cfg.Name, sess, log.Named("etcd"))
 	sess.SetCheckKey(store.Keys().Leader())
+	// Requests go only to etcd members that answer (election.Guard: a
+	// frozen or black-holed member keeps its connections open).
+	tm := ha.Timing{TTL: ttl}
+	guard := election.NewGuard(cli, cfg.Etcd, store.Keys().Leader(), 500*time.Millisecond, max(tm.RenewAttemptTimeout(), 250*time.Millisecond), log.Named("etcd"))
+	guardCtx, stopGuard := context.WithCancel(context.Background())
+	guardDone := make(chan struct{})
+	go func() { guard.Run(guardCtx, cfg.Etcd); close(guardDone) }()
+	defer func() { stopGuard(); <-guardDone }()
 
 	// The lease outlives the loop: a leader releases its key only after
 	// postgres has stopped, so the session is cancelled last.

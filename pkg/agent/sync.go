@@ -45,7 +45,7 @@ func (a *Agent) syncStep(ctx context.Context, o ha.Observation) bool {
 		a.syncMark = ha.SyncMark{Names: names, LSN: o.PG.CurrentLSN}
 	}
 	s := ha.DecideSync(ha.SyncInput{Self: a.opt.Name, Term: a.opt.DCS.Term(), Config: a.syncCfg, Record: o.Cluster.Sync, Effective: eff,
-		Replicas: o.PG.Replication, Members: o.Cluster.Members, Mark: a.syncMark})
+		Replicas: o.PG.Replication, Members: o.Cluster.Members, Mark: a.syncMark, MaxReplyAge: ha.Timing{TTL: a.opt.TTL}.SyncReplyTimeout()})
 	if s.Reason != a.lastSyncReason {
 		a.lastSyncReason = s.Reason
 		if s.Kind == ha.SyncNone {

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cifha/cifha/pkg/state"
 )
@@ -71,6 +72,9 @@ type SyncInput struct {
 	Replicas  []state.Replica
 	Members   map[string]state.Member
 	Mark      SyncMark
+	// MaxReplyAge: a standby whose last reply is older is not healthy
+	// (Timing.SyncReplyTimeout; 0: not checked).
+	MaxReplyAge time.Duration
 }
 
 // SyncNames is a parsed synchronous_standby_names.
@@ -133,7 +137,7 @@ func DecideSync(in SyncInput) SyncStep {
 	if rec.Strict != cfg.Strict {
 		return SyncStep{Kind: SyncRecord, Members: recorded, Strict: cfg.Strict, Reason: fmt.Sprintf("synchronous mode: strict is now %v", cfg.Strict)}
 	}
-	want := Healthy(in.Replicas, in.Members, recorded)
+	want := Healthy(in.Replicas, in.Members, recorded, in.MaxReplyAge)
 	if len(want) > count {
 		want = want[:count]
 	}
@@ -197,9 +201,11 @@ func DecideSync(in SyncInput) SyncStep {
 
 // Healthy lists the standbys that can be synchronous, best first: streaming
 // to this primary, with a live member key, not tagged nofailover (a
-// synchronous standby exists to be promoted). Recorded ones come first
-// (no needless change), then the most advanced, then by name.
-func Healthy(replicas []state.Replica, members map[string]state.Member, recorded []string) []string {
+// synchronous standby exists to be promoted), and replying: its last reply
+// no older than maxReplyAge (0: not checked; an age postgres does not show
+// is not checked either). Recorded ones come first (no needless change),
+// then the most advanced, then by name.
+func Healthy(replicas []state.Replica, members map[string]state.Member, recorded []string, maxReplyAge time.Duration) []string {
 	type cand struct {
 		name     string
 		recorded bool
@@ -210,6 +216,9 @@ func Healthy(replicas []state.Replica, members map[string]state.Member, recorded
 	for _, r := range replicas {
 		m, ok := members[r.Name]
 		if !ok || seen[r.Name] || r.State != "streaming" || m.NoFailover || !state.ValidName(r.Name) {
+			continue
+		}
+		if maxReplyAge > 0 && r.ReplyAgeSeconds > maxReplyAge.Seconds() {
 			continue
 		}
 		seen[r.Name] = true

@@ -317,3 +317,35 @@ func TestSyncRecordTerm(t *testing.T) {
 		}
 	})
 }
+
+// TestSyncStandbySilent: a recorded synchronous standby whose last reply
+// is older than MaxReplyAge is no longer healthy, though postgres still
+// shows it streaming (a standby cut from the primary's postgres port keeps
+// its member key): it leaves the record first, and another standby that
+// replies is chosen. The fault lab found commits stalled for 60 s
+// (wal_sender_timeout) without this.
+func TestSyncStandbySilent(t *testing.T) {
+	on := SyncConfig{On: true, Count: 1}
+	silent := rep("db2", 100, "sync")
+	silent.ReplyAgeSeconds = 5
+	fresh := rep("db3", 100, "potential")
+	fresh.ReplyAgeSeconds = 0.4
+	in := SyncInput{Self: "db1", Config: on, Record: rec("db1", false, "db2"), Effective: eff("db2"),
+		Replicas: []state.Replica{silent, fresh}, Members: members("db2", "db3"), Mark: SyncMark{[]string{"db2"}, 100}, MaxReplyAge: 2e9}
+	s := DecideSync(in)
+	if s.Kind != SyncRecord || len(s.Members) != 0 {
+		t.Fatalf("got %+v, want db2 removed from the record first", s)
+	}
+	in.Record = rec("db1", false)
+	if s := DecideSync(in); s.Kind != SyncSetNames || !slices.Equal(s.Names, []string{"db3"}) {
+		t.Fatalf("got %+v, want the setting moved to db3", s)
+	}
+	// Unknown age (before 12, or none shown) is not held against it, and
+	// 0 turns the check off.
+	silent.ReplyAgeSeconds = -1
+	in.Replicas[0] = silent
+	in.Record, in.Effective = rec("db1", false, "db2"), eff("db2")
+	if s := DecideSync(in); s.Kind != SyncNone {
+		t.Fatalf("got %+v with an unknown reply age, want no change", s)
+	}
+}

@@ -88,6 +88,17 @@ func (t Timing) WritableBudget() time.Duration { return t.TTL / 6 }
 // RenewRetryDelay is the pause after a failed renewal before the next try.
 func (t Timing) RenewRetryDelay() time.Duration { return t.TTL / 20 }
 
+// SyncReplyTimeout is how old a synchronous standby's last reply to the
+// primary (pg_stat_replication.reply_time; standbys reply every second,
+// wal_receiver_status_interval) may be before the leader stops counting it
+// healthy: half the ttl, at least 2 s. A standby cut from the primary's
+// postgres while it still reaches etcd keeps its member key and shows as
+// streaming until wal_sender_timeout ends the connection; the fault lab
+// measured every commit stalled for 60 s that way. With this, commits
+// stall at most about this long plus a loop before the leader moves to
+// another standby (or, non-strict, to asynchronous replication).
+func (t Timing) SyncReplyTimeout() time.Duration { return max(2*time.Second, t.TTL/2) }
+
 // Validate checks the one timing rule:
 //
 //   - ttl is at least MinTTL and whole seconds;

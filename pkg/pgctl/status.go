@@ -39,6 +39,14 @@ func QueriesFor(v Version) Queries {
 }
 
 func queriesFor(v Version) Queries {
+	if v >= 120000 {
+		q := queriesFor(100000)
+		q.Replication = `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_lsn::text, ''),
+  coalesce(replay_lsn::text, ''), coalesce(sync_state, ''), coalesce(flush_lsn::text, ''),
+  coalesce(extract(epoch FROM replay_lag)::float8, -1),
+  coalesce(extract(epoch FROM clock_timestamp() - reply_time)::float8, -1) FROM pg_stat_replication`
+		return q
+	}
 	if v >= 100000 {
 		return Queries{
 			Status: `SELECT pg_is_in_recovery(),
@@ -52,7 +60,7 @@ func queriesFor(v Version) Queries {
   current_setting('synchronous_standby_names')`,
 			Replication: `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_lsn::text, ''),
   coalesce(replay_lsn::text, ''), coalesce(sync_state, ''), coalesce(flush_lsn::text, ''),
-  coalesce(extract(epoch FROM replay_lag)::float8, -1) FROM pg_stat_replication`,
+  coalesce(extract(epoch FROM replay_lag)::float8, -1), -1::float8 FROM pg_stat_replication`,
 			Slots: `SELECT slot_name, active, false FROM pg_replication_slots WHERE slot_type = 'physical'`,
 		}
 	}
@@ -68,7 +76,7 @@ func queriesFor(v Version) Queries {
   current_setting('synchronous_standby_names')`,
 		Replication: `SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sent_location::text, ''),
   coalesce(replay_location::text, ''), coalesce(sync_state, ''), coalesce(flush_location::text, ''),
-  -1::float8 FROM pg_stat_replication`,
+  -1::float8, -1::float8 FROM pg_stat_replication`,
 		Slots: `SELECT slot_name, active, false FROM pg_replication_slots WHERE slot_type = 'physical'`,
 	}
 }
@@ -208,7 +216,7 @@ func (i *Instance) Status(ctx context.Context) (Status, error) {
 		for rows.Next() {
 			var r Replica
 			var sent, replay, flush string
-			if err := rows.Scan(&r.Name, &r.State, &sent, &replay, &r.SyncState, &flush, &r.ReplayLagSeconds); err != nil {
+			if err := rows.Scan(&r.Name, &r.State, &sent, &replay, &r.SyncState, &flush, &r.ReplayLagSeconds, &r.ReplyAgeSeconds); err != nil {
 				rows.Close()
 				return err
 			}

@@ -81,6 +81,10 @@ type Replica struct {
 	// it, as last measured; -1 when postgres shows none (not measured
 	// lately, or before 10).
 	ReplayLagSeconds float64 `json:"-"`
+	// ReplyAgeSeconds is how long ago the standby last replied
+	// (now() - pg_stat_replication.reply_time, 12+); -1 when postgres
+	// shows none.
+	ReplyAgeSeconds float64 `json:"-"`
 }
 
 // Slot is one physical replication slot.

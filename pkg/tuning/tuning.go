@@ -99,6 +99,14 @@ func HA(versionNum int, o HAOptions) []Param {
 		// Standbys report their replay position every second, so the lag
 		// cifha shows falls back to 0 promptly once a standby catches up.
 		Param{"wal_receiver_status_interval", "1s", ""},
+		// A replication connection whose peer went silent (a cut link, a
+		// frozen host) is ended after 10 s instead of postgres' 60 s, so
+		// the standby reconnects soon after the network heals instead of
+		// waiting out TCP's retransmission backoff (the fault lab: a 10 s
+		// cut kept a standby away for about 50 s). Both ends ping at half
+		// of it, so an idle but healthy link is never ended.
+		Param{"wal_sender_timeout", "10s", ""},
+		Param{"wal_receiver_timeout", "10s", ""},
 	)
 	if versionNum >= 90500 {
 		// A standby whose slot is not there yet (a new leader creates it
