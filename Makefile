@@ -8,7 +8,7 @@ COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -X github.com/cifha/cifha/pkg/version.Version=$(VERSION) -X github.com/cifha/cifha/pkg/version.Commit=$(COMMIT) -X github.com/cifha/cifha/pkg/version.BuildDate=$(BUILD_DATE)
 
-.PHONY: all build deps test unit integration lint demo bench fuzz soak dist deb docs clean
+.PHONY: all build deps test unit integration lint demo bench fuzz soak lab dist deb docs clean
 
 all: build
 
@@ -107,6 +107,17 @@ soak: deps build
 	$(GO) build -o bin/ ./cmd/cifha-check ./cmd/cifha-devetcd
 	if [ "$(SOAK_LOAD)" != "0" ]; then bin/cifha-check --bin bin --load $(SOAK_LOAD) --ttl 3s; fi
 	bin/cifha-check --bin bin --rounds $(SOAK_ROUNDS) --lanes $(SOAK_LANES) --seed $(SOAK_SEED)
+
+# make lab: the fault lab (cifha-check lab, docs/lab.md): every DB host in
+# its own network namespace with its own etcd member, faults from nftables
+# and whole-host signals; LAB_ROUNDS seeded rounds at LAB_FLAGS (the shipped
+# defaults when empty). Root only.
+LAB_ROUNDS ?= 1000
+LAB_SEED ?= $(shell date +%s)
+LAB_FLAGS ?=
+lab: deps build
+	$(GO) build -o bin/ ./cmd/cifha-check ./cmd/cifha-devetcd
+	bin/cifha-check lab --bin bin --rounds $(LAB_ROUNDS) --seed $(LAB_SEED) $(LAB_FLAGS)
 
 ETCD_MEMBERS ?= 1
 demo: deps build

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		_ = os.Chmod(dir, 0o755) // the postgres user runs these
 		cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/cifha/cifha/cmd/cifha", "github.com/cifha/cifha/cmd/cifhactl",
-			"github.com/cifha/cifha/cmd/cifha-devetcd")
+			"github.com/cifha/cifha/cmd/cifha-devetcd", "github.com/cifha/cifha/cmd/cifha-check")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "build binaries:", err)

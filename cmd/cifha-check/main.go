@@ -11,6 +11,11 @@
 //
 // Run as root (PostgreSQL and the agents run as the postgres user) on a
 // machine with PostgreSQL installed; it uses loopback addresses only.
+//
+// `cifha-check lab` is the same checker on a real network: every host a
+// network namespace, faults by the kernel's packet filter and by signals
+// to whole hosts (lab.go, docs/lab.md); `cifha-check lab --cleanup`
+// removes what a killed lab left.
 package main
 
 import (
