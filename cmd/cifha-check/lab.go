@@ -86,7 +86,15 @@ func runLab(args []string) (code int) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	fmt.Printf("lab %s: %s\n", *id, shellQuote(append([]string{"cifha-check", "lab", "--seed", fmt.Sprint(*seed)}, args...)))
+	// The exact command, with the seed (and run ID) it drew, so that any
+	// failure can be replayed.
+	replay := []string{"cifha-check", "lab"}
+	seeded := false
+	fs.Visit(func(f *flag.Flag) { seeded = seeded || f.Name == "seed" })
+	if !seeded {
+		replay = append(replay, "--seed", fmt.Sprint(*seed))
+	}
+	fmt.Printf("lab %s: %s\n", *id, shellQuote(append(replay, args...)))
 	root, err := testutil.MkdirForPostgres(lab.Prefix + *id + "-")
 	if err != nil {
 		return fail(err)

@@ -142,7 +142,6 @@ func (g *Guard) Once(ctx context.Context, c config.Etcd) {
 	}
 	g.mu.Lock()
 	changed := !slices.Equal(live, g.live)
-	g.live = live
 	g.mu.Unlock()
 	if changed {
 		var out []string
@@ -153,5 +152,8 @@ func (g *Guard) Once(ctx context.Context, c config.Etcd) {
 		}
 		g.log.Warn("etcd endpoints in use changed", "using", live, "not_answering", out)
 		g.cli.SetEndpoints(live...)
+		g.mu.Lock()
+		g.live = live
+		g.mu.Unlock()
 	}
 }
