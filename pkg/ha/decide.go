@@ -411,11 +411,15 @@ func decideFailover(o Observation) Plan {
 		switch {
 		case sy.Leader != ll.Name:
 			return plan(Wait, "no leader; synchronous mode: the sync record is %s's, not the last leader %s's: no standby provably has every acknowledged commit", sy.Leader, ll.Name)
-		case !sy.Of(ll.Name, ll.Term):
+		case ll.Term != 0 && !sy.Of(ll.Name, ll.Term):
 			// Same leader, another tenure: the record was written before
-			// the leader lost its key and took it again (or the new
-			// tenure has not republished last-leader yet). What it lists
+			// the leader lost its key and took it again. What it lists
 			// had that tenure's commits, not provably the latest one's.
+			// A last-leader without a term (written by the acquiring
+			// transaction, which cannot know its own revision, and not
+			// yet republished) falls back to the name: refusing there
+			// left a failsafe-mode lab cluster without a primary for
+			// over a minute when the leader's republish did not come.
 			return plan(Wait, "no leader; synchronous mode: the sync record is from %s's term %d, not its last term %d: no standby provably has every acknowledged commit", sy.Leader, sy.Term, ll.Term)
 		case !sy.Has(o.Self):
 			recorded := "none"

@@ -293,6 +293,11 @@ func TestSyncRecordTerm(t *testing.T) {
 			t.Fatalf("got %s (%s), want Wait on the stale term", p.Action, p.Reason)
 		}
 	})
+	t.Run("failover: a last-leader without a term falls back to the name", func(t *testing.T) {
+		if p := Decide(failover(0x1000, term(5, 0))); p.Action != TakeOver {
+			t.Fatalf("got %s (%s), want TakeOver", p.Action, p.Reason)
+		}
+	})
 	t.Run("failover: a record of the last leader's last term promotes", func(t *testing.T) {
 		if p := Decide(failover(0x1000, term(9, 9))); p.Action != TakeOver {
 			t.Fatalf("got %s (%s), want TakeOver", p.Action, p.Reason)
