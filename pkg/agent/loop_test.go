@@ -211,3 +211,25 @@ func (noPeers) Candidate(context.Context, string) (ha.Candidate, error) {
 func (noPeers) Failsafe(context.Context, string, string, string, string) (time.Duration, error) {
 	return 0, errors.New("no peers in this test")
 }
+
+// TestLastLeaderCarriesTheTerm: the acquiring transaction cannot stamp
+// last-leader with its own revision, so the leader republishes it with its
+// term at once (a failover trusts the sync record only of that term).
+func TestLastLeaderCarriesTheTerm(t *testing.T) {
+	ctx := context.Background()
+	clk := agenttest.NewClock(t0)
+	pg := &agenttest.Postgres{Dir: pgctl.DataDirMissing}
+	dcs := agenttest.NewDCS("db1", election.LeaseState{ID: 7, ValidUntil: t0.Add(3 * time.Second)})
+	a := newTestAgent(pg, dcs, clk)
+	for i := 0; i < 3; i++ {
+		if err := a.Iterate(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if dcs.Cluster.Leader == nil || dcs.Cluster.LastLeader == nil {
+		t.Fatalf("no leader: %+v", dcs.Cluster)
+	}
+	if got, want := dcs.Cluster.LastLeader.Term, dcs.Term(); got == 0 || got != want {
+		t.Fatalf("last-leader term %d, the leader's term %d", got, want)
+	}
+}
