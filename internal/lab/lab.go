@@ -283,35 +283,39 @@ func (h *Host) Signal(sig syscall.Signal) error {
 	return nil
 }
 
-// DialContext dials from inside the host's network namespace: the socket
-// is made on an OS thread that entered the namespace, and works from any
-// thread afterwards. That thread is never returned to the runtime's pool
-// (the goroutine exits locked, so the runtime ends the thread).
+// DialContext dials from inside the host's network namespace (inNS).
 func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+	var c net.Conn
+	err := h.inNS(func() (err error) {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// inNS runs fn on an OS thread that entered the host's network namespace:
+// the sockets fn makes belong to the namespace and work from any thread
+// afterwards. That thread is never returned to the runtime's pool (the
+// goroutine exits locked, so the runtime ends the thread).
+func (h *Host) inNS(fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: see above
 		f, err := os.Open(filepath.Join("/run/netns", h.NS))
 		if err != nil {
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
 		f.Close()
 		if err != nil {
-			ch <- result{nil, fmt.Errorf("enter %s: %w", h.NS, err)}
+			ch <- fmt.Errorf("enter %s: %w", h.NS, err)
 			return
 		}
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		ch <- result{c, err}
+		ch <- fn()
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-ch
 }
 
 // Dir is which way a rule drops packets, seen from the host it is on.
@@ -385,29 +389,12 @@ func (h *Host) Heal() error { return h.SetFilter() }
 // Filtered reports whether the host has fault rules.
 func (h *Host) Filtered() bool { return len(h.filters) > 0 }
 
-// Listen listens inside the host's network namespace (as DialContext).
+// Listen listens inside the host's network namespace (inNS).
 func (h *Host) Listen(network, addr string) (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: see DialContext
-		f, err := os.Open(filepath.Join("/run/netns", h.NS))
-		if err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
-		f.Close()
-		if err != nil {
-			ch <- result{nil, fmt.Errorf("enter %s: %w", h.NS, err)}
-			return
-		}
-		ln, err := net.Listen(network, addr)
-		ch <- result{ln, err}
-	}()
-	r := <-ch
-	return r.ln, r.err
+	var ln net.Listener
+	err := h.inNS(func() (err error) {
+		ln, err = net.Listen(network, addr)
+		return err
+	})
+	return ln, err
 }
