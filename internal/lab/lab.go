@@ -52,6 +52,7 @@ type Lab struct {
 	ID    string
 	Hosts []*Host
 	sw    string // the switch namespace (the bridge)
+	delay *delaySwitch // running while some host's packets are delayed
 }
 
 // Host is one network namespace with one address.
@@ -59,6 +60,8 @@ type Host struct {
 	Name, NS, Addr string
 	// filters is the host's current fault rules (nil: none).
 	filters []Rule
+	// port is the host's veth end in the switch namespace.
+	port string
 }
 
 // HostSpec names a host and the last byte of its address.
@@ -112,12 +115,12 @@ func New(id string, hosts []HostSpec) (l *Lab, err error) {
 		if hs.Octet < 1 || hs.Octet > 254 || !validID(strings.ReplaceAll(hs.Name, "-", "")) {
 			return nil, fmt.Errorf("host %q with address octet %d", hs.Name, hs.Octet)
 		}
-		h := &Host{Name: hs.Name, NS: Prefix + id + "-" + hs.Name, Addr: fmt.Sprintf("%s.%d", Subnet, hs.Octet)}
+		h := &Host{Name: hs.Name, NS: Prefix + id + "-" + hs.Name, Addr: fmt.Sprintf("%s.%d", Subnet, hs.Octet), port: fmt.Sprintf("p%d", i)}
 		if err := ip("netns", "add", h.NS); err != nil {
 			return nil, err
 		}
 		l.Hosts = append(l.Hosts, h)
-		port := fmt.Sprintf("p%d", i)
+		port := h.port
 		for _, args := range [][]string{
 			{"-n", h.NS, "link", "set", "lo", "up"},
 			// Made inside the switch namespace, the host's end moved
@@ -161,6 +164,10 @@ func (l *Lab) Host(name string) *Host {
 // Close kills every process left in the lab's namespaces and removes them
 // (and with them their links, the bridge and every packet filter).
 func (l *Lab) Close() error {
+	if l.delay != nil {
+		l.delay.stop()
+		l.delay = nil
+	}
 	return Cleanup(l.ID)
 }
 
@@ -298,11 +305,15 @@ func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn,
 // the sockets fn makes belong to the namespace and work from any thread
 // afterwards. That thread is never returned to the runtime's pool (the
 // goroutine exits locked, so the runtime ends the thread).
-func (h *Host) inNS(fn func() error) error {
+func (h *Host) inNS(fn func() error) error { return inNamespace(h.NS, fn) }
+
+// inNamespace runs fn on a fresh OS thread inside the named network
+// namespace (see Host.inNS).
+func inNamespace(ns string, fn func() error) error {
 	ch := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: see above
-		f, err := os.Open(filepath.Join("/run/netns", h.NS))
+		runtime.LockOSThread() // never unlocked: see Host.inNS
+		f, err := os.Open(filepath.Join("/run/netns", ns))
 		if err != nil {
 			ch <- err
 			return
@@ -310,7 +321,7 @@ func (h *Host) inNS(fn func() error) error {
 		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
 		f.Close()
 		if err != nil {
-			ch <- fmt.Errorf("enter %s: %w", h.NS, err)
+			ch <- fmt.Errorf("enter %s: %w", ns, err)
 			return
 		}
 		ch <- fn()

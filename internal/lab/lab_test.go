@@ -149,3 +149,71 @@ func contains(s []int, v int) bool {
 	}
 	return false
 }
+
+// roundTrip sends one byte on c and waits for its echo.
+func roundTrip(t *testing.T, c net.Conn) time.Duration {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// TestLabDelay: SetDelay holds what a host sends, on a connection made
+// before the delay too (a relay would miss it), and 0 removes it. Only
+// lower bounds are asserted: a delayed packet can never arrive early.
+func TestLabDelay(t *testing.T) {
+	needRoot(t)
+	l, err := New(NewID(), []HostSpec{{"a", 1}, {"b", 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	a, b := l.Host("a"), l.Host("b")
+	ln, err := b.Listen("tcp", net.JoinHostPort(b.Addr, "7000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go echo(ln)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := a.DialContext(ctx, "tcp", net.JoinHostPort(b.Addr, "7000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip(t, c)
+	if err := l.SetDelay(150*time.Millisecond, a, b); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if rt := roundTrip(t, c); rt < 300*time.Millisecond {
+			t.Fatalf("round trip %s on a link delayed 150ms each way", rt)
+		}
+	}
+	// A bulk transfer crosses the delayed switch whole (large segments
+	// included).
+	big := make([]byte, 1<<20)
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	go func() { _, _ = c.Write(big) }()
+	if _, err := io.ReadFull(c, make([]byte, len(big))); err != nil {
+		t.Fatalf("1 MiB through the delayed switch: %v", err)
+	}
+	if err := l.SetDelay(0); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ip", "-n", l.sw, "link", "show", "master", "br0").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), a.port+"@") || !strings.Contains(string(out), b.port+"@") {
+		t.Fatalf("ports not back on the bridge: %s %v", out, err)
+	}
+	roundTrip(t, c)
+	if err := l.SetDelay(2*time.Minute, a); err == nil {
+		t.Fatal("a 2m delay was accepted")
+	}
+}

@@ -5,15 +5,18 @@
 package tcpproxy
 
 import (
-	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Proxy forwards connections from its listener to Target.
 type Proxy struct {
 	Target string
 	ln     net.Listener
+
+	delay atomic.Int64 // per direction, nanoseconds (SetDelay)
 
 	mu    sync.Mutex
 	cut   bool
@@ -74,13 +77,52 @@ func (p *Proxy) accept() {
 				return
 			}
 			done := make(chan struct{}, 2)
-			go func() { io.Copy(up, c); done <- struct{}{} }()
-			go func() { io.Copy(c, up); done <- struct{}{} }()
+			go func() { p.copy(up, c); done <- struct{}{} }()
+			go func() { p.copy(c, up); done <- struct{}{} }()
 			<-done
 			p.untrack(c)
 			p.untrack(up)
 			<-done
 		}()
+	}
+}
+
+// SetDelay holds every byte for d in each direction (0: none), on the
+// connections already open too: a slow link, not a lossy one.
+func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
+
+type chunk struct {
+	b   []byte
+	due time.Time
+}
+
+// copy forwards src to dst through a delay line: each chunk read leaves
+// once the delay at its reading has passed, in order.
+func (p *Proxy) copy(dst, src net.Conn) {
+	line := make(chan chunk, 1024)
+	go func() {
+		defer close(line)
+		for {
+			buf := make([]byte, 32<<10)
+			n, err := src.Read(buf)
+			if n > 0 {
+				line <- chunk{buf[:n], time.Now().Add(time.Duration(p.delay.Load()))}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for c := range line {
+		if w := time.Until(c.due); w > 0 {
+			time.Sleep(w) // the delay line itself
+		}
+		if _, err := dst.Write(c.b); err != nil {
+			src.Close() // the reader ends, and with it the line
+			for range line {
+			}
+			return
+		}
 	}
 }
 

@@ -200,7 +200,7 @@ func TestKeepAliveStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := keepAliveStream{cli: cli}
+	k := &keepAliveStream{cli: cli}
 	defer k.close()
 	var first any
 	for i := range 5 {

@@ -3,6 +3,8 @@ package election
 import (
 	"context"
 	"fmt"
+	"github.com/cifha/cifha/internal/tcpproxy"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -404,5 +406,38 @@ func TestRecordsCarryTheTerm(t *testing.T) {
 	}
 	if c.Sync.Of("a", second) {
 		t.Fatalf("the first term's sync record %+v is taken as the second term's (%d)", c.Sync, second)
+	}
+}
+
+// TestRenewalOverASlowLink: on a link whose round trip (400 ms) is longer
+// than a renewal attempt's timeout (ttl/8: 250 ms at ttl 2 s), renewals
+// still succeed: a slow attempt is hedged, not dropped and sent again
+// (which never finishes there). The fault lab's 200 ms delay fenced a
+// healthy primary at ttl 3 s before this.
+func TestRenewalOverASlowLink(t *testing.T) {
+	u, err := url.Parse(testutil.Etcd(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := tcpproxy.Start("127.0.0.1:0", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	n := newNode(t, "http://"+p.Addr(), "db1", 2*time.Second)
+	n.sess.SetWritable(true)
+	p.SetDelay(200 * time.Millisecond)
+	renewals := 0
+	deadline := time.After(20 * time.Second)
+	for renewals < 8 {
+		select {
+		case <-n.sess.Renewed():
+			renewals++
+		case <-deadline:
+			t.Fatalf("%d renewals in 20 s over a 400 ms round trip", renewals)
+		}
+		if st := n.sess.State(); st.ID == 0 || !st.ValidUntil.After(time.Now()) {
+			t.Fatalf("the lease lapsed on a slow but working link: %+v", st)
+		}
 	}
 }

@@ -34,7 +34,7 @@ func BenchmarkRenew(b *testing.B) {
 		}
 	})
 	b.Run("stream", func(b *testing.B) {
-		k := keepAliveStream{cli: cli}
+		k := &keepAliveStream{cli: cli}
 		defer k.close()
 		b.ReportAllocs()
 		for b.Loop() {

@@ -43,7 +43,7 @@ type Session struct {
 	writable atomic.Bool
 	kick     chan struct{}
 	// ka carries the steady-state renewals (keepalive.go).
-	ka keepAliveStream
+	ka *keepAliveStream
 }
 
 // NewSession returns a session with no lease yet; call Run. now is the
@@ -54,7 +54,7 @@ func NewSession(cli *clientv3.Client, ttl time.Duration, log hclog.Logger, now f
 		now = BootClock()
 	}
 	return &Session{cli: cli, ttl: ttl, log: log, now: now, changed: make(chan struct{}, 1), renewed: make(chan struct{}, 1), kick: make(chan struct{}, 1), checkKey: "/cifha/",
-		ka: keepAliveStream{cli: cli}}
+		ka: &keepAliveStream{cli: cli}}
 }
 
 // SetCheckKey names the key read to confirm renewals (see renew); call
@@ -114,9 +114,11 @@ func (s *Session) SetWritable(on bool) {
 // Abandon was called).
 //
 // Renewals are scheduled from the send time of the last successful one,
-// every Interval (ttl/4; at most 500 ms while postgres is writable); each call is bounded by RenewAttemptTimeout
-// (ttl/8) and carries WithRequireLeader, so a member that lost its quorum
-// leader fails it at once instead of hanging; a failed call is retried
+// every Interval (ttl/4; at most 500 ms while postgres is writable). A
+// call unanswered after RenewAttemptTimeout (ttl/8) gets a hedged attempt
+// beside it (renew); the renewal is bounded by the lease's lower-bound
+// expiry and carries WithRequireLeader, so a member that lost its quorum
+// leader fails it at once instead of hanging; a failed renewal is retried
 // after RenewRetryDelay (ttl/20). ha.Timing.Validate guarantees that at
 // least two full attempts fit between the last success and the fence for
 // every allowed ttl and margin: one slow request never demotes a healthy
@@ -166,7 +168,14 @@ func (s *Session) Abandon() {
 // tick grants or renews once; it reports success.
 func (s *Session) tick(ctx context.Context, sent time.Time) bool {
 	cur := s.State()
-	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.timing().RenewAttemptTimeout())
+	// A renewal may take until the lease's own lower-bound expiry (a late
+	// answer still counts from sent: renew hedges a slow attempt instead
+	// of dropping it), at least two attempt timeouts; a grant, two.
+	until := sent.Add(2 * s.timing().RenewAttemptTimeout())
+	if cur.ID != 0 && cur.ValidUntil.After(until) {
+		until = cur.ValidUntil
+	}
+	rctx, cancel := context.WithDeadline(clientv3.WithRequireLeader(ctx), until)
 	defer cancel()
 	if cur.ID == 0 {
 		resp, err := s.cli.Grant(rctx, int64(s.ttl/time.Second))
@@ -237,53 +246,137 @@ var errStaleRenewal = errors.New("renewal answered by a stale etcd leader")
 // plus the full ttl, which ends after sent + ttl.
 //
 // A paused etcd member keeps its connections open, so a request sent to it
-// hangs until its timeout; after a failed attempt the read and the renewal
-// are therefore sent to every endpoint at once and the first acceptable
-// answer wins (the client balances concurrent calls over its endpoints).
-// In the steady state it is one renewal and one read. A read in a lower
+// hangs until its timeout; after a failed attempt, or one unanswered for
+// RenewAttemptTimeout, the read and the renewal are therefore sent to
+// every endpoint at once and the first acceptable answer wins (the client
+// balances concurrent calls over its endpoints), the first attempt still
+// running beside them. In the steady state it is one renewal and one read. A read in a lower
 // term than seen before is still authoritative (etcd restored from a
 // snapshot restarts its terms).
 func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
 	s.mu.Lock()
 	maxTerm, lastFailed := s.maxTerm, s.lastFailed
 	s.mu.Unlock()
-	if !lastFailed && maxTerm != 0 {
-		// The renewal and a linearizable read go out together: a request
-		// buffered on a paused leader can be answered, in the old term,
-		// within the attempt's timeout once it resumes; the read, sent
-		// after `sent` and confirmed by a quorum, shows the term that is
-		// current, and the renewal counts only if it was answered in it.
-		var (
-			wg   sync.WaitGroup
-			g    *clientv3.GetResponse
-			gerr error
-		)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g, gerr = s.cli.Get(ctx, s.checkKey, clientv3.WithCountOnly())
-		}()
-		resp, err := s.ka.renew(ctx, id)
-		wg.Wait()
-		if err != nil {
-			return nil, err
-		}
-		if gerr != nil {
-			return nil, fmt.Errorf("confirm the etcd leader's term: %w", gerr)
-		}
-		term, cur := resp.ResponseHeader.RaftTerm, g.Header.RaftTerm
-		if term == cur && term == maxTerm {
-			return resp, nil
-		}
-		if term < cur {
-			return nil, fmt.Errorf("%w (raft term %d, current %d)", errStaleRenewal, term, cur)
-		}
-		// A new term: confirmed below like after a failure.
+	type result struct {
+		resp *clientv3.LeaseKeepAliveResponse
+		k    *keepAliveStream // the stream that renewed (nil: s.ka)
+		err  error
 	}
-	// After a failure or a term change: fresh streams, hedged over the
-	// endpoints (the long-lived one may be on a member that lost etcd's
-	// leader).
-	s.ka.close()
+	ctx, cancel := context.WithCancel(ctx)
+	ch := make(chan result, 2)
+	pending, hedged := 0, false
+	hedge := func() {
+		hedged = true
+		pending++
+		go func() {
+			r, k, err := s.renewConfirmed(ctx, id)
+			ch <- result{r, k, err}
+		}()
+	}
+	if !lastFailed && maxTerm != 0 {
+		pending++
+		k := s.ka
+		go func() {
+			r, err := s.renewSteady(ctx, k, id, maxTerm)
+			ch <- result{r, nil, err}
+		}()
+	} else {
+		hedge()
+	}
+	// A hedge in time: an attempt still unanswered after
+	// RenewAttemptTimeout is not abandoned (on a slow link its answer is
+	// as good as a fast one, and cancelling it only to send the same
+	// request again never finishes when every round trip is slower than
+	// the timeout: the lab's 200 ms delay did that at ttl 3 s); the
+	// hedged attempt, over every endpoint, runs beside it, and the first
+	// acceptable answer wins. The whole renewal is bounded by ctx (tick:
+	// the lease's own lower-bound expiry).
+	timer := time.NewTimer(s.timing().RenewAttemptTimeout())
+	defer timer.Stop()
+	var (
+		win  result
+		last error
+		won  bool
+	)
+	for pending > 0 && !won {
+		select {
+		case <-timer.C:
+			if !hedged {
+				hedge()
+			}
+		case r := <-ch:
+			pending--
+			if r.err == nil {
+				win, won = r, true
+				break
+			}
+			last = r.err
+			if !hedged && !errors.Is(r.err, rpctypes.ErrLeaseNotFound) && ctx.Err() == nil {
+				hedge() // a new term, or a failure: confirm afresh at once
+			}
+		}
+	}
+	cancel()
+	for ; pending > 0; pending-- {
+		// The losers end promptly once cancelled; a late success on a
+		// stream of its own is closed.
+		if r := <-ch; r.err == nil && r.k != nil {
+			r.k.close()
+		}
+	}
+	if !won {
+		return nil, last
+	}
+	if win.k != nil {
+		// The hedged attempt's stream carries the renewals that follow
+		// (with a username, every new stream is a login, a bcrypt hash on
+		// the server).
+		s.ka.close()
+		s.ka = win.k
+	}
+	return win.resp, nil
+}
+
+// renewSteady is the steady state's renewal: on the long-lived stream k,
+// with a linearizable read sent together with it. A request buffered on a
+// paused leader can be answered, in the old term, once it resumes; the
+// read, sent after `sent` and confirmed by a quorum, shows the term that is
+// current, and the renewal counts only if it was answered in it.
+func (s *Session) renewSteady(ctx context.Context, k *keepAliveStream, id clientv3.LeaseID, maxTerm uint64) (*clientv3.LeaseKeepAliveResponse, error) {
+	var (
+		wg   sync.WaitGroup
+		g    *clientv3.GetResponse
+		gerr error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		g, gerr = s.cli.Get(ctx, s.checkKey, clientv3.WithCountOnly())
+	}()
+	resp, err := k.renew(ctx, id)
+	wg.Wait()
+	if err != nil {
+		return nil, err
+	}
+	if gerr != nil {
+		return nil, fmt.Errorf("confirm the etcd leader's term: %w", gerr)
+	}
+	term, cur := resp.ResponseHeader.RaftTerm, g.Header.RaftTerm
+	if term == cur && term == maxTerm {
+		return resp, nil
+	}
+	if term < cur {
+		return nil, fmt.Errorf("%w (raft term %d, current %d)", errStaleRenewal, term, cur)
+	}
+	return nil, fmt.Errorf("a new etcd term (%d, renewed in %d): confirm it first", cur, term)
+}
+
+// renewConfirmed renews after a failure or a term change: the current
+// term confirmed first by a quorum read, then fresh streams, both hedged
+// over the endpoints (the long-lived stream may be on a member that lost
+// etcd's leader, or a paused one), and only an answer in that term is
+// taken. It returns the stream that renewed.
+func (s *Session) renewConfirmed(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, *keepAliveStream, error) {
 	hedge := max(len(s.cli.Endpoints()), 1)
 	cur, err := firstOf(ctx, hedge, func(ctx context.Context) (uint64, error) {
 		g, err := s.cli.Get(ctx, s.checkKey, clientv3.WithCountOnly()) // linearizable: needs a leader with a quorum
@@ -293,15 +386,14 @@ func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.Lea
 		return g.Header.RaftTerm, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("confirm the etcd leader's term: %w", err)
+		return nil, nil, fmt.Errorf("confirm the etcd leader's term: %w", err)
 	}
 	// The quorum-confirmed read is authoritative, also when its term is
 	// lower than one seen before: etcd restored from a snapshot or
 	// replaced restarts its terms, and refusing them would fence every
 	// agent for good.
-	// Each hedged attempt on a stream of its own; the winner's stream
-	// carries the renewals that follow (with a username, every new stream
-	// is a login, a bcrypt hash on the server), the others are closed.
+	// Each hedged attempt on a stream of its own; the winner's stream is
+	// returned, the others are closed.
 	type won struct {
 		r *clientv3.LeaseKeepAliveResponse
 		k *keepAliveStream
@@ -322,7 +414,7 @@ func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.Lea
 		}
 		pick.Lock()
 		defer pick.Unlock()
-		if taken {
+		if taken || ctx.Err() != nil {
 			k.close()
 			return won{}, errors.New("another attempt renewed first")
 		}
@@ -330,14 +422,12 @@ func (s *Session) renew(ctx context.Context, id clientv3.LeaseID) (*clientv3.Lea
 		return won{r, k}, nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	s.ka = *w.k
-	resp := w.r
 	s.mu.Lock()
 	s.maxTerm = cur
 	s.mu.Unlock()
-	return resp, nil
+	return w.r, w.k, nil
 }
 
 // firstOf runs f n times concurrently and returns the first success, or
