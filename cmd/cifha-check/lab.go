@@ -210,7 +210,7 @@ func labLane(ctx context.Context, o labOpts) (checker.Report, error) {
 	return checker.Run(ctx, c, checker.Options{Seed: o.seed, Rounds: o.rounds, Faults: o.faults, EachInTurn: o.inTurn, Bound: o.bound,
 		Async: !o.sync, Failsafe: o.failsafe, OutageHold: o.outage, MaxLag: 1 << 20, Switch: switcher, Logf: logf,
 		ClientDial:  client.DialContext,
-		Lab:         &checker.Lab{Etcd: ec, HostOf: hostOf, Others: []*lab.Host{cif, client}},
+		Lab:         &checker.Lab{Net: o.lab, Etcd: ec, HostOf: hostOf, Others: []*lab.Host{cif, client}},
 		BeforeRound: func() error { return checkFree(o.root, o.minFree) }})
 }
 

@@ -51,7 +51,7 @@ type Lab struct {
 	// ID is the run's identifier; every name starts with Prefix+ID.
 	ID    string
 	Hosts []*Host
-	sw    string // the switch namespace (the bridge)
+	sw    string       // the switch namespace (the bridge)
 	delay *delaySwitch // running while some host's packets are delayed
 }
 
