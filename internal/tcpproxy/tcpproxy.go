@@ -19,6 +19,7 @@ type Proxy struct {
 	delay atomic.Int64 // per direction, nanoseconds (SetDelay)
 
 	mu    sync.Mutex
+	cuts  chan struct{} // closed (and replaced) at every Cut, Restore and Close
 	cut   bool
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
@@ -30,7 +31,7 @@ func Start(listenAddr, target string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{Target: target, ln: ln, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{Target: target, ln: ln, conns: map[net.Conn]struct{}{}, cuts: make(chan struct{})}
 	p.wg.Add(1)
 	go p.accept()
 	return p, nil
@@ -113,9 +114,21 @@ func (p *Proxy) copy(dst, src net.Conn) {
 			}
 		}
 	}()
+	p.mu.Lock()
+	cuts := p.cuts
+	p.mu.Unlock()
 	for c := range line {
 		if w := time.Until(c.due); w > 0 {
-			time.Sleep(w) // the delay line itself
+			t := time.NewTimer(w) // the delay line itself
+			select {
+			case <-t.C:
+			case <-cuts: // the connection is gone: what it held is lost
+				t.Stop()
+				src.Close()
+				for range line {
+				}
+				return
+			}
 		}
 		if _, err := dst.Write(c.b); err != nil {
 			src.Close() // the reader ends, and with it the line
@@ -139,6 +152,8 @@ func (p *Proxy) setCut(cut bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = cut
+	close(p.cuts)
+	p.cuts = make(chan struct{})
 	for c := range p.conns {
 		c.Close()
 		delete(p.conns, c)

@@ -441,3 +441,64 @@ func TestRenewalOverASlowLink(t *testing.T) {
 		}
 	}
 }
+
+// TestSilentWatchIsNotTrusted: a watch whose etcd member went silent (a
+// black-holed or frozen host: the connection stays open, nothing comes)
+// is not used past ttl/2, and is made again on a member that answers. The
+// fault lab saw a standby keep an isolated leader's deleted key in its
+// view for 10 s, until gRPC's keepalive closed the silent connection.
+func TestSilentWatchIsNotTrusted(t *testing.T) {
+	direct := testutil.Etcd(t)
+	u, err := url.Parse(direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := tcpproxy.Start("127.0.0.1:0", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	n := newNode(t, "http://"+p.Addr(), "db1", 2*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n.store.Watch(ctx)
+	testutil.Eventually(t, 5*time.Second, "the watched view", func() error {
+		n.store.view.mu.Lock()
+		defer n.store.view.mu.Unlock()
+		if !n.store.view.synced {
+			return fmt.Errorf("not synced")
+		}
+		return nil
+	})
+	// The member goes silent; the client is pointed at one that answers
+	// (as the guard does).
+	p.SetDelay(time.Hour)
+	n.cli.SetEndpoints(direct)
+	other, err := clientv3.New(clientv3.Config{Endpoints: []string{direct}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.Put(ctx, n.store.Keys().Pause(), "x"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the change through a silent watch", func() error {
+		c, err := n.store.Read(ctx)
+		if err != nil {
+			return err
+		}
+		if !c.Paused {
+			return fmt.Errorf("the view still shows the cluster unpaused")
+		}
+		return nil
+	})
+	// And the watch runs again (the view is used, not a read a round).
+	testutil.Eventually(t, 5*time.Second, "a live watch again", func() error {
+		n.store.view.mu.Lock()
+		defer n.store.view.mu.Unlock()
+		if !n.store.view.synced || time.Since(n.store.view.heardAt) >= n.store.watchSilence() {
+			return fmt.Errorf("no live watch")
+		}
+		return nil
+	})
+}

@@ -8,13 +8,16 @@ import (
 	"github.com/cifha/cifha/pkg/state"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 )
 
 // Keys builds the etcd keys of one cluster.
@@ -66,6 +69,8 @@ type Store struct {
 
 	// view is the cluster's keys as the watch keeps them (see Watch).
 	view view
+	// watchGen numbers the watches, so each gets a gRPC stream of its own.
+	watchGen atomic.Int64
 }
 
 // view is a copy of the cluster's keys kept current by the watch: an
@@ -79,6 +84,9 @@ type view struct {
 	kvs      map[string]*mvccpb.KeyValue
 	rev      int64
 	loadedAt time.Time
+	// heardAt is when the watch last answered (an event or a progress
+	// notification): a view not heard from for watchSilence is not used.
+	heardAt time.Time
 	// floor is the revision of the last full read that replaced the view:
 	// events at or below it are already in it and are ignored (applying a
 	// late one could bring back a key deleted since).
@@ -87,6 +95,22 @@ type view struct {
 
 // resyncEvery bounds how long the watched view is trusted without a full read.
 const resyncEvery = 30 * time.Second
+
+// watchProgressEvery and watchSilence: the watch is asked for a progress
+// notification every ttl/6, and a watch that has not answered for ttl/2 is
+// dead to this agent: its view is not used and the watch is made again.
+//
+// Why: a watch stream on an etcd member that is black-holed or frozen is
+// silent, not broken. The server's require-leader cancel never arrives,
+// and after the guard takes the member out of the client's endpoints,
+// gRPC closes that connection gracefully, which waits for its open
+// streams. Until its keepalive ended the connection (10 s + 2 s) a standby
+// kept seeing the isolated leader's key in its view, which etcd had
+// deleted long before: the fault lab measured a host isolation's failover
+// 10 s late for a standby whose watch ran through the isolated host's
+// etcd member.
+func (s *Store) watchProgressEvery() time.Duration { return s.sess.TTL() / 6 }
+func (s *Store) watchSilence() time.Duration       { return s.sess.TTL() / 2 }
 
 // NewStore returns the Store of member name in cluster, using sess's lease.
 func NewStore(cli *clientv3.Client, cluster, name string, sess *Session, log hclog.Logger) *Store {
@@ -114,7 +138,7 @@ func (s *Store) Read(ctx context.Context) (Cluster, error) {
 		s.view.mu.Unlock()
 		return s.resync(ctx)
 	}
-	if s.view.synced {
+	if s.view.synced && time.Since(s.view.heardAt) < s.watchSilence() {
 		kvs := make([]*mvccpb.KeyValue, 0, len(s.view.kvs))
 		for _, kv := range s.view.kvs {
 			kvs = append(kvs, kv)
@@ -636,11 +660,38 @@ func (s *Store) watchOnce(ctx context.Context, wake func()) {
 	rev := resp.Header.Revision
 	s.view.mu.Lock()
 	s.view.kvs, s.view.rev, s.view.synced, s.view.loadedAt, s.view.floor = kvs, rev, true, time.Now(), rev
+	s.view.heardAt = time.Now()
 	s.view.mu.Unlock()
 	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer stop()
+	// The client shares one gRPC stream among watches whose contexts carry
+	// the same metadata: a watch made again must not join the silent one.
+	wctx = metadata.AppendToOutgoingContext(wctx, "cifha-watch", strconv.FormatInt(s.watchGen.Add(1), 10))
 	wch := s.cli.Watch(wctx, s.keys.Prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(rev+1))
+	go func() {
+		t := time.NewTicker(s.watchProgressEvery())
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+			}
+			s.view.mu.Lock()
+			silent := time.Since(s.view.heardAt)
+			s.view.mu.Unlock()
+			if silent >= s.watchSilence() {
+				s.log.Warn("etcd watch silent; watching again", "silent_for", silent.Round(time.Millisecond))
+				stop()
+				return
+			}
+			_ = s.cli.RequestProgress(wctx) // answered on the watch itself
+		}
+	}()
 	for wr := range wch {
+		s.view.mu.Lock()
+		s.view.heardAt = time.Now()
+		s.view.mu.Unlock()
 		if err := wr.Err(); err != nil {
 			s.log.Debug("watch error", "error", err)
 			return
