@@ -165,7 +165,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, reload <-cha
 	defer wd.Close()
 
 	a := New(Options{
-		Name: cfg.Name, PG: pg, DCS: store, Wake: store.Watch(watchCtx), LeaseChanged: sess.Changed(), LeaseRenewed: sess.Renewed(), Writable: sess.SetWritable,
+		Name: cfg.Name, PG: pg, DCS: store, Wake: store.Watch(watchCtx), LeaseChanged: sess.Changed(), LeaseRenewed: sess.Renewed(), Writable: func(on bool) { sess.SetWritable(on); guard.SetPrimary(on) },
 		Log: log.Named("ha"), Now: clock, LoopInterval: cfg.HA.LoopInterval.Duration, StartTimeout: cfg.HA.StartTimeout.Duration,
 		// A writable step (the leader-key transaction plus a start or a
 		// promotion, about 0.1 s here) must be able to end before the fence.

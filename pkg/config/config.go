@@ -197,6 +197,12 @@ type Etcd struct {
 	// fixed in 3.4.31 and 3.5.13): the fencing argument does not hold
 	// there. For tests of old servers only.
 	AllowUnsafeServer bool `toml:"allow_unsafe_server"`
+	// KeepLeaderAway: while this member is the primary,
+	// ask etcd to move its leader off this host when it is here, so that
+	// losing the host costs no etcd election on top of the ttl (an etcd
+	// leader change extends every lease). Set false for an etcd that
+	// others share and whose leader cifha must not move.
+	KeepLeaderAway bool `toml:"keep_leader_away"`
 
 	// Password is read from PasswordFile by Load; never logged.
 	Password string `toml:"-"`
@@ -415,7 +421,7 @@ const (
 // Default returns a configuration with every optional key at its default.
 func Default() Config {
 	return Config{
-		Etcd: Etcd{DialTimeout: Duration{DefaultDialTimeout}},
+		Etcd: Etcd{DialTimeout: Duration{DefaultDialTimeout}, KeepLeaderAway: true},
 		Postgres: Postgres{
 			Port:            5432,
 			Superuser:       "postgres",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cifha/cifha/pkg/config"
@@ -46,6 +47,12 @@ type Guard struct {
 
 	mu   sync.Mutex
 	live []string // the endpoints the client uses now
+
+	// away.go: keep etcd's leader off the primary's host.
+	away       bool
+	primary    atomic.Bool
+	awayAt     time.Time
+	awayWarned bool
 }
 
 // NewGuard makes a guard for cli, whose configuration is c (each probe
@@ -54,7 +61,8 @@ type Guard struct {
 // counting only. interval is how often every endpoint is asked; timeout
 // bounds each question.
 func NewGuard(cli *clientv3.Client, c config.Etcd, key string, interval, timeout time.Duration, log hclog.Logger) *Guard {
-	g := &Guard{cli: cli, all: slices.Clone(c.Endpoints), key: key, interval: interval, timeout: timeout, log: log, live: slices.Clone(c.Endpoints)}
+	g := &Guard{cli: cli, all: slices.Clone(c.Endpoints), key: key, interval: interval, timeout: timeout, log: log, live: slices.Clone(c.Endpoints),
+		away: c.KeepLeaderAway}
 	if len(g.all) < 2 {
 		return g // nothing to choose between
 	}
@@ -89,6 +97,7 @@ func (g *Guard) Run(ctx context.Context, c config.Etcd) {
 	defer t.Stop()
 	for {
 		g.Once(ctx, c)
+		g.keepLeaderAway(ctx)
 		select {
 		case <-ctx.Done():
 			return

@@ -135,3 +135,12 @@ func TestDecideFailsafePromiseLSN(t *testing.T) {
 		t.Fatalf("a position reported by another leader counted: %s (%s)", p.Action, p.Reason)
 	}
 }
+
+// TestPromiseWaitWakesAtItsEnd: a failover held by a failsafe promise
+// looks again when the promise ends, not a loop interval later.
+func TestPromiseWaitWakesAtItsEnd(t *testing.T) {
+	p := Decide(failover(0x1000, promised("db9", 400*time.Millisecond)))
+	if p.Action != Wait || !p.WakeAt.Equal(t0.Add(400*time.Millisecond)) {
+		t.Fatalf("got %s wake %v (%s), want a wait waking at the promise's end", p.Action, p.WakeAt, p.Reason)
+	}
+}

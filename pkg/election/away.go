@@ -1,0 +1,197 @@
+package election
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Why the primary keeps etcd's leader off its own host. etcd never expires
+// a lease early, so a new etcd leader extends every lease by its full ttl
+// when it takes over. When the host that runs the postgres primary also
+// runs etcd's leader and is lost (isolated, frozen, killed), the primary's
+// lease therefore outlives the host by an etcd election (about its
+// election timeout, 1 s by default) plus a whole ttl, instead of by at
+// most a ttl: the fault lab measured 5.9 s from the primary's last renewal
+// to its key's expiry at ttl 3 s, against 3 s when etcd's leader was
+// elsewhere. So while this member's postgres is writable, the guard asks
+// etcd to hand its leadership to a member on another host (MoveLeader),
+// the step etcd itself offers for planned maintenance. A leader transfer
+// extends every lease again (the cost is a later expiry, never an earlier
+// one), and it is asked for at most every awayEvery.
+//
+// "On this host" is a member whose client or peer address is one of this
+// host's own addresses. An etcd cluster on hosts of its own has no such
+// member, and nothing is asked. With etcd authentication the request needs
+// the root role; without it etcd refuses, which is logged once.
+
+// errAllHere: every voting member runs on this host (a one-machine demo
+// or test): there is nowhere to move etcd's leader, and losing the host
+// loses etcd anyway.
+var errAllHere = errors.New("every etcd voting member is on this host")
+
+// awayEvery is how often the primary's guard checks where etcd's leader is.
+const awayEvery = 2 * time.Second
+
+// SetPrimary tells the guard whether this member's postgres is writable
+// (SetWritable's caller tells it too): only then is etcd's leader kept off
+// this host.
+func (g *Guard) SetPrimary(on bool) { g.primary.Store(on) }
+
+// keepLeaderAway moves etcd's leader off this host if it is here. Run by
+// the guard's loop (one goroutine) while SetPrimary(true).
+func (g *Guard) keepLeaderAway(ctx context.Context) {
+	if !g.away || !g.primary.Load() || time.Since(g.awayAt) < awayEvery {
+		return
+	}
+	g.awayAt = time.Now()
+	err := g.moveLeaderAway(ctx)
+	switch {
+	case err == nil:
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, errAllHere):
+		// etcd slow or out of reach (the guard's probes report that), or
+		// nowhere to move to.
+		g.log.Debug("check where etcd's leader is", "error", err)
+	case !g.awayWarned:
+		g.awayWarned = true
+		g.log.Warn("could not move etcd's leader off this host (the primary's host); a loss of this host then costs an etcd election on top of the ttl", "error", err)
+	}
+}
+
+func (g *Guard) moveLeaderAway(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*g.timeout)
+	defer cancel()
+	local, err := localAddrs()
+	if err != nil {
+		return err
+	}
+	// The leader's ID, from the first endpoint that knows one.
+	var leader uint64
+	var leaderEP *clientv3.Client
+	for i, ep := range g.all {
+		g.mu.Lock()
+		p := g.probes[i]
+		g.mu.Unlock()
+		if p == nil {
+			continue
+		}
+		st, err := p.Status(ctx, ep)
+		if err != nil || st.Leader == 0 {
+			continue
+		}
+		leader = st.Leader
+		if st.Header.MemberId == st.Leader {
+			leaderEP = p
+		}
+		if leaderEP != nil {
+			break
+		}
+	}
+	if leader == 0 {
+		return nil // no leader known: nothing to move, the guard's probes say the rest
+	}
+	var members *clientv3.MemberListResponse
+	for _, p := range g.probeClients() {
+		// Serializable: the member's own list, without a quorum round (the
+		// leader's ID came from a member that knows one).
+		if members, err = p.MemberList(ctx, clientv3.WithSerializable()); err == nil {
+			break
+		}
+	}
+	if members == nil {
+		return fmt.Errorf("list etcd members: %w", err)
+	}
+	to, err := transferee(members.Members, leader, local)
+	if err != nil || to == 0 {
+		return err
+	}
+	if leaderEP == nil {
+		// The leader's own endpoint answers MoveLeader: find its probe.
+		for _, m := range members.Members {
+			if m.ID != leader {
+				continue
+			}
+			for i, ep := range g.all {
+				if slices.Contains(m.ClientURLs, ep) || slices.Contains(m.ClientURLs, "http://"+ep) {
+					g.mu.Lock()
+					leaderEP = g.probes[i]
+					g.mu.Unlock()
+				}
+			}
+		}
+	}
+	if leaderEP == nil {
+		return fmt.Errorf("etcd's leader (%x) is on this host but none of the configured endpoints is its own", leader)
+	}
+	if _, err := leaderEP.MoveLeader(ctx, to); err != nil {
+		return fmt.Errorf("move etcd's leader from %x to %x: %w", leader, to, err)
+	}
+	g.log.Info("moved etcd's leader off this host (the primary's)", "from", fmt.Sprintf("%x", leader), "to", fmt.Sprintf("%x", to))
+	return nil
+}
+
+// transferee picks the member etcd's leader should move to: 0 when the
+// leader (ID leader) is not on this host (no address of it in local), else
+// the first voting member that is not on this host.
+func transferee(members []*etcdserverpb.Member, leader uint64, local []string) (uint64, error) {
+	isLocal := func(urls []string) bool {
+		for _, u := range urls {
+			if pu, err := url.Parse(u); err == nil && slices.Contains(local, pu.Hostname()) {
+				return true
+			}
+		}
+		return false
+	}
+	var to uint64
+	here := false
+	for _, m := range members {
+		l := isLocal(m.ClientURLs) || isLocal(m.PeerURLs)
+		if m.ID == leader {
+			here = l
+		} else if !l && !m.IsLearner && m.Name != "" && to == 0 {
+			to = m.ID
+		}
+	}
+	switch {
+	case !here:
+		return 0, nil
+	case to == 0:
+		return 0, errAllHere
+	}
+	return to, nil
+}
+
+func (g *Guard) probeClients() []*clientv3.Client {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []*clientv3.Client
+	for _, p := range g.probes {
+		if p != nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// localAddrs lists this host's own addresses (loopback included) and its
+// host name.
+func localAddrs() ([]string, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("this host's addresses: %w", err)
+	}
+	out := []string{"localhost"}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			out = append(out, ipn.IP.String())
+		}
+	}
+	return out, nil
+}
