@@ -409,13 +409,12 @@ func TestRecordsCarryTheTerm(t *testing.T) {
 	}
 }
 
-// TestRenewalOverASlowLink: on a link whose round trip (400 ms) is longer
-// than a renewal attempt's timeout (ttl/8: 250 ms at ttl 2 s), renewals
-// still succeed: a slow attempt is hedged, not dropped and sent again
-// (which never finishes there). The fault lab's 200 ms delay fenced a
-// healthy primary at ttl 3 s before this.
-func TestRenewalOverASlowLink(t *testing.T) {
-	u, err := url.Parse(testutil.Etcd(t))
+// proxiedEtcd starts an etcd and a proxy to it: the etcd's own endpoint,
+// and the proxy (for faults on the link).
+func proxiedEtcd(t *testing.T) (string, *tcpproxy.Proxy) {
+	t.Helper()
+	direct := testutil.Etcd(t)
+	u, err := url.Parse(direct)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,6 +423,16 @@ func TestRenewalOverASlowLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
+	return direct, p
+}
+
+// TestRenewalOverASlowLink: on a link whose round trip (400 ms) is longer
+// than a renewal attempt's timeout (ttl/8: 250 ms at ttl 2 s), renewals
+// still succeed: a slow attempt is hedged, not dropped and sent again
+// (which never finishes there). The fault lab's 200 ms delay fenced a
+// healthy primary at ttl 3 s before this.
+func TestRenewalOverASlowLink(t *testing.T) {
+	_, p := proxiedEtcd(t)
 	n := newNode(t, "http://"+p.Addr(), "db1", 2*time.Second)
 	n.sess.SetWritable(true)
 	p.SetDelay(200 * time.Millisecond)
@@ -448,16 +457,7 @@ func TestRenewalOverASlowLink(t *testing.T) {
 // fault lab saw a standby keep an isolated leader's deleted key in its
 // view for 10 s, until gRPC's keepalive closed the silent connection.
 func TestSilentWatchIsNotTrusted(t *testing.T) {
-	direct := testutil.Etcd(t)
-	u, err := url.Parse(direct)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := tcpproxy.Start("127.0.0.1:0", u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
+	direct, p := proxiedEtcd(t)
 	n := newNode(t, "http://"+p.Addr(), "db1", 2*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
