@@ -159,9 +159,15 @@ func TestClusterConfigAndOperatorCommands(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &hist); err != nil || len(hist) == 0 {
 		t.Fatalf("history --json: %v\n%s", err, out)
 	}
-	if st, code := statusJSON(t, c); code != 0 || st.Leader != p.Name || len(st.Members) != 3 {
-		t.Fatalf("status: exit %d %+v", code, st)
-	}
+	// Healthy again within a bound: the reload and the reinit above may
+	// leave a standby's walreceiver between two connections for a moment
+	// (seen once: "db2: not streaming (in recovery)" right after reload).
+	testutil.Eventually(t, 15*time.Second, "a healthy status", func() error {
+		if st, code := statusJSON(t, c); code != 0 || st.Leader != p.Name || len(st.Members) != 3 {
+			return fmt.Errorf("status: exit %d %+v", code, st)
+		}
+		return nil
+	})
 	// ttl: stored, flagged on every member, applied when an agent starts.
 	if out, code := ctl("set", "ttl=4s"); code != 0 || !strings.Contains(out, "next starts") {
 		t.Fatalf("set ttl: exit %d: %s", code, out)
