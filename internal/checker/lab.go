@@ -95,6 +95,16 @@ type Lab struct {
 	Others []*lab.Host
 }
 
+// filtered lists the hosts a whole-network fault acts on: every DB host
+// and the others, never the observer.
+func (L *Lab) filtered(c *cluster.Cluster) []*lab.Host {
+	var hosts []*lab.Host
+	for _, n := range c.Nodes {
+		hosts = append(hosts, L.HostOf(n))
+	}
+	return append(hosts, L.Others...)
+}
+
 // benign reports whether f must change nothing: the same primary
 // afterwards, never refusing a write (a false failover or a demotion is a
 // failure of the round).
@@ -193,11 +203,7 @@ func injectLab(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault
 			pct = 10 + rng.IntN(21)
 		}
 		opt.Logf("  %d%% loss on every link", pct)
-		var hosts []*lab.Host
-		for _, n := range c.Nodes {
-			hosts = append(hosts, L.HostOf(n))
-		}
-		hosts = append(hosts, L.Others...)
+		hosts := L.filtered(c)
 		var addrs []string
 		for _, h := range hosts {
 			addrs = append(addrs, h.Addr)
@@ -218,11 +224,7 @@ func injectLab(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault
 			return errors.Join(errs...)
 		}, 20 * time.Second, nil
 	case LinkDelay:
-		var hosts []*lab.Host
-		for _, n := range c.Nodes {
-			hosts = append(hosts, L.HostOf(n))
-		}
-		hosts = append(hosts, L.Others...)
+		hosts := L.filtered(c)
 		opt.Logf("  100ms added to every packet each host sends (200ms a round trip)")
 		return func() error { return L.Net.SetDelay(0) }, 20 * time.Second, L.Net.SetDelay(100*time.Millisecond, hosts...)
 	case HostFreeze:

@@ -68,18 +68,16 @@ func (g *Guard) keepLeaderAway(ctx context.Context) {
 func (g *Guard) moveLeaderAway(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*g.timeout)
 	defer cancel()
-	local, err := localAddrs()
-	if err != nil {
-		return err
-	}
-	// The leader's ID, from the first endpoint that knows one.
+	// The leader's ID, and its own endpoint (which answers MoveLeader),
+	// asked of the endpoints that answer the guard's probes.
+	live := g.Live()
 	var leader uint64
 	var leaderEP *clientv3.Client
 	for i, ep := range g.all {
 		g.mu.Lock()
 		p := g.probes[i]
 		g.mu.Unlock()
-		if p == nil {
+		if p == nil || !slices.Contains(live, ep) {
 			continue
 		}
 		st, err := p.Status(ctx, ep)
@@ -89,13 +87,17 @@ func (g *Guard) moveLeaderAway(ctx context.Context) error {
 		leader = st.Leader
 		if st.Header.MemberId == st.Leader {
 			leaderEP = p
-		}
-		if leaderEP != nil {
 			break
 		}
 	}
-	if leader == 0 {
-		return nil // no leader known: nothing to move, the guard's probes say the rest
+	if leader == 0 || leader == g.awayFrom {
+		// No leader known (the guard's probes say the rest), or the one
+		// already found to be elsewhere: the member list is not read again.
+		return nil
+	}
+	local, err := localAddrs()
+	if err != nil {
+		return err
 	}
 	var members *clientv3.MemberListResponse
 	for _, p := range g.probeClients() {
@@ -109,26 +111,15 @@ func (g *Guard) moveLeaderAway(ctx context.Context) error {
 		return fmt.Errorf("list etcd members: %w", err)
 	}
 	to, err := transferee(members.Members, leader, local)
-	if err != nil || to == 0 {
+	if err != nil {
 		return err
 	}
-	if leaderEP == nil {
-		// The leader's own endpoint answers MoveLeader: find its probe.
-		for _, m := range members.Members {
-			if m.ID != leader {
-				continue
-			}
-			for i, ep := range g.all {
-				if slices.Contains(m.ClientURLs, ep) || slices.Contains(m.ClientURLs, "http://"+ep) {
-					g.mu.Lock()
-					leaderEP = g.probes[i]
-					g.mu.Unlock()
-				}
-			}
-		}
+	if to == 0 {
+		g.awayFrom = leader // elsewhere: nothing to do while it leads
+		return nil
 	}
 	if leaderEP == nil {
-		return fmt.Errorf("etcd's leader (%x) is on this host but none of the configured endpoints is its own", leader)
+		return fmt.Errorf("etcd's leader (%x) is on this host but its own endpoint did not answer", leader)
 	}
 	if _, err := leaderEP.MoveLeader(ctx, to); err != nil {
 		return fmt.Errorf("move etcd's leader from %x to %x: %w", leader, to, err)

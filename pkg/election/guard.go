@@ -52,6 +52,7 @@ type Guard struct {
 	away       bool
 	primary    atomic.Bool
 	awayAt     time.Time
+	awayFrom   uint64 // the last etcd leader found to be on another host
 	awayWarned bool
 }
 
