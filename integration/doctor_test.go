@@ -155,13 +155,20 @@ dir = %q
 		os.WriteFile(cifFile, []byte(fmt.Sprintf("[client]\napikey = x\n\n[db]\nhost = %s\nuser = cif\npassword = %s\ndatabase = cif\n", p.Addr, pw)), 0o644)
 	}
 	writeCIF("cif-doctor-pw")
+	// As root, as cif-sync runs (deploy/systemd): it can close this
+	// node's connections to an old primary.
 	testutil.Eventually(t, 30*time.Second, "doctor --cif-sync passes", func() error {
-		out, code = runCifha(t, cred, "doctor", "--cif-sync", syncCfg, "--timeout", "2s")
-		if code != 0 || len(doctorLines(out, "ok", "login")) != 1 || len(doctorLines(out, "ok", "primary")) != 1 {
+		out, code = runCifha(t, nil, "doctor", "--cif-sync", syncCfg, "--timeout", "2s")
+		if code != 0 || len(doctorLines(out, "ok", "login")) != 1 || len(doctorLines(out, "ok", "primary")) != 1 || len(doctorLines(out, "ok", "connections")) != 1 {
 			return fmt.Errorf("exit %d:\n%s", code, out)
 		}
 		return nil
 	})
+	// Without CAP_NET_ADMIN it cannot, and says what to do.
+	out, code = runCifha(t, cred, "doctor", "--cif-sync", syncCfg, "--timeout", "2s")
+	if l := doctorLines(out, "FAIL", "connections"); code != 1 || len(l) != 1 || !strings.Contains(l[0], "fix: run cif-sync and this check as root") {
+		t.Errorf("doctor --cif-sync as an unprivileged user: exit %d, lines %q:\n%s", code, l, out)
+	}
 	writeCIF("wrong")
 	out, code = runCifha(t, cred, "doctor", "--cif-sync", syncCfg, "--timeout", "2s")
 	if l := doctorLines(out, "FAIL", "login"); code != 1 || len(l) != 1 || !strings.Contains(l[0], "password authentication failed") || !strings.Contains(l[0], "fix: the role and database come from") {

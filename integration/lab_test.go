@@ -16,15 +16,7 @@ import (
 	"github.com/cifha/cifha/internal/testutil"
 )
 
-func needLab(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if testutil.InCI() {
-			t.Fatal("the fault lab needs root in CI")
-		}
-		t.Skip("the fault lab needs root")
-	}
-}
+func needLab(t *testing.T) { t.Helper(); testutil.NeedRoot(t, "the fault lab") }
 
 // leftovers is what a lab run with this ID left: namespaces and
 // directories.

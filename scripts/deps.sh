@@ -82,6 +82,19 @@ for pair in ip:iproute2 nft:nftables; do
     apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null; }
   fi
 done
+# The lab's CIF client connects as CIF v1 does: Perl DBI/DBD::Pg, with
+# ~/.cif read by Config::Simple; ss (iproute2) closes connections for
+# cif-sync.
+if ! perl -MDBD::Pg -MConfig::Simple -e 1 >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "Perl's DBD::Pg or Config::Simple is missing; run as root (or: sudo apt-get install libdbd-pg-perl libconfig-simple-perl)" >&2
+    exit 1
+  fi
+  echo ">> installing libdbd-pg-perl libconfig-simple-perl (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update -qq
+  apt-get install -y -qq --no-install-recommends libdbd-pg-perl libconfig-simple-perl >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends libdbd-pg-perl libconfig-simple-perl >/dev/null; }
+fi
 if ! command -v go >/dev/null 2>&1; then
   echo "Go is not on PATH (expected /usr/local/go/bin/go)" >&2
   exit 1

@@ -206,12 +206,80 @@ func labLane(ctx context.Context, o labOpts) (checker.Report, error) {
 		}
 		return nil
 	}
-	logf("lab %s up: etcd on db1, db2, cif1; agents on db1-db3 (%s); ttl %s, failsafe %v, sync %v", L.ID, strings.Join(addrs, ", "), o.ttl, o.failsafe, o.sync)
+	members := map[string]string{}
+	for _, n := range c.Nodes {
+		members[n.Addr] = n.Name
+	}
+	cifNode, err := startCIFNode(filepath.Join(o.root, "cif1"), filepath.Join(agentBin, "cifha"), cif, ec.Endpoints(), o.dialTimeout, c.Opt.SuperuserPassword, members)
+	if err != nil {
+		return checker.Report{}, err
+	}
+	defer cifNode.Close()
+	// The lab's own switchover, for faults that cut cif1 from etcd: from
+	// the observer, which every fault spares.
+	obsSwitch := func(ctx context.Context, to string) error {
+		out, err := obs.Command(nil, ctl, "--endpoints", strings.Join(ec.Endpoints(), ","), "--cluster", "lab",
+			"--token-file", token, "switchover", "--force", "--to", to).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	logf("lab %s up: etcd on db1, db2, cif1; agents on db1-db3 (%s); cif-sync and a CIF client on cif1; ttl %s, failsafe %v, sync %v", L.ID, strings.Join(addrs, ", "), o.ttl, o.failsafe, o.sync)
 	return checker.Run(ctx, c, checker.Options{Seed: o.seed, Rounds: o.rounds, Faults: o.faults, EachInTurn: o.inTurn, Bound: o.bound,
 		Async: !o.sync, Failsafe: o.failsafe, OutageHold: o.outage, MaxLag: 1 << 20, Switch: switcher, Logf: logf,
 		ClientDial:  client.DialContext,
-		Lab:         &checker.Lab{Net: o.lab, Etcd: ec, HostOf: hostOf, Others: []*lab.Host{cif, client}},
+		Lab:         &checker.Lab{Net: o.lab, Etcd: ec, HostOf: hostOf, Others: []*lab.Host{cif, client}, CIF: cif, Switch: obsSwitch},
+		CIF:         cifNode,
 		BeforeRound: func() error { return checkFree(o.root, o.minFree) }})
+}
+
+// startCIFNode starts the CIF node on cif1: a ~/.cif shaped like the
+// seed's (CIF's default host, 127.0.0.1, until cif-sync names the
+// primary), cif-sync keeping it, and the CIF-like Perl client.
+func startCIFNode(dir, cifha string, h *lab.Host, endpoints []string, dialTimeout time.Duration, password string, members map[string]string) (*checker.CIFNode, error) {
+	home := filepath.Join(dir, "home")
+	if err := os.MkdirAll(home, 0o755); err != nil {
+		return nil, err
+	}
+	file := filepath.Join(home, ".cif")
+	cif := fmt.Sprintf(`# ~/.cif, as the seed's manual writes it
+[client]
+host = https://localhost:443/api
+timeout = 60
+
+[db]
+host = 127.0.0.1
+user = postgres
+password = %s
+database = postgres
+
+[cif_archive]
+# keep the data
+`, password)
+	if err := os.WriteFile(file, []byte(cif), 0o600); err != nil {
+		return nil, err
+	}
+	q := make([]string, len(endpoints))
+	for i, e := range endpoints {
+		q[i] = fmt.Sprintf("%q", e)
+	}
+	conf := filepath.Join(dir, "cif-sync.toml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`cluster = "lab"
+cif_file = %q
+
+[etcd]
+endpoints = [%s]
+dial_timeout = %q
+
+[log]
+level = "debug"
+`, file, strings.Join(q, ", "), dialTimeout.String())), 0o600); err != nil {
+		return nil, err
+	}
+	return checker.StartCIFNode(checker.CIFNodeOptions{Dir: dir, File: file, Members: members,
+		CIFSync: []string{cifha, "cif-sync", "--config", conf},
+		Command: func(path string, args ...string) *exec.Cmd { return h.Command(nil, path, args...) }})
 }
 
 // checkFree fails when the file system holding dir has less than pct %

@@ -126,8 +126,8 @@ type Options struct {
 	// BeforeRound is called before each round; an error stops the run
 	// (the lab's disk bound).
 	BeforeRound func() error
-	// CIF checks the CIF node after every round (nil: not checked).
-	CIF func(ctx context.Context, primary *cluster.Node) error
+	// CIF is the CIF node, checked after every round (nil: none).
+	CIF *CIFNode
 }
 
 // Stats are one fault's figures.
@@ -142,7 +142,11 @@ type Stats struct {
 	// round's lost rows were written at (asynchronous mode).
 	MaxLostBytes   int64
 	MaxUnavailable time.Duration
-	Failures       []string
+	// CIFLag is the longest time from a new primary's first acknowledged
+	// write to ~/.cif naming it; CIFCommit the longest from a change of
+	// ~/.cif to the CIF client's first commit on the new host.
+	CIFLag, CIFCommit time.Duration
+	Failures          []string
 }
 
 // Report is a run's result.
@@ -184,6 +188,7 @@ func (r *Report) Merge(o Report) {
 		t.Gaps = append(t.Gaps, s.Gaps...)
 		t.MaxLostBytes = max(t.MaxLostBytes, s.MaxLostBytes)
 		t.MaxUnavailable = max(t.MaxUnavailable, s.MaxUnavailable)
+		t.CIFLag, t.CIFCommit = max(t.CIFLag, s.CIFLag), max(t.CIFCommit, s.CIFCommit)
 		t.Failures = append(t.Failures, s.Failures...)
 	}
 	r.Async = r.Async || o.Async
@@ -192,7 +197,15 @@ func (r *Report) Merge(o Report) {
 // Table prints the per-fault table and the seed.
 func (r Report) Table(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "fault\trounds\trows acknowledged\trows lost\tmax bytes lost\toverlaps\tfalse failovers\tmedian unavailability\tmax unavailability\tfailures\t")
+	cif := false
+	for _, s := range r.ByFault {
+		cif = cif || s.CIFLag > 0 || s.CIFCommit > 0
+	}
+	head := "fault\trounds\trows acknowledged\trows lost\tmax bytes lost\toverlaps\tfalse failovers\tmedian unavailability\tmax unavailability\t"
+	if cif {
+		head += "max ~/.cif lag\tmax CIF commit after rewrite\t"
+	}
+	fmt.Fprintln(tw, head+"failures\t")
 	for _, f := range slices.Sorted(func(yield func(Fault) bool) {
 		for f := range r.ByFault {
 			if !yield(f) {
@@ -201,8 +214,12 @@ func (r Report) Table(w io.Writer) {
 		}
 	}) {
 		s := r.ByFault[f]
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%d\t\n", f, s.Rounds, s.Acked, s.Lost, s.MaxLostBytes, s.Overlaps, s.FalseFailovers,
-			Median(s.Gaps).Round(time.Millisecond), s.MaxUnavailable.Round(time.Millisecond), len(s.Failures))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t", f, s.Rounds, s.Acked, s.Lost, s.MaxLostBytes, s.Overlaps, s.FalseFailovers,
+			Median(s.Gaps).Round(time.Millisecond), s.MaxUnavailable.Round(time.Millisecond))
+		if cif {
+			fmt.Fprintf(tw, "%s\t%s\t", s.CIFLag.Round(time.Millisecond), s.CIFCommit.Round(time.Millisecond))
+		}
+		fmt.Fprintf(tw, "%d\t\n", len(s.Failures))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "seed %d\n", r.Seed)
@@ -281,6 +298,7 @@ func Run(ctx context.Context, c *cluster.Cluster, opt Options) (Report, error) {
 		st.Overlaps += res.overlaps
 		st.MaxUnavailable = max(st.MaxUnavailable, res.unavailable)
 		st.Gaps = append(st.Gaps, res.unavailable)
+		st.CIFLag, st.CIFCommit = max(st.CIFLag, res.cifLag), max(st.CIFCommit, res.cifCommit)
 		if res.falseFailover {
 			st.FalseFailovers++
 		}
@@ -301,6 +319,7 @@ type roundResult struct {
 	falseFailover         bool
 	lostBytes             int64
 	unavailable           time.Duration
+	cifLag, cifCommit     time.Duration
 	failure               string
 }
 
@@ -311,7 +330,8 @@ func setup(ctx context.Context, p *cluster.Node) error {
 	}
 	defer conn.Close(ctx)
 	_, err = conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS checker_rows (id bigint PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS checker_probe (node text, at timestamptz DEFAULT clock_timestamp())`)
+CREATE TABLE IF NOT EXISTS checker_probe (node text, at timestamptz DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS cif_client (seq bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())`)
 	return err
 }
 
@@ -440,30 +460,12 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			return opt.Etcd.WaitHealthy(opt.Bound)
 		}
 	case Switchover:
-		var to []*cluster.Node
-		for _, n := range c.Nodes {
-			if n != p {
-				to = append(to, n)
-			}
-		}
-		rng.Shuffle(len(to), func(i, j int) { to[i], to[j] = to[j], to[i] })
 		if opt.Switch == nil {
 			stopAll()
 			return p, res, errors.New("switchover needs Options.Switch")
 		}
-		// A candidate may be refused (in synchronous mode only a recorded
-		// synchronous standby qualifies): try the others.
-		var errs []string
-		for _, target := range to {
-			err := opt.Switch(ctx, target.Name)
-			if err == nil {
-				errs = nil
-				break
-			}
-			errs = append(errs, err.Error())
-		}
-		if errs != nil {
-			res.failure = "every switchover was refused: " + strings.Join(errs, "; ")
+		if err := switchAway(ctx, c, p, opt.Switch, rng); err != nil {
+			res.failure = err.Error()
 		}
 	default:
 		var err error
@@ -492,6 +494,13 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			return false
 		}); err != nil {
 			res.failure = fmt.Sprintf("no other member accepted writes within %s of the fault (the writer's last error: %v)", opt.Bound, w.lastError())
+		} else if opt.CIF != nil {
+			// The old primary stays black-holed until ~/.cif has named
+			// another member and the CIF client has had its bound to
+			// commit there: healing at once would let the old primary's
+			// resets through and free a client that was stuck on it.
+			_ = waitFor(ctx, opt.Bound, func() bool { return opt.CIF.Host() != p.Addr })
+			sleepCtx(ctx, CIFCommitBound+500*time.Millisecond)
 		}
 	default:
 		// Writes must resume within the bound (for a fault that changes
@@ -549,14 +558,26 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 			res.failure = fmt.Sprintf("a fault that must change nothing moved or demoted the primary: %s before, %s after, %d writes refused by %s", p.Name, next.Name, refused[p.Name], p.Name)
 		}
 	}
+	var cifSeqs []int64
 	if opt.CIF != nil {
-		if err := opt.CIF(ctx, next); err != nil && res.failure == "" {
+		cr, err := opt.CIF.check(ctx, next, spans, opt.Bound)
+		res.cifLag, res.cifCommit, cifSeqs = cr.lag, cr.commit, cr.seqs
+		res.acked += cr.acked
+		if err != nil && res.failure == "" {
 			res.failure = "CIF node: " + err.Error()
 		}
 	}
 	lost, lostBytes, err := w.missing(ctx, next)
 	if err != nil {
 		return next, res, fmt.Errorf("count rows on %s: %w", next.Name, err)
+	}
+	if opt.CIF != nil {
+		// The CIF client's acknowledged rows count like the writer's.
+		k, err := opt.CIF.missing(ctx, next, cifSeqs)
+		if err != nil {
+			return next, res, fmt.Errorf("count the CIF client's rows on %s: %w", next.Name, err)
+		}
+		lost += k
 	}
 	res.lost, res.lostBytes = lost, lostBytes
 	switch {
@@ -569,6 +590,28 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 		res.failure = fmt.Sprintf("%d acknowledged rows (%d bytes of WAL past the fork) lost, more than maximum_lag_on_failover (%d)", lost, lostBytes, opt.MaxLag)
 	}
 	return next, res, nil
+}
+
+// switchAway switches over from p to another member, trying each in a
+// random order: a candidate may be refused (in synchronous mode only a
+// recorded synchronous standby qualifies).
+func switchAway(ctx context.Context, c *cluster.Cluster, p *cluster.Node, sw func(ctx context.Context, to string) error, rng *rand.Rand) error {
+	var to []*cluster.Node
+	for _, n := range c.Nodes {
+		if n != p {
+			to = append(to, n)
+		}
+	}
+	rng.Shuffle(len(to), func(i, j int) { to[i], to[j] = to[j], to[i] })
+	var errs []string
+	for _, target := range to {
+		err := sw(ctx, target.Name)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err.Error())
+	}
+	return errors.New("every switchover was refused: " + strings.Join(errs, "; "))
 }
 
 // WaitHealthy waits for one primary and every other member streaming

@@ -75,6 +75,11 @@ const (
 	// EtcdMajorityLoss: two of three etcd members killed for a while,
 	// then restarted.
 	EtcdMajorityLoss Fault = "etcd-majority-loss"
+	// CIFEtcdCut: the CIF node cut from every etcd member (its own one
+	// then in the minority) while the operator switches over from
+	// elsewhere: ~/.cif must keep the last good host for the whole cut,
+	// and name the new primary once the cut heals.
+	CIFEtcdCut Fault = "cif-etcd-cut"
 )
 
 // LabFaults lists the faults of the lab, with the shared ones that keep
@@ -82,7 +87,7 @@ const (
 // crash, a frozen agent).
 var LabFaults = []Fault{HostIsolate, LeaderEtcdCut, LeaderStandbyCut, OneWayIn, OneWayOut, StandbyCut, LinkLoss, LinkLossHeavy, LinkDelay,
 	HostFreeze, HostKill, EtcdMemberKill, EtcdMemberFreeze, EtcdMemberIsolate, EtcdMajorityLoss, EtcdOutage,
-	Switchover, AgentRestart, AgentStop, PostgresCrash}
+	Switchover, AgentRestart, AgentStop, PostgresCrash, CIFEtcdCut}
 
 // Lab is the lab the cluster runs in.
 type Lab struct {
@@ -93,6 +98,10 @@ type Lab struct {
 	// Others are the hosts that are neither DB hosts nor the observer
 	// (the client, the CIF node): filtered by whole-network faults.
 	Others []*lab.Host
+	// CIF is the CIF node's host (cif-etcd-cut), and Switch runs a
+	// switchover from a host that reaches etcd whatever the fault.
+	CIF    *lab.Host
+	Switch func(ctx context.Context, to string) error
 }
 
 // filtered lists the hosts a whole-network fault acts on: every DB host
@@ -286,6 +295,27 @@ func injectLab(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault
 				return L.Etcd.WaitHealthy(opt.Bound)
 			}, labHold(c.Opt.TTL), nil
 		}
+	case CIFEtcdCut:
+		if L.CIF == nil || opt.CIF == nil || L.Switch == nil {
+			return nil, 0, errors.New("cif-etcd-cut needs the CIF node")
+		}
+		var etcdPeers []string
+		for _, m := range L.Etcd.Members {
+			if m.Host != L.CIF {
+				etcdPeers = append(etcdPeers, m.Host.Addr)
+			}
+		}
+		if err := L.CIF.SetFilter(lab.Rule{Dir: lab.Both, Peers: etcdPeers, Port: 2379}, lab.Rule{Dir: lab.Both, Peers: etcdPeers, Port: 2380}); err != nil {
+			return nil, 0, err
+		}
+		opt.CIF.cutFromEtcd(true)
+		heal := func() error { opt.CIF.cutFromEtcd(false); return L.CIF.Heal() }
+		if err := switchAway(ctx, c, p, L.Switch, rng); err != nil {
+			return heal, 0, err
+		}
+		// Held past the ttl after the switchover: whatever cif-sync still
+		// sees of etcd (its own member, cut off) must not move the file.
+		return heal, labHold(c.Opt.TTL), nil
 	case EtcdMajorityLoss:
 		var killed []*lab.EtcdMember
 		for _, i := range rng.Perm(len(L.Etcd.Members))[:len(L.Etcd.Members)/2+1] {

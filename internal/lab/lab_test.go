@@ -4,23 +4,16 @@ import (
 	"context"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cifha/cifha/internal/testutil"
 )
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the lab tests need root in CI")
-		}
-		t.Skip("needs root")
-	}
-}
+func needRoot(t *testing.T) { t.Helper(); testutil.NeedRoot(t, "the lab tests") }
 
 // echo serves one line back on ln until it is closed.
 func echo(ln net.Listener) {

@@ -189,3 +189,15 @@ func Etcd(t testing.TB) string {
 	t.Cleanup(func() { s.Close(); os.RemoveAll(dir) })
 	return s.Endpoint
 }
+
+// NeedRoot skips t when not run as root, and fails it in CI (sessions and
+// CI run as root: a root-only test that skips there hides a broken step).
+func NeedRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if InCI() {
+			t.Fatalf("%s needs root in CI", why)
+		}
+		t.Skipf("%s needs root", why)
+	}
+}

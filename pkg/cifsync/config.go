@@ -32,6 +32,11 @@ type Config struct {
 	// APICAFile verifies the agents' APIs (GET /primary) when they use TLS
 	// with a private CA.
 	APICAFile string `toml:"api_ca_file"`
+	// CloseOldConnections: after every change of [db] host, abort this
+	// node's TCP connections to the previous host's port 5432 (ss -K;
+	// needs root), so that a CIF process blocked on a black-holed old
+	// primary reconnects at once and reads the new host (docs/cif.md).
+	CloseOldConnections bool `toml:"close_old_connections"`
 	// PostChange runs after every change of the file.
 	PostChange struct {
 		// Command is an argv (e.g. ["apachectl", "graceful"]) run once per
@@ -46,7 +51,7 @@ type Config struct {
 
 // DefaultConfig is the configuration before the file is read.
 func DefaultConfig() Config {
-	c := Config{Log: config.Log{Level: "info", Format: "text"}}
+	c := Config{Log: config.Log{Level: "info", Format: "text"}, CloseOldConnections: true}
 	c.Etcd.DialTimeout.Duration = 2 * time.Second
 	c.PostChange.Timeout.Duration = 30 * time.Second
 	return c

@@ -33,6 +33,9 @@ type Syncer struct {
 	log  hclog.Logger
 	hc   *http.Client
 	now  func() time.Time
+	// closeConns aborts this node's connections to a host's port 5432
+	// (CloseConnections; a fake in tests).
+	closeConns func(ctx context.Context, host string, port int) (int, error)
 
 	mu    sync.Mutex
 	stats Stats
@@ -50,7 +53,7 @@ func New(cfg *Config, cli *clientv3.Client, log hclog.Logger, hc ...*http.Client
 		client = hc[0]
 	}
 	return &Syncer{cfg: cfg, cli: cli, keys: election.KeysFor(cfg.Cluster), log: log,
-		hc: client, now: time.Now, pending: make(chan change, 1)}
+		hc: client, now: time.Now, closeConns: CloseConnections, pending: make(chan change, 1)}
 }
 
 // Stats returns a copy of the current statistics.
@@ -163,9 +166,19 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 	if err := s.confirm(ctx, m.APIURL, leader); err != nil {
 		return err
 	}
-	changed, err := Apply(s.cfg.CIFFile, host, s.cfg.BackupFile, s.cfg.FollowSymlinks)
+	previous, changed, err := ApplyFrom(s.cfg.CIFFile, host, s.cfg.BackupFile, s.cfg.FollowSymlinks)
 	if err != nil {
 		return err
+	}
+	if changed && previous != "" && previous != host && s.cfg.CloseOldConnections {
+		// Here, not in the post-change runner: a slow post-change command
+		// must not leave CIF's processes blocked on the old primary.
+		n, err := s.closeConns(ctx, previous, CIFPort)
+		if err != nil {
+			s.log.Error("could not close this node's connections to the old primary; CIF processes blocked on it wait for TCP's timeouts", "old", previous, "error", err)
+		} else {
+			s.log.Info("closed this node's connections to the old primary", "old", previous, "connections", n)
+		}
 	}
 	s.mu.Lock()
 	s.stats.LastSync, s.stats.Target, s.stats.Leader = s.now(), host, leader

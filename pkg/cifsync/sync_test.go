@@ -10,7 +10,9 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,4 +167,49 @@ func mustRead(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestClosesConnectionsToTheOldPrimary: each change of [db] host aborts
+// this node's connections to the previous host, before the next reconcile
+// and whatever the post-change command does; no change, no abort.
+func TestClosesConnectionsToTheOldPrimary(t *testing.T) {
+	e := newEnv(t, []string{"sleep", "30"}, 20*time.Second)
+	e.s.cfg.CloseOldConnections = true
+	var mu sync.Mutex
+	var closed []string
+	e.s.closeConns = func(_ context.Context, host string, port int) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		closed = append(closed, fmt.Sprintf("%s:%d", host, port))
+		return 1, nil
+	}
+	before := DBValues(e.orig)["host"]
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	got := func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(closed) }
+	e.lead(t, "db1", "127.0.0.11:5432")
+	testutil.Eventually(t, 5*time.Second, "connections to the seed's host closed", func() error {
+		if g := got(); !slices.Equal(g, []string{before + ":5432"}) {
+			return fmt.Errorf("closed %v", g)
+		}
+		return nil
+	})
+	// The post-change command for db1 is still running (sleep 30): the
+	// next change closes db1's connections all the same.
+	e.lead(t, "db2", "127.0.0.12:5432")
+	testutil.Eventually(t, 5*time.Second, "connections to db1 closed", func() error {
+		if g := got(); !slices.Equal(g, []string{before + ":5432", "127.0.0.11:5432"}) {
+			return fmt.Errorf("closed %v", g)
+		}
+		return nil
+	})
+	// Reconciling again changes nothing and closes nothing.
+	if err := e.s.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g := got(); len(g) != 2 {
+		t.Errorf("closed %v after a reconcile that changed nothing", g)
+	}
 }

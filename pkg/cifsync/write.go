@@ -158,24 +158,32 @@ func copyFile(src, dst string, fi os.FileInfo) error {
 // safely. It returns whether the file changed. The file is untouched on
 // every error.
 func Apply(path, host, backup string, followSymlinks bool) (bool, error) {
+	_, changed, err := ApplyFrom(path, host, backup, followSymlinks)
+	return changed, err
+}
+
+// ApplyFrom is Apply that also returns the [db] host the file named before
+// ("" when it had none).
+func ApplyFrom(path, host, backup string, followSymlinks bool) (previous string, changed bool, err error) {
 	real, err := ResolvePath(path, followSymlinks)
 	if err != nil {
-		return false, err
+		return "", false, err
 	}
 	before, err := os.Stat(real)
 	if err != nil {
-		return false, fmt.Errorf("read %s: %w", real, err)
+		return "", false, fmt.Errorf("read %s: %w", real, err)
 	}
 	in, err := readFile(real)
 	if err != nil {
-		return false, fmt.Errorf("read %s: %w", real, err)
+		return "", false, fmt.Errorf("read %s: %w", real, err)
 	}
+	previous = DBValues(in)["host"]
 	out, changed, err := SetDBHost(in, host)
 	if err != nil {
-		return false, fmt.Errorf("%s: %w", real, err)
+		return previous, false, fmt.Errorf("%s: %w", real, err)
 	}
 	if !changed {
-		return false, nil
+		return previous, false, nil
 	}
-	return true, WriteFile(real, out, backup, before)
+	return previous, true, WriteFile(real, out, backup, before)
 }

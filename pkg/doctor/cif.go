@@ -31,6 +31,17 @@ func CheckCIF(ctx context.Context, cfg *cifsync.Config, timeout time.Duration) R
 		return r
 	}
 	r.ok("cif file", "%s: [db] host %s, user %s, database %s", cfg.CIFFile, db["host"], db["user"], db["database"])
+	if cfg.CloseOldConnections {
+		if err := cifsync.CanCloseConnections(ctx); err != nil {
+			r.fail("connections", "run cif-sync and this check as root (deploy/systemd/cifha-cif-sync.service does), with iproute2's ss installed",
+				"after a change cif-sync aborts this node's connections to the old primary, but here it cannot: %v; a CIF process blocked on a black-holed old primary would wait for TCP's timeouts (minutes)", err)
+		} else {
+			r.ok("connections", "cif-sync can abort this node's connections to an old primary (ss -K)")
+		}
+	} else {
+		r.warn("connections", "set close_old_connections = true (the default)",
+			"close_old_connections is off: a CIF process blocked on a black-holed old primary waits for TCP's timeouts (minutes) before it reads the new [db] host")
+	}
 	c, ok := checkEtcd(ctx, &r, cfg.Etcd, cfg.Cluster, timeout)
 	if ok {
 		name := ""
