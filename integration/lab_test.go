@@ -18,8 +18,8 @@ import (
 
 func needLab(t *testing.T) { t.Helper(); testutil.NeedRoot(t, "the fault lab") }
 
-// leftovers is what a lab run with this ID left: namespaces and
-// directories.
+// leftovers is what a lab run with this ID left: namespaces, directories
+// (its own and its hosts' mount namespaces'), and mounts.
 func leftovers(t *testing.T, id string) []string {
 	t.Helper()
 	ns, err := lab.Namespaces(id)
@@ -27,7 +27,15 @@ func leftovers(t *testing.T, id string) []string {
 		t.Fatal(err)
 	}
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), lab.Prefix+id+"*"))
-	return append(ns, dirs...)
+	mnt, _ := filepath.Glob(filepath.Join("/run", lab.Prefix+id+"*"))
+	left := append(append(ns, dirs...), mnt...)
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mi), "\n") {
+		if strings.Contains(l, lab.Prefix+id) {
+			left = append(left, "mount: "+l)
+		}
+	}
+	return left
 }
 
 // TestLab is the short fault lab of issue 22: every lab fault once, in

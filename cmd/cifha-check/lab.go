@@ -181,7 +181,9 @@ func labLane(ctx context.Context, o labOpts) (checker.Report, error) {
 	hostOf := func(n *cluster.Node) *lab.Host { return byAddr[n.Addr] }
 	c, err := cluster.New(cluster.Options{BinDir: agentBin, Root: o.root, EtcdEndpoints: ec.Endpoints(),
 		Cluster: "lab", Addrs: addrs, TTL: o.ttl, LoopInterval: time.Second, APIToken: "lab-token", Extra: extra,
-		DialTimeout:    o.dialTimeout,
+		DialTimeout: o.dialTimeout,
+		// Each member's pg_wal on a tmpfs of its own host's (wal-disk-full).
+		WalDirs:        true,
 		MemberNetworks: []string{lab.Subnet + ".0/24"},
 		Command: func(n *cluster.Node, cred *syscall.Credential, path string, args ...string) *exec.Cmd {
 			return hostOf(n).Command(cred, path, args...)
@@ -191,6 +193,9 @@ func labLane(ctx context.Context, o labOpts) (checker.Report, error) {
 		return checker.Report{}, err
 	}
 	defer c.Close(15 * time.Second)
+	if err := walMounts(c, hostOf); err != nil {
+		return checker.Report{}, err
+	}
 	if err := c.Start(); err != nil {
 		return checker.Report{}, err
 	}
@@ -232,6 +237,36 @@ func labLane(ctx context.Context, o labOpts) (checker.Report, error) {
 		Lab:         &checker.Lab{Net: o.lab, Etcd: ec, HostOf: hostOf, Others: []*lab.Host{cif, client}, CIF: cif, Switch: obsSwitch},
 		CIF:         cifNode,
 		BeforeRound: func() error { return checkFree(o.root, o.minFree) }})
+}
+
+// walTmpfsLimit bounds each member's pg_wal tmpfs; only what is written
+// takes memory. wal-disk-full lowers the limit to what is used.
+const walTmpfsLimit = 4 << 30
+
+// walMounts gives each DB host a mount namespace of its own with a tmpfs
+// on its member's wal_dir, before the agents start (initdb and
+// pg_basebackup put the WAL there).
+func walMounts(c *cluster.Cluster, hostOf func(*cluster.Node) *lab.Host) error {
+	cred, err := testutil.PostgresCredential()
+	if err != nil {
+		return err
+	}
+	for _, n := range c.Nodes {
+		h := hostOf(n)
+		if err := os.Mkdir(n.WalDir, 0o700); err != nil {
+			return err
+		}
+		if err := os.Chown(n.WalDir, int(cred.Uid), int(cred.Gid)); err != nil {
+			return err
+		}
+		if err := h.OwnMounts(); err != nil {
+			return err
+		}
+		if err := h.MountTmpfs(n.WalDir, walTmpfsLimit, int(cred.Uid), int(cred.Gid)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // startCIFNode starts the CIF node on cif1: a ~/.cif shaped like the

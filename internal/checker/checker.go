@@ -331,7 +331,8 @@ func setup(ctx context.Context, p *cluster.Node) error {
 	defer conn.Close(ctx)
 	_, err = conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS checker_rows (id bigint PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS checker_probe (node text, at timestamptz DEFAULT clock_timestamp());
-CREATE TABLE IF NOT EXISTS cif_client (seq bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())`)
+CREATE TABLE IF NOT EXISTS cif_client (seq bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS checker_bulk (id bigint, pad text)`)
 	return err
 }
 
@@ -557,6 +558,9 @@ func runRound(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault,
 		if res.failure == "" {
 			res.failure = fmt.Sprintf("a fault that must change nothing moved or demoted the primary: %s before, %s after, %d writes refused by %s", p.Name, next.Name, refused[p.Name], p.Name)
 		}
+	}
+	if f == WalDiskFull {
+		truncateBulk(ctx, next)
 	}
 	var cifSeqs []int64
 	if opt.CIF != nil {

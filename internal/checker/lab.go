@@ -80,6 +80,12 @@ const (
 	// elsewhere: ~/.cif must keep the last good host for the whole cut,
 	// and name the new primary once the cut heals.
 	CIFEtcdCut Fault = "cif-etcd-cut"
+	// WalDiskFull: the file system of the primary's pg_wal (a tmpfs in its
+	// host's own mount namespace) made full, under a bulk load, for a
+	// while; then the space comes back. A failover is allowed; losing an
+	// acknowledged row, two primaries, or a data directory is not, and
+	// the cluster must be healthy again once there is space.
+	WalDiskFull Fault = "wal-disk-full"
 )
 
 // LabFaults lists the faults of the lab, with the shared ones that keep
@@ -87,7 +93,7 @@ const (
 // crash, a frozen agent).
 var LabFaults = []Fault{HostIsolate, LeaderEtcdCut, LeaderStandbyCut, OneWayIn, OneWayOut, StandbyCut, LinkLoss, LinkLossHeavy, LinkDelay,
 	HostFreeze, HostKill, EtcdMemberKill, EtcdMemberFreeze, EtcdMemberIsolate, EtcdMajorityLoss, EtcdOutage,
-	Switchover, AgentRestart, AgentStop, PostgresCrash, CIFEtcdCut}
+	Switchover, AgentRestart, AgentStop, PostgresCrash, CIFEtcdCut, WalDiskFull}
 
 // Lab is the lab the cluster runs in.
 type Lab struct {
@@ -316,6 +322,23 @@ func injectLab(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault
 		// Held past the ttl after the switchover: whatever cif-sync still
 		// sees of etcd (its own member, cut off) must not move the file.
 		return heal, labHold(c.Opt.TTL), nil
+	case WalDiskFull:
+		if p.WalDir == "" {
+			return nil, 0, errors.New("wal-disk-full needs the members' wal_dir on a tmpfs of their host's (cifha-check lab does that)")
+		}
+		was, err := ph.FillTmpfs(p.WalDir)
+		if err != nil {
+			return nil, 0, err
+		}
+		opt.Logf("  %s's pg_wal file system full, under a bulk load", p.Name)
+		stop := bulkLoad(c, p)
+		return func() error {
+			stop()
+			if err := ph.ResizeTmpfs(p.WalDir, was); err != nil {
+				return err
+			}
+			return nil
+		}, labHold(c.Opt.TTL), nil
 	case EtcdMajorityLoss:
 		var killed []*lab.EtcdMember
 		for _, i := range rng.Perm(len(L.Etcd.Members))[:len(L.Etcd.Members)/2+1] {
@@ -333,6 +356,47 @@ func injectLab(ctx context.Context, c *cluster.Cluster, p *cluster.Node, f Fault
 		}, labHold(c.Opt.TTL), nil
 	}
 	return nil, 0, fmt.Errorf("%s is not a lab fault", f)
+}
+
+// bulkLoad writes WAL on p as a bulk import does (10 MB of rows a
+// statement, over and over) until stop is called; its errors (no space,
+// the primary restarting, gone) are the point and are ignored. The rows
+// are truncated afterwards (best effort: p may no longer be the primary).
+func bulkLoad(c *cluster.Cluster, p *cluster.Node) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			conn, err := c.ConnectDSN(ctx, p.DSN()+" connect_timeout=1")
+			if err != nil {
+				sleepCtx(ctx, 100*time.Millisecond)
+				continue
+			}
+			for ctx.Err() == nil {
+				if _, err := conn.Exec(ctx, "INSERT INTO checker_bulk SELECT g, repeat('x', 100) FROM generate_series(1, 80000) g"); err != nil {
+					break
+				}
+			}
+			conn.Close(context.Background())
+			sleepCtx(ctx, 100*time.Millisecond)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// truncateBulk empties the bulk load's table on the primary (after a
+// wal-disk-full round, so that rounds do not add up on disk).
+func truncateBulk(ctx context.Context, p *cluster.Node) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if conn, err := p.Connect(ctx); err == nil {
+		_, _ = conn.Exec(ctx, "TRUNCATE checker_bulk")
+		conn.Close(context.Background())
+	}
 }
 
 func contains(ss []string, s string) bool {

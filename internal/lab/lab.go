@@ -62,6 +62,10 @@ type Host struct {
 	filters []Rule
 	// port is the host's veth end in the switch namespace.
 	port string
+	// mnt is the host's own mount namespace (a file under the lab's
+	// mount directory; "" until OwnMounts).
+	mnt string
+	lab *Lab
 }
 
 // HostSpec names a host and the last byte of its address.
@@ -115,7 +119,7 @@ func New(id string, hosts []HostSpec) (l *Lab, err error) {
 		if hs.Octet < 1 || hs.Octet > 254 || !validID(strings.ReplaceAll(hs.Name, "-", "")) {
 			return nil, fmt.Errorf("host %q with address octet %d", hs.Name, hs.Octet)
 		}
-		h := &Host{Name: hs.Name, NS: Prefix + id + "-" + hs.Name, Addr: fmt.Sprintf("%s.%d", Subnet, hs.Octet), port: fmt.Sprintf("p%d", i)}
+		h := &Host{Name: hs.Name, NS: Prefix + id + "-" + hs.Name, Addr: fmt.Sprintf("%s.%d", Subnet, hs.Octet), port: fmt.Sprintf("p%d", i), lab: l}
 		if err := ip("netns", "add", h.NS); err != nil {
 			return nil, err
 		}
@@ -201,6 +205,16 @@ func Cleanup(id string) error {
 		return err
 	}
 	errs := []error{KillAndDelete(names)}
+	// The hosts' mount namespaces, once their processes are gone: with
+	// the last reference, the kernel unmounts what was mounted in them.
+	pattern := Prefix + "*-mnt"
+	if id != "" {
+		pattern = Prefix + id + "-mnt"
+	}
+	mnts, _ := filepath.Glob(filepath.Join(mountRoot, pattern))
+	for _, d := range mnts {
+		errs = append(errs, removeMountDir(d))
+	}
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), Prefix+id+"*"))
 	for _, d := range dirs {
 		if err := os.RemoveAll(d); err != nil {
@@ -266,6 +280,9 @@ func ip(args ...string) error {
 // its own process group).
 func (h *Host) Command(cred *syscall.Credential, path string, args ...string) *exec.Cmd {
 	ns := []string{"--net=" + filepath.Join("/run/netns", h.NS)}
+	if h.mnt != "" {
+		ns = append(ns, "--mount="+h.mnt)
+	}
 	if cred != nil {
 		ns = append(ns, "--setgid", strconv.Itoa(int(cred.Gid)), "--setuid", strconv.Itoa(int(cred.Uid)))
 	}
