@@ -64,7 +64,12 @@ func (g *globals) readNow(cmd *cobra.Command) (election.Cluster, string, error) 
 // readCluster reads every key of the cluster in one request.
 func readCluster(ctx context.Context, cli *clientv3.Client, cluster string) (election.Cluster, error) {
 	keys := election.KeysFor(cluster)
-	resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithPrefix())
+	// WithRequireLeader: an etcd member cut off from its peers answers
+	// "no leader" at once, and the client asks another endpoint, instead
+	// of holding a linearizable read until the timeout (the lab's
+	// cif-etcd-cut: a switchover from a host that reaches every member
+	// timed out on the one in the minority).
+	resp, err := cli.Get(clientv3.WithRequireLeader(ctx), keys.Prefix, clientv3.WithPrefix())
 	if err != nil {
 		return election.Cluster{}, fmt.Errorf("read cluster: %w", err)
 	}

@@ -1062,7 +1062,12 @@ func (a *Agent) act(ctx context.Context, o ha.Observation, p ha.Plan) error {
 		}
 		a.log.Info("rewinding", "from", p.Target)
 		if err := pg.Rewind(ctx, host, port); err != nil {
-			a.rewindFailed, a.rewindFailedFor = err.Error(), p.Target
+			if !errors.Is(err, pgctl.ErrRewindNotStarted) {
+				// Only a rewind that may have changed the data directory
+				// is final (then a fresh clone, or the operator); one that
+				// never reached its source is planned again next round.
+				a.rewindFailed, a.rewindFailedFor = err.Error(), p.Target
+			}
 			return err
 		}
 		a.rewindFailed, a.rewindFailedFor = "", ""

@@ -82,7 +82,12 @@ func (s ClusterStatus) IsHealthy() bool { return len(s.Problems) == 0 }
 // current state (concurrently, each bounded by apiTimeout).
 func Status(ctx context.Context, cli *clientv3.Client, cluster string, hc *http.Client, apiTimeout time.Duration) (ClusterStatus, error) {
 	keys := election.KeysFor(cluster)
-	resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithPrefix())
+	// WithRequireLeader: an etcd member cut off from its peers answers
+	// "no leader" at once, and the client asks another endpoint, instead
+	// of holding a linearizable read until the timeout (the lab's
+	// cif-etcd-cut: a switchover from a host that reaches every member
+	// timed out on the one in the minority).
+	resp, err := cli.Get(clientv3.WithRequireLeader(ctx), keys.Prefix, clientv3.WithPrefix())
 	if err != nil {
 		return ClusterStatus{}, fmt.Errorf("read cluster %q from etcd: %w", cluster, err)
 	}

@@ -37,6 +37,10 @@ import (
 // loses etcd anyway.
 var errAllHere = errors.New("every etcd voting member is on this host")
 
+// errNoneReady: etcd's leader is on this host, but no member elsewhere
+// answered just now caught up; it is asked again at the next check.
+var errNoneReady = errors.New("no etcd member on another host answered caught up: etcd's leader stays here for now")
+
 // awayEvery is how often the primary's guard checks where etcd's leader is.
 const awayEvery = 2 * time.Second
 
@@ -55,7 +59,7 @@ func (g *Guard) keepLeaderAway(ctx context.Context) {
 	err := g.moveLeaderAway(ctx)
 	switch {
 	case err == nil:
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, errAllHere):
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, errAllHere) || errors.Is(err, errNoneReady):
 		// etcd slow or out of reach (the guard's probes report that), or
 		// nowhere to move to.
 		g.log.Debug("check where etcd's leader is", "error", err)
@@ -73,6 +77,14 @@ func (g *Guard) moveLeaderAway(ctx context.Context) error {
 	live := g.Live()
 	var leader uint64
 	var leaderEP *clientv3.Client
+	// Every answering member's applied index, by ID: etcd's leadership is
+	// handed only to one of these, caught up. A transfer to a member that
+	// cannot take it (frozen, cut off, behind) stops the leader's
+	// proposals until the transfer times out, an election timeout, and the
+	// next check would ask again: with etcd's leader frozen and the
+	// primary's host elected next, the lab saw renewals fail for a whole
+	// 10 s freeze, and a false failover.
+	answered := map[uint64]uint64{}
 	for i, ep := range g.all {
 		g.mu.Lock()
 		p := g.probes[i]
@@ -84,10 +96,10 @@ func (g *Guard) moveLeaderAway(ctx context.Context) error {
 		if err != nil || st.Leader == 0 {
 			continue
 		}
+		answered[st.Header.MemberId] = st.RaftAppliedIndex
 		leader = st.Leader
 		if st.Header.MemberId == st.Leader {
 			leaderEP = p
-			break
 		}
 	}
 	if leader == 0 || leader == g.awayFrom {
@@ -110,7 +122,7 @@ func (g *Guard) moveLeaderAway(ctx context.Context) error {
 	if members == nil {
 		return fmt.Errorf("list etcd members: %w", err)
 	}
-	to, err := transferee(members.Members, leader, local)
+	to, err := transferee(members.Members, leader, local, caughtUp(answered, leader))
 	if err != nil {
 		return err
 	}
@@ -128,10 +140,32 @@ func (g *Guard) moveLeaderAway(ctx context.Context) error {
 	return nil
 }
 
+// transferLag is how far behind the leader's applied index a member may be
+// and still be handed etcd's leadership.
+const transferLag = 1000
+
+// caughtUp lists the members that answered with an applied index within
+// transferLag of the leader's (none when the leader did not answer: then
+// its endpoint cannot take MoveLeader either).
+func caughtUp(applied map[uint64]uint64, leader uint64) map[uint64]bool {
+	out := map[uint64]bool{}
+	li, ok := applied[leader]
+	if !ok {
+		return out
+	}
+	for id, a := range applied {
+		if id != leader && a+transferLag >= li {
+			out[id] = true
+		}
+	}
+	return out
+}
+
 // transferee picks the member etcd's leader should move to: 0 when the
-// leader (ID leader) is not on this host (no address of it in local), else
-// the first voting member that is not on this host.
-func transferee(members []*etcdserverpb.Member, leader uint64, local []string) (uint64, error) {
+// leader (ID leader) is not on this host (no address of it in local), or
+// when no voting member elsewhere is ready (in ready: it answered just
+// now, caught up); else the first one that is.
+func transferee(members []*etcdserverpb.Member, leader uint64, local []string, ready map[uint64]bool) (uint64, error) {
 	isLocal := func(urls []string) bool {
 		for _, u := range urls {
 			if pu, err := url.Parse(u); err == nil && slices.Contains(local, pu.Hostname()) {
@@ -141,20 +175,25 @@ func transferee(members []*etcdserverpb.Member, leader uint64, local []string) (
 		return false
 	}
 	var to uint64
-	here := false
+	here, elsewhere := false, false
 	for _, m := range members {
 		l := isLocal(m.ClientURLs) || isLocal(m.PeerURLs)
 		if m.ID == leader {
 			here = l
-		} else if !l && !m.IsLearner && m.Name != "" && to == 0 {
-			to = m.ID
+		} else if !l && !m.IsLearner && m.Name != "" {
+			elsewhere = true
+			if ready[m.ID] && to == 0 {
+				to = m.ID
+			}
 		}
 	}
 	switch {
 	case !here:
 		return 0, nil
-	case to == 0:
+	case !elsewhere:
 		return 0, errAllHere
+	case to == 0:
+		return 0, errNoneReady
 	}
 	return to, nil
 }

@@ -17,6 +17,22 @@ import (
 // ErrRewindFailed wraps every pg_rewind failure.
 var ErrRewindFailed = errors.New("pg_rewind failed")
 
+// ErrRewindNotStarted wraps (with ErrRewindFailed) a pg_rewind that could
+// not connect to its source: it changed nothing in the data directory, and
+// may simply be run again (a lossy link, a source still starting). The
+// lab saw one connect timeout under 28 % packet loss leave a former
+// primary waiting for an operator for good.
+var ErrRewindNotStarted = errors.New("pg_rewind could not reach its source; nothing was changed")
+
+// rewindNotStarted reports whether pg_rewind's output shows it failed at
+// its first connection to the source, before it looked at the target:
+// pg_rewind connects first, and prints "servers diverged" (or "no rewind
+// required") before it changes anything.
+func rewindNotStarted(out string) bool {
+	return strings.Contains(out, "connection to server") && strings.Contains(out, "failed") &&
+		!strings.Contains(out, "servers diverged") && !strings.Contains(out, "rewinding from") && !strings.Contains(out, "no rewind required")
+}
+
 // Rewind makes a stopped former primary's data directory consistent with
 // the primary at host:port (connecting as the superuser through the
 // passfile), so it can stream from it. postgres must not be running.
@@ -41,6 +57,9 @@ func (i *Instance) Rewind(ctx context.Context, host string, port int) error {
 	cmd.Env = i.cleanEnv()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
+		if rewindNotStarted(string(out)) {
+			return fmt.Errorf("%w: %w: %v: %s", ErrRewindFailed, ErrRewindNotStarted, err, lastLines(string(out), 4))
+		}
 		return fmt.Errorf("%w: %v: %s", ErrRewindFailed, err, lastLines(string(out), 4))
 	}
 	return nil
