@@ -135,4 +135,3 @@ func dedent(s string) string {
 	}
 	return strings.Join(lines, "\n")
 }
-

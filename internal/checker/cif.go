@@ -76,8 +76,8 @@ type CIFNode struct {
 	// cut is when the CIF node was cut from etcd this round (zero: not).
 	cut   [2]time.Time
 	procs []*exec.Cmd
-	stop    chan struct{}
-	wg      sync.WaitGroup
+	stop  chan struct{}
+	wg    sync.WaitGroup
 }
 
 type fileChange struct {
