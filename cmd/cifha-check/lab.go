@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -134,7 +135,7 @@ func cleanupHosts(l *lab.Lab) error {
 	if err != nil {
 		return err
 	}
-	return lab.KillAndDelete(names)
+	return errors.Join(lab.KillAndDelete(names), lab.RemoveMounts(l.ID))
 }
 
 type labOpts struct {

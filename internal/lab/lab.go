@@ -207,14 +207,7 @@ func Cleanup(id string) error {
 	errs := []error{KillAndDelete(names)}
 	// The hosts' mount namespaces, once their processes are gone: with
 	// the last reference, the kernel unmounts what was mounted in them.
-	pattern := Prefix + "*-mnt"
-	if id != "" {
-		pattern = Prefix + id + "-mnt"
-	}
-	mnts, _ := filepath.Glob(filepath.Join(mountRoot, pattern))
-	for _, d := range mnts {
-		errs = append(errs, removeMountDir(d))
-	}
+	errs = append(errs, RemoveMounts(id))
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), Prefix+id+"*"))
 	for _, d := range dirs {
 		if err := os.RemoveAll(d); err != nil {

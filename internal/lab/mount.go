@@ -119,6 +119,21 @@ func (h *Host) FillTmpfs(dir string) (was int64, err error) {
 	return total, h.ResizeTmpfs(dir, used+int64(os.Getpagesize()))
 }
 
+// RemoveMounts removes the hosts' mount namespaces of the lab with this ID
+// (id "": every lab's), once their processes are gone (KillAndDelete).
+func RemoveMounts(id string) error {
+	pattern := Prefix + "*-mnt"
+	if id != "" {
+		pattern = Prefix + id + "-mnt"
+	}
+	dirs, _ := filepath.Glob(filepath.Join(mountRoot, pattern))
+	var errs []error
+	for _, d := range dirs {
+		errs = append(errs, removeMountDir(d))
+	}
+	return errors.Join(errs...)
+}
+
 // removeMountDir unmounts a lab's mount-namespace files and its directory,
 // and removes them.
 func removeMountDir(dir string) error {
