@@ -93,6 +93,9 @@ func TestCIFSyncFollowsThePrimary(t *testing.T) {
 	cfg := filepath.Join(dir, "cif-sync.toml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`cluster = %q
 cif_file = %q
+# All members share this machine here: closing connections to an old
+# primary would cut the other members' replication too.
+close_old_connections = false
 [etcd]
 endpoints = [%q]
 [post_change]

@@ -67,7 +67,7 @@ func runLab(args []string) (code int) {
 		faults = nil
 		for _, f := range strings.Split(*faultList, ",") {
 			f = strings.TrimSpace(f)
-			if !known(checker.LabFaults, f) {
+			if !known(checker.LabFaults, f) && !known(checker.LabExtraFaults, f) {
 				fmt.Fprintf(os.Stderr, "cifha-check lab: unknown fault %q (the lab's: %s)\n", f, names(checker.LabFaults))
 				return 2
 			}
